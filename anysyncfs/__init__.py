@@ -1,0 +1,3 @@
+"""anysyncfs: an end-to-end encrypted, peer-to-peer synced FUSE filesystem."""
+
+__version__ = "0.1.0"

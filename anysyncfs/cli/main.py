@@ -1,0 +1,161 @@
+"""The ``anysyncfs`` command line: argument parsing, passphrase sources, and the one error -> exit code table.
+
+Errors are one line on stderr (``anysyncfs: error: …``) with the exit code of their class (see
+:mod:`anysyncfs.errors`); ``--debug`` adds the traceback and debug logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ..errors import AnysyncError, UsageError
+from ..replica.home import Home, default_home
+from . import commands
+
+PASSPHRASE_ENV = "ANYSYNCFS_PASSPHRASE"
+# Test-only: lowers the scrypt cost of keyrings written by this process (never use for real keys).
+TEST_SCRYPT_ENV = "ANYSYNCFS_INSECURE_TEST_SCRYPT_LOG2N"
+DEFAULT_SCRYPT_LOG2N = 14  # N = 16384
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anysyncfs", description="End-to-end encrypted, peer-to-peer synced drive.")
+    p.add_argument("--home", type=Path, help="home directory (default: $ANYSYNCFS_HOME or the XDG data dir)")
+    p.add_argument("--passphrase-file", type=Path, help="read the keyring passphrase from this file")
+    p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("init", help="create this device's identity (or restore one from a recovery phrase)")
+    s.add_argument("--device-name", default=None, help="label for this device (default: the host name)")
+    s.add_argument("--restore", action="store_true", help="read a recovery phrase from stdin instead")
+    s.set_defaults(func=commands.cmd_init)
+
+    s = sub.add_parser("whoami", help="print the account ID and device ID")
+    s.set_defaults(func=commands.cmd_whoami)
+
+    sp = sub.add_parser("space", help="create and inspect spaces").add_subparsers(dest="space_cmd", required=True)
+    s = sp.add_parser("create", help="create a space and print its ID")
+    s.add_argument("name")
+    s.set_defaults(func=commands.cmd_space_create)
+    s = sp.add_parser("list", help="list the spaces on this device")
+    s.set_defaults(func=commands.cmd_space_list)
+    s = sp.add_parser("members", help="list a space's members and roles")
+    s.add_argument("space")
+    s.set_defaults(func=commands.cmd_space_members)
+
+    s = sub.add_parser("put", help="write stdin to a file in a space")
+    s.add_argument("space")
+    s.add_argument("path")
+    s.set_defaults(func=commands.cmd_put)
+
+    s = sub.add_parser("cat", help="write a file of a space to stdout")
+    s.add_argument("space")
+    s.add_argument("path")
+    s.add_argument("--at", metavar="CHANGE", help="the file as it was at this change (ch-… from history)")
+    s.set_defaults(func=commands.cmd_cat)
+
+    s = sub.add_parser("ls", help="list a directory of a space")
+    s.add_argument("space")
+    s.add_argument("path", nargs="?", default="/")
+    s.add_argument("-l", dest="long", action="store_true", help="long format")
+    s.set_defaults(func=commands.cmd_ls)
+
+    s = sub.add_parser("history", help="list the changes that touched a file")
+    s.add_argument("space")
+    s.add_argument("path")
+    s.set_defaults(func=commands.cmd_history)
+
+    s = sub.add_parser("fsck", help="verify every change, blob and the cached tree; exit non-zero on problems")
+    s.add_argument("space", nargs="?")
+    s.add_argument("--repair", action="store_true", help="rebuild the cached tree (changes nothing else)")
+    s.set_defaults(func=commands.cmd_fsck)
+    return p
+
+
+class Context:
+    """What every command gets: the home and a way to get the passphrase (asked at most once)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        root = args.home if args.home is not None else default_home()
+        self.home = Home(root, scrypt_log2_n=scrypt_cost())
+        self._passphrase: bytes | None = None
+
+    def passphrase(self, *, new: bool = False) -> bytes:
+        if self._passphrase is None:
+            self._passphrase = read_passphrase(self.args.passphrase_file, new=new)
+        return self._passphrase
+
+
+def scrypt_cost() -> int:
+    text = os.environ.get(TEST_SCRYPT_ENV)
+    if not text:
+        return DEFAULT_SCRYPT_LOG2N
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{TEST_SCRYPT_ENV} must be an integer") from None
+    if not 1 <= value <= DEFAULT_SCRYPT_LOG2N:
+        raise UsageError(f"{TEST_SCRYPT_ENV} must be between 1 and {DEFAULT_SCRYPT_LOG2N}")
+    return value
+
+
+def read_passphrase(path: Path | None, *, new: bool) -> bytes:
+    if path is not None:
+        try:
+            data = path.read_bytes()[: 64 * 1024]
+        except OSError as e:
+            raise UsageError(f"cannot read passphrase file {path}: {e.strerror}") from None
+        value = data.split(b"\n", 1)[0].rstrip(b"\r")
+    elif os.environ.get(PASSPHRASE_ENV) is not None:
+        value = os.environ[PASSPHRASE_ENV].encode()
+    elif sys.stdin.isatty():
+        value = getpass.getpass("Passphrase: ").encode()
+        if new and getpass.getpass("Passphrase (again): ").encode() != value:
+            raise UsageError("the passphrases do not match")
+    else:
+        raise UsageError(f"no passphrase: use --passphrase-file, {PASSPHRASE_ENV}, or run on a terminal")
+    if not value:
+        raise UsageError("the passphrase is empty")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="anysyncfs: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    ctx = None
+    try:
+        ctx = Context(args)
+        return int(args.func(ctx) or 0)
+    except AnysyncError as e:
+        if args.debug:
+            logging.exception("failed")
+        print(f"anysyncfs: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("anysyncfs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+    except Exception as e:  # a bug: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"anysyncfs: internal error: {type(e).__name__}: {e} (rerun with --debug)", file=sys.stderr)
+        return 70
+    finally:
+        if ctx is not None:
+            ctx.home.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

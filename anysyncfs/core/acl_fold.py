@@ -1,0 +1,391 @@
+"""The ACL fold: from a set of verified ACL records to the canonical chain and the state at every step.
+
+``fold`` is a pure, deterministic function of the SET of records: order and duplicates do not matter. It starts
+at the genesis with the lowest ID and, at each step, among the records whose ``prev`` is the current head, takes
+the one with the lowest ID that the current state allows. Every other record (a fork loser, a record the rules
+forbid, and everything built on either) is dropped with a reason; its author re-applies it on the new head.
+
+The permission rules (``check_step``) live here too, so the fold and the record builders share one definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from ..errors import AuthenticationFailed, NotFound, Rejected
+from . import crypto
+from .acl_records import (
+    EPOCH_CHAIN_CONTEXT,
+    ZERO_ID,
+    AclRecord,
+    Genesis,
+    Invite,
+    Join,
+    Remove,
+    RevokeInvite,
+    Role,
+    RoleChange,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InviteState:
+    """An invite as the chain knows it."""
+
+    invite_public: bytes
+    role: Role
+    expires_us: int  # 0 = never
+    inviter: bytes  # account that issued it (it knows the invite secret)
+    used_by: bytes | None = None  # the account that joined with it
+    revoked: bool = False  # by a RevokeInvite, or by the removal of its inviter
+
+    @property
+    def outstanding(self) -> bool:
+        """Unused and unrevoked: still entitled to new epoch keys."""
+        return self.used_by is None and not self.revoked
+
+
+@dataclass(frozen=True, slots=True)
+class AclState:
+    """Members, roles, key epoch and invites after some record of the chain. Read-only."""
+
+    owner: bytes
+    epoch: int
+    members: Mapping[bytes, Role]
+    invites: Mapping[bytes, InviteState]  # invite record ID -> state
+    invite_publics: frozenset[bytes]  # every invite key ever used on the chain (each may serve one invite only)
+
+    def role_of(self, account: bytes) -> Role | None:
+        return self.members.get(account)
+
+    def key_recipients(self, removed: bytes) -> list[bytes]:
+        """Who must get the new epoch key when ``removed`` leaves: every remaining member and every outstanding
+        invite, except invites issued by the removed member (it knows their secrets). Sorted, unique."""
+        out = {m for m in self.members if m != removed}
+        out |= {i.invite_public for i in self.invites.values() if i.outstanding and i.inviter != removed}
+        return sorted(out)
+
+
+def genesis_state(record: AclRecord) -> AclState:
+    return AclState(record.author, 0, MappingProxyType({record.author: Role.OWNER}), MappingProxyType({}), frozenset())
+
+
+# ---------------------------------------------------------------------------------------------------- rules
+def _require_admin(state: AclState, author: bytes) -> Role:
+    role = state.role_of(author)
+    if role is None:
+        raise Rejected("ACL author is not a member")
+    if role < Role.ADMIN:
+        raise Rejected("only the owner or an admin may change the ACL")
+    return role
+
+
+def _require_power_over(author_role: Role, target_role: Role, what: str) -> None:
+    """An admin acts on readers and writers only; the owner on everyone but itself."""
+    if target_role == Role.OWNER:
+        raise Rejected(f"nobody may {what} the owner")
+    if author_role == Role.ADMIN and target_role >= Role.ADMIN:
+        raise Rejected(f"only the owner may {what} an admin")
+
+
+def check_step(state: AclState, space_id: bytes, head: bytes, record: AclRecord) -> None:
+    """Raise :class:`Rejected` unless ``record`` may extend the chain whose head is ``head`` with ``state``."""
+    kind = record.kind
+    if record.space_id != space_id:
+        raise Rejected("ACL record belongs to another space")
+    if record.prev != head:
+        raise Rejected("ACL record does not extend the head")
+    if isinstance(kind, Genesis):
+        raise Rejected("a genesis may only be the chain root")
+    if isinstance(kind, Join):
+        invite = state.invites.get(kind.invite_id)
+        if invite is None:
+            raise Rejected("join: invite is not on the chain")
+        if invite.invite_public != kind.invite_public:
+            raise Rejected("join: invite key does not match the invite")
+        if invite.revoked:
+            raise Rejected("join: invite was revoked")
+        if invite.used_by is not None:
+            raise Rejected("join: invite was already used")
+        if invite.expires_us and record.created_us > invite.expires_us:
+            raise Rejected("join: invite expired")
+        if record.author in state.members:
+            raise Rejected("join: already a member")
+        return
+    author_role = _require_admin(state, record.author)
+    if isinstance(kind, Invite):
+        if kind.role >= Role.ADMIN and author_role != Role.OWNER:
+            raise Rejected("only the owner may invite an admin")
+        if kind.invite_public in state.invite_publics:
+            raise Rejected("invite: invite key reused")
+        if kind.invite_public in state.members:
+            raise Rejected("invite: invite key is a member's key")
+    elif isinstance(kind, RoleChange):
+        current = state.role_of(kind.member)
+        if current is None:
+            raise Rejected("role change: not a member")
+        _require_power_over(author_role, current, "change the role of")
+        if kind.role >= Role.ADMIN and author_role != Role.OWNER:
+            raise Rejected("only the owner may appoint an admin")
+        if kind.role == current:
+            raise Rejected("role change: member already has that role")
+    elif isinstance(kind, Remove):
+        current = state.role_of(kind.member)
+        if current is None:
+            raise Rejected("remove: not a member")
+        _require_power_over(author_role, current, "remove")
+        if kind.new_epoch != state.epoch + 1:
+            raise Rejected("remove: new epoch is not the next epoch")
+        if [s.recipient for s in kind.sealed_keys] != state.key_recipients(kind.member):
+            raise Rejected("remove: new key not sealed to exactly the remaining members and outstanding invites")
+    elif isinstance(kind, RevokeInvite):
+        invite = state.invites.get(kind.invite_id)
+        if invite is None:
+            raise Rejected("revoke: invite is not on the chain")
+        if not invite.outstanding:
+            raise Rejected("revoke: invite already used or revoked")
+        if invite.role >= Role.ADMIN and author_role != Role.OWNER:
+            raise Rejected("only the owner may revoke an admin invite")
+
+
+def apply_step(state: AclState, record: AclRecord) -> AclState:
+    """The state after ``record`` (which :func:`check_step` accepted).
+
+    Copies only the mappings the record changes; states of one chain share the rest (the fold keeps them all).
+    """
+    kind = record.kind
+    members: Mapping[bytes, Role] = state.members
+    invites: Mapping[bytes, InviteState] = state.invites
+    invite_publics = state.invite_publics
+    epoch = state.epoch
+    if isinstance(kind, Invite):
+        new = InviteState(kind.invite_public, Role(kind.role), kind.expires_us, record.author)
+        invites = {**invites, record.id: new}
+        invite_publics = invite_publics | {kind.invite_public}
+    elif isinstance(kind, Join):
+        inv = invites[kind.invite_id]
+        used = InviteState(inv.invite_public, inv.role, inv.expires_us, inv.inviter, used_by=record.author)
+        invites = {**invites, kind.invite_id: used}
+        members = {**members, record.author: inv.role}
+    elif isinstance(kind, RoleChange):
+        members = {**members, kind.member: Role(kind.role)}
+    elif isinstance(kind, Remove):
+        members = {m: r for m, r in members.items() if m != kind.member}
+        epoch = kind.new_epoch
+        revoked = {  # the removed member knows the secrets of the invites it issued
+            iid: InviteState(inv.invite_public, inv.role, inv.expires_us, inv.inviter, revoked=True)
+            for iid, inv in invites.items()
+            if inv.inviter == kind.member and inv.outstanding
+        }
+        if revoked:
+            invites = {**invites, **revoked}
+    elif isinstance(kind, RevokeInvite):
+        inv = invites[kind.invite_id]
+        invites = {
+            **invites,
+            kind.invite_id: InviteState(inv.invite_public, inv.role, inv.expires_us, inv.inviter, revoked=True),
+        }
+    return AclState(
+        state.owner,
+        epoch,
+        MappingProxyType(members) if isinstance(members, dict) else members,  # a fresh dict: freeze it
+        MappingProxyType(invites) if isinstance(invites, dict) else invites,
+        invite_publics,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- view
+class AclView:
+    """The folded ACL: canonical chain, state after each of its records, and what was dropped and why."""
+
+    __slots__ = ("space_id", "_records", "_chain", "_states", "_positions", "_removals", "dropped")
+
+    def __init__(
+        self,
+        space_id: bytes,
+        records: Sequence[AclRecord],
+        states: Sequence[AclState],
+        dropped: Mapping[bytes, str],
+    ) -> None:
+        self.space_id = space_id
+        self._records = tuple(records)
+        self._states = tuple(states)
+        self._chain = tuple(r.id for r in records)
+        self._positions = {rid: i for i, rid in enumerate(self._chain)}
+        # member -> [(chain position, last_changes)] of its removals: validation asks this for every change.
+        self._removals: dict[bytes, list[tuple[int, frozenset[bytes]]]] = {}
+        for pos, r in enumerate(self._records):
+            if isinstance(r.kind, Remove):
+                self._removals.setdefault(r.kind.member, []).append((pos, frozenset(r.kind.last_changes)))
+        self.dropped: Mapping[bytes, str] = MappingProxyType(dict(dropped))
+
+    @property
+    def head(self) -> bytes:
+        return self._chain[-1]
+
+    @property
+    def current(self) -> AclState:
+        return self._states[-1]
+
+    @property
+    def chain(self) -> tuple[bytes, ...]:
+        return self._chain
+
+    @property
+    def records(self) -> tuple[AclRecord, ...]:
+        """The canonical records, genesis first."""
+        return self._records
+
+    def position(self, record_id: bytes) -> int | None:
+        return self._positions.get(record_id)
+
+    def state_at(self, record_id: bytes) -> AclState | None:
+        pos = self._positions.get(record_id)
+        return None if pos is None else self._states[pos]
+
+    def record(self, record_id: bytes) -> AclRecord | None:
+        pos = self._positions.get(record_id)
+        return None if pos is None else self._records[pos]
+
+    def removals_after(self, record_id: bytes, member: bytes) -> list[frozenset[bytes]]:
+        """The ``last_changes`` sets of every removal of ``member`` after ``record_id`` on the chain."""
+        pos = self._positions.get(record_id)
+        if pos is None:
+            raise NotFound("ACL record is not on the canonical chain")
+        return [changes for at, changes in self._removals.get(member, ()) if at > pos]
+
+    def __repr__(self) -> str:
+        return f"AclView(length={len(self._chain)}, head={self.head.hex()[:16]}…, epoch={self.current.epoch})"
+
+
+def fold(space_id: bytes, records: Iterable[AclRecord]) -> AclView:
+    """Fold a set of verified records of one space into its canonical chain.
+
+    Raises :class:`NotFound` when no genesis of this space is among the records.
+    """
+    by_id: dict[bytes, AclRecord] = {}
+    for r in records:
+        by_id.setdefault(r.id, r)
+    dropped: dict[bytes, str] = {}
+    children: dict[bytes, list[AclRecord]] = {}
+    for rid in sorted(by_id):  # sorted, so every children list is in ascending ID order
+        r = by_id[rid]
+        if r.space_id != space_id:
+            dropped[rid] = "belongs to another space"
+        else:
+            children.setdefault(r.prev, []).append(r)
+
+    roots = [r for r in children.get(ZERO_ID, []) if isinstance(r.kind, Genesis)]
+    if not roots:
+        raise NotFound("the ACL genesis of this space is missing")
+    genesis = roots[0]
+    for loser in roots[1:]:
+        dropped[loser.id] = "another genesis has a lower ID"
+    chain = [genesis]
+    states = [genesis_state(genesis)]
+    while True:
+        head, state = chain[-1], states[-1]
+        winner: AclRecord | None = None
+        for child in children.get(head.id, []):
+            try:
+                check_step(state, space_id, head.id, child)
+            except Rejected as e:  # not allowed here, whatever else happens on this step
+                dropped[child.id] = str(e)
+                continue
+            if winner is None:
+                winner = child
+            else:  # allowed, but a sibling with a lower ID came first: its author re-applies on the new head
+                dropped[child.id] = f"lost a fork to {winner.id.hex()[:16]}"
+        if winner is None:
+            break
+        chain.append(winner)
+        states.append(apply_step(state, winner))
+
+    on_chain = {r.id for r in chain}
+    # Everything built on a dropped record is dropped with it; whatever remains never reached the genesis.
+    frontier = list(dropped)
+    while frontier:
+        parent = frontier.pop()
+        for child in children.get(parent, []):
+            if child.id not in dropped:
+                dropped[child.id] = f"built on dropped record {parent.hex()[:16]}"
+                frontier.append(child.id)
+    for rid, r in by_id.items():
+        if rid not in on_chain and rid not in dropped:
+            dropped[rid] = "previous record unknown"
+    return AclView(space_id, chain, states, dropped)
+
+
+# ---------------------------------------------------------------------------------------------------- keys
+def wrap_nonce(new_epoch: int) -> bytes:
+    """AES-GCM nonce of a removal's prev_key: the new epoch, 12 bytes big-endian (each derived key is used once)."""
+    return new_epoch.to_bytes(crypto.NONCE_LEN, "big")
+
+
+def wrap_previous_key(space_id: bytes, new_epoch: int, new_key: bytes, previous_key: bytes) -> bytes:
+    aead = crypto.Aead(crypto.derive_key(EPOCH_CHAIN_CONTEXT, new_key))
+    return aead.encrypt(wrap_nonce(new_epoch), previous_key, space_id)
+
+
+def unwrap_previous_key(space_id: bytes, new_epoch: int, new_key: bytes, wrapped: bytes) -> bytes:
+    """Raises :class:`AuthenticationFailed` if ``new_key`` is not the key the removal started."""
+    aead = crypto.Aead(crypto.derive_key(EPOCH_CHAIN_CONTEXT, new_key))
+    return aead.decrypt(wrap_nonce(new_epoch), wrapped, space_id)
+
+
+def _try_unseal(key: crypto.SigningKey, sealed: bytes) -> bytes | None:
+    if not sealed:
+        return None
+    try:
+        opened = crypto.unseal(key, sealed)
+    except AuthenticationFailed:  # sealed to someone else, or garbage from a hostile admin
+        return None
+    return opened if len(opened) == crypto.KEY_LEN else None
+
+
+def epoch_keys(
+    view: AclView, account: crypto.SigningKey, invite_keys: Sequence[crypto.SigningKey] = ()
+) -> dict[int, bytes]:
+    """Every epoch key that ``account`` (or one of ``invite_keys``) can open from the canonical chain.
+
+    Directly sealed keys come from the genesis (owner), invites, joins (sealed_self) and removals; then each
+    removal's prev_key is opened with its new key, so the newest key yields all older ones.
+    """
+    holders = {account.public: account}
+    for k in invite_keys:
+        holders.setdefault(k.public, k)
+    found: dict[int, bytes] = {}
+
+    def offer(epoch: int, recipient: bytes, sealed: bytes) -> None:
+        holder = holders.get(recipient)
+        if holder is None or epoch in found:
+            return
+        key = _try_unseal(holder, sealed)
+        if key is not None:
+            found[epoch] = key
+
+    removals: dict[int, Remove] = {}
+    for record in view.records:
+        kind = record.kind
+        state = view.state_at(record.id)
+        assert state is not None  # every canonical record has a state
+        if isinstance(kind, Genesis):
+            offer(0, record.author, kind.sealed_key)
+        elif isinstance(kind, Invite):
+            offer(state.epoch, kind.invite_public, kind.sealed_key)
+        elif isinstance(kind, Join):
+            offer(state.epoch, record.author, kind.sealed_self)
+        elif isinstance(kind, Remove):
+            removals[kind.new_epoch] = kind
+            for entry in kind.sealed_keys:
+                offer(kind.new_epoch, entry.recipient, entry.sealed)
+    for epoch in sorted(removals, reverse=True):
+        if epoch in found and epoch - 1 not in found:
+            try:
+                previous = unwrap_previous_key(view.space_id, epoch, found[epoch], removals[epoch].prev_key)
+            except AuthenticationFailed:
+                continue
+            found[epoch - 1] = previous
+    return found

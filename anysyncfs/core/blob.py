@@ -1,0 +1,267 @@
+"""The encrypted chunk envelope ("blob") and the convergent chunk key.
+
+Blob layout (all integers big-endian)::
+
+    offset  size  field
+    0       1     format tag: ASCII "B" (0x42)
+    1       1     format version: 1
+    2       1     flags: bit 0 = the stored plaintext is a zstd frame; bits 1..7 must be 0
+    3       4     stored length L (u32): bytes of the stored plaintext (after compression), <= 16 MiB
+    7       16    key salt: all zero when not compressed; when compressed, the first 16 bytes of
+                  BLAKE3-keyed(chunk key, stored plaintext)
+    23      ...   segments: the stored plaintext cut into 64 KiB pieces (the last one shorter; an empty
+                  plaintext is one empty segment), each sealed on its own with AES-256-GCM as
+                  ciphertext || 16-byte tag
+
+    segment count n = max(1, ceil(L / 65536)); total length = 23 + L + 16 * n exactly
+    segment key     = BLAKE3 derive_key("anysyncfs 2026 blob segment key v1", chunk key || key salt)
+    nonce (12 B)    = segment index (u64) || 3 zero bytes || 1 for the last segment, else 0
+    associated data = the 23 header bytes
+
+The blob ID is BLAKE3 of the whole blob, so anyone (a provider too) checks a blob without keys. The chunk key is
+convergent inside a space epoch: ``BLAKE3-keyed(derive_key("anysyncfs 2026 chunk key v1", epoch key), plaintext)``,
+so equal chunks give equal blobs (dedup) without revealing equality to anyone outside the space epoch.
+
+Why a key salt: the compressed bytes depend on the zstd library version, so two devices could compress the same
+chunk differently. Sealing two different stored plaintexts under the same key and nonces would be AES-GCM nonce
+reuse; the salt (a PRF of the stored bytes) gives every distinct stored plaintext its own segment key.
+An uncompressed blob's stored plaintext is fixed by its chunk key, so its salt is zero.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+
+import zstandard
+
+from ..errors import DecodeError, IdMismatch, IntegrityError
+from . import crypto
+from .ops import ChunkRef
+
+BLOB_TAG = ord("B")
+BLOB_VERSION = 1
+FLAG_ZSTD = 0x01  # the stored plaintext is one zstd frame (with its content size) of the chunk
+KNOWN_FLAGS = FLAG_ZSTD
+HEADER = struct.Struct(">BBBI16s")  # tag, version, flags, stored length, key salt
+HEADER_LEN = HEADER.size  # 23
+SALT_LEN = 16
+ZERO_SALT = bytes(SALT_LEN)
+SEGMENT_SIZE = 64 * 1024
+TAG_LEN = crypto.TAG_LEN
+NONCE = struct.Struct(">Q3xB")  # segment index, 3 zero bytes, last-segment flag
+
+MAX_CHUNK_LENGTH = 16 << 20  # plaintext of one chunk (FastCDC max_size bound; manifests too)
+MAX_STORED_LENGTH = MAX_CHUNK_LENGTH
+MAX_SEGMENTS = -(-MAX_STORED_LENGTH // SEGMENT_SIZE)
+MAX_BLOB_LEN = HEADER_LEN + MAX_STORED_LENGTH + MAX_SEGMENTS * TAG_LEN
+
+CHUNK_KEY_CONTEXT = "anysyncfs 2026 chunk key v1"
+SEGMENT_KEY_CONTEXT = "anysyncfs 2026 blob segment key v1"
+
+# zstd level 3 (zstd's own default). Level 1 was ~1.3x faster on text/binary samples but stored 9-15 % more;
+# with two workers level 3 still meets the write-path target (see scripts/bench_core). All devices should use
+# the same level so that equal chunks give equal blobs.
+ZSTD_LEVEL = 3
+# Compression is kept only if it saves at least 1/32 of the chunk: an uncompressed blob can be read by ranges
+# (only the segments needed are decrypted), a compressed one must be opened whole, so a tiny gain is not worth it.
+COMPRESS_MIN_SAVING_DIVISOR = 32
+COMPRESS_MIN_LENGTH = 64  # below this zstd cannot gain anything worthwhile
+# A chunk longer than COMPRESS_PROBE_MIN is compressed only if one of COMPRESS_PROBES evenly spaced windows of
+# COMPRESS_PROBE_SIZE bytes (at i * length / COMPRESS_PROBES) would be kept compressed by the rule above:
+# incompressible data (media, archives) then costs 1/16 of a zstd pass instead of a whole one (~20 % of the
+# write path's CPU), while a chunk that is partly compressible is still found. A pure function of the
+# plaintext, so every device decides alike.
+COMPRESS_PROBES = 4
+COMPRESS_PROBE_SIZE = 16 * 1024
+COMPRESS_PROBE_MIN = 256 * 1024
+
+_local = threading.local()  # zstd (de)compressor objects are not safe to share between threads
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "compressor", None)
+    if c is None:
+        c = _local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "decompressor", None)
+    if d is None:
+        d = _local.decompressor = zstandard.ZstdDecompressor()
+    return d
+
+
+def chunk_key_base(epoch_key: bytes) -> bytes:
+    """The key under which chunk keys of one space epoch are computed (keep it secret, like the epoch key)."""
+    if len(epoch_key) != crypto.KEY_LEN:
+        raise ValueError("an epoch key is 32 bytes")
+    return crypto.derive_key(CHUNK_KEY_CONTEXT, epoch_key)
+
+
+def chunk_key(key_base: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
+    return crypto.blake3_keyed(key_base, plaintext)
+
+
+def _segment_aead(key: bytes, salt: bytes) -> crypto.Aead:
+    return crypto.Aead(crypto.derive_key(SEGMENT_KEY_CONTEXT, key + salt))
+
+
+def _segment_count(stored_length: int) -> int:
+    return max(1, -(-stored_length // SEGMENT_SIZE))
+
+
+def _saves_enough(packed_length: int, length: int) -> bool:
+    return packed_length <= length - max(1, length // COMPRESS_MIN_SAVING_DIVISOR)
+
+
+def _worth_compressing(view: memoryview) -> bool:
+    length = len(view)
+    if length <= COMPRESS_PROBE_MIN:
+        return True
+    compressor = _compressor()
+    for i in range(COMPRESS_PROBES):
+        start = i * length // COMPRESS_PROBES
+        window = view[start : start + COMPRESS_PROBE_SIZE]
+        if _saves_enough(len(compressor.compress(window)), COMPRESS_PROBE_SIZE):
+            return True
+    return False
+
+
+def seal_chunk(
+    plaintext: bytes | bytearray | memoryview, key_base: bytes, *, compress: bool = True
+) -> tuple[ChunkRef, bytes]:
+    """Encrypt one chunk: its :class:`ChunkRef` (blob ID, chunk key, length) and the blob bytes.
+
+    Deterministic: the same plaintext under the same key base always gives the same blob.
+    """
+    view = memoryview(plaintext).cast("B")
+    length = len(view)
+    if length > MAX_CHUNK_LENGTH:
+        raise ValueError(f"a chunk is at most {MAX_CHUNK_LENGTH} bytes, got {length}")
+    key = chunk_key(key_base, view)
+    stored: bytes | memoryview = view
+    flags = 0
+    salt = ZERO_SALT
+    if compress and length >= COMPRESS_MIN_LENGTH and _worth_compressing(view):
+        packed = _compressor().compress(view)
+        if _saves_enough(len(packed), length):
+            stored, flags, salt = packed, FLAG_ZSTD, crypto.blake3_keyed(key, packed)[:SALT_LEN]
+    header = HEADER.pack(BLOB_TAG, BLOB_VERSION, flags, len(stored), salt)
+    aead = _segment_aead(key, salt)
+    count = _segment_count(len(stored))
+    parts = [header]
+    for index in range(count):
+        segment = stored[index * SEGMENT_SIZE : (index + 1) * SEGMENT_SIZE]
+        parts.append(aead.encrypt(NONCE.pack(index, index == count - 1), segment, header))
+    blob = b"".join(parts)
+    return ChunkRef(blob=crypto.blake3(blob), key=key, length=length), blob
+
+
+def _check_header(blob: bytes | memoryview, ref: ChunkRef) -> tuple[int, int, bytes]:
+    """Validate the envelope against ``ref`` before any decryption; return (flags, stored length, salt)."""
+    if ref.length > MAX_CHUNK_LENGTH:
+        raise DecodeError(f"blob: chunk length {ref.length} exceeds the limit of {MAX_CHUNK_LENGTH}")
+    if len(blob) < HEADER_LEN:
+        raise DecodeError(f"blob: truncated ({len(blob)} bytes)")
+    tag, version, flags, stored_length, salt = HEADER.unpack_from(blob)
+    if tag != BLOB_TAG:
+        raise DecodeError(f"blob: wrong format tag 0x{tag:02x}")
+    if version != BLOB_VERSION:
+        raise DecodeError(f"blob: unsupported version {version}")
+    if flags & ~KNOWN_FLAGS:
+        raise DecodeError(f"blob: unknown flags 0x{flags:02x}")
+    if stored_length > MAX_STORED_LENGTH:
+        raise DecodeError(f"blob: stored length {stored_length} exceeds the limit")
+    if len(blob) != HEADER_LEN + stored_length + _segment_count(stored_length) * TAG_LEN:
+        raise DecodeError("blob: length does not match its stored length")
+    if flags & FLAG_ZSTD:
+        if stored_length >= ref.length:
+            raise DecodeError("blob: compressed form is not smaller than the chunk")
+    else:
+        if stored_length != ref.length:
+            raise DecodeError(f"blob: holds {stored_length} bytes, the reference says {ref.length}")
+        if salt != ZERO_SALT:
+            raise DecodeError("blob: an uncompressed blob has a zero key salt")
+    return flags, stored_length, salt
+
+
+def _open_segments(
+    blob: bytes | memoryview, ref: ChunkRef, stored_length: int, salt: bytes, start: int, end: int
+) -> bytes:
+    """Decrypt and authenticate the segments holding stored bytes ``start:end``; return exactly those bytes."""
+    view = memoryview(blob)
+    header = bytes(view[:HEADER_LEN])
+    aead = _segment_aead(ref.key, salt)
+    count = _segment_count(stored_length)
+    first, last = start // SEGMENT_SIZE, max(start, end - 1) // SEGMENT_SIZE
+    parts: list[bytes | memoryview] = []
+    for index in range(first, last + 1):
+        at = HEADER_LEN + index * (SEGMENT_SIZE + TAG_LEN)
+        size = min(SEGMENT_SIZE, stored_length - index * SEGMENT_SIZE) + TAG_LEN
+        plain = aead.decrypt(NONCE.pack(index, index == count - 1), view[at : at + size], header)
+        lo = start - index * SEGMENT_SIZE if index == first else 0
+        hi = end - index * SEGMENT_SIZE if index == last else len(plain)
+        parts.append(plain if lo == 0 and hi == len(plain) else memoryview(plain)[lo:hi])
+    if len(parts) == 1:
+        return parts[0] if isinstance(parts[0], bytes) else bytes(parts[0])
+    return b"".join(parts)
+
+
+def _check_id(blob: bytes | memoryview, ref: ChunkRef) -> None:
+    if len(blob) > MAX_BLOB_LEN:
+        raise DecodeError(f"blob: {len(blob)} bytes exceeds the limit of {MAX_BLOB_LEN}")
+    if crypto.blake3(blob) != ref.blob:
+        raise IdMismatch("blob does not hash to its ID")
+
+
+def open_chunk(
+    blob: bytes | memoryview, ref: ChunkRef, *, verify_id: bool = True, key_base: bytes | None = None
+) -> bytes:
+    """Verify and decrypt a whole blob; return the chunk plaintext (exactly ``ref.length`` bytes).
+
+    Order: blob ID (:class:`IdMismatch`, skipped only with ``verify_id=False`` when the caller has just checked
+    it), envelope (:class:`DecodeError`), every segment (:class:`AuthenticationFailed`), decompression under a
+    hard bound (:class:`DecodeError`), then — when ``key_base`` (the chunk key base of the epoch the chunk was
+    written in) is given — that the plaintext's keyed hash is the chunk key (:class:`IntegrityError`).
+    """
+    if verify_id:
+        _check_id(blob, ref)
+    flags, stored_length, salt = _check_header(blob, ref)
+    stored = _open_segments(blob, ref, stored_length, salt, 0, stored_length)
+    plaintext = _decompress(stored, ref.length) if flags & FLAG_ZSTD else stored
+    if len(plaintext) != ref.length:
+        raise DecodeError("blob: plaintext length differs from the reference")
+    if key_base is not None and not crypto.ct_equal(chunk_key(key_base, plaintext), ref.key):
+        raise IntegrityError("blob: plaintext does not match its chunk key")
+    return plaintext
+
+
+def _decompress(stored: bytes, length: int) -> bytes:
+    """One zstd frame that declares exactly ``length`` bytes; nothing may follow it."""
+    try:
+        declared = zstandard.frame_content_size(stored)
+        if declared != length:
+            raise DecodeError(f"blob: zstd frame declares {declared} bytes, expected {length}")
+        out = _decompressor().decompress(stored, max_output_size=length, allow_extra_data=False)
+    except zstandard.ZstdError as e:
+        raise DecodeError(f"blob: bad zstd frame: {e}") from None
+    if len(out) != length:
+        raise DecodeError("blob: zstd frame decompressed to the wrong length")
+    return out
+
+
+def open_chunk_range(blob: bytes | memoryview, ref: ChunkRef, start: int, end: int, *, verify_id: bool = True) -> bytes:
+    """Bytes ``start:end`` of the chunk. For an uncompressed blob only the segments covering the range are
+    decrypted (and authenticated); a compressed blob is opened whole. Errors as :func:`open_chunk`."""
+    if not 0 <= start <= end <= ref.length:
+        raise ValueError(f"range {start}:{end} is outside the chunk of {ref.length} bytes")
+    if verify_id:
+        _check_id(blob, ref)
+    flags, stored_length, salt = _check_header(blob, ref)
+    if flags & FLAG_ZSTD:
+        return open_chunk(blob, ref, verify_id=False)[start:end]
+    if start == end:
+        return b""
+    return _open_segments(blob, ref, stored_length, salt, start, end)

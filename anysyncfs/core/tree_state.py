@@ -1,0 +1,321 @@
+"""The folded file tree: nodes, directory entries, the indexes the mount reads, and a canonical serialisation.
+
+Nodes (files, directories, symlinks) and entries (names) are separate: an entry names a node inside a parent
+directory node, a hard link is a second entry for one node, and an unlinked entry stays in ``entries`` with
+``live = False`` (so a concurrent write can bring it back). Nodes are never removed: one without live entries is
+invisible but kept for open files and history.
+
+Invariant kept by the fold (checked by :meth:`TreeIndex.problems`): the parent of every live entry is the root
+or a directory with a live entry, so every live entry is reachable from the root; directories have exactly one
+entry.
+
+This module holds the state and its read side; :mod:`.tree_fold` applies ops through the mutation primitives
+at the end of :class:`TreeIndex`, and :class:`.tree.TreeState` joins the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from . import ops
+from .encoding import encode
+from .ids import NODE_ID_LEN, ROOT_NODE
+from .tree_names import display_names
+
+OrderKey = tuple[int, bytes, int]  # (lamport, change id, op index) of the op that placed an entry
+NO_CHANGE = bytes(32)  # version/author of the root before any change touches it
+ROOT_MODE = 0o755
+CANONICAL_VERSION = 1  # first element of canonical(): bump when its layout changes
+
+T = TypeVar("T", bound="TreeIndex")
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeInfo:
+    """What the fold needs from a change header."""
+
+    id: bytes  # change ID (32 bytes)
+    lamport: int  # Lamport clock: greater than every parent's
+    author: bytes  # account public key of the signer (32 bytes)
+    wall_us: int  # author's wall clock, microseconds since the Unix epoch (only shown, never ordered by)
+
+
+@dataclass(slots=True)
+class Node:
+    """A file, directory or symlink and its attributes."""
+
+    id: bytes
+    kind: int  # ops.KIND_*
+    mode: int  # permission bits (0..0o7777); the kind is separate
+    uid: int
+    gid: int
+    content: ops.Content  # ops.EMPTY for directories and symlinks
+    target: bytes  # symlink target (empty for other kinds)
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    xattrs: dict[bytes, bytes]
+    version: bytes  # ID of the last change that touched this node
+    author: bytes  # author of that change
+    # Fold bookkeeping: the write that produced `content` (None while the file was never written), with the wall
+    # time and author that name its conflict copy if a concurrent write displaces it.
+    last_write: bytes | None = None
+    write_wall_us: int = 0
+    write_author: bytes = NO_CHANGE
+
+    @property
+    def size(self) -> int:
+        return self.content.size
+
+    def clone(self) -> Node:
+        return Node(
+            self.id, self.kind, self.mode, self.uid, self.gid, self.content, self.target, self.atime_ns,
+            self.mtime_ns, self.ctime_ns, dict(self.xattrs), self.version, self.author, self.last_write,
+            self.write_wall_us, self.write_author,
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class Entry:
+    """One name of a node inside a parent directory."""
+
+    id: bytes
+    parent: bytes  # directory node ID
+    name: bytes  # raw name as created or renamed; the shown name may carry a conflict suffix
+    node: bytes
+    live: bool
+    order: OrderKey  # placement of the op that last put this entry at (parent, name)
+    wall_us: int  # wall time of that op's change (names a collision suffix)
+    author: bytes  # author of that change
+    deleted_by: bytes | None = None  # change that unlinked it (None while live)
+
+    def clone(self) -> Entry:
+        return Entry(
+            self.id, self.parent, self.name, self.node, self.live, self.order, self.wall_us, self.author,
+            self.deleted_by,
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class _DirView:
+    """Cached listing of one directory: display name <-> entry, and how many children are directories."""
+
+    by_name: dict[bytes, Entry] = field(default_factory=dict)
+    name_of: dict[bytes, bytes] = field(default_factory=dict)  # entry id -> display name
+    subdirs: int = 0
+
+
+def root_node() -> Node:
+    return Node(ROOT_NODE, ops.KIND_DIR, ROOT_MODE, 0, 0, ops.EMPTY, b"", 0, 0, 0, {}, NO_CHANGE, NO_CHANGE)
+
+
+class TreeIndex:
+    """The tree state with its indexes. Read it through the query methods; change it only by applying changes."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[bytes, Node] = {ROOT_NODE: root_node()}
+        self.entries: dict[bytes, Entry] = {}
+        self._of_node: dict[bytes, dict[bytes, Entry]] = {}  # node id -> all its entries, live or not
+        self._live_in: dict[bytes, dict[bytes, Entry]] = {}  # directory node id -> its live entries
+        self._views: dict[bytes, _DirView] = {}  # directory node id -> cached listing
+
+    # ------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_parts(cls: type[T], nodes: Mapping[bytes, Node], entries: Mapping[bytes, Entry]) -> T:
+        """A state from stored nodes and entries (e.g. a cached fold); the objects are copied, indexes rebuilt."""
+        state = cls()
+        for node in nodes.values():
+            state.nodes[node.id] = node.clone()
+        if ROOT_NODE not in state.nodes:
+            state.nodes[ROOT_NODE] = root_node()
+        for entry in entries.values():
+            state.put_entry(entry.clone())
+        return state
+
+    def copy(self: T) -> T:
+        """An independent deep copy (the caches are rebuilt on demand)."""
+        return type(self).from_parts(self.nodes, self.entries)
+
+    # ------------------------------------------------------------------------------------------------ queries
+    def _view(self, parent: bytes) -> _DirView:
+        view = self._views.get(parent)
+        if view is None:
+            view = _DirView()
+            for name, entry in display_names(self._live_in.get(parent, {}).values()).items():
+                assert isinstance(entry, Entry)
+                view.by_name[name] = entry
+                view.name_of[entry.id] = name
+                if self.nodes[entry.node].kind == ops.KIND_DIR:
+                    view.subdirs += 1
+            self._views[parent] = view
+        return view
+
+    def children(self, parent: bytes) -> dict[bytes, Entry]:
+        """Live entries of a directory by display name, sorted by name (empty for a non-directory)."""
+        return dict(self._view(parent).by_name)
+
+    def lookup(self, parent: bytes, name: bytes) -> Entry | None:
+        """The live entry shown as ``name`` in directory ``parent``."""
+        return self._view(parent).by_name.get(name)
+
+    def display_name(self, entry: Entry) -> bytes | None:
+        """The name a live entry is shown under (None for an unlinked entry)."""
+        if not entry.live:
+            return None
+        return self._view(entry.parent).name_of.get(entry.id)
+
+    def entries_of(self, node: bytes) -> list[Entry]:
+        """Every entry (live or not) of a node, oldest placement first."""
+        return sorted(self._of_node.get(node, {}).values(), key=lambda e: (e.order, e.id))
+
+    def live_entries(self, node: bytes) -> list[Entry]:
+        """The live entries of a node, oldest placement first."""
+        return [e for e in self.entries_of(node) if e.live]
+
+    def primary_entry(self, node: bytes) -> Entry | None:
+        """The oldest live entry of a node: where its path and its conflict copies go."""
+        live = self.live_entries(node)
+        return live[0] if live else None
+
+    def dir_entry(self, node: bytes) -> Entry | None:
+        """The one entry of a directory node, live or not (None for the root)."""
+        for entry in self._of_node.get(node, {}).values():
+            return entry
+        return None
+
+    def visible(self, node: bytes) -> bool:
+        return node == ROOT_NODE or any(e.live for e in self._of_node.get(node, {}).values())
+
+    def nlink(self, node: bytes) -> int:
+        """POSIX link count: 2 + subdirectories for a directory, live entries otherwise."""
+        found = self.nodes.get(node)
+        if found is None:
+            return 0
+        if found.kind == ops.KIND_DIR:
+            return (2 if self.visible(node) else 0) + self._view(node).subdirs
+        return sum(1 for e in self._of_node.get(node, {}).values() if e.live)
+
+    def resolve(self, path: bytes) -> Node | None:
+        """The visible node at ``a/b/c`` (display names; empty components ignored, so b"" is the root)."""
+        current = ROOT_NODE
+        for part in path.split(b"/"):
+            if not part:
+                continue
+            entry = self.lookup(current, part)
+            if entry is None:
+                return None
+            current = entry.node
+        return self.nodes[current]
+
+    def node_path(self, node: bytes) -> bytes | None:
+        """Path of a visible node through its oldest live entries (b"" for the root, None if invisible)."""
+        parts: list[bytes] = []
+        current = node
+        for _ in range(len(self.nodes) + 1):  # the fold keeps the tree acyclic; the bound is belt and braces
+            if current == ROOT_NODE:
+                return b"/".join(reversed(parts))
+            entry = self.primary_entry(current)
+            if entry is None:
+                return None
+            name = self.display_name(entry)
+            if name is None:
+                return None
+            parts.append(name)
+            current = entry.parent
+        return None
+
+    # ------------------------------------------------------------------------------------------ serialisation
+    def canonical(self) -> bytes:
+        """Deterministic msgpack of the visible tree: ``[CANONICAL_VERSION, [record...]]`` with one record per
+        path, depth first in byte order of display names. A record is ``[path, node id, kind, mode, uid, gid,
+        atime, mtime, ctime, [[xattr name, value]...] sorted, content, symlink target, nlink, version, author]``.
+        A hard-linked node appears at each of its paths."""
+        records: list[list[object]] = []
+        stack: list[tuple[bytes, bytes]] = [(b"", ROOT_NODE)]
+        while stack:
+            path, node_id = stack.pop()
+            node = self.nodes[node_id]
+            records.append([
+                path, node.id, node.kind, node.mode, node.uid, node.gid, node.atime_ns, node.mtime_ns,
+                node.ctime_ns, [[k, v] for k, v in sorted(node.xattrs.items())], node.content, node.target,
+                self.nlink(node_id), node.version, node.author,
+            ])  # fmt: skip
+            if node.kind == ops.KIND_DIR:
+                prefix = path + b"/" if path else b""
+                kids = self._view(node_id).by_name
+                stack.extend((prefix + name, kids[name].node) for name in reversed(kids))
+        return encode([CANONICAL_VERSION, records])
+
+    def problems(self) -> list[str]:
+        """Broken invariants (an fsck helper; empty when the state is sound)."""
+        found: list[str] = []
+        for entry in self.entries.values():
+            if entry.node not in self.nodes:
+                found.append(f"entry {entry.id.hex()} names a missing node")
+                continue
+            parent = self.nodes.get(entry.parent)
+            if parent is None or parent.kind != ops.KIND_DIR:
+                found.append(f"entry {entry.id.hex()} has no directory parent")
+            elif entry.live and not self.visible(entry.parent):
+                found.append(f"live entry {entry.id.hex()} sits in an unlinked directory")
+            if not ops.valid_name(entry.name):
+                found.append(f"entry {entry.id.hex()} has an invalid name")
+        for node in self.nodes.values():
+            count = len(self._of_node.get(node.id, {}))
+            if node.kind == ops.KIND_DIR and node.id != ROOT_NODE and count != 1:
+                found.append(f"directory {node.id.hex()} has {count} entries")
+            if node.id != ROOT_NODE and node.kind == ops.KIND_DIR and self.visible(node.id):
+                if self.node_path(node.id) is None:
+                    found.append(f"directory {node.id.hex()} is not reachable from the root")
+        for parent in self._live_in:
+            for name in self._view(parent).by_name:
+                if not ops.valid_name(name):
+                    found.append(f"display name {name!r} is invalid")
+        return found
+
+    # ------------------------------------------------------- mutation primitives (used only by tree_fold)
+    def put_node(self, node: Node) -> None:
+        self.nodes[node.id] = node
+
+    def put_entry(self, entry: Entry) -> None:
+        self.entries[entry.id] = entry
+        self._of_node.setdefault(entry.node, {})[entry.id] = entry
+        if entry.live:
+            self._live_in.setdefault(entry.parent, {})[entry.id] = entry
+            self._views.pop(entry.parent, None)
+
+    def set_live(self, entry: Entry, live: bool, deleted_by: bytes | None) -> None:
+        entry.live = live
+        entry.deleted_by = deleted_by
+        if live:
+            self._live_in.setdefault(entry.parent, {})[entry.id] = entry
+        else:
+            self._forget_live(entry)
+        self._views.pop(entry.parent, None)
+
+    def move_entry(self, entry: Entry, parent: bytes, name: bytes, order: OrderKey, wall_us: int,
+                   author: bytes) -> None:  # fmt: skip
+        if entry.live:
+            self._forget_live(entry)
+            self._views.pop(entry.parent, None)
+        entry.parent, entry.name, entry.order, entry.wall_us, entry.author = parent, name, order, wall_us, author
+        if entry.live:
+            self._live_in.setdefault(parent, {})[entry.id] = entry
+            self._views.pop(parent, None)
+
+    def _forget_live(self, entry: Entry) -> None:
+        siblings = self._live_in.get(entry.parent)
+        if siblings is not None:
+            siblings.pop(entry.id, None)
+            if not siblings:
+                del self._live_in[entry.parent]
+
+    def has_live_children(self, directory: bytes) -> bool:
+        return bool(self._live_in.get(directory))
+
+
+def valid_id(raw: bytes) -> bool:
+    """A node or entry ID as ops carry it (checked again here: ops built in-process skip msgspec's checks)."""
+    return isinstance(raw, bytes) and len(raw) == NODE_ID_LEN

@@ -1,0 +1,11 @@
+"""The replica layer: one space's verified state on this device (store + core), used by the CLI, the VFS and sync.
+
+Public surface: :class:`Home` (a device's home directory), :class:`Replica` (one space), :func:`create_space`,
+:func:`open_replica`, :func:`fsck`.
+"""
+
+from .home import Home, Unlocked, default_home
+from .replica import IngestResult, Replica, adopt_space, create_space, open_replica, resolve_space
+from .fsck import fsck
+
+__all__ = ["Home", "Unlocked", "default_home", "IngestResult", "Replica", "adopt_space", "create_space", "open_replica", "resolve_space", "fsck"]

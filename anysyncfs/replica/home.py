@@ -1,0 +1,123 @@
+"""The home directory of one device: keyring, store and blob files.
+
+Layout::
+
+    <home>/master.keys     keyring (see docs/protocol.md), mode 0600, written atomically
+    <home>/store.db        SQLite store (WAL) for every space of this device
+    <home>/blobs/ab/cd…    content-addressed blob files
+
+The default home is ``$XDG_DATA_HOME/anysyncfs`` (platformdirs); ``--home`` or ``ANYSYNCFS_HOME`` override it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+from ..core import keyring as kr
+from ..core.keys import Identity
+from ..errors import AlreadyExists, KeyringCorrupt, KeyringError, NotFound, StoreError
+from ..store.blobfiles import BlobFiles
+from ..store.db import Store
+from ..store.files import atomic_write, read_bounded
+
+KEYRING_FILE = "master.keys"
+STORE_FILE = "store.db"
+BLOBS_DIR = "blobs"
+KEYRING_MAX_SIZE = 16 << 20
+
+
+def default_home() -> Path:
+    env = os.environ.get("ANYSYNCFS_HOME")
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_data_dir("anysyncfs", appauthor=False))
+
+
+@dataclass
+class Unlocked:
+    """A home whose keyring is open: the identity, every space key, and the passphrase to re-seal it."""
+
+    home: "Home"
+    contents: kr.KeyringContents
+    identity: Identity
+    passphrase: bytes = field(repr=False)
+
+    def epoch_keys(self, space_id: bytes) -> dict[int, bytes]:
+        return dict(self.contents.spaces.get(space_id, {}))
+
+    def remember_keys(self, space_id: bytes, keys: dict[int, bytes]) -> None:
+        """Add epoch keys of a space to the keyring file (re-sealed atomically) if any is new."""
+        have = self.contents.spaces.get(space_id, {})
+        if all(have.get(e) == k for e, k in keys.items()):
+            return
+        try:
+            self.contents = kr.with_space_keys(self.contents, space_id, keys)
+        except ValueError:
+            raise KeyringError("a space key in the keyring disagrees with the space's ACL") from None
+        self.home.write_keyring(self.contents, self.passphrase)
+
+
+class Home:
+    def __init__(self, root: Path, *, scrypt_log2_n: int = 14) -> None:
+        self.root = Path(root)
+        self.scrypt_log2_n = scrypt_log2_n
+        self._store: Store | None = None
+        self._blobs: BlobFiles | None = None
+
+    @property
+    def keyring_path(self) -> Path:
+        return self.root / KEYRING_FILE
+
+    def has_identity(self) -> bool:
+        return self.keyring_path.exists()
+
+    # ------------------------------------------------------------------------------------------ identity
+    def create_identity(self, phrase: str, device_name: str, passphrase: bytes) -> Unlocked:
+        if self.has_identity():
+            raise AlreadyExists(f"an identity already exists in {self.root}")
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        identity = Identity.create(phrase, device_name, time.time_ns() // 1000)
+        contents = kr.contents_from_identity(identity)
+        self.write_keyring(contents, passphrase)
+        return Unlocked(self, contents, identity, passphrase)
+
+    def unlock(self, passphrase: bytes) -> Unlocked:
+        if not self.has_identity():
+            raise NotFound(f"no identity in {self.root} (run `anysyncfs init` first)")
+        try:
+            data = read_bounded(self.keyring_path, KEYRING_MAX_SIZE)
+        except StoreError as e:
+            raise KeyringCorrupt(f"keyring {self.keyring_path}: {e}") from None
+        contents = kr.open_keyring(data, passphrase)
+        return Unlocked(self, contents, kr.identity_from_contents(contents), passphrase)
+
+    def write_keyring(self, contents: kr.KeyringContents, passphrase: bytes) -> None:
+        data = kr.seal_keyring(contents, passphrase, log2_n=self.scrypt_log2_n)
+        atomic_write(self.keyring_path, data, mode=0o600)
+
+    # ------------------------------------------------------------------------------------------ storage
+    def store(self) -> Store:
+        if self._store is None:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._store = Store(str(self.root / STORE_FILE))
+        return self._store
+
+    def blobs(self) -> BlobFiles:
+        if self._blobs is None:
+            self._blobs = BlobFiles(self.root / BLOBS_DIR)
+        return self._blobs
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def require_identity(home: Home) -> None:
+    if not home.has_identity():
+        raise KeyringError(f"no identity in {home.root} (run `anysyncfs init` first)")

@@ -1,0 +1,367 @@
+"""One space on this device: verified ACL, DAG and folded tree, backed by the store and the blob files.
+
+Every change that enters — made here (:meth:`Replica.commit`) or received (:meth:`Replica.ingest`) — is
+verified (ID, signature, ACL) before it is stored, stored before it is applied, and applied in fold order. The
+folded tree is cached in the store (``nodes``/``entries``) together with the heads it was folded at, so opening a
+replica never replays the DAG unless the cache is stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ..core import acl as acl_mod
+from ..core import blob, crypto, ids, ops, space, tree, validate
+from ..core.change import MAX_PARENTS, Change, make_change, open_payload, parse_change
+from ..core.chunking import ChunkParams
+from ..core.dag import Dag
+from ..errors import DecodeError, IntegrityError, NotFound, PermissionDenied, Rejected, UsageError
+from ..store import schema
+from ..store.blobfiles import BlobFiles
+from ..store.db import Store
+from . import treecache
+from .home import Unlocked
+
+log = logging.getLogger(__name__)
+
+FOLD_VERSION = 1  # bump when fold rules or the node/entry serialisation change: cached trees are rebuilt
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def heads_digest(heads: Iterable[bytes]) -> bytes:
+    return crypto.blake3(b"".join(sorted(heads)))
+
+
+def create_space(unlocked: Unlocked, name: str, *, chunking: tuple[int, int, int] | None = None) -> "Replica":
+    """Create a new space owned by this identity; remember its epoch-0 key in the keyring."""
+    store = unlocked.home.store()
+    if any(r.name == name for r in store.spaces()):
+        raise UsageError(f"a space named {name!r} already exists here")
+    owner = unlocked.identity.account
+    created = now_us()
+    header = space.make_space_header(owner, created, chunking=chunking)
+    parsed = space.parse_space_header(header)
+    epoch0 = crypto.random_bytes(crypto.KEY_LEN)
+    genesis = acl_mod.make_genesis(owner, header, epoch0, created)
+    record = acl_mod.parse_record(genesis)
+    unlocked.remember_keys(parsed.id, {0: epoch0})
+    with store.transaction():
+        store.add_space(parsed.id, name, header)
+        store.add_acl_record(parsed.id, record.id, genesis)
+        store.set_tree_meta(parsed.id, heads_digest(()), 0, FOLD_VERSION)
+    return Replica(unlocked, store, unlocked.home.blobs(), parsed.id)
+
+
+def adopt_space(unlocked: Unlocked, name: str, header_raw: bytes, acl_raws: Sequence[bytes]) -> "Replica":
+    """Start holding an existing space from its signed header and ACL records (all verified first).
+
+    Changes then arrive through :meth:`Replica.ingest`; this is how a second device or a new member begins.
+    """
+    store = unlocked.home.store()
+    parsed = space.parse_space_header(header_raw)
+    records = [acl_mod.parse_record(raw) for raw in acl_raws]
+    acl_mod.fold(parsed.id, records)  # raises unless there is a valid genesis for this space
+    if any(r.id == parsed.id for r in store.spaces()):
+        raise UsageError("this device already holds that space")
+    with store.transaction():
+        store.add_space(parsed.id, name, header_raw)
+        for r in records:
+            store.add_acl_record(parsed.id, r.id, r.raw)
+        store.set_tree_meta(parsed.id, heads_digest(()), 0, FOLD_VERSION)
+    return Replica(unlocked, store, unlocked.home.blobs(), parsed.id)
+
+
+def resolve_space(store: Store, text: str) -> bytes:
+    """A space by ID text (``sp-…``) or by its local name."""
+    rows = store.spaces()
+    for r in rows:
+        if r.name == text or ids.space_text(r.id) == text:
+            return r.id
+    raise NotFound(f"unknown space {text!r}")
+
+
+def open_replica(unlocked: Unlocked, text: str) -> "Replica":
+    store = unlocked.home.store()
+    return Replica(unlocked, store, unlocked.home.blobs(), resolve_space(store, text))
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What happened to a received change: applied, already known, waiting for parents, or rejected."""
+
+    status: str  # "applied" | "known" | "missing-parents" | "rejected"
+    missing: tuple[bytes, ...] = ()
+    reason: str = ""
+
+
+class Replica:
+    def __init__(
+        self, unlocked: Unlocked, store: Store, blobs: BlobFiles, space_id: bytes, *, read_only: bool = False
+    ) -> None:
+        """Open a space. ``read_only`` (fsck) never writes: a stale tree cache is refolded in memory only."""
+        self.read_only = read_only
+        self.unlocked = unlocked
+        self.identity = unlocked.identity
+        self.store = store
+        self.blobs = blobs
+        self.space_id = space_id
+        row = store.space(space_id)
+        self.name = row.name
+        self.header = space.parse_space_header(row.header, space_id)
+        self.acl = self._fold_acl()
+        self.keys = self._epoch_keys()
+        self._dag: Dag | None = None
+        self._codec = treecache.TreeCodec(self.identity.account.seed, space_id)
+        self.heads: tuple[bytes, ...] = store.heads(space_id)
+        self.tree = self._load_tree()
+
+    # ------------------------------------------------------------------------------------------ ACL and keys
+    def _fold_acl(self) -> acl_mod.AclView:
+        records = []
+        for rid, raw in self.store.acl_records(self.space_id):
+            records.append(acl_mod.parse_record(raw, rid))
+        return acl_mod.fold(self.space_id, records)
+
+    def _epoch_keys(self) -> dict[int, bytes]:
+        keys = self.unlocked.epoch_keys(self.space_id)
+        try:
+            from_acl = acl_mod.epoch_keys(self.acl, self.identity.account)
+        except IntegrityError as e:
+            log.warning("space %s: cannot open epoch keys from the ACL: %s", ids.space_text(self.space_id), e)
+            from_acl = {}
+        if any(keys.get(e) != k for e, k in from_acl.items()):
+            keys.update(from_acl)
+            if not self.read_only:
+                self.unlocked.remember_keys(self.space_id, keys)
+        return keys
+
+    def add_acl_record(self, raw: bytes, expected_id: bytes | None = None) -> bool:
+        """Verify and store an ACL record; re-validate changes and refold if the canonical chain moved."""
+        record = acl_mod.parse_record(raw, expected_id)
+        if not self.store.add_acl_record(self.space_id, record.id, raw):
+            return False
+        before = self.acl.head
+        self.acl = self._fold_acl()
+        self.keys = self._epoch_keys()
+        if self.acl.head != before:
+            self.refold(revalidate=True)
+        return True
+
+    @property
+    def role(self) -> acl_mod.Role | None:
+        return self.acl.current.members.get(self.identity.account_id)
+
+    # ------------------------------------------------------------------------------------------ DAG
+    @property
+    def dag(self) -> Dag:
+        if self._dag is None:
+            dag = Dag()
+            for r in self.store.change_rows(self.space_id):
+                dag.add(r.id, r.parents, r.lamport)
+            self._dag = dag
+        return self._dag
+
+    # ------------------------------------------------------------------------------------------ tree cache
+    def _load_tree(self) -> tree.TreeState:
+        meta = self.store.tree_meta(self.space_id)
+        if meta is not None and meta[2] == FOLD_VERSION and crypto.ct_equal(meta[0], heads_digest(self.heads)):
+            try:
+                return self._tree_from_rows()
+            except DecodeError as e:
+                log.warning("space %s: cached tree unreadable (%s); refolding", ids.space_text(self.space_id), e)
+        if self.read_only:
+            return self.fresh_fold()
+        return self.refold()
+
+    def _tree_from_rows(self) -> tree.TreeState:
+        node_rows, entry_rows = self.store.tree_rows(self.space_id)
+        return self._codec.decode_tree([state for _inode, state in node_rows], entry_rows)
+
+    def _persist(self, state: tree.TreeState, touched: set[bytes] | None) -> None:
+        """Write the folded tree rows (all of them, or those of ``touched`` nodes) and the cache stamp."""
+        if touched is None:
+            self.store.clear_tree(self.space_id)
+            node_list = list(state.nodes.values())
+            entry_list = list(state.entries.values())
+        else:
+            node_list = [state.nodes[n] for n in touched if n in state.nodes]
+            entry_list = [e for n in touched for e in state.entries_of(n)]
+        self.store.upsert_nodes(self.space_id, [
+            (n.id, n.kind, n.content.size, n.version, self._codec.encode_node(n)) for n in node_list
+        ])
+        self.store.upsert_entries(self.space_id, [
+            (e.id, e.parent, e.node, e.live, self._codec.encode_entry(e)) for e in entry_list
+        ])
+        self.store.set_tree_meta(self.space_id, heads_digest(self.heads), len(self.dag), FOLD_VERSION)
+
+    def fresh_fold(self, heads: Sequence[bytes] | None = None) -> tree.TreeState:
+        """Fold the accepted changes (all, or the ancestors of ``heads``) from scratch, verifying each one."""
+        wanted = None if heads is None else self.dag.ancestors(heads)
+        state = tree.TreeState()
+        for cid, raw in self.store.iter_change_raws(self.space_id):
+            if wanted is not None and cid not in wanted:
+                continue
+            change = parse_change(raw, cid)
+            self._apply(state, change)
+        return state
+
+    def refold(self, *, revalidate: bool = False) -> tree.TreeState:
+        """Rebuild the cached tree from the DAG (after a change arrived out of order or the ACL moved)."""
+        with self.store.transaction():
+            if revalidate:
+                self._revalidate()
+            self.tree = self.fresh_fold()
+            self._persist(self.tree, None)
+        return self.tree
+
+    def _revalidate(self) -> None:
+        """Re-check every accepted change against the current ACL (a removal can invalidate backdated ones)."""
+        for cid, raw in self.store.iter_change_raws(self.space_id):
+            change = parse_change(raw, cid)
+            try:
+                validate.check_change(change, self.space_id, self.dag, self.acl)
+            except Rejected as e:
+                log.warning("change %s no longer valid: %s", ids.change_text(cid)[:20], e)
+                self.store.reject_change(cid, str(e))
+                self._dag = None
+        self.heads = self.dag.heads()
+        self.store.set_heads(self.space_id, self.heads)
+
+    def _apply(self, state: tree.TreeState, change: Change) -> set[bytes]:
+        key = self.keys.get(change.header.epoch)
+        if key is None:
+            log.warning("no key for epoch %d: change %s not shown", change.header.epoch,
+                        ids.change_text(change.id)[:20])
+            return set()
+        payload = ops.decode_payload(open_payload(change, key))
+        info = tree.ChangeInfo(change.id, change.header.lamport, change.header.author, change.header.wall_us)
+        return state.apply(info, payload, self.dag.is_ancestor)
+
+    # ------------------------------------------------------------------------------------------ writing
+    def current_epoch_key(self) -> tuple[int, bytes]:
+        epoch = self.acl.current.epoch
+        key = self.keys.get(epoch)
+        if key is None:
+            raise PermissionDenied(f"this device holds no key for epoch {epoch} of the space")
+        return epoch, key
+
+    def check_writable(self) -> None:
+        role = self.role
+        if role is None:
+            raise PermissionDenied("you are not a member of this space")
+        if role < acl_mod.Role.WRITER:
+            raise PermissionDenied("read-only: you are a reader in this space")
+
+    def chunk_key_base(self) -> bytes:
+        """Chunk keys are convergent within the current key epoch."""
+        return blob.chunk_key_base(self.current_epoch_key()[1])
+
+    @property
+    def chunk_params(self) -> ChunkParams:
+        c = self.header.chunking
+        return ChunkParams(c.min_size, c.avg_size, c.max_size)
+
+    def commit(self, payload_ops: list[ops.Op], *, wall_us: int | None = None) -> Change:
+        """Sign, encrypt, verify, store and apply one change made of ``payload_ops`` (atomically)."""
+        self.check_writable()
+        epoch, key = self.current_epoch_key()
+        dag = self.dag
+        parents = self.heads
+        if len(parents) > MAX_PARENTS:  # merge the newest heads now; the rest are merged by later changes
+            parents = tuple(sorted(parents, key=lambda h: (dag.lamport(h), h))[-MAX_PARENTS:])
+        lamport = dag.next_lamport(parents)
+        change = make_change(
+            self.identity.account, self.identity.device_id, self.space_id, parents, lamport,
+            wall_us if wall_us is not None else now_us(), self.acl.head, epoch, key,
+            ops.encode_payload(payload_ops),
+        )
+        validate.check_change(change, self.space_id, dag, self.acl)
+        self._store_and_apply(change, incremental=self._sorts_last(change))
+        return change
+
+    def _sorts_last(self, change: Change) -> bool:
+        """True when ``change`` comes after every known change in fold order (so it can be applied on top)."""
+        order = self.dag.order()
+        if not order:
+            return True
+        last = order[-1]
+        return (change.header.lamport, change.id) > (self.dag.lamport(last) or 0, last)
+
+    def _store_and_apply(self, change: Change, *, incremental: bool) -> None:
+        h = change.header
+        try:
+            with self.store.transaction():
+                self.store.add_change(self.space_id, change.id, change.raw, h.parents, h.lamport, h.author,
+                                      h.wall_us, schema.CHANGE_ACCEPTED)
+                self.dag.add(change.id, h.parents, h.lamport)
+                self.heads = self.dag.heads()
+                self.store.set_heads(self.space_id, self.heads)
+                if incremental:
+                    touched = self._apply(self.tree, change)
+                    self._persist(self.tree, touched)
+                else:
+                    self.tree = self.fresh_fold()
+                    self._persist(self.tree, None)
+        except BaseException:
+            # The in-memory state may be ahead of the store: reload it from what was committed.
+            self._dag = None
+            self.heads = self.store.heads(self.space_id)
+            self.tree = self._load_tree()
+            raise
+
+    # ------------------------------------------------------------------------------------------ receiving
+    def ingest(self, raw: bytes, expected_id: bytes | None = None) -> IngestResult:
+        """Verify and apply a change received from elsewhere. Raises IntegrityError for forged or corrupt bytes."""
+        change = parse_change(raw, expected_id)
+        if self.store.has_change(change.id):
+            return IngestResult("known")
+        missing = tuple(p for p in change.header.parents if not self.dag.contains(p))
+        if missing:
+            return IngestResult("missing-parents", missing)
+        try:
+            validate.check_change(change, self.space_id, self.dag, self.acl)
+        except Rejected as e:
+            h = change.header
+            log.warning("rejected change %s: %s", ids.change_text(change.id)[:20], e)
+            self.store.add_change(self.space_id, change.id, change.raw, h.parents, h.lamport, h.author, h.wall_us,
+                                  schema.CHANGE_REJECTED, str(e))
+            return IngestResult("rejected", reason=str(e))
+        self._store_and_apply(change, incremental=self._sorts_last(change))
+        return IngestResult("applied")
+
+    # ------------------------------------------------------------------------------------------ blobs
+    def store_blob(self, blob_id: bytes, data: bytes) -> None:
+        """Write a blob durably and index it (before any change that references it is committed)."""
+        self.blobs.put(blob_id, data)
+        self.store.index_blob(blob_id, len(data))
+        self.store.queue_upload(self.space_id, [blob_id])
+
+    def get_blob(self, blob_id: bytes) -> bytes:
+        """The verified bytes of a blob (the fetcher interface; the sync layer adds remote sources)."""
+        if not self.blobs.has(blob_id):
+            raise NotFound(f"blob {ids.to_text(ids.PREFIX_BLOB, blob_id)[:20]}… is not on this device")
+        return self.blobs.get(blob_id)
+
+    # ------------------------------------------------------------------------------------------ versions
+    def materialise(self, heads: Sequence[bytes]) -> tree.TreeState:
+        """The tree as it was when ``heads`` were the heads (read-only; for history and versions)."""
+        for h in heads:
+            if not self.dag.contains(h):
+                raise NotFound(f"unknown change {ids.change_text(h)}")
+        return self.fresh_fold(heads)
+
+    def payloads(self) -> Iterable[tuple[Change, list[ops.Op]]]:
+        """Every accepted change with its decrypted ops, in fold order (those whose key we lack are skipped)."""
+        for cid, raw in self.store.iter_change_raws(self.space_id):
+            change = parse_change(raw, cid)
+            key = self.keys.get(change.header.epoch)
+            if key is None:
+                continue
+            yield change, ops.decode_payload(open_payload(change, key))
+

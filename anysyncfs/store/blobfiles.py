@@ -1,0 +1,126 @@
+"""Content-addressed blob files.
+
+A blob with ID ``abcdef…`` (64 lowercase hex digits of its BLAKE3 hash) lives at ``<root>/ab/cdef…``: the first
+byte names a directory (so no directory holds more than 1/256 of the blobs), the other 31 bytes the file.
+Files are written atomically (temporary file, fsync, rename, fsync of the directory), mode 0o600, directories
+0o700. Every read re-hashes the bytes, so a corrupted file is reported (:class:`IdMismatch`) and never served.
+Temporary files start with a dot and are skipped by listings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..core import crypto
+from ..core.blob import MAX_BLOB_LEN
+from ..errors import IdMismatch, NotFound, StoreError
+from .files import StrPath, atomic_write, fsync_dir, read_bounded
+
+BLOB_ID_LEN = crypto.HASH_LEN
+_HEX = frozenset("0123456789abcdef")
+
+
+class BlobFiles:
+    """Blob files under one root directory (created, mode 0o700, if missing)."""
+
+    def __init__(self, root: StrPath, *, max_blob_len: int = MAX_BLOB_LEN) -> None:
+        self.root = Path(root)
+        self.max_blob_len = max_blob_len
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create blob directory {self.root}: {e.strerror or e}") from None
+
+    def path_of(self, blob_id: bytes) -> Path:
+        if len(blob_id) != BLOB_ID_LEN:
+            raise ValueError("a blob ID is 32 bytes")
+        text = blob_id.hex()
+        return self.root / text[:2] / text[2:]
+
+    def put(self, blob_id: bytes, data: bytes | bytearray | memoryview) -> None:
+        """Store ``data`` under ``blob_id`` after checking that it hashes to it (:class:`IdMismatch`).
+        Idempotent; a damaged existing copy is replaced."""
+        path = self.path_of(blob_id)
+        if len(data) > self.max_blob_len:
+            raise StoreError(f"blob of {len(data)} bytes exceeds the limit of {self.max_blob_len}")
+        if crypto.blake3(data) != blob_id:
+            raise IdMismatch("blob does not hash to the ID it is stored under")
+        if self._intact(path, blob_id):
+            return
+        directory = path.parent
+        if not directory.is_dir():
+            try:
+                directory.mkdir(mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create {directory}: {e.strerror or e}") from None
+            fsync_dir(self.root)
+        atomic_write(path, data, 0o600)
+
+    def _intact(self, path: Path, blob_id: bytes) -> bool:
+        try:
+            return crypto.blake3(read_bounded(path, self.max_blob_len)) == blob_id
+        except (NotFound, StoreError):
+            return False
+
+    def get(self, blob_id: bytes) -> bytes:
+        """The blob's bytes, verified: :class:`NotFound` if absent, :class:`IdMismatch` if the file is damaged."""
+        data = read_bounded(self.path_of(blob_id), self.max_blob_len)
+        if crypto.blake3(data) != blob_id:
+            raise IdMismatch(f"blob file {blob_id.hex()} is corrupted")
+        return data
+
+    def has(self, blob_id: bytes) -> bool:
+        """Whether a file exists for ``blob_id`` (its content is checked only by :meth:`get`)."""
+        return self.path_of(blob_id).is_file()
+
+    def size_of(self, blob_id: bytes) -> int:
+        try:
+            return self.path_of(blob_id).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"blob {blob_id.hex()} is not stored here") from None
+        except OSError as e:
+            raise StoreError(f"cannot stat blob {blob_id.hex()}: {e.strerror or e}") from None
+
+    def delete(self, blob_id: bytes) -> bool:
+        """Remove the blob; ``False`` if it was not there."""
+        try:
+            os.unlink(self.path_of(blob_id))
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise StoreError(f"cannot delete blob {blob_id.hex()}: {e.strerror or e}") from None
+        return True
+
+    def iter_ids(self) -> Iterator[bytes]:
+        """Every stored blob ID (in no particular order); stray and temporary files are skipped."""
+        for _, blob_id in self._scan():
+            yield blob_id
+
+    def total_size(self) -> int:
+        """Bytes used by all blob files."""
+        total = 0
+        for entry, _ in self._scan():
+            try:
+                total += entry.stat().st_size
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+            except OSError as e:
+                raise StoreError(f"cannot stat {entry.path}: {e.strerror or e}") from None
+        return total
+
+    def _scan(self) -> Iterator[tuple[os.DirEntry[str], bytes]]:
+        try:
+            tops = [e for e in os.scandir(self.root) if len(e.name) == 2 and set(e.name) <= _HEX and e.is_dir()]
+        except OSError as e:
+            raise StoreError(f"cannot list {self.root}: {e.strerror or e}") from None
+        for top in tops:
+            try:
+                entries = list(os.scandir(top.path))
+            except OSError as e:
+                raise StoreError(f"cannot list {top.path}: {e.strerror or e}") from None
+            for entry in entries:
+                name = entry.name
+                if len(name) == 2 * BLOB_ID_LEN - 2 and set(name) <= _HEX and entry.is_file():
+                    yield entry, bytes.fromhex(top.name + name)

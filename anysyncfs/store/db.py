@@ -1,0 +1,322 @@
+"""The local store: SQLAlchemy Core over SQLite in WAL mode.
+
+All SQL of the project lives in this module. Callers get plain tuples and bytes; they never see a connection.
+Every write method runs in the caller's transaction when one is open (``with store.transaction():``) so that a
+change, its heads and its tree rows land atomically, or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from ..errors import NotFound, StoreError
+from . import schema as S
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceRow:
+    id: bytes
+    name: str
+    header: bytes
+    added_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRow:
+    id: bytes
+    parents: tuple[bytes, ...]
+    lamport: int
+    author: bytes
+    wall_us: int
+    status: int
+
+
+def split_ids(packed: bytes, size: int = 32) -> tuple[bytes, ...]:
+    return tuple(packed[i : i + size] for i in range(0, len(packed), size))
+
+
+class Store:
+    """One SQLite database for every space of a home directory."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._engine: Engine = create_engine(f"sqlite:///{path}", future=True)
+        event.listen(self._engine, "connect", _on_connect)
+        self._conn: Connection | None = None
+        self._depth = 0
+        try:
+            with self._engine.begin() as conn:
+                S.metadata.create_all(conn)
+                row = conn.execute(select(S.meta.c.value).where(S.meta.c.key == "schema_version")).first()
+                if row is None:
+                    conn.execute(insert(S.meta).values(key="schema_version", value=str(S.SCHEMA_VERSION)))
+                elif row[0] != str(S.SCHEMA_VERSION):
+                    raise StoreError(f"store {path} has schema version {row[0]}, this build needs {S.SCHEMA_VERSION}")
+        except (DBAPIError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open store {path}: {_reason(e)}") from None
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # ------------------------------------------------------------------------------------------ transactions
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes; nests (only the outermost commits)."""
+        if self._conn is not None:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        try:
+            with self._engine.begin() as conn:
+                self._conn = conn
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._conn = None
+                    self._depth = 0
+        except (DBAPIError, sqlite3.Error) as e:
+            raise StoreError(f"store write failed: {_reason(e)}") from None
+
+    def _run(self, stmt: Any, params: Any = None) -> Any:
+        try:
+            if self._conn is not None:
+                return self._conn.execute(stmt, params) if params is not None else self._conn.execute(stmt)
+            with self._engine.begin() as conn:
+                res = conn.execute(stmt, params) if params is not None else conn.execute(stmt)
+                return _Buffered(res.fetchall()) if res.returns_rows else None
+        except (DBAPIError, sqlite3.Error) as e:
+            raise StoreError(f"store operation failed: {_reason(e)}") from None
+
+    # ------------------------------------------------------------------------------------------ spaces
+    def add_space(self, space_id: bytes, name: str, header: bytes) -> None:
+        self._run(insert(S.spaces).values(id=space_id, name=name, header=header, added_us=now_us()))
+
+    def spaces(self) -> list[SpaceRow]:
+        rows = self._run(select(S.spaces).order_by(S.spaces.c.added_us)).fetchall()
+        return [SpaceRow(r.id, r.name, r.header, r.added_us) for r in rows]
+
+    def space(self, space_id: bytes) -> SpaceRow:
+        r = self._run(select(S.spaces).where(S.spaces.c.id == space_id)).first()
+        if r is None:
+            raise NotFound("unknown space")
+        return SpaceRow(r.id, r.name, r.header, r.added_us)
+
+    # ------------------------------------------------------------------------------------------ ACL records
+    def add_acl_record(self, space_id: bytes, record_id: bytes, raw: bytes) -> bool:
+        """Store a verified record; False if it was already there."""
+        if self._run(select(S.acl_records.c.id).where(S.acl_records.c.id == record_id)).first():
+            return False
+        self._run(insert(S.acl_records).values(id=record_id, space=space_id, raw=raw, received_us=now_us()))
+        return True
+
+    def acl_records(self, space_id: bytes) -> list[tuple[bytes, bytes]]:
+        """(id, raw) of every stored record of the space, in ID order."""
+        q = select(S.acl_records.c.id, S.acl_records.c.raw).where(S.acl_records.c.space == space_id)
+        return [(r[0], r[1]) for r in self._run(q.order_by(S.acl_records.c.id)).fetchall()]
+
+    # ------------------------------------------------------------------------------------------ changes
+    def add_change(
+        self,
+        space_id: bytes,
+        change_id: bytes,
+        raw: bytes,
+        parents: Sequence[bytes],
+        lamport: int,
+        author: bytes,
+        wall_us: int,
+        status: int = S.CHANGE_ACCEPTED,
+        reason: str | None = None,
+    ) -> None:
+        self._run(
+            insert(S.changes).values(
+                id=change_id, space=space_id, raw=raw, parents=b"".join(parents), lamport=lamport, author=author,
+                wall_us=wall_us, status=status, reason=reason, received_us=now_us(),
+            )
+        )
+
+    def has_change(self, change_id: bytes) -> bool:
+        return self._run(select(S.changes.c.id).where(S.changes.c.id == change_id)).first() is not None
+
+    def change_raw(self, change_id: bytes) -> bytes:
+        r = self._run(select(S.changes.c.raw).where(S.changes.c.id == change_id)).first()
+        if r is None:
+            raise NotFound("unknown change")
+        return r[0]
+
+    def change_rows(self, space_id: bytes, status: int | None = S.CHANGE_ACCEPTED) -> list[ChangeRow]:
+        """Changes of a space in fold order (lamport, id)."""
+        c = S.changes.c
+        q = select(c.id, c.parents, c.lamport, c.author, c.wall_us, c.status).where(c.space == space_id)
+        if status is not None:
+            q = q.where(c.status == status)
+        rows = self._run(q.order_by(c.lamport, c.id)).fetchall()
+        return [ChangeRow(r[0], split_ids(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+
+    def iter_change_raws(self, space_id: bytes, status: int | None = S.CHANGE_ACCEPTED) -> list[tuple[bytes, bytes]]:
+        """(id, raw) in fold order."""
+        c = S.changes.c
+        q = select(c.id, c.raw).where(c.space == space_id)
+        if status is not None:
+            q = q.where(c.status == status)
+        return [(r[0], r[1]) for r in self._run(q.order_by(c.lamport, c.id)).fetchall()]
+
+    def reject_change(self, change_id: bytes, reason: str) -> None:
+        """Mark a stored change as rejected (it stays, so it is not fetched again, but is never folded)."""
+        c = S.changes.c
+        self._run(update(S.changes).where(c.id == change_id).values(status=S.CHANGE_REJECTED, reason=reason))
+
+    def count_changes(self, space_id: bytes) -> int:
+        c = S.changes.c
+        q = select(func.count()).select_from(S.changes).where(c.space == space_id, c.status == S.CHANGE_ACCEPTED)
+        return int(self._run(q).scalar_one())
+
+    def set_heads(self, space_id: bytes, heads: Iterable[bytes]) -> None:
+        self._run(delete(S.heads).where(S.heads.c.space == space_id))
+        rows = [{"space": space_id, "change": h} for h in heads]
+        if rows:
+            self._run(insert(S.heads), rows)
+
+    def heads(self, space_id: bytes) -> tuple[bytes, ...]:
+        q = select(S.heads.c.change).where(S.heads.c.space == space_id).order_by(S.heads.c.change)
+        return tuple(r[0] for r in self._run(q).fetchall())
+
+    # ------------------------------------------------------------------------------------------ materialised tree
+    def tree_meta(self, space_id: bytes) -> tuple[bytes, int, int] | None:
+        """(heads_digest, change_count, fold_version) of the cached tree, or None."""
+        t = S.tree_meta.c
+        r = self._run(select(t.heads_digest, t.change_count, t.fold_version).where(t.space == space_id)).first()
+        return None if r is None else (r[0], r[1], r[2])
+
+    def set_tree_meta(self, space_id: bytes, heads_digest: bytes, change_count: int, fold_version: int) -> None:
+        self._run(delete(S.tree_meta).where(S.tree_meta.c.space == space_id))
+        self._run(insert(S.tree_meta).values(space=space_id, heads_digest=heads_digest,
+                                            change_count=change_count, fold_version=fold_version))
+
+    def upsert_nodes(self, space_id: bytes, rows: Sequence[tuple[bytes, int, int, bytes | None, bytes]]) -> None:
+        """rows: (node id, kind, size, version, state). Keeps each node's inode number."""
+        if not rows:
+            return
+        n = S.nodes.c
+        existing = self._inodes_for(space_id, [r[0] for r in rows])
+        new = [r for r in rows if r[0] not in existing]
+        old = [r for r in rows if r[0] in existing]
+        if new:
+            self._run(insert(S.nodes), [
+                {"space": space_id, "node": r[0], "kind": r[1], "size": r[2], "version": r[3], "state": r[4]}
+                for r in new
+            ])
+        for r in old:
+            self._run(update(S.nodes).where(n.inode == existing[r[0]])
+                      .values(kind=r[1], size=r[2], version=r[3], state=r[4]))
+
+    def upsert_entries(self, space_id: bytes, rows: Sequence[tuple[bytes, bytes, bytes, bool, bytes]]) -> None:
+        """rows: (entry id, parent, node, live, state)."""
+        if not rows:
+            return
+        e = S.entries.c
+        ids = [r[0] for r in rows]
+        self._run(delete(S.entries).where(e.space == space_id, e.entry.in_(ids)))
+        self._run(insert(S.entries), [
+            {"space": space_id, "entry": r[0], "parent": r[1], "node": r[2], "live": int(r[3]), "state": r[4]}
+            for r in rows
+        ])
+
+    def clear_tree(self, space_id: bytes) -> None:
+        """Forget the cached tree (inode numbers of nodes are kept: the rows stay with a NULL state)."""
+        self._run(delete(S.entries).where(S.entries.c.space == space_id))
+        self._run(update(S.nodes).where(S.nodes.c.space == space_id).values(state=None))
+        self._run(delete(S.tree_meta).where(S.tree_meta.c.space == space_id))
+
+    def tree_rows(self, space_id: bytes) -> tuple[list[tuple[int, bytes]], list[bytes]]:
+        """([(inode, node state)], [entry state]) of the cached tree."""
+        n, e = S.nodes.c, S.entries.c
+        nodes_ = self._run(select(n.inode, n.state).where(n.space == space_id, n.state.is_not(None))).fetchall()
+        entries_ = self._run(select(e.state).where(e.space == space_id)).fetchall()
+        return [(r[0], r[1]) for r in nodes_], [r[0] for r in entries_]
+
+    def inode_of(self, space_id: bytes, node_id: bytes) -> int:
+        """The stable inode number of a node, reserving one if the node has none yet."""
+        got = self._inodes_for(space_id, [node_id])
+        if node_id in got:
+            return got[node_id]
+        self._run(insert(S.nodes).values(space=space_id, node=node_id, kind=0, size=0, version=None, state=None))
+        return self._inodes_for(space_id, [node_id])[node_id]
+
+    def _inodes_for(self, space_id: bytes, node_ids: Sequence[bytes]) -> dict[bytes, int]:
+        n = S.nodes.c
+        out: dict[bytes, int] = {}
+        for i in range(0, len(node_ids), 500):
+            part = list(node_ids[i : i + 500])
+            q = select(n.node, n.inode).where(n.space == space_id, n.node.in_(part))
+            out.update({r[0]: r[1] for r in self._run(q).fetchall()})
+        return out
+
+    # ------------------------------------------------------------------------------------------ blobs
+    def index_blob(self, blob_id: bytes, size: int, pinned: bool = False) -> None:
+        b = S.blobs.c
+        if self._run(select(b.id).where(b.id == blob_id)).first() is None:
+            self._run(insert(S.blobs).values(id=blob_id, size=size, location=S.BLOB_LOCAL, pinned=int(pinned),
+                                             last_access_us=now_us()))
+        else:
+            self._run(update(S.blobs).where(b.id == blob_id).values(location=S.BLOB_LOCAL, last_access_us=now_us()))
+
+    def blob_ids(self) -> list[bytes]:
+        return [r[0] for r in self._run(select(S.blobs.c.id)).fetchall()]
+
+    def queue_upload(self, space_id: bytes, blob_ids: Iterable[bytes]) -> None:
+        rows = [{"space": space_id, "blob": b, "queued_us": now_us()} for b in blob_ids]
+        u = S.upload_queue.c
+        for r in rows:
+            if self._run(select(u.blob).where(u.space == space_id, u.blob == r["blob"])).first() is None:
+                self._run(insert(S.upload_queue).values(**r))
+
+
+class _Buffered:
+    """Rows fetched inside a short-lived connection, offering the Result methods callers use."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return self._rows[0][0]
+
+
+def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")  # a commit is durable when it returns (fsync promises rely on it)
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def _reason(e: BaseException) -> str:
+    orig = getattr(e, "orig", None) or e
+    text = str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+    if isinstance(orig, OSError) and orig.errno == 28 or "disk is full" in text or "database or disk is full" in text:
+        return "disk full"
+    return text

@@ -1,0 +1,93 @@
+"""Small durable-file helpers: atomic replacement and bounded reads.
+
+``atomic_write`` never leaves a half-written file under the final name: the data goes to a temporary file in the
+same directory (same file system, so the rename is atomic), is fsynced, renamed over the target, and the
+directory is fsynced so the rename itself survives a crash. Any failure removes the temporary file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from pathlib import Path
+
+from ..errors import NotFound, StoreError
+
+TEMP_PREFIX = ".tmp-"  # temporary files start with this (so directory scans can skip them)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+StrPath = str | os.PathLike[str]
+
+
+def _store_error(action: str, path: StrPath, err: OSError) -> StoreError:
+    if err.errno in _DISK_FULL:
+        return StoreError(f"disk full while {action} {os.fspath(path)}")
+    return StoreError(f"cannot {action} {os.fspath(path)}: {err.strerror or err}")
+
+
+def fsync_dir(path: StrPath) -> None:
+    """Make a directory's entries (a new name, a rename) durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise _store_error("open directory", path, e) from None
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        raise _store_error("fsync directory", path, e) from None
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: StrPath, data: bytes | bytearray | memoryview, mode: int = 0o600) -> None:
+    """Durably replace ``path`` with ``data`` (file mode ``mode``); :class:`StoreError` on failure, with the
+    message "disk full ..." when the disk or quota is full. The old file, if any, stays intact on failure."""
+    target = Path(path)
+    directory = target.parent
+    temp = directory / f"{TEMP_PREFIX}{target.name}-{secrets.token_hex(8)}"
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except OSError as e:
+        raise _store_error("create", temp, e) from None
+    try:
+        try:
+            view = memoryview(data).cast("B")
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+            os.fchmod(fd, mode)  # the umask may have narrowed the mode given to open
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, target)
+    except OSError as e:
+        _remove_quietly(temp)
+        raise _store_error("write", target, e) from None
+    except BaseException:
+        _remove_quietly(temp)
+        raise
+    fsync_dir(directory)
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def read_bounded(path: StrPath, max_size: int) -> bytes:
+    """The whole file, refusing (:class:`StoreError`) one larger than ``max_size``; :class:`NotFound` if absent."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_size:
+                raise StoreError(f"{os.fspath(path)} is {size} bytes, more than the limit of {max_size}")
+            data = f.read(max_size + 1)  # the file may have grown since fstat
+    except FileNotFoundError:
+        raise NotFound(f"{os.fspath(path)} does not exist") from None
+    except OSError as e:
+        raise _store_error("read", path, e) from None
+    if len(data) > max_size:
+        raise StoreError(f"{os.fspath(path)} is larger than the limit of {max_size}")
+    return data

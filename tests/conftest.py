@@ -1,0 +1,45 @@
+"""Shared fixtures: throwaway home directories with a cheap (test-only) scrypt cost."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from anysyncfs.core import keys
+from anysyncfs.replica.home import Home, Unlocked
+
+TEST_LOG2N = 4  # test-only scrypt cost (production: 14)
+PASSPHRASE = b"correct horse battery staple"
+
+
+@pytest.fixture
+def make_home(tmp_path: Path) -> Callable[..., Unlocked]:
+    """make_home(name, phrase=None) -> an unlocked home with a fresh (or restored) identity."""
+    homes: list[Home] = []
+
+    def make(name: str = "dev", phrase: str | None = None) -> Unlocked:
+        home = Home(tmp_path / name, scrypt_log2_n=TEST_LOG2N)
+        homes.append(home)
+        return home.create_identity(phrase or keys.generate_phrase(), name, PASSPHRASE)
+
+    yield make
+    for h in homes:
+        h.close()
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for running the CLI as a subprocess."""
+    env = dict(os.environ)
+    env["ANYSYNCFS_PASSPHRASE"] = PASSPHRASE.decode()
+    env["ANYSYNCFS_INSECURE_TEST_SCRYPT_LOG2N"] = str(TEST_LOG2N)
+    env["ANYSYNCFS_HOME"] = str(tmp_path / "clihome")
+    env.pop("ANYSYNCFS_DEBUG", None)
+    return env
+
+
+CLI = [sys.executable, "-m", "anysyncfs"]
