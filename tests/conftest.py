@@ -8,6 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Timing varies on shared CI machines: never fail a property on a per-example deadline.
+settings.register_profile("anysyncfs", deadline=None)
+settings.load_profile("anysyncfs")
 
 from anysyncfs.core import keys
 from anysyncfs.replica.home import Home, Unlocked

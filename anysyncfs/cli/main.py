@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import AnysyncError, UsageError
 from ..replica.home import Home, default_home
-from . import commands
+from . import commands, mount_cmd
 
 PASSPHRASE_ENV = "ANYSYNCFS_PASSPHRASE"
 # Test-only: lowers the scrypt cost of keyrings written by this process (never use for real keys).
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("space", nargs="?")
     s.add_argument("--repair", action="store_true", help="rebuild the cached tree (changes nothing else)")
     s.set_defaults(func=commands.cmd_fsck)
+
+    mount_cmd.add_parsers(sub)
     return p
 
 
