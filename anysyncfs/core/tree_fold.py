@@ -53,7 +53,7 @@ def _clamp_ns(value: int) -> int:
 class _ChangeFold:
     """The context of one change being applied: its info, the ancestry oracle and the touched node IDs."""
 
-    __slots__ = ("state", "info", "is_ancestor", "touched", "now_ns", "order")
+    __slots__ = ("info", "is_ancestor", "now_ns", "order", "state", "touched")
 
     def __init__(self, state: TreeIndex, info: ChangeInfo, is_ancestor: IsAncestor) -> None:
         self.state = state

@@ -24,7 +24,7 @@ from .ops import NAME_MAX
 
 CONFLICT_MARK = b".sync-conflict-"
 AUTHOR_LABEL_LEN = 8  # base32 characters of the author key shown in a conflict name
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 # Wall times come from other devices: clamp them into what a four-digit year can show.
 _MAX_WALL_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 

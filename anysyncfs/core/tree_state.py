@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Self, cast
 
 from . import ops
 from .encoding import encode
@@ -28,9 +28,6 @@ OrderKey = tuple[int, bytes, int]  # (lamport, change id, op index) of the op th
 NO_CHANGE = bytes(32)  # version/author of the root before any change touches it
 ROOT_MODE = 0o755
 CANONICAL_VERSION = 1  # first element of canonical(): bump when its layout changes
-
-T = TypeVar("T", bound="TreeIndex")
-
 
 @dataclass(frozen=True, slots=True)
 class ChangeInfo:
@@ -100,11 +97,17 @@ class Entry:
 
 @dataclass(slots=True)
 class _DirView:
-    """Cached listing of one directory: display name <-> entry, and how many children are directories."""
+    """Cached listing of one directory: display name <-> entry, and how many children are directories.
 
-    by_name: dict[bytes, Entry] = field(default_factory=dict)
+    While no two live entries share a raw name (``suffixed == 0``) every display name is the raw name, so adding
+    or removing an entry is an O(1) edit; otherwise any change drops the view and it is rebuilt from the live
+    entries, so it always equals :func:`display_names` of them."""
+
+    by_name: dict[bytes, Entry] = field(default_factory=dict)  # display name -> entry, in no particular order
     name_of: dict[bytes, bytes] = field(default_factory=dict)  # entry id -> display name
     subdirs: int = 0
+    suffixed: int = 0  # entries shown under a conflict name
+    listing: dict[bytes, Entry] | None = None  # by_name sorted by name, built when first asked for
 
 
 def root_node() -> Node:
@@ -123,7 +126,7 @@ class TreeIndex:
 
     # ------------------------------------------------------------------------------------------ construction
     @classmethod
-    def from_parts(cls: type[T], nodes: Mapping[bytes, Node], entries: Mapping[bytes, Entry]) -> T:
+    def from_parts(cls, nodes: Mapping[bytes, Node], entries: Mapping[bytes, Entry]) -> Self:
         """A state from stored nodes and entries (e.g. a cached fold); the objects are copied, indexes rebuilt."""
         state = cls()
         for node in nodes.values():
@@ -134,7 +137,7 @@ class TreeIndex:
             state.put_entry(entry.clone())
         return state
 
-    def copy(self: T) -> T:
+    def copy(self) -> Self:
         """An independent deep copy (the caches are rebuilt on demand)."""
         return type(self).from_parts(self.nodes, self.entries)
 
@@ -142,19 +145,28 @@ class TreeIndex:
     def _view(self, parent: bytes) -> _DirView:
         view = self._views.get(parent)
         if view is None:
+            live = self._live_in.get(parent)
+            if not live:
+                return _DirView()  # not cached: lookups in empty directories or non-directories leave no trace
             view = _DirView()
-            for name, entry in display_names(self._live_in.get(parent, {}).values()).items():
-                assert isinstance(entry, Entry)
+            for name, placed in display_names(live.values()).items():
+                entry = cast(Entry, placed)
                 view.by_name[name] = entry
                 view.name_of[entry.id] = name
-                if self.nodes[entry.node].kind == ops.KIND_DIR:
-                    view.subdirs += 1
+                view.suffixed += name != entry.name
+                view.subdirs += self.nodes[entry.node].kind == ops.KIND_DIR
             self._views[parent] = view
         return view
 
+    def _listing(self, parent: bytes) -> dict[bytes, Entry]:
+        view = self._view(parent)
+        if view.listing is None:
+            view.listing = dict(sorted(view.by_name.items()))
+        return view.listing
+
     def children(self, parent: bytes) -> dict[bytes, Entry]:
-        """Live entries of a directory by display name, sorted by name (empty for a non-directory)."""
-        return dict(self._view(parent).by_name)
+        """Live entries of a directory by display name, sorted by name (empty for a non-directory); a copy."""
+        return dict(self._listing(parent))
 
     def lookup(self, parent: bytes, name: bytes) -> Entry | None:
         """The live entry shown as ``name`` in directory ``parent``."""
@@ -244,7 +256,7 @@ class TreeIndex:
             ])  # fmt: skip
             if node.kind == ops.KIND_DIR:
                 prefix = path + b"/" if path else b""
-                kids = self._view(node_id).by_name
+                kids = self._listing(node_id)
                 stack.extend((prefix + name, kids[name].node) for name in reversed(kids))
         return encode([CANONICAL_VERSION, records])
 
@@ -266,13 +278,19 @@ class TreeIndex:
             count = len(self._of_node.get(node.id, {}))
             if node.kind == ops.KIND_DIR and node.id != ROOT_NODE and count != 1:
                 found.append(f"directory {node.id.hex()} has {count} entries")
-            if node.id != ROOT_NODE and node.kind == ops.KIND_DIR and self.visible(node.id):
-                if self.node_path(node.id) is None:
-                    found.append(f"directory {node.id.hex()} is not reachable from the root")
-        for parent in self._live_in:
-            for name in self._view(parent).by_name:
-                if not ops.valid_name(name):
-                    found.append(f"display name {name!r} is invalid")
+            unreachable = node.kind == ops.KIND_DIR and self.visible(node.id) and self.node_path(node.id) is None
+            if unreachable:
+                found.append(f"directory {node.id.hex()} is not reachable from the root")
+        for directory, live in self._live_in.items():
+            fresh = {name: entry.id for name, entry in display_names(live.values()).items()}
+            cached = self._views.get(directory)
+            if cached is not None and {n: e.id for n, e in cached.by_name.items()} != fresh:
+                found.append(f"cached listing of {directory.hex()} is stale")
+            found.extend(f"display name {name!r} is invalid" for name in fresh if not ops.valid_name(name))
+        for directory, view in self._views.items():
+            subdirs = sum(self.nodes[e.node].kind == ops.KIND_DIR for e in self._live_in.get(directory, {}).values())
+            if view.subdirs != subdirs or (directory not in self._live_in and view.by_name):
+                found.append(f"cached listing of {directory.hex()} is stale")
         return found
 
     # ------------------------------------------------------- mutation primitives (used only by tree_fold)
@@ -280,37 +298,57 @@ class TreeIndex:
         self.nodes[node.id] = node
 
     def put_entry(self, entry: Entry) -> None:
+        """Add a new entry (its node must be in ``nodes`` already)."""
         self.entries[entry.id] = entry
         self._of_node.setdefault(entry.node, {})[entry.id] = entry
         if entry.live:
-            self._live_in.setdefault(entry.parent, {})[entry.id] = entry
-            self._views.pop(entry.parent, None)
+            self._add_live(entry)
 
     def set_live(self, entry: Entry, live: bool, deleted_by: bytes | None) -> None:
-        entry.live = live
+        if live and not entry.live:
+            entry.live = True
+            self._add_live(entry)
+        elif entry.live and not live:
+            self._remove_live(entry)
+            entry.live = False
         entry.deleted_by = deleted_by
-        if live:
-            self._live_in.setdefault(entry.parent, {})[entry.id] = entry
-        else:
-            self._forget_live(entry)
-        self._views.pop(entry.parent, None)
 
     def move_entry(self, entry: Entry, parent: bytes, name: bytes, order: OrderKey, wall_us: int,
                    author: bytes) -> None:  # fmt: skip
         if entry.live:
-            self._forget_live(entry)
-            self._views.pop(entry.parent, None)
+            self._remove_live(entry)
         entry.parent, entry.name, entry.order, entry.wall_us, entry.author = parent, name, order, wall_us, author
         if entry.live:
-            self._live_in.setdefault(parent, {})[entry.id] = entry
-            self._views.pop(parent, None)
+            self._add_live(entry)
 
-    def _forget_live(self, entry: Entry) -> None:
-        siblings = self._live_in.get(entry.parent)
-        if siblings is not None:
-            siblings.pop(entry.id, None)
-            if not siblings:
-                del self._live_in[entry.parent]
+    def _add_live(self, entry: Entry) -> None:
+        self._live_in.setdefault(entry.parent, {})[entry.id] = entry
+        view = self._views.get(entry.parent)
+        if view is None:
+            return
+        if view.suffixed or entry.name in view.by_name:
+            del self._views[entry.parent]  # names collide: rebuild on demand
+            return
+        view.by_name[entry.name] = entry
+        view.name_of[entry.id] = entry.name
+        view.subdirs += self.nodes[entry.node].kind == ops.KIND_DIR
+        view.listing = None
+
+    def _remove_live(self, entry: Entry) -> None:
+        siblings = self._live_in[entry.parent]
+        del siblings[entry.id]
+        if not siblings:
+            del self._live_in[entry.parent]
+        view = self._views.get(entry.parent)
+        if view is None:
+            return
+        if view.suffixed:
+            del self._views[entry.parent]  # a suffix may change: rebuild on demand
+            return
+        del view.by_name[entry.name]
+        del view.name_of[entry.id]
+        view.subdirs -= self.nodes[entry.node].kind == ops.KIND_DIR
+        view.listing = None
 
     def has_live_children(self, directory: bytes) -> bool:
         return bool(self._live_in.get(directory))

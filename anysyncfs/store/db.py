@@ -260,6 +260,10 @@ class Store:
         self._run(insert(S.nodes).values(space=space_id, node=node_id, kind=0, size=0, version=None, state=None))
         return self._inodes_for(space_id, [node_id])[node_id]
 
+    def inodes_of(self, space_id: bytes, node_ids: Sequence[bytes]) -> dict[bytes, int]:
+        """The inode numbers of those ``node_ids`` that have one (many inode_of lookups in a few queries)."""
+        return self._inodes_for(space_id, node_ids)
+
     def _inodes_for(self, space_id: bytes, node_ids: Sequence[bytes]) -> dict[bytes, int]:
         n = S.nodes.c
         out: dict[bytes, int] = {}

@@ -184,7 +184,7 @@ def commit(data: Chooser, world: World, replica: Replica, edit: list[ops.Op]) ->
     replica.receive(world, [change], reload=False)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_replicas_converge_and_lose_nothing(data: st.DataObject) -> None:
     run_scenario(Chooser(data=data), data.draw(st.integers(1, 40), label="steps"))
