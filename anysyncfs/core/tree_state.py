@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Self, cast
 
+import msgspec
+
 from . import ops
 from .encoding import encode
 from .ids import NODE_ID_LEN, ROOT_NODE
@@ -39,9 +41,9 @@ class ChangeInfo:
     wall_us: int  # author's wall clock, microseconds since the Unix epoch (only shown, never ordered by)
 
 
-@dataclass(slots=True)
-class Node:
-    """A file, directory or symlink and its attributes."""
+class Node(msgspec.Struct, array_like=True, gc=False):
+    """A file, directory or symlink and its attributes. A msgspec Struct (not a dataclass) so the cached tree
+    decodes quickly on reopen; it holds no reference cycles, so it need not be tracked by the GC."""
 
     id: bytes
     kind: int  # ops.KIND_*
@@ -74,9 +76,8 @@ class Node:
         )  # fmt: skip
 
 
-@dataclass(slots=True)
-class Entry:
-    """One name of a node inside a parent directory."""
+class Entry(msgspec.Struct, array_like=True, gc=False):
+    """One name of a node inside a parent directory (a msgspec Struct, like :class:`Node`)."""
 
     id: bytes
     parent: bytes  # directory node ID
@@ -126,15 +127,18 @@ class TreeIndex:
 
     # ------------------------------------------------------------------------------------------ construction
     @classmethod
-    def from_parts(cls, nodes: Mapping[bytes, Node], entries: Mapping[bytes, Entry]) -> Self:
-        """A state from stored nodes and entries (e.g. a cached fold); the objects are copied, indexes rebuilt."""
+    def from_parts(
+        cls, nodes: Mapping[bytes, Node], entries: Mapping[bytes, Entry], *, adopt: bool = False
+    ) -> Self:
+        """A state from stored nodes and entries (e.g. a cached fold); indexes are rebuilt. The objects are
+        copied unless ``adopt`` says the caller hands them over (freshly decoded ones, for a fast reopen)."""
         state = cls()
         for node in nodes.values():
-            state.nodes[node.id] = node.clone()
+            state.nodes[node.id] = node if adopt else node.clone()
         if ROOT_NODE not in state.nodes:
             state.nodes[ROOT_NODE] = root_node()
         for entry in entries.values():
-            state.put_entry(entry.clone())
+            state.put_entry(entry if adopt else entry.clone())
         return state
 
     def copy(self) -> Self:

@@ -65,4 +65,4 @@ class TreeCodec:
                 entries[e.id] = e
         except (msgspec.DecodeError, msgspec.ValidationError) as err:
             raise DecodeError(f"cached tree row: {err}") from None
-        return tree.TreeState.from_parts(nodes, entries)
+        return tree.TreeState.from_parts(nodes, entries, adopt=True)

@@ -207,3 +207,22 @@ def test_three_replicas_converge_in_any_delivery_order(steps: list, seed: int) -
                 if node.kind == ops.KIND_FILE and r.tree.visible(node.id):
                     visible.add(b"".join(read_file(r, node)))
         assert visible <= set(written)
+
+
+def test_reopen_uses_the_cached_tree_without_replaying(tmp_path: Path, monkeypatch) -> None:
+    unlocked = new_home(tmp_path, "a")
+    r = create_space(unlocked, "s")
+    for i in range(20):
+        put_file(r, f"/d{i % 3}/f{i}.txt", b"x" * i)
+    r.commit([ops.SetAttr(resolve(r.tree, "/d0/f0.txt").id, mode=0o600, xattrs_set={b"user.k": b"v"})])
+    before = r.tree.canonical()
+    space_id = r.space_id
+
+    def no_replay(*_a, **_k):
+        raise AssertionError("the DAG was replayed on reopen")
+
+    monkeypatch.setattr(Replica, "fresh_fold", no_replay)
+    again = Replica(unlocked, unlocked.home.store(), unlocked.home.blobs(), space_id)
+    assert again.tree.canonical() == before
+    node = resolve(again.tree, "/d0/f0.txt")
+    assert node.mode == 0o600 and node.xattrs == {b"user.k": b"v"}
