@@ -75,6 +75,7 @@ def cmd_put(ctx: "Context") -> int:
     unlocked = ctx.home.unlock(ctx.passphrase())
     replica = open_replica(unlocked, ctx.args.space)
     change = files.put_file(replica, ctx.args.path, sys.stdin.buffer)
+    replica.sync()  # the command's output promises the change is saved
     print(ids.change_text(change.id))
     return 0
 

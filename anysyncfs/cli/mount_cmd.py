@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .main import Context
 
 
-def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("mount", help="mount a space as a folder (in the background unless -f)")
     s.add_argument("space", help="space name or ID (sp-…)")
     s.add_argument("mountpoint", type=Path, help="an existing directory")
@@ -35,7 +35,7 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     s.set_defaults(func=cmd_unmount)
 
 
-def cmd_mount(ctx: "Context") -> int:
+def cmd_mount(ctx: Context) -> int:
     from ..fs import mount
 
     args = ctx.args
@@ -52,7 +52,7 @@ def cmd_mount(ctx: "Context") -> int:
     return mount.mount_space(unlocked, args.space, args.mountpoint, opts)
 
 
-def cmd_unmount(ctx: "Context") -> int:
+def cmd_unmount(ctx: Context) -> int:
     from ..fs import mount
 
     mount.unmount(ctx.args.mountpoint, ctx.home.root, lazy=ctx.args.lazy, timeout=ctx.args.timeout)

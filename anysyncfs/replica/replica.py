@@ -277,7 +277,10 @@ class Replica:
         return ChunkParams(c.min_size, c.avg_size, c.max_size)
 
     def commit(self, payload_ops: list[ops.Op], *, wall_us: int | None = None) -> Change:
-        """Sign, encrypt, verify, store and apply one change made of ``payload_ops`` (atomically)."""
+        """Sign, encrypt, verify, store and apply one change made of ``payload_ops`` (atomically).
+
+        The change survives a crash of this process as soon as this returns; call :meth:`sync` to make it
+        survive power loss too (fsync does)."""
         self.check_writable()
         epoch, key = self.current_epoch_key()
         dag = self.dag
@@ -293,6 +296,10 @@ class Replica:
         validate.check_change(change, self.space_id, dag, self.acl)
         self._store_and_apply(change, incremental=self._sorts_last(change))
         return change
+
+    def sync(self) -> None:
+        """Make every change committed so far durable (blob files are fsynced when written)."""
+        self.store.sync()
 
     def _sorts_last(self, change: Change) -> bool:
         """True when ``change`` comes after every known change in fold order (so it can be applied on top)."""

@@ -72,6 +72,25 @@ class Store:
     def close(self) -> None:
         self._engine.dispose()
 
+    def sync(self) -> None:
+        """Make every committed transaction durable: fsync the write-ahead log and the database file.
+
+        (With synchronous=NORMAL, SQLite syncs the WAL before each checkpoint, so a committed transaction is
+        either in the WAL or already synced into the database file; fsyncing both covers every case.)"""
+        for path in (self.path + "-wal", self.path):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StoreError(f"cannot sync {path}: {e.strerror}") from None
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                raise StoreError("disk full" if e.errno == 28 else f"cannot sync {path}: {e.strerror}") from None
+            finally:
+                os.close(fd)
+
     # ------------------------------------------------------------------------------------------ transactions
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -312,7 +331,10 @@ class _Buffered:
 def _on_connect(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")  # a commit is durable when it returns (fsync promises rely on it)
+    # NORMAL in WAL mode: a commit survives a crash of this process at once (it is in the OS page cache) and
+    # survives power loss after the next Store.sync() — which fsync() and unmount call. FULL would fsync on every
+    # commit: 2-5 ms per file created, measured, for a promise nobody asked for yet.
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.close()

@@ -1,0 +1,467 @@
+"""Mount lifecycle: checks, the per-space lock, daemonizing, the trio main loop, periodic commits, clean shutdown.
+
+``mount_space`` is what ``anysyncfs mount`` runs after the keyring is unlocked (the passphrase is read, and
+checked, BEFORE forking, so a prompt and a wrong passphrase behave as in every other command):
+
+1. the mountpoint is checked in the calling process (missing, not a directory, already a mount point, or a dead
+   FUSE mount -> one-line error, nothing forked);
+2. unless ``foreground``, the process forks; the child does everything else and reports "ready" or a one-line
+   error with its exit code through a pipe, so ``anysyncfs mount`` returns only once the mount works (and fails
+   with the same message and exit code as a foreground mount would);
+3. the child resolves the space, takes ``<home>/locks/<space>.lock`` (``fcntl.flock``; a second mount of the same
+   space from the same home fails with a clear error), opens the replica and the Vfs, and mounts;
+4. the trio loop runs ``pyfuse3.main`` plus a periodic ``vfs.commit_all()`` (long writers; then the kernel's
+   caches of ``vfs.changed_inodes()`` are invalidated) and a signal watcher:
+   SIGTERM, SIGINT and SIGHUP commit every staged write, then unmount;
+5. when the kernel ends the session (``fusermount3 -u``, ``anysyncfs unmount``) the loop returns and
+   ``vfs.close()`` commits whatever is still staged before the process exits and the lock is released.
+
+Permissions are checked by the kernel (``default_permissions``) with the caller's complete credentials, exactly as
+for a local disk (supplementary groups, sticky directories, the chmod/chown/utimensat rules); the Vfs checks the
+same rules again for its direct callers (see :mod:`.fuse` for the two cases pyfuse3 blurs). ``allow_other`` is on when
+running as root (so the POSIX suites that switch uids can use the mount); other users add ``-o allow_other``
+(which needs ``user_allow_other`` in /etc/fuse.conf). With ``default_permissions`` that is safe: other users get
+what the modes allow them, nothing more.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from ..core import ids
+from ..errors import AnysyncError, FsError, NotFound, UsageError
+from ..replica.home import Unlocked
+from ..replica.replica import Replica, resolve_space
+from .fuse import Operations
+from .vfs import Vfs
+
+log = logging.getLogger(__name__)
+
+LOCKS_DIR = "locks"
+STAGING_DIR = "staging"
+LOGS_DIR = "logs"
+DEFAULT_COMMIT_INTERVAL = 5.0
+MAX_TASKS = 32  # concurrent pyfuse3 request tasks (they mostly wait for the Vfs lock in worker threads)
+UNMOUNT_TIMEOUT = 120.0
+
+# Options mount(8) and fstab hand to every helper; meaningless for us, accepted and dropped.
+IGNORED_OPTIONS = {"defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group", "_netdev", "nofail",
+                   "rw", "async", "loop"}
+# Generic mount flags the kernel understands; passed through to the FUSE mount.
+KERNEL_OPTIONS = {"suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime", "relatime",
+                  "strictatime", "nodiratime", "sync", "dirsync"}
+
+
+class MountFailed(AnysyncError):
+    """The mount could not be set up (busy mountpoint, already mounted, FUSE refused...)."""
+
+    exit_code = 1
+
+
+@dataclass
+class MountOptions:
+    read_only: bool = False
+    foreground: bool = False
+    cache_size: int | None = None  # bytes of unpinned blobs to keep (eviction: with the blob cache, issue 5)
+    allow_other: bool | None = None  # None: on when running as root
+    commit_interval: float = DEFAULT_COMMIT_INTERVAL
+    kernel: list[str] = field(default_factory=list)
+    debug: bool = False
+
+    def fuse_options(self) -> set[str]:
+        """Options for pyfuse3.init. Large writes need none: libfuse 3 negotiates max_write = 1 MiB with the
+        kernel by itself (measured: a 64 MiB ``dd bs=1M`` arrives as 64 write requests)."""
+        opts = {"fsname=anysyncfs", "subtype=anysyncfs", "default_permissions"}
+        allow_other = self.allow_other if self.allow_other is not None else os.geteuid() == 0
+        if allow_other:
+            opts.add("allow_other")
+        if self.read_only:
+            opts.add("ro")
+        opts.update(self.kernel)
+        return opts
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"512M"``, ``"10G"``, ``"1.5GiB"``, ``"4096"`` -> bytes (powers of 1024)."""
+    m = _SIZE.match(text.strip())
+    if m is None:
+        raise UsageError(f"not a size: {text!r} (use e.g. 512M or 10G)")
+    scale = 1024 ** " kmgtp".index((m.group(2) or " ").lower())
+    return int(float(m.group(1)) * scale)
+
+
+def parse_options(option_args: list[str], *, read_only: bool = False, foreground: bool = False) -> MountOptions:
+    """``-o`` values (each may hold a comma-separated list) -> MountOptions; unknown options are an error."""
+    opts = MountOptions(read_only=read_only, foreground=foreground)
+    for arg in option_args:
+        for item in filter(None, (s.strip() for s in arg.split(","))):
+            key, _, value = item.partition("=")
+            if key == "ro":
+                opts.read_only = True
+            elif key == "cache_size" and value:
+                opts.cache_size = parse_size(value)
+            elif key == "commit_interval" and value:
+                try:
+                    opts.commit_interval = float(value)
+                except ValueError:
+                    raise UsageError(f"commit_interval must be a number of seconds, not {value!r}") from None
+                if not 0.05 <= opts.commit_interval <= 3600:
+                    raise UsageError("commit_interval must be between 0.05 and 3600 seconds")
+            elif key == "allow_other" and not value:
+                opts.allow_other = True
+            elif key == "noallow_other" and not value:
+                opts.allow_other = False
+            elif key in KERNEL_OPTIONS and not value:
+                opts.kernel.append(key)
+            elif key in IGNORED_OPTIONS or key.startswith(("x-", "comment=")) or key == "comment":
+                continue
+            else:
+                raise UsageError(f"unknown mount option {item!r}")
+    return opts
+
+
+# ---------------------------------------------------------------------------------------------- mountpoints
+def mount_table() -> dict[str, str]:
+    """Mounted paths -> file system type, from /proc/self/mounts (octal escapes decoded)."""
+    out: dict[str, str] = {}
+    try:
+        text = Path("/proc/self/mounts").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            path = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])
+            out[path] = parts[2]
+    return out
+
+
+def check_mountpoint(path: Path) -> Path:
+    """An absolute mountpoint that exists, is a directory and has nothing mounted on it; else one-line errors."""
+    mp = Path(os.path.abspath(path))
+    try:
+        st = os.stat(mp)
+    except FileNotFoundError:
+        raise NotFound(f"mountpoint {mp} does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise MountFailed(f"{mp} is a dead FUSE mount (its process ended): run `fusermount3 -u {mp}`") from None
+        raise MountFailed(f"mountpoint {mp}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"mountpoint {mp} is not a directory")
+    if os.path.ismount(mp) or str(mp) in mount_table():
+        raise MountFailed(f"mountpoint {mp} is busy: something is already mounted there")
+    return mp
+
+
+# ---------------------------------------------------------------------------------------------- the lock
+class MountLock:
+    """``<home>/locks/<space>.lock`` held with flock for the life of the mount; records pid and mountpoint."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def acquire(cls, home_root: Path, space_id: bytes, mountpoint: Path) -> MountLock:
+        d = home_root / LOCKS_DIR
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = d / f"{ids.space_text(space_id)}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = read_lock(path)
+            os.close(fd)
+            where = f" at {holder['mountpoint']} (pid {holder['pid']})" if holder else ""
+            raise MountFailed(f"space {ids.space_text(space_id)} is already mounted from this home{where}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "mountpoint": str(mountpoint)}).encode() + b"\n")
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing drops the flock
+            self.fd = -1
+
+
+def read_lock(path: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text() or "null")
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def lock_held(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops our probe lock
+    return False
+
+
+def find_holder(home_root: Path, mountpoint: Path) -> Path | None:
+    """The lock file of the mount serving ``mountpoint`` from this home, if any."""
+    d = home_root / LOCKS_DIR
+    if not d.is_dir():
+        return None
+    for path in sorted(d.glob("*.lock")):
+        info = read_lock(path)
+        if info and info.get("mountpoint") == str(mountpoint) and lock_held(path):
+            return path
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- mount
+def mount_space(unlocked: Unlocked, space: str, mountpoint: Path, opts: MountOptions) -> int:
+    """Mount ``space`` (name or ID) at ``mountpoint``; returns when the mount is ready (or, with -f, unmounted)."""
+    mp = check_mountpoint(mountpoint)
+    if opts.foreground:
+        return serve(unlocked, space, mp, opts, ready=None)
+    return _fork_and_serve(unlocked, space, mp, opts)
+
+
+def _fork_and_serve(unlocked: Unlocked, space: str, mp: Path, opts: MountOptions) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid:  # the command: wait for "ready" or a one-line error, then return with the child's verdict
+        os.close(wfd)
+        with os.fdopen(rfd, "rb") as r:
+            report = r.read()
+        if report.startswith(b"ok"):
+            return 0
+        if report:
+            code_text, _, message = report.decode(errors="replace").partition(" ")
+            err = MountFailed(message.strip())
+            err.exit_code = int(code_text) if code_text.isdigit() else 1
+            raise err
+        _, status = os.waitpid(pid, 0)
+        raise MountFailed(f"the mount process ended before the mount was ready (status {status})")
+    # the child: detach from the terminal, serve until unmounted, never return into the CLI
+    code = 70
+    reporter = Reporter(wfd)
+    try:
+        os.close(rfd)
+        os.setsid()
+        os.chdir("/")
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)  # replaced by the log file once the space is known
+        os.close(devnull)
+        code = serve(unlocked, space, mp, opts, ready=reporter)
+    except AnysyncError as e:
+        reporter.send(f"{e.exit_code} {e}")
+        code = e.exit_code
+    except BaseException as e:  # noqa: BLE001 - the child must end here, whatever happened
+        log.exception("mount process failed")
+        reporter.send(f"70 internal error: {type(e).__name__}: {e}")
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+class Reporter:
+    """The child's one message to the waiting command ("ok" or "<exit code> <message>"), sent at most once: after
+    that the pipe fd is closed and its number may belong to another file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, text: str) -> None:
+        if self.fd < 0:
+            return
+        fd, self.fd = self.fd, -1
+        try:
+            os.write(fd, text.encode()[:4000])
+        except OSError:
+            pass  # the command went away: nobody is left to tell
+        finally:
+            os.close(fd)
+
+
+def _log_to_file(path: Path, debug: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    os.dup2(fd, 2)  # libfuse and Python tracebacks land there too
+    os.close(fd)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+class _QuietAbandonedReplies(logging.Filter):
+    """pyfuse3 logs ERROR when a reply finds its request gone (ENOENT): the caller was interrupted, or the kernel
+    dropped a pending RELEASE while unmounting. Both are normal, and the Vfs has done the work either way (a
+    release never delivered is covered by ``vfs.close()``), so these become DEBUG lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "failed with No such file or directory" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+def serve(unlocked: Unlocked, space: str, mp: Path, opts: MountOptions, *, ready: Reporter | None) -> int:
+    """Open the space, mount it, run until unmounted or signalled; ``ready`` tells a waiting command "ok"."""
+    home = unlocked.home
+    logging.getLogger("pyfuse3").addFilter(_QuietAbandonedReplies())
+    store = home.store()
+    space_id = resolve_space(store, space)
+    name = ids.space_text(space_id)
+    if ready is not None:
+        _log_to_file(home.root / LOGS_DIR / f"mount-{name}.log", opts.debug)
+    lock = MountLock.acquire(home.root, space_id, mp)
+    vfs: Vfs | None = None
+    mounted = False
+    code = 0
+    try:
+        replica = Replica(unlocked, store, home.blobs(), space_id)
+        staging = home.root / STAGING_DIR / name
+        staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+        vfs = Vfs(replica, staging_dir=staging, read_only=opts.read_only, commit_interval=opts.commit_interval)
+        ops = Operations(vfs, read_only=opts.read_only)
+        _fuse_init(ops, mp, opts.fuse_options())
+        mounted = True
+        log.info("mounted space %s (%s) at %s%s", name, replica.name, mp, " read-only" if opts.read_only else "")
+        if ready is not None:
+            ready.send("ok")
+        trio.run(_main_loop, ops, opts)
+        log.debug("vfs calls: %s", ops.timing.report())
+    finally:
+        if mounted:
+            try:
+                pyfuse3.close(unmount=True)
+            except Exception:  # noqa: BLE001 - still commit and release below
+                log.exception("unmounting %s", mp)
+        try:
+            if vfs is not None:
+                vfs.close()  # commits anything still staged
+        except Exception:  # noqa: BLE001 - report it; the lock must still go
+            log.exception("committing staged writes at unmount failed")
+            code = 1
+        finally:
+            lock.release()
+    log.info("unmounted %s", mp)
+    return code
+
+
+def _fuse_init(ops: Operations, mp: Path, options: set[str]) -> None:
+    """pyfuse3.init, turning libfuse's stderr message into a one-line error."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as err:
+        os.dup2(err.fileno(), 2)
+        try:
+            pyfuse3.init(ops, str(mp), options)
+        except RuntimeError as e:
+            os.dup2(saved, 2)
+            err.seek(0)
+            lines = [ln.strip() for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
+            reason = lines[-1] if lines else str(e)
+            raise MountFailed(f"cannot mount at {mp}: {reason}") from None
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            err.seek(0)
+            leftover = err.read().decode(errors="replace").strip()
+            if leftover:
+                log.debug("libfuse: %s", leftover)
+
+
+async def _main_loop(ops: Operations, opts: MountOptions) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, ops)
+        nursery.start_soon(_commit_periodically, ops, opts.commit_interval)
+        await pyfuse3.main(max_tasks=MAX_TASKS)
+        nursery.cancel_scope.cancel()
+
+
+async def _commit_all(ops: Operations, why: str) -> None:
+    try:
+        await ops.run_blocking("commit_all", ops.vfs.commit_all)
+    except FsError as e:
+        log.warning("%s commit failed: %s", why, os.strerror(e.errno))
+    except Exception:  # noqa: BLE001 - the mount must stay up; the staged data stays staged
+        log.exception("%s commit failed", why)
+
+
+async def _commit_periodically(ops: Operations, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        await _commit_all(ops, "periodic")
+        await ops.invalidate_changed()
+
+
+async def _watch_signals(ops: Operations) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("%s: committing staged writes and unmounting", signal.Signals(signum).name)
+            await _commit_all(ops, "shutdown")
+            pyfuse3.terminate()
+            return
+
+
+# ---------------------------------------------------------------------------------------------- unmount
+def unmount(mountpoint: Path, home_root: Path | None, *, lazy: bool = False, timeout: float = UNMOUNT_TIMEOUT) -> None:
+    """Unmount (the kernel then releases every file, the Vfs commits) and wait until the mount process is done."""
+    mp = Path(os.path.abspath(mountpoint))
+    table = mount_table()
+    if str(mp) not in table:
+        raise NotFound(f"{mp} is not mounted")
+    if not table[str(mp)].startswith("fuse"):
+        raise UsageError(f"{mp} is not a FUSE mount ({table[str(mp)]})")
+    holder = find_holder(home_root, mp) if home_root is not None else None
+    cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mp)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        if os.geteuid() != 0:
+            raise MountFailed("fusermount3 is not installed (package fuse3)") from None
+        done = subprocess.run(["umount", *(["-l"] if lazy else []), str(mp)], capture_output=True, text=True,
+                              check=False)
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+        reason = lines[-1] if lines else f"exit status {done.returncode}"
+        if "busy" in reason.lower():
+            reason += " (close the files open there, or use --lazy)"
+        raise MountFailed(f"cannot unmount {mp}: {reason}")
+    if holder is None:
+        return
+    deadline = time.monotonic() + timeout
+    while lock_held(holder):  # the mount process commits staged writes, then drops the lock and exits
+        if time.monotonic() > deadline:
+            raise MountFailed(f"unmounted {mp}, but its process is still committing after {timeout:.0f} s")
+        time.sleep(0.05)
+

@@ -1,0 +1,509 @@
+"""The core of the VFS: inode numbers, views of the tree, attributes, committing, staging and bookkeeping.
+
+:class:`VfsCore` holds the state every operation shares; the operations themselves live in mixins
+(:mod:`.vfs_names`, :mod:`.vfs_files`, :mod:`.vfs_xattr`) joined by :class:`.vfs.Vfs`.
+
+A *view* is a tree plus a way to number its nodes: the live view (the replica's current tree, inodes from the
+store's stable row ids) or a history view (a materialised past tree, virtual inodes, read-only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from ..core import acl, ops, tree
+from ..core.ids import NODE_ID_LEN, ROOT_NODE
+from ..errors import FsError, IntegrityError, NotFound, PermissionDenied, Rejected, StoreError
+from ..replica.replica import Replica
+from . import perms
+from .attrs import (
+    DIR_SIZE,
+    KIND_TO_IFMT,
+    NAME_MAX,
+    NODE_INODE_SHIFT,
+    ROOT_INODE,
+    VIRTUAL_BASE,
+    Attr,
+    Ctx,
+    StatFs,
+    blocks_for,
+)
+from .commit import build_content
+from .reading import ContentReads
+from .staging import Staged, clear_leftovers
+from .virtual import HistView, Virtual
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def locked(fn: F) -> F:
+    """Run a public VFS method under the instance lock (callers may use worker threads)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: VfsCore, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return fn(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def new_id() -> bytes:
+    return os.urandom(NODE_ID_LEN)
+
+
+class View(Protocol):
+    read_only: bool
+
+    @property
+    def state(self) -> tree.TreeState: ...
+
+    def inode_of(self, node: bytes) -> int: ...
+
+
+class LiveView:
+    """The replica's current tree."""
+
+    read_only = False
+
+    def __init__(self, core: VfsCore) -> None:
+        self._core = core
+
+    @property
+    def state(self) -> tree.TreeState:
+        return self._core.replica.tree
+
+    def inode_of(self, node: bytes) -> int:
+        return self._core.live_inode(node)
+
+
+@dataclass(slots=True)
+class FileHandle:
+    inode: int
+    view: View | None  # None for a virtual file (its bytes are in ``data``)
+    node: bytes
+    flags: int
+    ctx: Ctx
+    keep_cache: bool = False
+    data: bytes = b""
+
+    @property
+    def readable(self) -> bool:
+        return self.flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)
+
+    @property
+    def writable(self) -> bool:
+        return self.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+
+
+@dataclass(slots=True)
+class DirHandle:
+    inode: int
+    entries: list[tuple[bytes, int]]  # (name, inode) snapshot taken at opendir (and again at rewinddir)
+    ctx: Ctx
+
+
+READDIR_BATCH = 1024  # entries per readdir answer: the kernel asks again from the last next_id
+
+
+class VfsCore:
+    """Shared state and helpers of the VFS (see the module doc)."""
+
+    def __init__(
+        self, replica: Replica, *, staging_dir: Path, read_only: bool = False, commit_interval: float = 5.0
+    ) -> None:
+        self.replica = replica
+        self.staging_dir = Path(staging_dir)
+        self.staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        left = clear_leftovers(self.staging_dir)
+        if left:
+            log.warning("removed %d staging files left by an earlier run (writes that were never committed)", left)
+        role = replica.role
+        self.read_only = read_only or replica.read_only or role is None or role < acl.Role.WRITER
+        self.commit_interval = commit_interval
+        self.reads = ContentReads(replica.get_blob)
+        self.live = LiveView(self)
+        self._root_owner = (os.getuid(), os.getgid())
+        self.virtual = Virtual(replica, lambda: self.owner_of(self.replica.tree.nodes[ROOT_NODE]))
+        self._lock = threading.RLock()
+        self._ino_of: dict[bytes, int] = {ROOT_NODE: ROOT_INODE}
+        self._node_of: dict[int, bytes] = {ROOT_INODE: ROOT_NODE}
+        self._lookups: dict[int, int] = {}
+        self._staged: dict[bytes, Staged] = {}
+        self._opens: dict[bytes, int] = {}
+        self._files: dict[int, FileHandle] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self._next_fh = 1
+        self._seen_content: dict[int, tuple[Any, ...]] = {}
+        self._known_heads = replica.heads
+        self._versions = {nid: n.version for nid, n in replica.tree.nodes.items()}
+        self._closed = False
+
+    # ------------------------------------------------------------------------------------------ inodes
+    def live_inode(self, node: bytes) -> int:
+        inode = self._ino_of.get(node)
+        if inode is None:
+            with self.translated("inode"):
+                inode = self.replica.store.inode_of(self.replica.space_id, node) + NODE_INODE_SHIFT
+            self._ino_of[node] = inode
+            self._node_of[inode] = node
+        return inode
+
+    def preload_inodes(self, nodes: Sequence[bytes]) -> None:
+        """Number many nodes with one query (readdir)."""
+        missing = [n for n in nodes if n not in self._ino_of]
+        if not missing:
+            return
+        with self.translated("inode"):
+            found = self.replica.store.inodes_of(self.replica.space_id, missing)
+        for node, row in found.items():
+            self._ino_of[node] = row + NODE_INODE_SHIFT
+            self._node_of[row + NODE_INODE_SHIFT] = node
+
+    def target(self, inode: int) -> tuple[View, bytes]:
+        """(view, node id) of a live or historical node inode; ENOENT for anything else."""
+        if inode < VIRTUAL_BASE:
+            node = self._node_of.get(inode)
+            if node is None or node not in self.replica.tree.nodes:
+                raise FsError(errno.ENOENT, f"unknown inode {inode}")
+            return self.live, node
+        hit = self.virtual.hist_target(inode)
+        if hit is None:
+            raise FsError(errno.ENOENT, f"unknown inode {inode}")
+        view, node = hit
+        if node == ROOT_NODE:
+            return view, node  # a change folder: its tree is folded only when something needs it
+        with self.translated("history"):
+            state = view.state
+        if node not in state.nodes:
+            raise FsError(errno.ENOENT, f"unknown inode {inode}")
+        return view, node
+
+    def count_lookup(self, inode: int, n: int = 1) -> None:
+        self._lookups[inode] = self._lookups.get(inode, 0) + n
+
+    # ------------------------------------------------------------------------------------------ attributes
+    def owner_of(self, node: tree.Node) -> tuple[int, int]:
+        """uid:gid shown for a node. A root that was never given an owner (0:0, as every space starts) is shown
+        as owned by the mounting user, who could not use their own drive otherwise."""
+        if node.id == ROOT_NODE and node.uid == 0 and node.gid == 0:
+            return self._root_owner
+        return node.uid, node.gid
+
+    def node_mode(self, node: tree.Node) -> int:
+        return KIND_TO_IFMT[node.kind] | node.mode
+
+    def node(self, view: View, node_id: bytes) -> tree.Node:
+        """A node as the caller should see it: in the live view, attribute changes still pending for an open
+        file (see :meth:`.staging.Staged.set_attrs`) are applied to a copy."""
+        node = view.state.nodes[node_id]
+        if view is self.live:
+            staged = self._staged.get(node_id)
+            if staged is not None and staged.attrs:
+                node = node.clone()
+                a = staged.attrs
+                node.mode = a.get("mode", node.mode)
+                node.uid = a.get("uid", node.uid)
+                node.gid = a.get("gid", node.gid)
+                node.atime_ns = a.get("atime_ns", node.atime_ns)
+                node.mtime_ns = a.get("mtime_ns", node.mtime_ns)
+                node.ctime_ns = max(node.ctime_ns, staged.ctime_ns)
+        return node
+
+    def node_attr(self, view: View, node_id: bytes) -> Attr:
+        if node_id == ROOT_NODE and isinstance(view, HistView):
+            with self.translated("history"):
+                return self.virtual.change_root_attr(view.change)
+        state = view.state
+        node = self.node(view, node_id)
+        uid, gid = self.owner_of(node)
+        mtime, ctime = node.mtime_ns, node.ctime_ns
+        if node.kind == ops.KIND_FILE:
+            staged = self._staged.get(node_id) if view is self.live else None
+            if staged is not None and staged.data_changed:
+                size, mtime, ctime = staged.size, staged.mtime_ns, max(staged.ctime_ns, node.ctime_ns)
+                blocks = blocks_for(staged.stored_bytes(self.reads.stored_bytes(staged.base)))
+            else:
+                size = node.content.size
+                blocks = self.reads.blocks(node.content)
+        elif node.kind == ops.KIND_DIR:
+            size, blocks = DIR_SIZE, blocks_for(DIR_SIZE)
+        else:
+            size, blocks = len(node.target), 0
+        return Attr(
+            view.inode_of(node_id), self.node_mode(node), state.nlink(node_id), uid, gid, size, node.atime_ns,
+            mtime, ctime, blocks,
+        )  # fmt: skip
+
+    def current_size(self, node: tree.Node) -> int:
+        staged = self._staged.get(node.id)
+        return staged.size if staged is not None and staged.data_changed else node.content.size
+
+    def check_access(self, ctx: Ctx, node: tree.Node, want: int) -> None:
+        """EACCES unless ``ctx`` may access ``node`` (as returned by :meth:`node`) for ``want``."""
+        uid, gid = self.owner_of(node)
+        perms.check(ctx, self.node_mode(node), uid, gid, want)
+
+    # ------------------------------------------------------------------------------------------ checks
+    def check_writable(self, view: View | None = None) -> None:
+        if self.read_only or (view is not None and view.read_only):
+            raise FsError(errno.EROFS, "read-only file system")
+
+    @staticmethod
+    def check_name(name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, f"name too long ({len(name)} bytes, the limit is {NAME_MAX})")
+        if not name or b"/" in name or b"\0" in name:
+            raise FsError(errno.EINVAL, "invalid name")
+
+    def mutable_dir(self, inode: int, ctx: Ctx) -> tree.Node:
+        """The live, visible directory ``inode`` in which the caller may create or remove names."""
+        if self.virtual.owns(inode):
+            self.check_writable(None)
+            raise FsError(errno.EROFS, "the .anysync folder is read-only")
+        self.check_writable()
+        view, node_id = self.target(inode)
+        node = self.node(view, node_id)
+        if node.kind != ops.KIND_DIR:
+            raise FsError(errno.ENOTDIR, "not a directory")
+        if not view.state.visible(node_id):
+            raise FsError(errno.ENOENT, "the directory was removed")
+        self.check_access(ctx, node, perms.W | perms.X)
+        return node
+
+    # ------------------------------------------------------------------------------------------ committing
+    @contextlib.contextmanager
+    def translated(self, what: str) -> Iterator[None]:
+        """Turn store, integrity and permission errors into FsError (ENOSPC, EIO, EROFS)."""
+        try:
+            yield
+        except FsError:
+            raise
+        except StoreError as e:
+            if "disk full" in str(e).lower():
+                raise FsError(errno.ENOSPC, f"{what}: {e}") from None
+            log.error("%s: store error: %s", what, e)
+            raise FsError(errno.EIO, f"{what}: {e}") from None
+        except PermissionDenied as e:
+            raise FsError(errno.EROFS, f"{what}: {e}") from None
+        except (IntegrityError, Rejected, NotFound) as e:
+            log.error("%s: %s: %s", what, type(e).__name__, e)
+            raise FsError(errno.EIO, f"{what}: {e}") from None
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise FsError(errno.ENOSPC, f"{what}: disk full") from None
+            log.error("%s: %s", what, e)
+            raise FsError(errno.EIO, f"{what}: {e}") from None
+
+    def _touched(self, op_list: Sequence[ops.Op]) -> set[bytes]:
+        """Nodes an op list changes (the node, and the directories whose listing changes)."""
+        state = self.replica.tree
+        out: set[bytes] = set()
+        for op in op_list:
+            if isinstance(op, (ops.Create, ops.Link)):
+                out.update((op.node, op.parent))
+            elif isinstance(op, (ops.Write, ops.SetAttr)):
+                out.add(op.node)
+            else:
+                entry = state.entries.get(op.entry)
+                if entry is not None:
+                    out.update((entry.node, entry.parent))
+                if isinstance(op, ops.Rename):
+                    out.add(op.parent)
+        return out
+
+    def commit(self, op_list: list[ops.Op]) -> None:
+        """Commit ops as one signed change (the caller has checked that they make sense)."""
+        self.check_writable()
+        touched = self._touched(op_list)
+        before = self.replica.heads
+        with self.translated("commit"):
+            self.replica.commit(op_list)
+        state = self.replica.tree
+        touched |= self._touched(op_list)
+        if before == self._known_heads:  # nothing arrived from elsewhere meanwhile: these are all ours
+            self._known_heads = self.replica.heads
+            for node_id in touched:
+                node = state.nodes.get(node_id)
+                if node is not None:
+                    self._versions[node_id] = node.version
+
+    # ------------------------------------------------------------------------------------------ staging
+    def staged_for(self, node: tree.Node) -> Staged:
+        staged = self._staged.get(node.id)
+        if staged is None:
+            staged = Staged(node.id, node.content, node.mtime_ns, node.ctime_ns, self.staging_dir)
+            self._staged[node.id] = staged
+        return staged
+
+    def drop_staged(self, node_id: bytes) -> None:
+        staged = self._staged.pop(node_id, None)
+        if staged is not None:
+            staged.close()
+
+    def drop_if_orphan(self, node_id: bytes) -> None:
+        """Forget the staged writes of a node no name points at any more, once no handle has it open."""
+        if self._opens.get(node_id, 0) == 0 and not self.replica.tree.visible(node_id):
+            self.drop_staged(node_id)
+
+    def commit_staged(self, node_id: bytes, extra: Sequence[ops.Op] = ()) -> None:
+        """Commit the staged writes and pending attributes of a node (and ``extra`` ops) as ONE change; blobs
+        are durable first. On failure everything stays staged, to be committed later."""
+        staged = self._staged.get(node_id)
+        state = self.replica.tree
+        if staged is None or node_id not in state.nodes or not state.visible(node_id):
+            if extra:
+                self.commit(list(extra))
+            return
+        self.check_writable()
+        op_list: list[ops.Op] = []
+        if staged.data_changed:
+            with self.translated("commit"):
+                key_base = self.replica.chunk_key_base()
+                base_extents = self.reads.extents(staged.base)
+                # One store transaction for the blob index rows (each blob file is fsynced on its own): far
+                # fewer SQLite commits. The change itself commits afterwards, in its own transaction.
+                with self.replica.store.transaction():
+                    content = build_content(staged, base_extents, self.reads.read, key_base,
+                                            self.replica.chunk_params, self.replica.store_blob)  # fmt: skip
+            op_list.append(ops.Write(node_id, content, staged.mtime_ns))
+        if staged.attrs:
+            op_list.append(ops.SetAttr(node_id, **staged.attrs))  # type: ignore[arg-type]
+        elif staged.data_changed and staged.ctime_ns != staged.mtime_ns:
+            op_list.append(ops.SetAttr(node_id))  # attributes changed after the last write: ctime is now
+        op_list.extend(extra)
+        if op_list:
+            self.commit(op_list)
+        self.drop_staged(node_id)
+        inode = self._ino_of.get(node_id)
+        if inode is not None and inode in self._seen_content:
+            # The kernel's page cache holds exactly what was written through it: it stays valid.
+            self._seen_content[inode] = self.content_key(self.replica.tree.nodes[node_id])
+
+    @staticmethod
+    def content_key(node: tree.Node) -> tuple[Any, ...]:
+        return (node.last_write, node.content.size, node.mtime_ns)
+
+    # ------------------------------------------------------------------------------------------ handles
+    def new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def file_handle(self, fh: int) -> FileHandle:
+        handle = self._files.get(fh)
+        if handle is None:
+            raise FsError(errno.EBADF, "unknown file handle")
+        return handle
+
+    # ------------------------------------------------------------------------------------------ public: misc
+    @locked
+    def getattr(self, inode: int, ctx: Ctx | None = None) -> Attr:
+        if self.virtual.is_special(inode):
+            with self.translated("history"):
+                return self.virtual.attr(inode)
+        view, node_id = self.target(inode)
+        return self.node_attr(view, node_id)
+
+    @locked
+    def forget(self, items: list[tuple[int, int]]) -> None:
+        for inode, n in items:
+            left = self._lookups.get(inode, 0) - n
+            if left > 0:
+                self._lookups[inode] = left
+            else:
+                self._lookups.pop(inode, None)
+
+    @locked
+    def add_lookups(self, inodes: Sequence[int]) -> None:
+        """The kernel took a reference to each inode (readdirplus entries it accepted)."""
+        for inode in inodes:
+            self.count_lookup(inode)
+
+    @locked
+    def statfs(self, ctx: Ctx) -> StatFs:
+        try:
+            s = os.statvfs(self.staging_dir)
+        except OSError as e:
+            raise FsError(errno.EIO, f"statfs: {e}") from None
+        return StatFs(s.f_frsize or s.f_bsize, s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree, NAME_MAX)
+
+    @locked
+    def commit_all(self) -> None:
+        """Commit every staged file (each as its own change). Raises the first error after trying them all."""
+        first: FsError | None = None
+        for node_id in list(self._staged):
+            try:
+                self.commit_staged(node_id)
+            except FsError as e:
+                log.warning("could not commit staged writes: %s", e)
+                first = first or e
+        if first is not None:
+            raise first
+
+    @locked
+    def close(self) -> None:
+        """Commit everything, then drop the staging files. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.commit_all()
+            self.replica.sync()  # an unmount leaves everything durable
+        except FsError as e:
+            log.error("closing with uncommitted writes lost: %s", e)
+        except StoreError as e:
+            log.error("closing: the store could not be synced: %s", e)
+        finally:
+            for node_id in list(self._staged):
+                self.drop_staged(node_id)
+            self._files.clear()
+            self._dirs.clear()
+            self._closed = True
+
+    @locked
+    def changed_inodes(self) -> set[int]:
+        """Inodes (known to the kernel) whose content or attributes changed by changes not made through this
+        VFS since the last call: what the kernel must stop caching."""
+        heads = self.replica.heads
+        if heads == self._known_heads:
+            return set()
+        self._known_heads = heads
+        out: set[int] = set()
+        for node_id, node in self.replica.tree.nodes.items():
+            if self._versions.get(node_id) != node.version:
+                self._versions[node_id] = node.version
+                inode = self._ino_of.get(node_id)
+                if inode is not None:
+                    out.add(inode)
+        return out
+
+    @locked
+    def content_unchanged(self, fh: int) -> bool:
+        return self.file_handle(fh).keep_cache
+
+    def seen_at_open(self, inode: int, node: tree.Node, immutable: bool) -> bool:
+        """Record the content the kernel sees at this open; True if it saw the same at an earlier open."""
+        key = ("immutable",) if immutable else self.content_key(node)
+        previous = self._seen_content.get(inode)
+        self._seen_content[inode] = key
+        return previous == key
+
+    @staticmethod
+    def is_dir_mode(mode: int) -> bool:
+        return stat.S_ISDIR(mode)

@@ -1,0 +1,275 @@
+"""Mount fixtures: a home with an identity and a space (made with the CLI), mounted with ``anysyncfs mount -f``.
+
+Every fixture ALWAYS unmounts (``fusermount3 -u``, then ``-uz``) and kills the mount process in ``finally``, so
+a failing test leaves no mount and no process behind. The mount's stderr goes to a log file; a WARNING, ERROR or
+traceback in it fails the test at teardown unless the test declared it with :meth:`Mount.expect_log`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI, PASSPHRASE, TEST_LOG2N
+
+REPO = Path(__file__).resolve().parents[2]
+FUSERMOUNT = shutil.which("fusermount3")
+MOUNT_TIMEOUT = 30.0
+EXIT_TIMEOUT = 30.0
+BAD_LOG = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
+
+
+def fuse_unavailable() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing (no FUSE in this environment)"
+    if FUSERMOUNT is None:
+        return "fusermount3 is not installed (package fuse3)"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as e:
+        return f"/dev/fuse cannot be opened: {e.strerror}"
+    return None
+
+
+def make_env(home: Path) -> dict[str, str]:
+    """The environment of tests/conftest.py's cli_env, for a given home (usable at any fixture scope)."""
+    env = dict(os.environ)
+    env["ANYSYNCFS_PASSPHRASE"] = PASSPHRASE.decode()
+    env["ANYSYNCFS_INSECURE_TEST_SCRYPT_LOG2N"] = str(TEST_LOG2N)
+    env["ANYSYNCFS_HOME"] = str(home)
+    env.pop("ANYSYNCFS_DEBUG", None)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def is_mounted(path: Path) -> bool:
+    """In the mount table (also true for a dead FUSE mount, where os.path.ismount fails)."""
+    target = os.path.abspath(path)
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 1 and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1]) == target:
+                return True
+    return False
+
+
+class Mount:
+    """One home + space + mountpoint under ``root``, and the mount process serving it."""
+
+    def __init__(self, root: Path, space: str = "test") -> None:
+        self.root = root
+        self.home = root / "home"
+        self.mountpoint = root / "mnt"
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        self.space = space
+        self.env = make_env(self.home)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.bg_pids: list[int] = []  # background mounts (anysyncfs mount without -f)
+        self.log_path = root / "mount.log"
+        self.expected: list[re.Pattern[str]] = []
+        self.mount_args: list[str] = []
+
+    # ------------------------------------------------------------------------------------------ CLI
+    def cli(self, *args: str, check: bool = True, input: bytes | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        p = subprocess.run([*CLI, *args], input=input, env=self.env, capture_output=True, timeout=timeout, cwd=REPO)
+        if check and p.returncode != 0:
+            raise AssertionError(f"anysyncfs {' '.join(args)} exited {p.returncode}: {p.stderr.decode()}")
+        return p
+
+    def create(self, template: Path | None = None) -> Mount:
+        """An identity and a space made with the CLI, or a copy of a home made that way (same IDs, much faster)."""
+        if template is not None:
+            shutil.copytree(template, self.home)
+        else:
+            self.cli("init", "--device-name", "fusetest")
+            self.cli("space", "create", self.space)
+        return self
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def mount(self, *extra: str) -> None:
+        """``anysyncfs mount SPACE MNT -f`` in a subprocess; returns once the mount answers."""
+        assert self.proc is None or self.proc.poll() is not None, "already mounted"
+        self.mount_args = list(extra)
+        with open(self.log_path, "ab") as log:
+            log.write(f"---- mount {' '.join(extra)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [*CLI, "mount", self.space, str(self.mountpoint), "-f", *extra],
+                env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO,
+            )
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while not os.path.ismount(self.mountpoint):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mount exited {self.proc.returncode}:\n{self.log_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not mounted after {MOUNT_TIMEOUT} s:\n{self.log_text()}")
+            time.sleep(0.02)
+
+    def mount_background(self, *extra: str) -> subprocess.CompletedProcess[bytes]:
+        """``anysyncfs mount SPACE MNT`` (daemonizing); remembers the server's pid for cleanup."""
+        p = self.cli("mount", self.space, str(self.mountpoint), *extra, check=False)
+        for lock in (self.home / "locks").glob("*.lock"):
+            text = lock.read_text()
+            if text.strip():
+                self.bg_pids.append(int(json.loads(text)["pid"]))
+        return p
+
+    def wait_exit(self, timeout: float = EXIT_TIMEOUT) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"mount process still running {timeout} s after unmount:\n{self.log_text()}") from None
+
+    def unmount(self) -> None:
+        """``fusermount3 -u`` and wait until the process has committed and exited (status 0)."""
+        assert FUSERMOUNT is not None
+        subprocess.run([FUSERMOUNT, "-u", str(self.mountpoint)], check=True, capture_output=True, timeout=30)
+        code = self.wait_exit()
+        assert code == 0, f"mount process exited {code}:\n{self.log_text()}"
+        assert not is_mounted(self.mountpoint)
+
+    def remount(self, *extra: str) -> None:
+        self.unmount()
+        self.mount(*(extra or self.mount_args))
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self) -> None:
+        """Whatever state we are in: unmount (normal, then lazy) and end the process. Never raises."""
+        if FUSERMOUNT is not None and is_mounted(self.mountpoint):
+            subprocess.run([FUSERMOUNT, "-u", str(self.mountpoint)], capture_output=True, timeout=30)
+            if self.proc is not None:
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
+            if is_mounted(self.mountpoint):
+                subprocess.run([FUSERMOUNT, "-uz", str(self.mountpoint)], capture_output=True, timeout=30)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        for pid in self.bg_pids:
+            _kill_pid(pid)
+        if FUSERMOUNT is not None and is_mounted(self.mountpoint):
+            subprocess.run([FUSERMOUNT, "-uz", str(self.mountpoint)], capture_output=True, timeout=30)
+
+    # ------------------------------------------------------------------------------------------ logs
+    def log_text(self) -> str:
+        """The foreground mount's stderr plus the log files of background mounts."""
+        parts = []
+        for path in [self.log_path, *sorted((self.home / "logs").glob("*.log"))]:
+            try:
+                parts.append(path.read_text(errors="replace"))
+            except FileNotFoundError:
+                pass
+        return "".join(parts)
+
+    def expect_log(self, pattern: str) -> None:
+        """Declare a WARNING/ERROR line this test provokes on purpose (a regex searched in the line)."""
+        self.expected.append(re.compile(pattern))
+
+    def log_problems(self) -> list[str]:
+        bad = []
+        for line in self.log_text().splitlines():
+            if BAD_LOG.search(line) and not any(p.search(line) for p in self.expected):
+                bad.append(line)
+        return bad
+
+    def path(self, *parts: str) -> Path:
+        return self.mountpoint.joinpath(*parts)
+
+
+def pid_alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def _kill_pid(pid: int) -> None:
+    """End a background mount process we started (SIGTERM, then SIGKILL)."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        if not pid_alive(pid):
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.05)
+
+
+def _check_fuse() -> None:
+    reason = fuse_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def template_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home with an identity and the space "test", made once per session with the CLI (copied per test)."""
+    _check_fuse()
+    m = Mount(tmp_path_factory.mktemp("template")).create()
+    return m.home
+
+
+@pytest.fixture
+def fuse_space(tmp_path: Path, template_home: Path) -> Iterator[Mount]:
+    """A home with an identity and a space, NOT mounted yet (for tests of the mount command itself)."""
+    m = Mount(tmp_path).create(template_home)
+    try:
+        yield m
+    finally:
+        m.stop()
+    problems = m.log_problems()
+    assert not problems, "unexpected warnings/errors in the mount log:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def mounted(fuse_space: Mount) -> Mount:
+    """A fresh space mounted in the foreground; unmounted (and checked) by fuse_space's teardown."""
+    fuse_space.mount()
+    return fuse_space
+
+
+@pytest.fixture(scope="module")
+def shared_mount(tmp_path_factory: pytest.TempPathFactory, template_home: Path) -> Iterator[Mount]:
+    """One mount for a whole test module (each test works in its own directory: see ``workdir``)."""
+    _check_fuse()
+    m = Mount(tmp_path_factory.mktemp("fuse")).create(template_home)
+    try:
+        m.mount()
+        yield m
+    finally:
+        m.stop()
+    problems = m.log_problems()
+    assert not problems, "unexpected warnings/errors in the mount log:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def workdir(shared_mount: Mount, request: pytest.FixtureRequest) -> Path:
+    """A fresh directory inside the shared mount, named after the test."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:200]
+    d = shared_mount.mountpoint / name
+    d.mkdir()
+    return d
