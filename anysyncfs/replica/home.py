@@ -64,7 +64,7 @@ class Unlocked:
 
 class Home:
     def __init__(self, root: Path, *, scrypt_log2_n: int = 14) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # a daemonized mount chdirs to /: never depend on the cwd
         self.scrypt_log2_n = scrypt_log2_n
         self._store: Store | None = None
         self._blobs: BlobFiles | None = None
