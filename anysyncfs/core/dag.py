@@ -96,6 +96,11 @@ class Dag:
                 top = lam
         return top + 1
 
+    def last(self) -> bytes | None:
+        """The change that comes last in fold order (None for an empty DAG), without building the order."""
+        order = self._sorted()  # the cached index order: O(1) unless changes arrived out of order
+        return self._ids[order[-1]] if order else None
+
     def order(self) -> list[bytes]:
         """All change IDs in fold order: ascending (lamport, change id), which is topological."""
         ids = self._ids

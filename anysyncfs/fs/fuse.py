@@ -374,7 +374,7 @@ class Operations(pyfuse3.Operations):
 
     async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         # Namespace changes are committed when they happen; fsync of a directory makes them durable.
-        await self.call("fsyncdir", self.vfs.replica.sync)
+        await self.call("fsyncdir", self.vfs.fsyncdir, fh, bool(datasync))
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = await self.call("statfs", self.vfs.statfs, ctx_of(ctx), inline=True)

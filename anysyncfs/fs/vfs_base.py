@@ -132,8 +132,8 @@ class VfsCore:
         self.staging_dir = Path(staging_dir)
         self.staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         left = clear_leftovers(self.staging_dir)
-        if left:
-            log.warning("removed %d staging files left by an earlier run (writes that were never committed)", left)
+        if left:  # after a crash: like dirty pages never fsynced, those writes are gone (INFO, not a fault)
+            log.info("removed %d staging files left by an earlier run (writes that were never committed)", left)
         role = replica.role
         self.read_only = read_only or replica.read_only or role is None or role < acl.Role.WRITER
         self.commit_interval = commit_interval
@@ -368,6 +368,8 @@ class VfsCore:
         staged = self._staged.get(node_id)
         state = self.replica.tree
         if staged is None or node_id not in state.nodes or not state.visible(node_id):
+            if staged is not None:
+                self.drop_if_orphan(node_id)  # no name left (here or by a change from elsewhere): nothing to keep
             if extra:
                 self.commit(list(extra))
             return
@@ -443,6 +445,17 @@ class VfsCore:
         except OSError as e:
             raise FsError(errno.EIO, f"statfs: {e}") from None
         return StatFs(s.f_frsize or s.f_bsize, s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree, NAME_MAX)
+
+    def sync(self) -> None:
+        """Make every change committed so far durable (the store runs with synchronous=NORMAL: a commit is
+        atomic at once but durable only after this)."""
+        with self.translated("sync"):
+            self.replica.sync()
+
+    @locked
+    def fsyncdir(self, fh: int, datasync: bool) -> None:
+        """fsync of a directory: its namespace changes were committed when they happened; make them durable."""
+        self.sync()
 
     @locked
     def commit_all(self) -> None:

@@ -6,8 +6,9 @@
 * ``user.anysync.state`` (``local`` when every blob is on this device, ``remote-only`` otherwise, ``conflict``
   for a conflict copy), ``user.anysync.version`` (the ID of the last change that touched the node) and
   ``user.anysync.author`` (that change's author) are computed, listed, and read-only (EPERM on set/remove).
-* Other namespaces: getxattr gives ENODATA (never ENOTSUP: a FUSE kernel that once sees ENOTSUP from getxattr
-  stops asking for any attribute), setxattr and removexattr give ENOTSUP.
+* Other namespaces: getxattr gives ENODATA, as a local disk does for an attribute that is not set (tools and
+  the kernel probe ``security.capability`` and ``system.posix_acl_*`` this way and expect ENODATA); setxattr
+  and removexattr give ENOTSUP. (Only ENOSYS would make a FUSE kernel stop sending xattr requests for good.)
 """
 
 from __future__ import annotations

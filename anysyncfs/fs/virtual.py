@@ -57,12 +57,12 @@ FILE_MODE = stat.S_IFREG | 0o444
 
 
 def day_name(wall_us: int) -> bytes:
-    t = _dt.datetime.fromtimestamp(max(wall_us, 0) / 1e6, tz=_dt.timezone.utc)
+    t = _dt.datetime.fromtimestamp(max(wall_us, 0) / 1e6, tz=_dt.UTC)
     return t.strftime("%Y-%m-%d").encode("ascii")
 
 
 def change_dir_name(change: bytes, wall_us: int) -> bytes:
-    t = _dt.datetime.fromtimestamp(max(wall_us, 0) / 1e6, tz=_dt.timezone.utc)
+    t = _dt.datetime.fromtimestamp(max(wall_us, 0) / 1e6, tz=_dt.UTC)
     return (t.strftime("%H%M%S.%fZ") + "-" + ids.short(change, CHANGE_LABEL_LEN)).encode("ascii")
 
 

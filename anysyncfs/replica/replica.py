@@ -39,7 +39,7 @@ def heads_digest(heads: Iterable[bytes]) -> bytes:
     return crypto.blake3(b"".join(sorted(heads)))
 
 
-def create_space(unlocked: Unlocked, name: str, *, chunking: tuple[int, int, int] | None = None) -> "Replica":
+def create_space(unlocked: Unlocked, name: str, *, chunking: space.Chunking | None = None) -> "Replica":
     """Create a new space owned by this identity; remember its epoch-0 key in the keyring."""
     store = unlocked.home.store()
     if any(r.name == name for r in store.spaces()):
@@ -303,10 +303,9 @@ class Replica:
 
     def _sorts_last(self, change: Change) -> bool:
         """True when ``change`` comes after every known change in fold order (so it can be applied on top)."""
-        order = self.dag.order()
-        if not order:
+        last = self.dag.last()
+        if last is None:
             return True
-        last = order[-1]
         return (change.header.lamport, change.id) > (self.dag.lamport(last) or 0, last)
 
     def _store_and_apply(self, change: Change, *, incremental: bool) -> None:

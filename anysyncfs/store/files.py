@@ -83,7 +83,7 @@ def read_bounded(path: StrPath, max_size: int) -> bytes:
             size = os.fstat(f.fileno()).st_size
             if size > max_size:
                 raise StoreError(f"{os.fspath(path)} is {size} bytes, more than the limit of {max_size}")
-            data = f.read(max_size + 1)  # the file may have grown since fstat
+            data = f.read(min(size, max_size) + 1)  # +1: the file may have grown since fstat
     except FileNotFoundError:
         raise NotFound(f"{os.fspath(path)} does not exist") from None
     except OSError as e:

@@ -326,3 +326,15 @@ def test_large_random_dag_matches_model() -> None:
     everything = set(m.ids)
     assert d.heads() == m.heads(everything)
     assert d.order() == m.order(everything)
+
+
+def test_last_is_the_end_of_the_fold_order() -> None:
+    import os as _os
+
+    dag = Dag()
+    assert dag.last() is None
+    a, b, c = (_os.urandom(32) for _ in range(3))
+    dag.add(a, [], 1)
+    dag.add(b, [a], 2)
+    dag.add(c, [a], 2)
+    assert dag.last() == dag.order()[-1] == max(b, c)

@@ -328,6 +328,29 @@ def test_fsync_is_visible_to_a_fresh_replica(env: Env) -> None:
     vfs.release(fh)
 
 
+def test_fsync_and_fsyncdir_make_commits_durable(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The store commits with synchronous=NORMAL (atomic, durable later): fsync must sync it after committing.
+    vfs = env.vfs
+    synced_at: list[int] = []
+    monkeypatch.setattr(env.replica, "sync", lambda: synced_at.append(env.changes()))
+    fh, _ = vfs.create(ROOT_INODE, b"f", 0o644, os.O_WRONLY | os.O_CREAT, ROOT)
+    vfs.write(fh, 0, b"data")
+    before = env.changes()
+    vfs.fsync(fh, True)
+    assert synced_at == [before + 1]  # committed first, then synced
+    dh = vfs.opendir(ROOT_INODE, ROOT)
+    vfs.fsyncdir(dh, False)
+    assert len(synced_at) == 2
+
+    def full() -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(env.replica, "sync", full)
+    assert errno_of(vfs.fsync, fh, False) == errno.ENOSPC
+    vfs.releasedir(dh)
+    vfs.release(fh)
+
+
 def test_commit_all_commits_every_staged_file(env: Env) -> None:
     vfs = env.vfs
     handles = []
@@ -427,7 +450,9 @@ def test_enospc_on_a_really_full_disk(make_home, tmp_path: Path) -> None:  # typ
         pytest.skip("mounting a small tmpfs needs root")
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True).returncode:
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True,
+                             check=False)  # fmt: skip
+    if mounted.returncode:
         pytest.skip("cannot mount a tmpfs here")
     home = None
     vfs = None
@@ -450,7 +475,7 @@ def test_enospc_on_a_really_full_disk(make_home, tmp_path: Path) -> None:  # typ
             vfs.close()
         if home is not None:
             home.close()
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
 
 
 def test_corrupt_blob_gives_eio_and_one_log_line(env: Env, caplog: pytest.LogCaptureFixture) -> None:
