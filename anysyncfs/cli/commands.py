@@ -107,15 +107,6 @@ def cmd_ls(ctx: "Context") -> int:
     return 0
 
 
-def cmd_history(ctx: "Context") -> int:
-    unlocked = ctx.home.unlock(ctx.passphrase())
-    replica = open_replica(unlocked, ctx.args.space)
-    for v in files.history(replica, ctx.args.path):
-        print(f"{files.format_time_us(v.wall_us)}  {ids.change_text(v.change)}  {ids.account_text(v.author)[:11]}  "
-              f"{v.what}")
-    return 0
-
-
 def cmd_fsck(ctx: "Context") -> int:
     unlocked = ctx.home.unlock(ctx.passphrase())
     store = ctx.home.store()

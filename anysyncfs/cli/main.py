@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import AnysyncError, UsageError
 from ..replica.home import Home, default_home
-from . import commands, mount_cmd
+from . import commands, mount_cmd, versions
 
 PASSPHRASE_ENV = "ANYSYNCFS_PASSPHRASE"
 # Test-only: lowers the scrypt cost of keyrings written by this process (never use for real keys).
@@ -65,10 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-l", dest="long", action="store_true", help="long format")
     s.set_defaults(func=commands.cmd_ls)
 
-    s = sub.add_parser("history", help="list the changes that touched a file")
-    s.add_argument("space")
-    s.add_argument("path")
-    s.set_defaults(func=commands.cmd_history)
+    s = sub.add_parser("history", help="list the changes that touched a file (SPACE PATH, or a mounted path)")
+    s.add_argument("target", metavar="SPACE|MOUNTED_PATH")
+    s.add_argument("path", nargs="?", help="path inside SPACE (omit for a path inside a mount)")
+    s.set_defaults(func=versions.cmd_history)
+
+    s = sub.add_parser("revert", help="restore a file as it was at a change or time (SPACE PATH, or a mounted path)")
+    s.add_argument("target", metavar="SPACE|MOUNTED_PATH")
+    s.add_argument("path", nargs="?", help="path inside SPACE (omit for a path inside a mount)")
+    s.add_argument("--at", required=True, metavar="WHEN", help="a change ID (ch-…) or a UTC time (2026-11-22T05:35)")
+    s.set_defaults(func=versions.cmd_revert)
 
     s = sub.add_parser("fsck", help="verify every change, blob and the cached tree; exit non-zero on problems")
     s.add_argument("space", nargs="?")
