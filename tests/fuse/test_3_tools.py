@@ -182,7 +182,7 @@ def test_copies_of_the_root_skip_anysync(mounted: Mount, tmp_path: Path) -> None
     rsync = need(RSYNC, "rsync")
     run(rsync, "-a", f"{root}/", f"{tmp_path / 'rs'}/")
     tar = need(TAR, "tar")
-    listing = run(tar, "-C", root, "-cf", tmp_path / "root.tar", ".")
+    run(tar, "-C", root, "-cf", tmp_path / "root.tar", ".")
     listing = run(tar, "-tf", tmp_path / "root.tar")
     names = {n.removeprefix("./").rstrip("/") for n in listing.decode().split("\n")} - {"", "."}
     assert names == want
