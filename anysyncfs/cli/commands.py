@@ -99,7 +99,10 @@ def cmd_ls(ctx: "Context") -> int:
     replica = open_replica(unlocked, ctx.args.space)
     for item in files.list_dir(replica.tree, ctx.args.path):
         if ctx.args.long:
-            kind = {ops.KIND_DIR: stat.S_IFDIR, ops.KIND_SYMLINK: stat.S_IFLNK}.get(item.kind, stat.S_IFREG)
+            kind = {
+                ops.KIND_DIR: stat.S_IFDIR, ops.KIND_SYMLINK: stat.S_IFLNK, ops.KIND_FIFO: stat.S_IFIFO,
+                ops.KIND_SOCKET: stat.S_IFSOCK, ops.KIND_CHAR: stat.S_IFCHR, ops.KIND_BLOCK: stat.S_IFBLK,
+            }.get(item.kind, stat.S_IFREG)  # fmt: skip
             when = files.format_time_us(item.mtime_ns // 1000)[:19]
             print(f"{stat.filemode(kind | item.mode)} {item.size:>12} {when} {item.name}")
         else:

@@ -24,7 +24,14 @@ TimeNs = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 KIND_FILE = 1
 KIND_DIR = 2
 KIND_SYMLINK = 3
-KINDS = (KIND_FILE, KIND_DIR, KIND_SYMLINK)
+# Special files (mkfifo, mknod, bind): they hold no content; the kernel gives them their behaviour.
+KIND_FIFO = 4
+KIND_SOCKET = 5
+KIND_CHAR = 6  # character device; Create.target holds the device number (see DEVICE_KINDS)
+KIND_BLOCK = 7  # block device; likewise
+KINDS = (KIND_FILE, KIND_DIR, KIND_SYMLINK, KIND_FIFO, KIND_SOCKET, KIND_CHAR, KIND_BLOCK)
+DEVICE_KINDS = (KIND_CHAR, KIND_BLOCK)
+RDEV_LEN = 8  # a device node's number (st_rdev) travels in ``target`` as 8 bytes, big-endian
 
 NAME_MAX = 255
 SYMLINK_MAX = 4095
@@ -63,13 +70,14 @@ EMPTY = Content(size=0)
 
 
 class Create(Strict, tag=1):
-    """A new node with its first name. ``target`` is the symlink target (empty for other kinds)."""
+    """A new node with its first name. ``target`` is the symlink target, for a device node its number (st_rdev)
+    as :data:`RDEV_LEN` bytes big-endian, and empty for other kinds."""
 
     node: NodeId
     entry: NodeId
     parent: NodeId
     name: Name
-    kind: Annotated[int, msgspec.Meta(ge=1, le=3)]
+    kind: Annotated[int, msgspec.Meta(ge=1, le=7)]
     mode: Annotated[int, msgspec.Meta(ge=0, le=0o7777)]
     uid: U32
     gid: U32

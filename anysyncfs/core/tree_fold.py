@@ -162,7 +162,9 @@ def _create(f: _ChangeFold, op: ops.Create) -> None:
         return
     if op.kind == ops.KIND_SYMLINK and not 0 < len(op.target) <= ops.SYMLINK_MAX:
         return
-    target = op.target if op.kind == ops.KIND_SYMLINK else b""
+    if op.kind in ops.DEVICE_KINDS and len(op.target) != ops.RDEV_LEN:
+        return
+    target = op.target if op.kind == ops.KIND_SYMLINK or op.kind in ops.DEVICE_KINDS else b""
     t = _clamp_ns(op.time_ns)
     info = f.info
     node = Node(op.node, op.kind, op.mode, op.uid, op.gid, ops.EMPTY, target, t, t, t, {}, info.id, info.author)

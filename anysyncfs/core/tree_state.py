@@ -51,7 +51,7 @@ class Node(msgspec.Struct, array_like=True, gc=False):
     uid: int
     gid: int
     content: ops.Content  # ops.EMPTY for directories and symlinks
-    target: bytes  # symlink target (empty for other kinds)
+    target: bytes  # symlink target, a device node's number (ops.RDEV_LEN bytes), else empty
     atime_ns: int
     mtime_ns: int
     ctime_ns: int

@@ -29,7 +29,16 @@ MAX_FILE_SIZE = 2**63 - 1  # Content.size is an int64 on the wire
 DIR_SIZE = 4096  # what ext4 shows for a small directory; some tools expect a non-zero size
 BLOCK = 512  # st_blocks unit
 
-KIND_TO_IFMT = {ops.KIND_FILE: stat.S_IFREG, ops.KIND_DIR: stat.S_IFDIR, ops.KIND_SYMLINK: stat.S_IFLNK}
+KIND_TO_IFMT = {
+    ops.KIND_FILE: stat.S_IFREG,
+    ops.KIND_DIR: stat.S_IFDIR,
+    ops.KIND_SYMLINK: stat.S_IFLNK,
+    ops.KIND_FIFO: stat.S_IFIFO,
+    ops.KIND_SOCKET: stat.S_IFSOCK,
+    ops.KIND_CHAR: stat.S_IFCHR,
+    ops.KIND_BLOCK: stat.S_IFBLK,
+}
+IFMT_TO_KIND = {ifmt: kind for kind, ifmt in KIND_TO_IFMT.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,7 @@ class Attr:
     ctime_ns: int
     blocks: int  # 512-byte units actually stored (0 for holes)
     generation: int = 0
+    rdev: int = 0  # device number of a character or block device node
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +98,13 @@ class StatFs:
 def blocks_for(nbytes: int) -> int:
     """512-byte blocks needed for ``nbytes`` bytes."""
     return -(-nbytes // BLOCK)
+
+
+def rdev_bytes(rdev: int) -> bytes:
+    """How a device number is carried in a node's ``target`` (see :data:`..core.ops.RDEV_LEN`)."""
+    return rdev.to_bytes(ops.RDEV_LEN, "big")
+
+
+def rdev_of(kind: int, target: bytes) -> int:
+    """The device number of a device node (0 for every other kind)."""
+    return int.from_bytes(target, "big") if kind in ops.DEVICE_KINDS else 0

@@ -38,6 +38,7 @@ from .attrs import (
     Ctx,
     StatFs,
     blocks_for,
+    rdev_of,
 )
 from .commit import build_content
 from .reading import ContentReads
@@ -244,11 +245,13 @@ class VfsCore:
                 blocks = self.reads.blocks(node.content)
         elif node.kind == ops.KIND_DIR:
             size, blocks = DIR_SIZE, blocks_for(DIR_SIZE)
-        else:
+        elif node.kind == ops.KIND_SYMLINK:
             size, blocks = len(node.target), 0
+        else:
+            size, blocks = 0, 0  # FIFOs, sockets and devices hold nothing
         return Attr(
             view.inode_of(node_id), self.node_mode(node), state.nlink(node_id), uid, gid, size, node.atime_ns,
-            mtime, ctime, blocks,
+            mtime, ctime, blocks, rdev=rdev_of(node.kind, node.target),
         )  # fmt: skip
 
     def current_size(self, node: tree.Node) -> int:

@@ -13,7 +13,7 @@ from ..core import ops, tree
 from ..core.ids import ROOT_NODE
 from ..errors import FsError
 from . import perms
-from .attrs import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INODE, Attr, Ctx
+from .attrs import IFMT_TO_KIND, RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INODE, Attr, Ctx, rdev_bytes
 from .vfs_base import READDIR_BATCH, DirHandle, VfsCore, View, locked, new_id, now_ns
 from .virtual import ANYSYNC_INO, HIDDEN_NAME
 
@@ -50,7 +50,7 @@ class NamesMixin(VfsCore):
     def create_node(
         self, parent_inode: int, name: bytes, kind: int, mode: int, ctx: Ctx, target: bytes = b""
     ) -> tuple[bytes, Attr]:
-        """Create a file, directory or symlink (one change); returns its node id and attributes."""
+        """Create a node of any kind (one change); returns its node id and attributes."""
         self.check_name(name)
         if name in (b".", b".."):
             raise FsError(errno.EEXIST, "exists")
@@ -169,11 +169,20 @@ class NamesMixin(VfsCore):
     # ------------------------------------------------------------------------------------------ creating
     @locked
     def mknod(self, parent: int, name: bytes, mode: int, rdev: int, ctx: Ctx) -> Attr:
-        """Regular files only: there is no node kind for FIFOs, sockets or devices (EPERM)."""
-        kind = stat.S_IFMT(mode)
-        if kind not in (0, stat.S_IFREG):
-            raise FsError(errno.EPERM, "only regular files can be created with mknod here")
-        return self.create_node(parent, name, ops.KIND_FILE, mode, ctx)[1]
+        """Regular files, FIFOs, sockets and (for root, as mknod(2) requires CAP_MKNOD) device nodes. The
+        special kinds only record their type, mode, owner and device number; the kernel supplies their
+        behaviour (pipes, socket binding), and a nodev mount refuses to open devices."""
+        kind = IFMT_TO_KIND.get(stat.S_IFMT(mode) or stat.S_IFREG)
+        if kind is None or kind == ops.KIND_DIR or kind == ops.KIND_SYMLINK:
+            raise FsError(errno.EINVAL if kind is None else errno.EPERM, "mknod cannot create this type")
+        target = b""
+        if kind in ops.DEVICE_KINDS:
+            if ctx.uid != 0:
+                raise FsError(errno.EPERM, "only root may create device nodes")
+            if not 0 <= rdev < 1 << (8 * ops.RDEV_LEN - 1):
+                raise FsError(errno.EINVAL, "bad device number")
+            target = rdev_bytes(rdev)
+        return self.create_node(parent, name, kind, mode, ctx, target)[1]
 
     @locked
     def mkdir(self, parent: int, name: bytes, mode: int, ctx: Ctx) -> Attr:

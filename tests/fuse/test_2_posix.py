@@ -151,6 +151,42 @@ def test_hard_links_and_counts(workdir: Path) -> None:
         os.link(workdir / "sub", workdir / "dirlink")  # no hard links to directories (EPERM)
 
 
+def test_fifos_sockets_and_device_nodes(workdir: Path) -> None:
+    """Special files are stored with their type and device number; the kernel makes a FIFO a working pipe and
+    binds a socket on it; the mount is nodev, so a device node exists but does not open."""
+    import socket
+
+    fifo = workdir / "fifo"
+    os.mkfifo(fifo, 0o640)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and stat.S_IMODE(os.lstat(fifo).st_mode) == 0o640
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with open(fifo, "wb") as writer:
+            writer.write(b"through the pipe")
+        assert os.read(reader, 100) == b"through the pipe"
+    finally:
+        os.close(reader)
+    with pytest.raises(OSError) as info:
+        os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # no reader
+    assert info.value.errno == errno.ENXIO
+    os.mknod(workdir / "chr", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    os.mknod(workdir / "blk", stat.S_IFBLK | 0o600, os.makedev(7, 300))
+    st = os.lstat(workdir / "chr")
+    assert stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 3)
+    st = os.lstat(workdir / "blk")
+    assert stat.S_ISBLK(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (7, 300)
+    with pytest.raises(PermissionError):
+        os.open(workdir / "chr", os.O_RDONLY)  # nodev mount: EACCES
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(workdir / "sock"))
+    assert stat.S_ISSOCK(os.lstat(workdir / "sock").st_mode)
+    os.rename(workdir / "chr", fifo)  # replaces the FIFO (links and renames: see the unit tests)
+    assert stat.S_ISCHR(os.lstat(fifo).st_mode)
+    for name in ("fifo", "blk", "sock"):
+        os.unlink(workdir / name)
+    assert os.listdir(workdir) == []
+
+
 # ---------------------------------------------------------------------------------------------- rename
 def test_rename_replace_and_over_open_file(workdir: Path) -> None:
     old, new = workdir / "old", workdir / "new"

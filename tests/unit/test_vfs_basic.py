@@ -272,11 +272,67 @@ def test_open_flags_excl_trunc_append(env: Env) -> None:
     assert errno_of(vfs.create, ROOT_INODE, b"d", 0o644, os.O_WRONLY | os.O_CREAT, ROOT) == errno.EISDIR
 
 
-def test_mknod_regular_only(env: Env) -> None:
-    a = env.vfs.mknod(ROOT_INODE, b"regular", stat.S_IFREG | 0o600, 0, ROOT)
+def test_mknod_special_files(env: Env) -> None:
+    """FIFOs, sockets and device nodes exist as nodes of their own kind (type, mode, owner, device number),
+    survive a reopen, and can be linked, renamed and unlinked like any non-directory."""
+    vfs = env.vfs
+    a = vfs.mknod(ROOT_INODE, b"regular", stat.S_IFREG | 0o600, 0, ROOT)
     assert stat.S_ISREG(a.mode) and stat.S_IMODE(a.mode) == 0o600
-    assert errno_of(env.vfs.mknod, ROOT_INODE, b"fifo", stat.S_IFIFO | 0o600, 0, ROOT) == errno.EPERM
-    assert errno_of(env.vfs.mknod, ROOT_INODE, b"dev", stat.S_IFCHR | 0o600, 0x0101, ROOT) == errno.EPERM
+    plain = vfs.mknod(ROOT_INODE, b"plain", 0o640, 0, ROOT)  # no type bits: a regular file, as mknod(2) says
+    assert stat.S_ISREG(plain.mode)
+    dev = os.makedev(259, 70000)  # a minor number above 255 exercises the full encoding
+    made = {
+        b"fifo": vfs.mknod(ROOT_INODE, b"fifo", stat.S_IFIFO | 0o640, 0, ROOT),
+        b"sock": vfs.mknod(ROOT_INODE, b"sock", stat.S_IFSOCK | 0o755, 0, ROOT),
+        b"chr": vfs.mknod(ROOT_INODE, b"chr", stat.S_IFCHR | 0o600, dev, ROOT),
+        b"blk": vfs.mknod(ROOT_INODE, b"blk", stat.S_IFBLK | 0o644, os.makedev(1, 2), ROOT),
+    }
+    expected = {
+        b"fifo": (stat.S_IFIFO | 0o640, 0),
+        b"sock": (stat.S_IFSOCK | 0o755, 0),
+        b"chr": (stat.S_IFCHR | 0o600, dev),
+        b"blk": (stat.S_IFBLK | 0o644, os.makedev(1, 2)),
+    }
+    for name, attr in made.items():
+        assert (attr.mode, attr.rdev, attr.size, attr.nlink) == (*expected[name], 0, 1), name
+    env.reopen()
+    vfs = env.vfs
+    for name, (mode, rdev) in expected.items():
+        attr = vfs.lookup(ROOT_INODE, name, ROOT)
+        assert (attr.mode, attr.rdev, attr.size) == (mode, rdev, 0), name
+    fifo = vfs.lookup(ROOT_INODE, b"fifo", ROOT)
+    assert vfs.link(fifo.inode, ROOT_INODE, b"fifo2", ROOT).nlink == 2
+    vfs.rename(ROOT_INODE, b"chr", ROOT_INODE, b"fifo", 0, ROOT)  # replaces one special file by another
+    assert vfs.lookup(ROOT_INODE, b"fifo", ROOT).rdev == dev
+    assert vfs.getattr(fifo.inode).nlink == 1
+    vfs.setattr(fifo.inode, SetAttrRequest(mode=0o604, uid=5, gid=6), None, ROOT)
+    assert vfs.getattr(fifo.inode).mode == stat.S_IFIFO | 0o604 and vfs.getattr(fifo.inode).uid == 5
+    for name in (b"fifo", b"fifo2", b"sock", b"blk"):
+        vfs.unlink(ROOT_INODE, name, ROOT)
+    assert sorted(listing(vfs, ROOT_INODE)) == [b"plain", b"regular"]
+
+
+def test_mknod_refusals(env: Env) -> None:
+    vfs = env.vfs
+    alice = Ctx(uid=1000, gid=1000)
+    vfs.setattr(ROOT_INODE, SetAttrRequest(mode=0o777), None, ROOT)
+    # Creating a device needs CAP_MKNOD; FIFOs and sockets do not.
+    assert errno_of(vfs.mknod, ROOT_INODE, b"dev", stat.S_IFCHR | 0o600, 0x0101, alice) == errno.EPERM
+    assert errno_of(vfs.mknod, ROOT_INODE, b"dev", stat.S_IFBLK | 0o600, 0x0101, alice) == errno.EPERM
+    assert stat.S_ISFIFO(vfs.mknod(ROOT_INODE, b"f", stat.S_IFIFO | 0o600, 0, alice).mode)
+    assert errno_of(vfs.mknod, ROOT_INODE, b"d", stat.S_IFDIR | 0o700, 0, ROOT) == errno.EPERM
+    assert errno_of(vfs.mknod, ROOT_INODE, b"l", stat.S_IFLNK | 0o700, 0, ROOT) == errno.EPERM
+    assert errno_of(vfs.mknod, ROOT_INODE, b"f", stat.S_IFSOCK | 0o600, 0, ROOT) == errno.EEXIST
+
+
+def test_device_create_with_malformed_number_is_ignored(env: Env) -> None:
+    """A change whose device node carries a device number of the wrong length is skipped by every replica."""
+    from anysyncfs.core.ids import ROOT_NODE
+
+    node = os.urandom(16)
+    env.replica.commit([ops.Create(node, os.urandom(16), ROOT_NODE, b"bad", ops.KIND_CHAR, 0o600, 0, 0, 1, b"x")])
+    assert node not in env.replica.tree.nodes
+    assert errno_of(env.vfs.lookup, ROOT_INODE, b"bad", ROOT) == errno.ENOENT
 
 
 def test_name_limits(env: Env) -> None:
