@@ -224,6 +224,10 @@ class NamesMixin(VfsCore):
         _, entry, node = self._removable(parent, name, ctx)
         if node.kind == ops.KIND_DIR:
             raise FsError(errno.EISDIR, "is a directory")
+        if self._opens.get(node.id, 0) == 0 and len(self.replica.tree.live_entries(node.id)) == 1:
+            # Its last name goes and nobody has it open: the staged bytes can only be thrown away. Do it first,
+            # so that deleting the file that filled the disk frees the room its own commit needs.
+            self.drop_staged(node.id)
         self.commit([ops.Unlink(entry.id)])
         self.drop_if_orphan(node.id)
 
