@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from anysyncfs.core import acl, change, crypto, keys, ops, tree
+from anysyncfs.core import change, keys, ops, tree
 from anysyncfs.core.dag import Dag
 from anysyncfs.replica.home import Home
 from anysyncfs.replica.replica import create_space, open_replica
