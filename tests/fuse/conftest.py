@@ -233,6 +233,12 @@ def template_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return m.home
 
 
+def assert_clean_log(m: Mount) -> None:
+    """A test fails on any warning, error or traceback in its mount log that it did not declare."""
+    problems = m.log_problems()
+    assert not problems, "unexpected warnings/errors in the mount log:\n" + "\n".join(problems)
+
+
 @pytest.fixture
 def fuse_space(tmp_path: Path, template_home: Path) -> Iterator[Mount]:
     """A home with an identity and a space, NOT mounted yet (for tests of the mount command itself)."""
@@ -241,8 +247,7 @@ def fuse_space(tmp_path: Path, template_home: Path) -> Iterator[Mount]:
         yield m
     finally:
         m.stop()
-    problems = m.log_problems()
-    assert not problems, "unexpected warnings/errors in the mount log:\n" + "\n".join(problems)
+    assert_clean_log(m)
 
 
 @pytest.fixture
@@ -262,8 +267,7 @@ def shared_mount(tmp_path_factory: pytest.TempPathFactory, template_home: Path) 
         yield m
     finally:
         m.stop()
-    problems = m.log_problems()
-    assert not problems, "unexpected warnings/errors in the mount log:\n" + "\n".join(problems)
+    assert_clean_log(m)
 
 
 @pytest.fixture
