@@ -104,3 +104,22 @@ class FsError(AnysyncError):
     def __init__(self, errno: int, message: str = "") -> None:
         super().__init__(message or f"errno {errno}")
         self.errno = errno
+
+
+class ProtocolError(DecodeError):
+    """A peer sent bytes that break the wire protocol (bad frame, unknown message, wrong state, over a limit).
+    The connection is closed and the peer backed off."""
+
+
+class NetworkError(AnysyncError):
+    """A peer or provider could not be reached, timed out, or closed the connection."""
+
+    exit_code = 14
+
+
+class BlobMissing(NotFound):
+    """A blob needed for a read is not on this device (the sync layer may fetch it)."""
+
+    def __init__(self, blob_id: bytes, message: str = "") -> None:
+        super().__init__(message or "blob is not on this device")
+        self.blob_id = blob_id

@@ -1,9 +1,12 @@
 """One space on this device: verified ACL, DAG and folded tree, backed by the store and the blob files.
 
-Every change that enters — made here (:meth:`Replica.commit`) or received (:meth:`Replica.ingest`) — is
+Every change that enters — made here (:meth:`Replica.commit`) or received (:meth:`Replica.ingest_batch`) — is
 verified (ID, signature, ACL) before it is stored, stored before it is applied, and applied in fold order. The
 folded tree is cached in the store (``nodes``/``entries``) together with the heads it was folded at, so opening a
 replica never replays the DAG unless the cache is stale.
+
+Received changes go through the same checks as on a provider (:mod:`.ledger`), and a Replica offers the sync
+layer the same interface as a :class:`~.ledger.Ledger` (:class:`~.ledger.SpaceData`).
 """
 
 from __future__ import annotations
@@ -12,19 +15,19 @@ import gc
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from ..core import acl as acl_mod
 from ..core import blob, crypto, ids, ops, space, tree, validate
 from ..core.change import MAX_PARENTS, Change, make_change, open_payload, parse_change
 from ..core.chunking import ChunkParams
 from ..core.dag import Dag
-from ..errors import DecodeError, IntegrityError, NotFound, PermissionDenied, Rejected, UsageError
+from ..errors import BlobMissing, DecodeError, IntegrityError, NotFound, PermissionDenied, UsageError
 from ..store import schema
 from ..store.blobfiles import BlobFiles
 from ..store.db import Store
-from . import treecache
+from . import ledger, treecache
 from .home import Unlocked
+from .ledger import IngestResult  # lives in ledger now; importing it from here keeps working
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +95,6 @@ def open_replica(unlocked: Unlocked, text: str) -> "Replica":
     return Replica(unlocked, store, unlocked.home.blobs(), resolve_space(store, text))
 
 
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    """What happened to a received change: applied, already known, waiting for parents, or rejected."""
-
-    status: str  # "applied" | "known" | "missing-parents" | "rejected"
-    missing: tuple[bytes, ...] = ()
-    reason: str = ""
-
-
 class Replica:
     def __init__(
         self, unlocked: Unlocked, store: Store, blobs: BlobFiles, space_id: bytes, *, read_only: bool = False
@@ -144,29 +138,67 @@ class Replica:
 
     def add_acl_record(self, raw: bytes, expected_id: bytes | None = None) -> bool:
         """Verify and store an ACL record; re-validate changes and refold if the canonical chain moved."""
-        record = acl_mod.parse_record(raw, expected_id)
-        if not self.store.add_acl_record(self.space_id, record.id, raw):
-            return False
-        before = self.acl.head
-        self.acl = self._fold_acl()
-        self.keys = self._epoch_keys()
-        if self.acl.head != before:
-            self.refold(revalidate=True)
-        return True
+        return self._add_acl([acl_mod.parse_record(raw, expected_id)]) == 1
+
+    def add_acl_records(self, raws: Sequence[bytes]) -> int:
+        """Verify every record first (:class:`IntegrityError`: nothing stored), store the new ones, then refold
+        the ACL once (and the tree, re-validating changes, if the canonical chain moved). Returns how many were new."""
+        return self._add_acl([acl_mod.parse_record(raw) for raw in raws])
+
+    def _add_acl(self, records: Sequence[acl_mod.AclRecord]) -> int:
+        try:
+            with self.store.transaction():
+                added = ledger.store_acl_records(self.store, self.space_id, records)
+                if added:
+                    before = self.acl.head
+                    self.acl = self._fold_acl()
+                    self.keys = self._epoch_keys()
+                    if self.acl.head != before:
+                        self.refold(revalidate=True)
+        except BaseException:
+            self.acl = self._fold_acl()
+            self._reload()
+            raise
+        return added
+
+    def acl_raws(self) -> list[tuple[bytes, bytes]]:
+        """(id, raw) of every stored ACL record, in ID order."""
+        return self.store.acl_records(self.space_id)
+
+    def acl_ids(self) -> list[bytes]:
+        return [rid for rid, _raw in self.store.acl_records(self.space_id)]
+
+    @property
+    def header_raw(self) -> bytes:
+        """The signed space header, verbatim."""
+        return self.header.raw
 
     @property
     def role(self) -> acl_mod.Role | None:
         return self.acl.current.members.get(self.identity.account_id)
 
+    def role_of(self, account: bytes) -> acl_mod.Role | None:
+        """The current role of an account (None: not a member)."""
+        return self.acl.current.role_of(account)
+
     # ------------------------------------------------------------------------------------------ DAG
     @property
     def dag(self) -> Dag:
         if self._dag is None:
-            dag = Dag()
-            for r in self.store.change_rows(self.space_id):
-                dag.add(r.id, r.parents, r.lamport)
-            self._dag = dag
+            self._dag = ledger.load_dag(self.store, self.space_id)
         return self._dag
+
+    def change_ids(self) -> list[bytes]:
+        """IDs of the accepted changes, in ID order."""
+        return self.store.accepted_change_ids(self.space_id)
+
+    def rejected_ids(self) -> set[bytes]:
+        return set(self.store.rejected_change_ids(self.space_id))
+
+    def get_changes(self, change_ids: Sequence[bytes], max_bytes: int) -> list[bytes]:
+        """Raws of accepted changes of this space among ``change_ids`` (in that order), stopping before
+        ``max_bytes`` would be exceeded (at least one)."""
+        return ledger.select_changes(self.store, self.space_id, change_ids, max_bytes)
 
     # ------------------------------------------------------------------------------------------ tree cache
     def _load_tree(self) -> tree.TreeState:
@@ -230,16 +262,10 @@ class Replica:
         return self.tree
 
     def _revalidate(self) -> None:
-        """Re-check every accepted change against the current ACL (a removal can invalidate backdated ones)."""
-        for cid, raw in self.store.iter_change_raws(self.space_id):
-            change = parse_change(raw, cid)
-            try:
-                validate.check_change(change, self.space_id, self.dag, self.acl)
-            except Rejected as e:
-                log.warning("change %s no longer valid: %s", ids.change_text(cid)[:20], e)
-                self.store.reject_change(cid, str(e))
-                self._dag = None
-        self.heads = self.dag.heads()
+        """Re-check every accepted change against the current ACL (a removal can invalidate backdated ones, and
+        whatever was built on them)."""
+        self._dag = ledger.revalidate(self.store, self.space_id, self.acl)
+        self.heads = self._dag.heads()
         self.store.set_heads(self.space_id, self.heads)
 
     def _apply(self, state: tree.TreeState, change: Change) -> set[bytes]:
@@ -324,44 +350,97 @@ class Replica:
                     self.tree = self.fresh_fold()
                     self._persist(self.tree, None)
         except BaseException:
-            # The in-memory state may be ahead of the store: reload it from what was committed.
-            self._dag = None
-            self.heads = self.store.heads(self.space_id)
-            self.tree = self._load_tree()
+            self._reload()
             raise
+
+    def _reload(self) -> None:
+        """After a failed write the in-memory state may be ahead of the store: reload it from what was committed."""
+        self._dag = None
+        self.heads = self.store.heads(self.space_id)
+        self.tree = self._load_tree()
 
     # ------------------------------------------------------------------------------------------ receiving
     def ingest(self, raw: bytes, expected_id: bytes | None = None) -> IngestResult:
-        """Verify and apply a change received from elsewhere. Raises IntegrityError for forged or corrupt bytes."""
-        change = parse_change(raw, expected_id)
-        if self.store.has_change(change.id):
-            return IngestResult("known")
-        missing = tuple(p for p in change.header.parents if not self.dag.contains(p))
-        if missing:
-            return IngestResult("missing-parents", missing)
+        """Verify and apply one change received from elsewhere (:meth:`ingest_batch` of one)."""
+        return self._ingest_changes([parse_change(raw, expected_id)])[0]
+
+    def ingest_batch(self, raws: Sequence[bytes]) -> list[IngestResult]:
+        """Verify, store and apply received changes; one result per raw, in order (see :mod:`.ledger`).
+
+        Every raw is parsed first: forged or corrupt bytes raise :class:`IntegrityError` with nothing stored.
+        The batch is stored in one transaction. If every accepted change sorts after the last change known
+        before, they are applied on top of the tree in order; otherwise the tree is refolded once."""
+        return self._ingest_changes(ledger.parse_changes(raws))
+
+    def _ingest_changes(self, changes: Sequence[Change]) -> list[IngestResult]:
+        dag = self.dag
+        last = dag.last()
         try:
-            validate.check_change(change, self.space_id, self.dag, self.acl)
-        except Rejected as e:
-            h = change.header
-            log.warning("rejected change %s: %s", ids.change_text(change.id)[:20], e)
-            self.store.add_change(self.space_id, change.id, change.raw, h.parents, h.lamport, h.author, h.wall_us,
-                                  schema.CHANGE_REJECTED, str(e))
-            return IngestResult("rejected", reason=str(e))
-        self._store_and_apply(change, incremental=self._sorts_last(change))
-        return IngestResult("applied")
+            plan = ledger.plan_batch(self.store, self.space_id, dag, self.acl, changes)
+            if not plan.stores_anything:
+                return plan.results
+            # plan.accepted is in fold order, so its first change decides whether all of them come last.
+            incremental = not plan.accepted or last is None or (
+                (plan.accepted[0].header.lamport, plan.accepted[0].id) > (dag.lamport(last) or 0, last)
+            )
+            with self.store.transaction():
+                ledger.store_batch(self.store, self.space_id, plan)
+                if plan.accepted:
+                    self.heads = dag.heads()
+                    self.store.set_heads(self.space_id, self.heads)
+                    if incremental:
+                        touched: set[bytes] = set()
+                        for change in plan.accepted:
+                            touched |= self._apply(self.tree, change)
+                        self._persist(self.tree, touched)
+                    else:
+                        self.tree = self.fresh_fold()
+                        self._persist(self.tree, None)
+        except BaseException:
+            self._reload()
+            raise
+        return plan.results
 
     # ------------------------------------------------------------------------------------------ blobs
     def store_blob(self, blob_id: bytes, data: bytes) -> None:
-        """Write a blob durably and index it (before any change that references it is committed)."""
+        """Write a blob made here durably, index it and queue it for upload (before any change that references
+        it is committed)."""
         self.blobs.put(blob_id, data)
         self.store.index_blob(blob_id, len(data))
         self.store.queue_upload(self.space_id, [blob_id])
 
+    def put_fetched_blob(self, blob_id: bytes, data: bytes, *, remote_confirmed: bool = False) -> bool:
+        """Store a blob fetched from a peer or provider: verified (:class:`IdMismatch`; :class:`DecodeError` when
+        too large), written durably and indexed, but not queued for upload (it came from elsewhere).
+        ``remote_confirmed``: it came from a provider, so the cache may evict it. False if it was here already."""
+        ledger.check_blob(blob_id, data)
+        new = not self.blobs.has(blob_id)
+        self.blobs.put(blob_id, data)
+        self.store.index_blob(blob_id, len(data), remote_confirmed=remote_confirmed)
+        return new
+
+    def put_blob(self, blob_id: bytes, data: bytes) -> bool:
+        """:meth:`put_fetched_blob` under the name :class:`~.ledger.SpaceData` uses."""
+        return self.put_fetched_blob(blob_id, data)
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        return self.blobs.has(blob_id)
+
     def get_blob(self, blob_id: bytes) -> bytes:
-        """The verified bytes of a blob (the fetcher interface; the sync layer adds remote sources)."""
-        if not self.blobs.has(blob_id):
-            raise NotFound(f"blob {ids.to_text(ids.PREFIX_BLOB, blob_id)[:20]}… is not on this device")
-        return self.blobs.get(blob_id)
+        """The verified bytes of a blob. :class:`BlobMissing` (a NotFound carrying ``blob_id``) when the file is not
+        on this device, so a reader can wait for the sync layer to fetch it; :class:`IdMismatch` if damaged."""
+        try:
+            return self.blobs.get(blob_id)
+        except NotFound:
+            raise BlobMissing(
+                blob_id, f"blob {ids.to_text(ids.PREFIX_BLOB, blob_id)[:20]}… is not on this device"
+            ) from None
+
+    def blob_ids(self) -> list[bytes]:
+        """Blobs whose file is on this device, in ID order. Every local blob of this home, not only this space's:
+        the blob index does not record spaces (blob IDs reveal nothing, and each blob is encrypted under its
+        space's keys)."""
+        return self.store.local_blob_ids()
 
     # ------------------------------------------------------------------------------------------ versions
     def materialise(self, heads: Sequence[bytes]) -> tree.TreeState:

@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, create_engine, delete, event, func, insert, se
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateColumn
 
 from ..errors import NotFound, StoreError
 from . import schema as S
@@ -69,6 +70,20 @@ class ChangeRow:
     status: int
 
 
+@dataclass(frozen=True, slots=True)
+class PeerRow:
+    space: bytes
+    address: str
+    device_key: bytes  # pinned device public key
+    added_us: int
+    last_sync_us: int | None  # last successful sync (None: never)
+    last_attempt_us: int | None  # last attempt, successful or not (None: never)
+    last_error: str | None  # why the last attempt failed (None after a success)
+
+
+IN_BATCH = 500  # IDs per "IN (…)" query: well below SQLite's limit on bound parameters
+
+
 def split_ids(packed: bytes, size: int = 32) -> tuple[bytes, ...]:
     return tuple(packed[i : i + size] for i in range(0, len(packed), size))
 
@@ -84,12 +99,7 @@ class Store:
         self._depth = 0
         try:
             with self._engine.begin() as conn:
-                S.metadata.create_all(conn)
-                row = conn.execute(select(S.meta.c.value).where(S.meta.c.key == "schema_version")).first()
-                if row is None:
-                    conn.execute(insert(S.meta).values(key="schema_version", value=str(S.SCHEMA_VERSION)))
-                elif row[0] != str(S.SCHEMA_VERSION):
-                    raise StoreError(f"store {path} has schema version {row[0]}, this build needs {S.SCHEMA_VERSION}")
+                _prepare_schema(conn, path)
         except (DBAPIError, sqlite3.Error) as e:
             raise StoreError(f"cannot open store {path}: {_reason(e)}") from None
 
@@ -225,6 +235,40 @@ class Store:
         c = S.changes.c
         self._run(update(S.changes).where(c.id == change_id).values(status=S.CHANGE_REJECTED, reason=reason))
 
+    def change_statuses(self, change_ids: Sequence[bytes]) -> dict[bytes, int]:
+        """The stored status (CHANGE_ACCEPTED / CHANGE_REJECTED) of those ``change_ids`` that are stored."""
+        c = S.changes.c
+        out: dict[bytes, int] = {}
+        for part in _batches(change_ids):
+            out.update({r[0]: r[1] for r in self._run(select(c.id, c.status).where(c.id.in_(part))).fetchall()})
+        return out
+
+    def change_raws_by_ids(
+        self, space_id: bytes, change_ids: Sequence[bytes], status: int | None = S.CHANGE_ACCEPTED
+    ) -> dict[bytes, bytes]:
+        """{id: raw} of those ``change_ids`` stored for this space (with ``status``, by default accepted only)."""
+        c = S.changes.c
+        out: dict[bytes, bytes] = {}
+        for part in _batches(change_ids):
+            q = select(c.id, c.raw).where(c.space == space_id, c.id.in_(part))
+            if status is not None:
+                q = q.where(c.status == status)
+            out.update({r[0]: r[1] for r in self._run(q).fetchall()})
+        return out
+
+    def accepted_change_ids(self, space_id: bytes) -> list[bytes]:
+        """IDs of the accepted changes of a space, in ID order."""
+        return self._change_ids(space_id, S.CHANGE_ACCEPTED)
+
+    def rejected_change_ids(self, space_id: bytes) -> list[bytes]:
+        """IDs of the stored, rejected changes of a space, in ID order."""
+        return self._change_ids(space_id, S.CHANGE_REJECTED)
+
+    def _change_ids(self, space_id: bytes, status: int) -> list[bytes]:
+        c = S.changes.c
+        q = select(c.id).where(c.space == space_id, c.status == status).order_by(c.id)
+        return [r[0] for r in self._run(q).fetchall()]
+
     def count_changes(self, space_id: bytes) -> int:
         c = S.changes.c
         q = select(func.count()).select_from(S.changes).where(c.space == space_id, c.status == S.CHANGE_ACCEPTED)
@@ -302,16 +346,35 @@ class Store:
         return out
 
     # ------------------------------------------------------------------------------------------ blobs
-    def index_blob(self, blob_id: bytes, size: int, pinned: bool = False) -> None:
+    def index_blob(self, blob_id: bytes, size: int, pinned: bool = False, *, remote_confirmed: bool = False) -> None:
+        """Record that the blob file is here. ``remote_confirmed`` marks it as stored by a provider too (it is
+        never unmarked here)."""
         b = S.blobs.c
         if self._run(select(b.id).where(b.id == blob_id)).first() is None:
             self._run(insert(S.blobs).values(id=blob_id, size=size, location=S.BLOB_LOCAL, pinned=int(pinned),
-                                             last_access_us=now_us()))
+                                             last_access_us=now_us(), remote_confirmed=int(remote_confirmed)))
         else:
-            self._run(update(S.blobs).where(b.id == blob_id).values(location=S.BLOB_LOCAL, last_access_us=now_us()))
+            values: dict[str, int] = {"location": S.BLOB_LOCAL, "last_access_us": now_us()}
+            if remote_confirmed:
+                values["remote_confirmed"] = 1
+            self._run(update(S.blobs).where(b.id == blob_id).values(**values))
 
     def blob_ids(self) -> list[bytes]:
         return [r[0] for r in self._run(select(S.blobs.c.id)).fetchall()]
+
+    def local_blob_ids(self) -> list[bytes]:
+        """IDs of indexed blobs whose file is on this device, in ID order."""
+        b = S.blobs.c
+        return [r[0] for r in self._run(select(b.id).where(b.location == S.BLOB_LOCAL).order_by(b.id)).fetchall()]
+
+    def blob_size(self, blob_id: bytes) -> int | None:
+        """The indexed size of a blob, or None if it is not indexed."""
+        r = self._run(select(S.blobs.c.size).where(S.blobs.c.id == blob_id)).first()
+        return None if r is None else int(r[0])
+
+    def is_remote_confirmed(self, blob_id: bytes) -> bool:
+        r = self._run(select(S.blobs.c.remote_confirmed).where(S.blobs.c.id == blob_id)).first()
+        return r is not None and bool(r[0])
 
     def queue_upload(self, space_id: bytes, blob_ids: Iterable[bytes]) -> None:
         rows = [{"space": space_id, "blob": b, "queued_us": now_us()} for b in blob_ids]
@@ -319,6 +382,147 @@ class Store:
         for r in rows:
             if self._run(select(u.blob).where(u.space == space_id, u.blob == r["blob"])).first() is None:
                 self._run(insert(S.upload_queue).values(**r))
+
+    def pending_uploads(self, space_id: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` queued blob IDs of a space, oldest first."""
+        u = S.upload_queue.c
+        q = select(u.blob).where(u.space == space_id).order_by(u.queued_us, u.blob).limit(limit)
+        return [r[0] for r in self._run(q).fetchall()]
+
+    def count_pending_uploads(self, space_id: bytes) -> int:
+        q = select(func.count()).select_from(S.upload_queue).where(S.upload_queue.c.space == space_id)
+        return int(self._run(q).scalar_one())
+
+    def mark_uploaded(self, space_id: bytes, blob_ids: Sequence[bytes]) -> None:
+        """A provider confirmed storing these blobs: unqueue them and mark them evictable (remote_confirmed)."""
+        u, b = S.upload_queue.c, S.blobs.c
+        with self.transaction():
+            for part in _batches(blob_ids):
+                self._run(delete(S.upload_queue).where(u.space == space_id, u.blob.in_(part)))
+                self._run(update(S.blobs).where(b.id.in_(part)).values(remote_confirmed=1))
+
+    # ------------------------------------------------------------------------------------------ blobs of a space
+    def add_space_blob(self, space_id: bytes, blob_id: bytes, size: int) -> bool:
+        """Link a stored blob to a space (a provider's record of what it holds for whom); False if linked."""
+        with self.transaction():
+            if self.has_space_blob(space_id, blob_id):
+                return False
+            self._run(insert(S.space_blobs).values(space=space_id, blob=blob_id, size=size, added_us=now_us()))
+        return True
+
+    def has_space_blob(self, space_id: bytes, blob_id: bytes) -> bool:
+        sb = S.space_blobs.c
+        return self._run(select(sb.blob).where(sb.space == space_id, sb.blob == blob_id)).first() is not None
+
+    def space_blob_ids(self, space_id: bytes) -> list[bytes]:
+        """Blob IDs linked to a space, in ID order."""
+        sb = S.space_blobs.c
+        return [r[0] for r in self._run(select(sb.blob).where(sb.space == space_id).order_by(sb.blob)).fetchall()]
+
+    def space_usage(self, space_id: bytes) -> tuple[int, int, int, int]:
+        """(changes, change bytes, blobs, blob bytes) stored for a space; changes of either status count."""
+        c, sb = S.changes.c, S.space_blobs.c
+        # length() of a BLOB reads its size from the record header, not the bytes.
+        changes_q = select(func.count(), func.coalesce(func.sum(func.length(c.raw)), 0)).where(c.space == space_id)
+        blobs_q = select(func.count(), func.coalesce(func.sum(sb.size), 0)).where(sb.space == space_id)
+        n_changes, change_bytes = self._run(changes_q).first()
+        n_blobs, blob_bytes = self._run(blobs_q).first()
+        return int(n_changes), int(change_bytes), int(n_blobs), int(blob_bytes)
+
+    # ------------------------------------------------------------------------------------------ peers
+    def add_peer(self, space_id: bytes, address: str, device_key: bytes) -> None:
+        """Remember a peer of a space. Idempotent; adding a known address again replaces its pinned key."""
+        if len(device_key) != 32:
+            raise ValueError("a device key is 32 bytes")
+        stmt = sqlite_insert(S.peers).values(space=space_id, address=address, device_key=device_key,
+                                             added_us=now_us())
+        self._run(stmt.on_conflict_do_update(index_elements=[S.peers.c.space, S.peers.c.address],
+                                             set_={"device_key": stmt.excluded.device_key}))
+
+    def remove_peer(self, space_id: bytes, address: str) -> bool:
+        """Forget a peer; False if it was not known."""
+        p = S.peers.c
+        with self.transaction():
+            if self._run(select(p.address).where(p.space == space_id, p.address == address)).first() is None:
+                return False
+            self._run(delete(S.peers).where(p.space == space_id, p.address == address))
+        return True
+
+    def peers(self, space_id: bytes) -> list[PeerRow]:
+        """The peers of a space, in the order they were added."""
+        p = S.peers.c
+        return self._peer_rows(select(S.peers).where(p.space == space_id).order_by(p.added_us, p.address))
+
+    def all_peers(self) -> list[PeerRow]:
+        p = S.peers.c
+        return self._peer_rows(select(S.peers).order_by(p.space, p.added_us, p.address))
+
+    def _peer_rows(self, q: Any) -> list[PeerRow]:
+        return [
+            PeerRow(r.space, r.address, r.device_key, r.added_us, r.last_sync_us, r.last_attempt_us, r.last_error)
+            for r in self._run(q).fetchall()
+        ]
+
+    def note_peer_sync(self, space_id: bytes, address: str, ok: bool, error: str | None = None) -> None:
+        """Record an attempt to sync with a peer: on success the sync time (and no error), else the error."""
+        p = S.peers.c
+        now = now_us()
+        values: dict[str, Any] = {"last_attempt_us": now}
+        if ok:
+            values.update(last_sync_us=now, last_error=None)
+        else:
+            # One bounded line: the text may come from a peer.
+            values["last_error"] = ((error or "").strip().splitlines() or ["failed"])[0][:500]
+        self._run(update(S.peers).where(p.space == space_id, p.address == address).values(**values))
+
+
+def _batches(ids: Sequence[bytes]) -> Iterator[list[bytes]]:
+    for i in range(0, len(ids), IN_BATCH):
+        yield list(ids[i : i + IN_BATCH])
+
+
+def _schema_version(conn: Connection) -> str | None:
+    """The stored schema version, or None for a database without one (a new file)."""
+    has_meta = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").first()
+    if has_meta is None:
+        return None
+    row = conn.execute(select(S.meta.c.value).where(S.meta.c.key == "schema_version")).first()
+    return None if row is None else str(row[0])
+
+
+def _prepare_schema(conn: Connection, path: str) -> None:
+    """Create the tables of a new database, upgrade an older one in place, refuse any other version."""
+    version = _schema_version(conn)
+    if version is None:
+        S.metadata.create_all(conn)
+        conn.execute(insert(S.meta).values(key="schema_version", value=str(S.SCHEMA_VERSION)))
+        return
+    wanted = str(S.SCHEMA_VERSION)
+    if version == wanted:
+        return
+    while version != wanted:
+        if not version.isdigit() or int(version) not in S.COLUMNS_ADDED_AFTER:
+            raise StoreError(f"store {path} has schema version {version}, this build needs {S.SCHEMA_VERSION}")
+        version = _upgrade_from(conn, int(version))
+    S.metadata.create_all(conn)  # the tables that are new since the old version (inside the same transaction)
+
+
+def _upgrade_from(conn: Connection, version: int) -> str:
+    """Move the schema one version up; returns the version now stored."""
+    # The UPDATE comes first on purpose. Python's sqlite3 opens a transaction at the first data-changing
+    # statement, not at DDL: this puts the ALTER and CREATE statements that follow inside it, so an upgrade that
+    # fails half-way leaves the old schema intact. Its WHERE also settles a race with another process upgrading
+    # the same file at the same moment: only one of them changes the row (the other then finds the new version).
+    m = S.meta.c
+    res = conn.execute(
+        update(S.meta).where(m.key == "schema_version", m.value == str(version)).values(value=str(version + 1))
+    )
+    if res.rowcount != 1:
+        return _schema_version(conn) or ""
+    for column in S.COLUMNS_ADDED_AFTER[version]:
+        ddl = CreateColumn(column).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {column.table.name} ADD COLUMN {ddl}")
+    return str(version + 1)
 
 
 class _Buffered:

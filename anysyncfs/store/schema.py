@@ -6,6 +6,10 @@ them. IDs are raw bytes (BLOBs): 32-byte BLAKE3 digests or public keys, 16-byte 
 
 The materialised tree (``nodes``, ``entries``) is a cache of the deterministic fold of the DAG: it is not part of
 the protocol and ``anysyncfs fsck --repair`` can always rebuild it from ``changes``.
+
+A provider (``anysyncfs node``) uses the same tables without the tree: ``spaces``, ``acl_records``, ``changes``,
+``heads``, ``blobs`` and ``space_blobs`` (which of its blobs belong to which space, for quotas and for serving a
+blob only to members of a space that holds it).
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    text,
 )
 
-SCHEMA_VERSION = 1  # bump on any change below; the store refuses a database with another version
+SCHEMA_VERSION = 2  # bump on any change below; the store refuses a database with another version
+# Version history (the store upgrades an older database in place, in one transaction; see db.py):
+#   1  first release
+#   2  space_blobs (new); peers.device_key, peers.last_attempt_us, peers.last_error; blobs.remote_confirmed
 
 metadata = MetaData()
 
@@ -124,21 +132,46 @@ blobs = Table(
     Column("location", Integer, nullable=False, doc="BLOB_LOCAL when the file is present"),
     Column("pinned", Integer, nullable=False, default=0, doc="1 if kept offline (never evicted)"),
     Column("last_access_us", BigInteger, nullable=False, doc="last read or write, µs (LRU eviction order)"),
+    # Added in schema 2 (hence last, and with a default: the upgrade appends it with ALTER TABLE ADD COLUMN).
+    Column("remote_confirmed", Integer, nullable=False, server_default=text("0"),
+           doc="1 once a provider confirmed it stores the blob (only such blobs may be evicted from the cache)"),
+)
+
+space_blobs = Table(
+    "space_blobs",
+    metadata,
+    Column("space", LargeBinary(32), ForeignKey("spaces.id"), primary_key=True,
+           doc="space the blob was uploaded for (a provider serves it only to members of that space)"),
+    Column("blob", LargeBinary(32), primary_key=True, doc="blob ID = BLAKE3 of the blob bytes"),
+    Column("size", BigInteger, nullable=False, doc="blob size in bytes (counted against the space's quota)"),
+    Column("added_us", BigInteger, nullable=False, doc="when it was linked to the space, µs"),
 )
 
 peers = Table(
     "peers",
     metadata,
     Column("space", LargeBinary(32), primary_key=True, doc="space the peer serves (need not be held locally)"),
-    Column("address", Text, primary_key=True, doc="anysync://<device key>@host:port"),
+    Column("address", Text, primary_key=True, doc="network address as given by the user or ticket (host:port)"),
     Column("added_us", BigInteger, nullable=False, doc="when it was recorded, µs"),
     Column("last_sync_us", BigInteger, nullable=True, doc="last successful reconciliation, µs (NULL: never)"),
+    # Added in schema 2 (appended by the upgrade; schema 1 never wrote a peer row, so the default is never seen).
+    Column("device_key", LargeBinary(32), nullable=False, server_default=text("x''"),
+           doc="the peer's device public key (32 bytes), pinned: the TLS listener must prove it holds it"),
+    Column("last_attempt_us", BigInteger, nullable=True, doc="last connection attempt, successful or not, µs"),
+    Column("last_error", Text, nullable=True, doc="one-line reason the last attempt failed (NULL after a success)"),
 )
 
 upload_queue = Table(
     "upload_queue",
     metadata,
     Column("space", LargeBinary(32), primary_key=True, doc="space the blob belongs to"),
-    Column("blob", LargeBinary(32), primary_key=True, doc="blob ID a provider has not yet confirmed storing"),
+    Column("blob", LargeBinary(32), primary_key=True, doc="blob ID a provider has not yet confirmed storing "
+           "(the row is deleted when one does, and blobs.remote_confirmed is set)"),
     Column("queued_us", BigInteger, nullable=False, doc="when it was queued, µs"),
 )
+
+# Upgrades of an older database, by the version they start from: the columns to append (ALTER TABLE ADD COLUMN,
+# with their DDL as declared above). Tables that did not exist are then created by ``metadata.create_all``.
+COLUMNS_ADDED_AFTER: dict[int, tuple[Column, ...]] = {
+    1: (peers.c.device_key, peers.c.last_attempt_us, peers.c.last_error, blobs.c.remote_confirmed),
+}

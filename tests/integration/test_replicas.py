@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anysyncfs.core import acl, keys, ops
-from anysyncfs.errors import IntegrityError, PermissionDenied
-from anysyncfs.replica import Replica, adopt_space, create_space, fsck
+from anysyncfs.errors import BlobMissing, IdMismatch, IntegrityError, PermissionDenied
+from anysyncfs.replica import Replica, SpaceData, adopt_space, create_space, fsck
 from anysyncfs.replica.files import list_dir, put_file, read_file, resolve
 from anysyncfs.replica.home import Home, Unlocked
 from tests.conftest import PASSPHRASE, TEST_LOG2N
@@ -226,3 +226,153 @@ def test_reopen_uses_the_cached_tree_without_replaying(tmp_path: Path, monkeypat
     assert again.tree.canonical() == before
     node = resolve(again.tree, "/d0/f0.txt")
     assert node.mode == 0o600 and node.xattrs == {b"user.k": b"v"}
+
+
+# ---------------------------------------------------------------------------------------------------- ingest_batch
+def busy_writer(r: Replica, n: int) -> None:
+    """``n`` changes of every kind: directories, files, renames and unlinks."""
+    rng = random.Random(n)
+    for i in range(n):
+        live = [item.name for item in list_dir(r.tree, "/d")] if i else []
+        if i == 0:
+            put_file(r, "/d/first.txt", b"first")
+        elif i % 7 == 3 and live:
+            entry = r.tree.live_entries(resolve(r.tree, f"/d/{rng.choice(live)}").id)[0]
+            r.commit([ops.Unlink(entry.id)])
+        elif i % 5 == 2 and live:
+            entry = r.tree.live_entries(resolve(r.tree, f"/d/{rng.choice(live)}").id)[0]
+            r.commit([ops.Rename(entry.id, resolve(r.tree, "/d").id, f"renamed{i}.txt".encode())])
+        else:
+            put_file(r, f"/d/f{i % 40}.txt", os.urandom(8 + i % 50))
+
+
+def count_refolds(monkeypatch) -> list[int]:
+    calls = [0]
+    real = Replica.fresh_fold
+
+    def counting(self, heads=None):
+        calls[0] += 1
+        return real(self, heads)
+
+    monkeypatch.setattr(Replica, "fresh_fold", counting)
+    return calls
+
+
+def test_ingest_batch_of_300_shuffled_changes_applies_without_refolding(tmp_path: Path, monkeypatch) -> None:
+    a = create_space(new_home(tmp_path, "a"), "s")
+    b = invite_and_join(a, new_home(tmp_path, "b"), acl.Role.WRITER)
+    busy_writer(a, 300)
+    raws = all_changes(a)
+    assert len(raws) == 300
+    random.Random(1).shuffle(raws)
+    refolds = count_refolds(monkeypatch)
+    results = b.ingest_batch(raws)
+    assert [r.status for r in results] == ["applied"] * 300
+    assert refolds[0] == 0  # b had no changes: everything sorts after its (empty) history
+    assert b.heads == a.heads and b.change_ids() == a.change_ids()
+    share_blobs(a, b)
+    assert b.tree.canonical() == a.tree.canonical() == b.fresh_fold().canonical()
+    assert {r.status for r in b.ingest_batch(raws)} == {"known"}
+    report = fsck(b.unlocked, b.space_id)
+    assert report.problems == [], report.problems
+
+
+def test_ingest_batch_that_lands_inside_the_history_refolds_once(tmp_path: Path, monkeypatch) -> None:
+    a = create_space(new_home(tmp_path, "a"), "s")
+    b = invite_and_join(a, new_home(tmp_path, "b"), acl.Role.WRITER)
+    put_file(b, "/from-b.txt", b"b")
+    put_file(b, "/from-b.txt", b"bb")  # lamport 2: a's first change (lamport 1) sorts before it
+    busy_writer(a, 300)
+    raws = all_changes(a)
+    random.Random(2).shuffle(raws)
+    refolds = count_refolds(monkeypatch)
+    assert {r.status for r in b.ingest_batch(raws)} == {"applied"}
+    assert refolds[0] == 1
+    monkeypatch.undo()
+    statuses = [r.status for r in a.ingest_batch(all_changes(b))]
+    assert statuses.count("applied") == 2 and statuses.count("known") == 300
+    share_blobs(a, b)
+    share_blobs(b, a)
+    assert a.heads == b.heads and a.tree.canonical() == b.tree.canonical() == b.fresh_fold().canonical()
+    # reopening finds the cached tree up to date
+    again = Replica(b.unlocked, b.store, b.blobs, b.space_id)
+    assert again.tree.canonical() == b.tree.canonical()
+
+
+def test_ingest_batch_with_forged_bytes_stores_nothing(tmp_path: Path) -> None:
+    a = create_space(new_home(tmp_path, "a"), "s")
+    b = invite_and_join(a, new_home(tmp_path, "b"), acl.Role.WRITER)
+    for i in range(5):
+        put_file(a, f"/f{i}", b"x")
+    raws = all_changes(a)
+    bad = bytearray(raws[3])
+    bad[len(bad) // 2] ^= 0x10
+    before = (b.heads, b.tree.canonical(), b.store.count_changes(b.space_id))
+    try:
+        b.ingest_batch(raws[:3] + [bytes(bad)] + raws[4:])
+    except IntegrityError:
+        pass
+    else:
+        raise AssertionError("a forged change was accepted")
+    assert (b.heads, b.tree.canonical(), b.store.count_changes(b.space_id)) == before
+    assert b.rejected_ids() == set()
+    assert [r.status for r in b.ingest_batch(raws)] == ["applied"] * 5
+    assert b.ingest(raws[0]).status == "known"
+
+
+def test_sync_interface_of_a_replica(tmp_path: Path) -> None:
+    a = create_space(new_home(tmp_path, "a"), "s")
+    b = invite_and_join(a, new_home(tmp_path, "b"), acl.Role.WRITER)
+    big = os.urandom(300_000)
+    put_file(a, "/big.bin", big)
+    put_file(a, "/small.txt", b"small")
+    assert isinstance(b, SpaceData)
+    assert b.header_raw == a.header_raw == a.store.space(a.space_id).header
+    assert b.acl_raws() == a.acl_raws() and b.acl_ids() == [rid for rid, _raw in a.acl_raws()]
+    assert b.role_of(a.identity.account_id) == acl.Role.OWNER and b.role_of(b.identity.account_id) == acl.Role.WRITER
+    got = b.ingest_batch(a.get_changes(a.change_ids(), 1 << 20))
+    assert [r.status for r in got] == ["applied", "applied"] and b.change_ids() == a.change_ids()
+    # the blobs are not here yet: reads name the blob they wait for
+    node = resolve(b.tree, "/big.bin")
+    try:
+        b"".join(read_file(b, node))
+    except BlobMissing as e:
+        missing = e.blob_id
+        assert a.has_blob(missing) and not b.has_blob(missing)
+    else:
+        raise AssertionError("read a blob that is not here")
+    assert set(a.blob_ids()) == set(a.blobs.iter_ids()) and b.blob_ids() == []
+    queued = b.store.count_pending_uploads(b.space_id)
+    data = a.get_blob(missing)
+    try:
+        b.put_fetched_blob(missing, data[:-1] + bytes([data[-1] ^ 1]))
+    except IdMismatch:
+        pass
+    else:
+        raise AssertionError("stored a blob that does not match its ID")
+    assert not b.has_blob(missing)
+    assert b.put_fetched_blob(missing, data, remote_confirmed=True) is True
+    assert b.put_blob(missing, data) is False
+    assert b.store.is_remote_confirmed(missing) and b.blob_ids() == [missing]
+    assert b.store.count_pending_uploads(b.space_id) == queued  # fetched blobs are not uploaded again
+    for blob_id in a.blob_ids():
+        b.put_blob(blob_id, a.get_blob(blob_id))
+    assert b"".join(read_file(b, node)) == big
+    # add_acl_records: a batch, verified first
+    _epoch, key = a.current_epoch_key()
+    invite1, _ = acl.make_invite(a.identity.account, a.acl, acl.Role.READER, 0, key, now_us())
+    a.add_acl_record(invite1)
+    invite2, _ = acl.make_invite(a.identity.account, a.acl, acl.Role.READER, 0, key, now_us())
+    a.add_acl_record(invite2)
+    forged = bytearray(invite2)
+    forged[-1] ^= 1
+    try:
+        b.add_acl_records([invite1, bytes(forged)])
+    except IntegrityError:
+        pass
+    else:
+        raise AssertionError("a forged ACL record was accepted")
+    assert b.acl_ids() == [rid for rid, _raw in a.acl_raws() if rid not in {acl.parse_record(invite1).id,
+                                                                             acl.parse_record(invite2).id}]
+    assert b.add_acl_records([invite2, invite1]) == 2 and b.acl.head == a.acl.head
+    assert b.add_acl_records([invite1]) == 0

@@ -1,0 +1,506 @@
+"""What a provider keeps of a space it cannot read, and the verification every holder of a space shares.
+
+A provider (``anysyncfs node``) holds spaces without their keys. It can still refuse everything that is not
+valid, because validity needs no keys: a change is accepted only if it decodes strictly, hashes to its ID, is
+signed by its author (:func:`parse_change`) and passes :func:`validate.check_change` against the DAG and the
+folded ACL; an ACL record only if :func:`acl.parse_record` verifies it (the fold then decides whether it is on the
+canonical chain); a blob only if BLAKE3 of its bytes is its ID. A :class:`Ledger` is that keyless holder.
+
+:class:`~anysyncfs.replica.replica.Replica` (a member's device) and :class:`Ledger` receive changes through the
+same helpers here (:func:`plan_batch`, :func:`store_batch`, :func:`revalidate`) and offer the sync layer one
+interface, :class:`SpaceData`.
+
+Batch ingest. All changes of a batch are parsed first, so forged bytes (:class:`IntegrityError`: the peer is
+hostile) leave nothing stored. The rest are taken in fold order (lamport, ID), which puts a parent before its
+children, so a batch may carry a change together with its ancestors. Each gets one :class:`IngestResult`:
+
+- ``applied``: accepted and stored (a replica also folded it into its tree);
+- ``known``: already stored (accepted or rejected);
+- ``missing-parents``: a parent is neither stored nor in the batch (``missing`` lists what to fetch); or the
+  removal rule needs changes not seen yet (``missing`` lists the removal's last changes we lack). Not stored;
+- ``missing-acl``: the change cites an ACL record this holder has never seen (``missing`` = its ID): fetch the
+  ACL records and retry. Not stored, so it is not wrongly rejected for ever;
+- ``rejected``: refused by the rules, or built on a rejected change. Stored with status rejected (so it is not
+  fetched again) and never folded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
+
+from ..core import acl as acl_mod
+from ..core import crypto, ids, space, validate
+from ..core.blob import MAX_BLOB_LEN
+from ..core.change import Change, parse_change
+from ..core.dag import Dag
+from ..errors import DecodeError, IdMismatch, NotFound, Rejected
+from ..store import schema
+from ..store.blobfiles import BlobFiles
+from ..store.db import Store
+
+log = logging.getLogger(__name__)
+
+APPLIED = "applied"
+KNOWN = "known"
+MISSING_PARENTS = "missing-parents"
+MISSING_ACL = "missing-acl"
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What happened to a received change (see the module docstring for the statuses)."""
+
+    status: str  # APPLIED | KNOWN | MISSING_PARENTS | MISSING_ACL | REJECTED
+    missing: tuple[bytes, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a space occupies on a provider. Changes of either status count: both are stored."""
+
+    changes: int
+    change_bytes: int
+    blobs: int
+    blob_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.change_bytes + self.blob_bytes
+
+
+class QuotaExceeded(Rejected):
+    """Storing what was sent would take a space over its quota on this provider (nothing was stored)."""
+
+    def __init__(self, space_id: bytes, quota_bytes: int) -> None:
+        super().__init__(f"space {ids.space_text(space_id)} is over its quota of {quota_bytes} bytes")
+        self.quota_bytes = quota_bytes
+
+
+@runtime_checkable
+class SpaceData(Protocol):
+    """One space as the sync layer sees it, on a member's device (Replica) or on a provider (Ledger)."""
+
+    @property
+    def space_id(self) -> bytes: ...
+
+    @property
+    def header_raw(self) -> bytes: ...
+
+    @property
+    def heads(self) -> tuple[bytes, ...]: ...
+
+    def role_of(self, account: bytes) -> acl_mod.Role | None: ...
+
+    def acl_ids(self) -> list[bytes]: ...
+
+    def acl_raws(self) -> list[tuple[bytes, bytes]]: ...
+
+    def add_acl_records(self, raws: Sequence[bytes]) -> int: ...
+
+    def change_ids(self) -> list[bytes]: ...
+
+    def rejected_ids(self) -> set[bytes]: ...
+
+    def get_changes(self, change_ids: Sequence[bytes], max_bytes: int) -> list[bytes]: ...
+
+    def ingest_batch(self, raws: Sequence[bytes]) -> list[IngestResult]: ...
+
+    def has_blob(self, blob_id: bytes) -> bool: ...
+
+    def get_blob(self, blob_id: bytes) -> bytes: ...
+
+    def put_blob(self, blob_id: bytes, data: bytes) -> bool: ...
+
+    def blob_ids(self) -> list[bytes]: ...
+
+
+# ---------------------------------------------------------------------------------------------------- shared
+def parse_changes(raws: Sequence[bytes]) -> list[Change]:
+    """Parse and verify every change (ID, signature) before anything is stored; IntegrityError on forged bytes."""
+    return [parse_change(raw) for raw in raws]
+
+
+def check_blob(blob_id: bytes, data: bytes | bytearray | memoryview) -> None:
+    """A received blob must be within the size limit and hash to its ID (:class:`IdMismatch`)."""
+    if len(data) > MAX_BLOB_LEN:
+        raise DecodeError(f"blob of {len(data)} bytes exceeds the limit of {MAX_BLOB_LEN}")
+    if not crypto.ct_equal(crypto.blake3(data), blob_id):
+        raise IdMismatch("blob bytes do not hash to the blob ID")
+
+
+def load_dag(store: Store, space_id: bytes) -> Dag:
+    dag = Dag()
+    for r in store.change_rows(space_id):
+        dag.add(r.id, r.parents, r.lamport)
+    return dag
+
+
+def fold_acl(store: Store, space_id: bytes) -> acl_mod.AclView:
+    records = [acl_mod.parse_record(raw, rid) for rid, raw in store.acl_records(space_id)]
+    return acl_mod.fold(space_id, records)
+
+
+def store_acl_records(store: Store, space_id: bytes, records: Sequence[acl_mod.AclRecord]) -> int:
+    """Store the verified records of this space that are new; returns how many. Records of another space are
+    skipped (the fold would drop them anyway)."""
+    added = 0
+    for r in records:
+        if r.space_id != space_id:
+            log.debug("skipping ACL record %s of another space", r.id.hex()[:16])
+            continue
+        if store.add_acl_record(space_id, r.id, r.raw):
+            added += 1
+    return added
+
+
+def select_changes(store: Store, space_id: bytes, change_ids: Sequence[bytes], max_bytes: int) -> list[bytes]:
+    """Raws of the accepted changes among ``change_ids`` (in that order; unknown ones skipped), stopping before
+    ``max_bytes`` would be exceeded, but always at least one."""
+    raws = store.change_raws_by_ids(space_id, change_ids)
+    out: list[bytes] = []
+    total = 0
+    for cid in change_ids:
+        raw = raws.pop(cid, None)  # pop: an ID asked for twice is sent once
+        if raw is None:
+            continue
+        if out and total + len(raw) > max_bytes:
+            break
+        out.append(raw)
+        total += len(raw)
+    return out
+
+
+@dataclass
+class BatchPlan:
+    """The verdicts on one batch. ``accepted`` are in fold order and already added to the DAG."""
+
+    results: list[IngestResult]  # one per received raw, in the order received
+    accepted: list[Change] = field(default_factory=list)
+    rejected: list[tuple[Change, str]] = field(default_factory=list)
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes that storing the plan adds (accepted and rejected changes are both kept)."""
+        return sum(len(c.raw) for c in self.accepted) + sum(len(c.raw) for c, _ in self.rejected)
+
+    @property
+    def stores_anything(self) -> bool:
+        return bool(self.accepted or self.rejected)
+
+
+def plan_batch(
+    store: Store, space_id: bytes, dag: Dag, acl: acl_mod.AclView, changes: Sequence[Change]
+) -> BatchPlan:
+    """Judge parsed changes in fold order; every accepted one is added to ``dag`` (so its children in the batch
+    validate). Stores nothing: the caller stores the plan (:func:`store_batch`) or, if it gives up, drops
+    ``dag`` and rebuilds it from the store."""
+    first_seen: dict[bytes, Change] = {}
+    for c in changes:
+        first_seen.setdefault(c.id, c)
+    lookup = list(first_seen) + [p for c in first_seen.values() for p in c.header.parents if not dag.contains(p)]
+    statuses = store.change_statuses(list(dict.fromkeys(lookup)))
+    fresh = {cid: c for cid, c in first_seen.items() if cid not in statuses}
+
+    def batch_parents(change_id: bytes) -> Sequence[bytes] | None:
+        # The removal rule walks back from a removal's last changes; in a batch they may not be accepted yet.
+        c = fresh.get(change_id)
+        return None if c is None or dag.contains(change_id) else c.header.parents
+
+    plan = BatchPlan(results=[])
+    verdict: dict[bytes, IngestResult] = {cid: IngestResult(KNOWN) for cid in first_seen if cid in statuses}
+    rejected_now: set[bytes] = set()
+
+    def reject(change: Change, reason: str) -> None:
+        plan.rejected.append((change, reason))
+        rejected_now.add(change.id)
+        verdict[change.id] = IngestResult(REJECTED, reason=reason)
+
+    for change in sorted(fresh.values(), key=lambda c: (c.header.lamport, c.id)):
+        h = change.header
+        absent = [p for p in h.parents if not dag.contains(p)]
+        if absent:
+            if any(p in rejected_now or statuses.get(p) == schema.CHANGE_REJECTED for p in absent):
+                reject(change, "built on a rejected change")
+                continue
+            if any(p in fresh and p not in verdict for p in absent):
+                # The parent is in the batch but sorts after its child: the child's lamport is too small.
+                reject(change, "lamport not greater than its parents'")
+                continue
+            # Waiting for something: for the parents themselves, or for what a parent in the batch waits for.
+            waits = [verdict.get(p) for p in absent]
+            acl_waits = [w for w in waits if w is not None and w.status == MISSING_ACL]
+            if acl_waits:
+                records_wanted = tuple(dict.fromkeys(rid for w in acl_waits for rid in w.missing))
+                verdict[change.id] = IngestResult(MISSING_ACL, records_wanted)
+                continue
+            missing: list[bytes] = []
+            for p, w in zip(absent, waits):
+                missing.extend(w.missing if w is not None and w.status == MISSING_PARENTS else (p,))
+            verdict[change.id] = IngestResult(MISSING_PARENTS, tuple(dict.fromkeys(missing)))
+            continue
+        if acl.position(h.acl_head) is None and h.acl_head not in acl.dropped:
+            verdict[change.id] = IngestResult(MISSING_ACL, (h.acl_head,))
+            continue
+        try:
+            validate.check_change(change, space_id, dag, acl, batch_parents)
+        except Rejected as e:
+            reject(change, str(e))
+            continue
+        except NotFound:  # the removal rule needs the removal's last changes first
+            targets = validate.removal_targets(change, acl)
+            verdict[change.id] = IngestResult(MISSING_PARENTS, tuple(sorted(t for t in targets if t not in dag)))
+            continue
+        dag.add(change.id, h.parents, h.lamport)
+        plan.accepted.append(change)
+        verdict[change.id] = IngestResult(APPLIED)
+
+    seen: set[bytes] = set()
+    for c in changes:
+        result = verdict[c.id]
+        if c.id in seen and result.status in (APPLIED, REJECTED):
+            result = IngestResult(KNOWN)  # sent twice in one batch, stored once: the repeat is "known"
+        plan.results.append(result)
+        seen.add(c.id)
+    if plan.rejected:
+        first, reason = plan.rejected[0]
+        log.warning("space %s: %d received change(s) rejected, e.g. %s: %s", ids.space_text(space_id)[:20],
+                    len(plan.rejected), ids.change_text(first.id)[:20], reason)
+    return plan
+
+
+def store_batch(store: Store, space_id: bytes, plan: BatchPlan) -> None:
+    """Write the accepted and rejected changes of a plan (call inside the caller's transaction)."""
+    for change in plan.accepted:
+        h = change.header
+        store.add_change(space_id, change.id, change.raw, h.parents, h.lamport, h.author, h.wall_us,
+                         schema.CHANGE_ACCEPTED)
+    for change, reason in plan.rejected:
+        h = change.header
+        store.add_change(space_id, change.id, change.raw, h.parents, h.lamport, h.author, h.wall_us,
+                         schema.CHANGE_REJECTED, reason)
+
+
+def revalidate(store: Store, space_id: bytes, acl: acl_mod.AclView) -> Dag:
+    """Re-check every accepted change, in fold order, against ``acl`` (the canonical ACL moved: a removal can
+    invalidate backdated changes). Failures, and every change built on one, are marked rejected. Returns the DAG
+    of the changes still accepted; the caller stores its heads. Call inside a store transaction."""
+    # Ancestry questions go to the DAG of everything accepted so far: its linear segments answer them in O(1)
+    # along one writer's chain, where a DAG grown change by change would walk the history for each of them.
+    dag = load_dag(store, space_id)
+    rejected: dict[bytes, str] = {}
+    for cid, raw in store.iter_change_raws(space_id):
+        change = parse_change(raw, cid)
+        if any(p in rejected for p in change.header.parents):
+            rejected[cid] = "built on a rejected change"
+            continue
+        try:
+            validate.check_change(change, space_id, dag, acl)
+        except Rejected as e:
+            rejected[cid] = str(e)
+        except NotFound:
+            # The removal rule cannot decide without changes nobody has shown us: nothing proves the change
+            # invalid, so it stays accepted until the ACL moves again.
+            log.debug("change %s: removal rule undecided", ids.change_text(cid)[:20])
+    if not rejected:
+        return dag
+    for cid, reason in rejected.items():
+        store.reject_change(cid, reason)
+    cid, reason = next(iter(rejected.items()))
+    log.warning("space %s: %d accepted change(s) no longer valid, e.g. %s: %s", ids.space_text(space_id)[:20],
+                len(rejected), ids.change_text(cid)[:20], reason)
+    return load_dag(store, space_id)
+
+
+# ---------------------------------------------------------------------------------------------------- ledger
+class Ledger:
+    """A space held without its keys: verified ACL, changes and blobs, with an optional byte quota."""
+
+    def __init__(self, store: Store, blobs: BlobFiles, space_id: bytes, *, quota_bytes: int | None = None) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.quota_bytes = quota_bytes
+        self.header = space.parse_space_header(store.space(space_id).header, space_id)
+        self._space_id = space_id
+        self.acl = fold_acl(store, space_id)
+        self._dag: Dag | None = None
+        self._heads: tuple[bytes, ...] = store.heads(space_id)
+        self._usage: Usage | None = None  # cached: recounting a large space per batch would cost a table scan
+
+    @classmethod
+    def adopt(
+        cls,
+        store: Store,
+        blobs: BlobFiles,
+        header_raw: bytes,
+        acl_raws: Sequence[bytes],
+        *,
+        quota_bytes: int | None = None,
+    ) -> Ledger:
+        """Start (or keep) holding a space from its signed header and ACL records, all verified first.
+
+        The records must hold a valid genesis of this space (:class:`NotFound` otherwise). If the space is held
+        already, the new records are added (:meth:`add_acl_records`)."""
+        header = space.parse_space_header(header_raw)
+        records = [acl_mod.parse_record(raw) for raw in acl_raws]
+        acl_mod.fold(header.id, records)  # raises unless there is a valid genesis for this space
+        try:
+            store.space(header.id)
+        except NotFound:
+            with store.transaction():
+                store.add_space(header.id, ids.space_text(header.id), header.raw)
+                store_acl_records(store, header.id, records)
+            return cls(store, blobs, header.id, quota_bytes=quota_bytes)
+        ledger = cls(store, blobs, header.id, quota_bytes=quota_bytes)
+        ledger._add_records(records)
+        return ledger
+
+    # ------------------------------------------------------------------------------------------ identity, ACL
+    @property
+    def space_id(self) -> bytes:
+        return self._space_id
+
+    @property
+    def header_raw(self) -> bytes:
+        """The signed space header, verbatim."""
+        return self.header.raw
+
+    def role_of(self, account: bytes) -> acl_mod.Role | None:
+        """The current role of an account (None: not a member)."""
+        return self.acl.current.role_of(account)
+
+    def acl_raws(self) -> list[tuple[bytes, bytes]]:
+        """(id, raw) of every stored ACL record, in ID order."""
+        return self.store.acl_records(self._space_id)
+
+    def acl_ids(self) -> list[bytes]:
+        return [rid for rid, _raw in self.store.acl_records(self._space_id)]
+
+    def add_acl_records(self, raws: Sequence[bytes]) -> int:
+        """Verify every record (:class:`IntegrityError` on forged bytes, nothing stored), store the new ones and
+        refold the ACL; if its canonical head moved, re-validate the accepted changes. Returns how many were new."""
+        return self._add_records([acl_mod.parse_record(raw) for raw in raws])
+
+    def _add_records(self, records: Sequence[acl_mod.AclRecord]) -> int:
+        try:
+            with self.store.transaction():
+                added = store_acl_records(self.store, self._space_id, records)
+                if added:
+                    before = self.acl.head
+                    self.acl = fold_acl(self.store, self._space_id)
+                    if self.acl.head != before:
+                        self._dag = revalidate(self.store, self._space_id, self.acl)
+                        self._heads = self._dag.heads()
+                        self.store.set_heads(self._space_id, self._heads)
+        except BaseException:
+            self._reload()
+            raise
+        return added
+
+    # ------------------------------------------------------------------------------------------ changes
+    @property
+    def dag(self) -> Dag:
+        if self._dag is None:
+            self._dag = load_dag(self.store, self._space_id)
+        return self._dag
+
+    @property
+    def heads(self) -> tuple[bytes, ...]:
+        """The accepted changes no accepted change names as a parent, sorted."""
+        return self._heads
+
+    def change_ids(self) -> list[bytes]:
+        """IDs of the accepted changes, in ID order."""
+        return self.store.accepted_change_ids(self._space_id)
+
+    def rejected_ids(self) -> set[bytes]:
+        return set(self.store.rejected_change_ids(self._space_id))
+
+    def get_changes(self, change_ids: Sequence[bytes], max_bytes: int) -> list[bytes]:
+        """Raws of accepted changes of this space among ``change_ids`` (in that order), stopping before
+        ``max_bytes`` would be exceeded (at least one)."""
+        return select_changes(self.store, self._space_id, change_ids, max_bytes)
+
+    def ingest_batch(self, raws: Sequence[bytes]) -> list[IngestResult]:
+        """Verify and store received changes (see the module docstring); one result per raw, in order.
+
+        :class:`IntegrityError` (forged bytes) and :class:`QuotaExceeded` leave nothing stored."""
+        changes = parse_changes(raws)
+        usage = self.usage()
+        if self.quota_bytes is not None and usage.total_bytes >= self.quota_bytes:
+            # Full already: refuse anything new before planning (planning grows the DAG, and undoing that means
+            # rebuilding it from the store: too dear to repeat for every batch a member keeps sending).
+            stored = self.store.change_statuses([c.id for c in changes])
+            if any(c.id not in stored for c in changes):
+                raise QuotaExceeded(self._space_id, self.quota_bytes)
+        try:
+            plan = plan_batch(self.store, self._space_id, self.dag, self.acl, changes)
+            if plan.stores_anything:
+                added = plan.stored_bytes
+                self._check_quota(added)
+                with self.store.transaction():
+                    store_batch(self.store, self._space_id, plan)
+                    if plan.accepted:
+                        self._heads = self.dag.heads()
+                        self.store.set_heads(self._space_id, self._heads)
+                self._usage = replace(usage, changes=usage.changes + len(plan.accepted) + len(plan.rejected),
+                                      change_bytes=usage.change_bytes + added)
+        except BaseException:
+            self._reload()
+            raise
+        return plan.results
+
+    # ------------------------------------------------------------------------------------------ blobs
+    def put_blob(self, blob_id: bytes, data: bytes) -> bool:
+        """Store a blob a member uploaded for this space: verified (:class:`IdMismatch`, :class:`DecodeError`
+        when too large), within the quota, written durably, indexed and linked to the space. False if it was
+        here already."""
+        check_blob(blob_id, data)
+        linked = self.store.has_space_blob(self._space_id, blob_id)
+        if linked and self.blobs.has(blob_id):
+            return False
+        usage = self.usage()
+        if not linked:
+            self._check_quota(len(data))
+        self.blobs.put(blob_id, data)  # durable before the index says it is here
+        with self.store.transaction():
+            self.store.index_blob(blob_id, len(data))
+            new_link = self.store.add_space_blob(self._space_id, blob_id, len(data))
+        if new_link:
+            self._usage = replace(usage, blobs=usage.blobs + 1, blob_bytes=usage.blob_bytes + len(data))
+        return True
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        return self.store.has_space_blob(self._space_id, blob_id) and self.blobs.has(blob_id)
+
+    def get_blob(self, blob_id: bytes) -> bytes:
+        """The verified bytes of a blob held for this space (:class:`NotFound` otherwise: a blob of another
+        space is never served here, even if the file exists)."""
+        if not self.store.has_space_blob(self._space_id, blob_id):
+            raise NotFound(f"blob {ids.to_text(ids.PREFIX_BLOB, blob_id)[:20]}… is not held for this space")
+        return self.blobs.get(blob_id)
+
+    def blob_ids(self) -> list[bytes]:
+        """Blobs linked to this space, in ID order."""
+        return self.store.space_blob_ids(self._space_id)
+
+    # ------------------------------------------------------------------------------------------ quota
+    def usage(self) -> Usage:
+        if self._usage is None:
+            self._usage = Usage(*self.store.space_usage(self._space_id))
+        return self._usage
+
+    def _check_quota(self, extra_bytes: int) -> None:
+        if self.quota_bytes is not None and self.usage().total_bytes + extra_bytes > self.quota_bytes:
+            raise QuotaExceeded(self._space_id, self.quota_bytes)
+
+    def _reload(self) -> None:
+        """After a failed write the in-memory state may be ahead of the store: take it from the store again."""
+        self.acl = fold_acl(self.store, self._space_id)
+        self._dag = None
+        self._heads = self.store.heads(self._space_id)
+        self._usage = None
