@@ -1,0 +1,1 @@
+"""Networking: TLS transport, peers, sync loops and the node server (trio)."""
