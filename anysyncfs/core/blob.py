@@ -266,3 +266,45 @@ def open_chunk_range(blob: bytes | memoryview, ref: ChunkRef, start: int, end: i
     if start == end:
         return b""
     return _open_segments(blob, ref, stored_length, salt, start, end)
+
+
+# ---------------------------------------------------------------------------------------------------- segment access
+# For readers that cache a verified blob and decrypt it a segment at a time (random reads decrypt 64 KiB, not the
+# whole chunk). Only an uncompressed blob can be opened this way: its segment i holds chunk bytes
+# [i * SEGMENT_SIZE, min((i + 1) * SEGMENT_SIZE, length)).
+
+
+def segment_count(stored_length: int) -> int:
+    """Segments of a blob whose stored plaintext is ``stored_length`` bytes (an empty one still has one)."""
+    return _segment_count(stored_length)
+
+
+def is_compressed(blob: bytes | memoryview, ref: ChunkRef) -> bool:
+    """Check the envelope against ``ref`` (:class:`DecodeError`, nothing decrypted) and tell whether it holds a
+    zstd frame: such a chunk can only be opened whole (:func:`open_chunk`), any other by :func:`open_segments`."""
+    flags, _, _ = _check_header(blob, ref)
+    return bool(flags & FLAG_ZSTD)
+
+
+def open_segments(
+    blob: bytes | memoryview, ref: ChunkRef, first: int, stop: int, *, verify_id: bool = True
+) -> list[bytes]:
+    """The plaintexts of segments ``first:stop`` of an uncompressed blob, each authenticated on its own (the
+    others are not touched). Errors as :func:`open_chunk`; ``ValueError`` for a compressed blob or a bad range."""
+    if verify_id:
+        _check_id(blob, ref)
+    flags, stored_length, salt = _check_header(blob, ref)
+    if flags & FLAG_ZSTD:
+        raise ValueError("a compressed blob is opened whole, not by segments")
+    count = _segment_count(stored_length)
+    if not 0 <= first <= stop <= count:
+        raise ValueError(f"segments {first}:{stop} are outside the blob's {count}")
+    view = memoryview(blob)
+    header = bytes(view[:HEADER_LEN])
+    aead = _segment_aead(ref.key, salt)
+    plaintexts: list[bytes] = []
+    for index in range(first, stop):
+        at = HEADER_LEN + index * (SEGMENT_SIZE + TAG_LEN)
+        size = min(SEGMENT_SIZE, stored_length - index * SEGMENT_SIZE) + TAG_LEN
+        plaintexts.append(aead.decrypt(NONCE.pack(index, index == count - 1), view[at : at + size], header))
+    return plaintexts

@@ -305,6 +305,77 @@ def test_range_read_opens_only_the_segments_it_needs() -> None:
         blob.open_chunk_range(RANGE_BLOB, RANGE_REF, 0, len(RANGE_PLAIN) + 1)
 
 
+
+# ---------------------------------------------------------------------------------------------------- segments
+def test_segment_count() -> None:
+    assert [blob.segment_count(n) for n in (0, 1, SEG - 1, SEG, SEG + 1, 3 * SEG + 1234)] == [1, 1, 1, 1, 2, 4]
+
+
+def test_is_compressed_checks_the_envelope() -> None:
+    assert not blob.is_compressed(RANGE_BLOB, RANGE_REF)
+    assert blob.is_compressed(TEXT_BLOB, TEXT_REF)
+    with pytest.raises(DecodeError):
+        blob.is_compressed(RANGE_BLOB[:-1], RANGE_REF)
+    with pytest.raises(DecodeError):
+        blob.is_compressed(RANGE_BLOB, ChunkRef(blob=RANGE_REF.blob, key=RANGE_REF.key, length=RANGE_REF.length - 1))
+    bad_salt = bytearray(RANGE_BLOB)
+    bad_salt[10] ^= 1
+    with pytest.raises(DecodeError):
+        blob.is_compressed(bytes(bad_salt), RANGE_REF)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 4), st.integers(0, 4), st.booleans())
+def test_open_segments_equal_slices(a: int, b: int, verify: bool) -> None:
+    first, stop = min(a, b), max(a, b)
+    plains = blob.open_segments(RANGE_BLOB, RANGE_REF, first, stop, verify_id=verify)
+    assert plains == [RANGE_PLAIN[i * SEG : (i + 1) * SEG] for i in range(first, stop)]
+    assert all(isinstance(p, bytes) for p in plains)
+
+
+def test_open_segments_of_an_empty_chunk() -> None:
+    ref, data = blob.seal_chunk(b"", KEY_BASE)
+    assert blob.open_segments(data, ref, 0, 1) == [b""]
+
+
+def test_open_segments_authenticates_only_what_it_opens() -> None:
+    bad = bytearray(RANGE_BLOB)
+    bad[blob.HEADER_LEN + 2 * (SEG + 16) + 5] ^= 1  # inside the third segment
+    corrupt = bytes(bad)
+    intact = [RANGE_PLAIN[:SEG], RANGE_PLAIN[SEG : 2 * SEG]]
+    assert blob.open_segments(corrupt, RANGE_REF, 0, 2, verify_id=False) == intact
+    assert blob.open_segments(corrupt, RANGE_REF, 3, 4, verify_id=False) == [RANGE_PLAIN[3 * SEG :]]
+    for first, stop in ((2, 3), (1, 4)):
+        with pytest.raises(AuthenticationFailed):
+            blob.open_segments(corrupt, RANGE_REF, first, stop, verify_id=False)
+    with pytest.raises(IdMismatch):
+        blob.open_segments(corrupt, RANGE_REF, 0, 1)
+
+
+def test_open_segments_rejects_compressed_blobs_and_bad_ranges() -> None:
+    with pytest.raises(ValueError):
+        blob.open_segments(TEXT_BLOB, TEXT_REF, 0, 1)
+    for first, stop in ((-1, 1), (2, 1), (0, 5), (5, 5)):
+        with pytest.raises(ValueError):
+            blob.open_segments(RANGE_BLOB, RANGE_REF, first, stop)
+    assert blob.open_segments(RANGE_BLOB, RANGE_REF, 4, 4) == []
+
+
+def test_segments_are_bound_to_their_index() -> None:
+    """Segments moved within a blob fail their tags (the nonce carries the index), so a segment-wise reader
+    cannot be handed the right bytes at the wrong place."""
+    seg_len = SEG + blob.TAG_LEN
+    segs = [RANGE_BLOB[blob.HEADER_LEN + i * seg_len : blob.HEADER_LEN + (i + 1) * seg_len] for i in range(3)]
+    swapped = RANGE_BLOB[: blob.HEADER_LEN] + segs[1] + segs[0] + segs[2] + RANGE_BLOB[blob.HEADER_LEN + 3 * seg_len :]
+    for index in (0, 1):
+        with pytest.raises(AuthenticationFailed):
+            blob.open_segments(swapped, RANGE_REF, index, index + 1, verify_id=False)
+    assert blob.open_segments(swapped, RANGE_REF, 2, 4, verify_id=False) == [
+        RANGE_PLAIN[2 * SEG : 3 * SEG],
+        RANGE_PLAIN[3 * SEG :],
+    ]
+
+
 # ---------------------------------------------------------------------------------------------------- vector
 def vector_plaintexts() -> dict[str, bytes]:
     multi = crypto.derive_key("anysyncfs 2026 test vector data", b"blob multi-segment", 2 * SEG + 100)

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from anysyncfs.core import content as content_mod
 from anysyncfs.core import ops
-from anysyncfs.errors import StoreError
+from anysyncfs.errors import BlobMissing, StoreError
+from anysyncfs.fs.fuse import fuse_errno
 from anysyncfs.fs.commit import plan_regions
 from anysyncfs.fs.staging import Intervals, Staged
 from anysyncfs.fs.vfs import ROOT_INODE, Ctx, SetAttrRequest, Vfs
@@ -496,15 +497,21 @@ def test_corrupt_blob_gives_eio_and_one_log_line(env: Env, caplog: pytest.LogCap
     assert f.size == 300_000
 
 
-def test_missing_blob_gives_eio(env: Env) -> None:
+def test_missing_blob_names_the_blob_to_fetch(env: Env) -> None:
+    """A read of content this device lacks raises BlobMissing with the blob's ID (the FUSE adapter fetches it and
+    retries, or answers EIO: see fuse_errno)."""
     write_file(env.vfs, ROOT_INODE, b"f", os.urandom(100_000))
     env.reopen()
-    for blob_id in list(env.replica.blobs.iter_ids()):
+    ids_before = set(env.replica.blobs.iter_ids())
+    for blob_id in ids_before:
         env.replica.blobs.delete(blob_id)
     inode = path_inode(env.vfs, b"f")
     assert env.vfs.getxattr(inode, b"user.anysync.state", ROOT) == b"remote-only"
     fh = env.vfs.open(inode, os.O_RDONLY, ROOT)
-    assert errno_of(env.vfs.read, fh, 0, 10) == errno.EIO
+    with pytest.raises(BlobMissing) as caught:
+        env.vfs.read(fh, 0, 10)
+    assert caught.value.blob_id in ids_before
+    assert fuse_errno(caught.value) == errno.EIO
     env.vfs.release(fh)
 
 
