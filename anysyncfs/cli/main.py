@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import AnysyncError, UsageError
 from ..replica.home import Home, default_home
-from . import commands, mount_cmd, versions
+from . import commands, mount_cmd, sync_cmd, versions
 
 PASSPHRASE_ENV = "ANYSYNCFS_PASSPHRASE"
 # Test-only: lowers the scrypt cost of keyrings written by this process (never use for real keys).
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sp.add_parser("members", help="list a space's members and roles")
     s.add_argument("space")
     s.set_defaults(func=commands.cmd_space_members)
+    space_sub = sp
 
     s = sub.add_parser("put", help="write stdin to a file in a space")
     s.add_argument("space")
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=commands.cmd_fsck)
 
     mount_cmd.add_parsers(sub)
+    sync_cmd.add_parsers(sub, space_sub)
     return p
 
 

@@ -27,18 +27,20 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import pyfuse3
 import trio
 
-from ..errors import FsError, IntegrityError, NotFound, PermissionDenied, StoreError
+from ..errors import BlobMissing, FsError, IntegrityError, NotFound, PermissionDenied, StoreError
 from .vfs import Attr, Ctx, SetAttrRequest, Vfs
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Fetcher = Callable[[bytes], Awaitable[None]]  # fetch one blob (raises when it can't within its timeout)
+MAX_FETCHES_PER_CALL = 64  # distinct blobs one request may wait for (a read spans a few chunks + a manifest)
 
 ENTRY_TIMEOUT = 1.0  # seconds the kernel may cache a name -> inode (explicit invalidation covers remote changes)
 ATTR_TIMEOUT = 1.0  # seconds the kernel may cache attributes
@@ -57,6 +59,8 @@ def fuse_errno(exc: BaseException, *, read_only: bool = False) -> int | None:
         return exc.errno
     if isinstance(exc, FsError):
         return exc.errno
+    if isinstance(exc, BlobMissing):
+        return errno.EIO  # content this device lacks and could not fetch: an I/O error, not "no such file"
     if isinstance(exc, NotFound):
         return errno.ENOENT
     if isinstance(exc, PermissionDenied):
@@ -153,6 +157,7 @@ class Operations(pyfuse3.Operations):
         self.lock = threading.Lock()  # every Vfs call holds it, inline or in a worker thread
         self._logged: set[tuple[str, str]] = set()
         self.timing = Timing()
+        self.fetcher: Fetcher | None = None  # set by the mount when a sync engine runs: fetches a missing blob
 
     # ------------------------------------------------------------------------------------------ plumbing
     def _timed(self, what: str, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
@@ -167,18 +172,36 @@ class Operations(pyfuse3.Operations):
             return self._timed(what, fn, args)
 
     async def call(self, what: str, fn: Callable[..., T], *args: Any, inline: bool = False) -> T:
-        """Run one Vfs call off the trio thread (or inline when cheap and uncontended); errno-translate errors."""
-        try:
-            if inline and self.timing.cheap(what) and self.lock.acquire(blocking=False):  # never wait on trio
+        """Run one Vfs call off the trio thread (or inline when cheap and uncontended); errno-translate errors.
+
+        A call that needs a blob this device lacks (BlobMissing) waits for the fetcher — with the lock released,
+        so other requests go on — and is retried; only that request waits."""
+        fetched: set[bytes] = set()
+        while True:
+            try:
+                return await self._call_once(what, fn, args, inline)
+            except BlobMissing as exc:
+                if self.fetcher is None or exc.blob_id in fetched or len(fetched) >= MAX_FETCHES_PER_CALL:
+                    log.warning("%s: %s (EIO)", what, exc)
+                    raise pyfuse3.FUSEError(errno.EIO) from None
+                fetched.add(exc.blob_id)
                 try:
-                    self.timing.inline += 1
-                    return self._timed(what, fn, args)
-                finally:
-                    self.lock.release()
-            self.timing.threaded += 1
-            return await trio.to_thread.run_sync(self._locked, what, fn, args)
-        except Exception as exc:  # noqa: BLE001 - the one place exceptions become errno values
-            raise pyfuse3.FUSEError(self.errno_for(what, exc)) from None
+                    await self.fetcher(exc.blob_id)
+                except Exception as e:  # noqa: BLE001 - a failed fetch is this request's EIO, nothing more
+                    log.warning("%s: %s (EIO)", what, e)
+                    raise pyfuse3.FUSEError(errno.EIO) from None
+            except Exception as exc:  # noqa: BLE001 - the one place exceptions become errno values
+                raise pyfuse3.FUSEError(self.errno_for(what, exc)) from None
+
+    async def _call_once(self, what: str, fn: Callable[..., T], args: tuple[Any, ...], inline: bool) -> T:
+        if inline and self.timing.cheap(what) and self.lock.acquire(blocking=False):  # never wait on trio
+            try:
+                self.timing.inline += 1
+                return self._timed(what, fn, args)
+            finally:
+                self.lock.release()
+        self.timing.threaded += 1
+        return await trio.to_thread.run_sync(self._locked, what, fn, args)
 
     def errno_for(self, what: str, exc: Exception) -> int:
         code = fuse_errno(exc, read_only=self.read_only)

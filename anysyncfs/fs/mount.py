@@ -45,10 +45,11 @@ import pyfuse3
 import trio
 
 from ..core import ids
-from ..errors import AnysyncError, FsError, NotFound, UsageError
+from ..errors import AnysyncError, BlobMissing, FsError, NotFound, UsageError
 from ..replica.home import Unlocked
 from ..replica.replica import Replica, resolve_space
 from .fuse import Operations
+from .mount_sync import run_sync
 from .vfs import Vfs
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ LOGS_DIR = "logs"
 DEFAULT_COMMIT_INTERVAL = 5.0
 MAX_TASKS = 32  # concurrent pyfuse3 request tasks (they mostly wait for the Vfs lock in worker threads)
 UNMOUNT_TIMEOUT = 120.0
+MAX_COMMIT_FETCHES = 64  # blobs a periodic commit may fetch (base content of edited files) before giving up
 
 # Options mount(8) and fstab hand to every helper; meaningless for us, accepted and dropped.
 IGNORED_OPTIONS = {"defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group", "_netdev", "nofail",
@@ -81,6 +83,9 @@ class MountOptions:
     cache_size: int | None = None  # bytes of unpinned blobs to keep (eviction: with the blob cache, issue 5)
     allow_other: bool | None = None  # None: on when running as root
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
+    sync_interval: float = 30.0  # seconds between full reconciliations with each peer (new heads go at once)
+    fetch_timeout: float = 30.0  # a read waits this long for a missing blob before EIO
+    offline: bool = False  # no sync engine: no connections at all
     kernel: list[str] = field(default_factory=list)
     debug: bool = False
 
@@ -126,6 +131,10 @@ def parse_options(option_args: list[str], *, read_only: bool = False, foreground
                     raise UsageError(f"commit_interval must be a number of seconds, not {value!r}") from None
                 if not 0.05 <= opts.commit_interval <= 3600:
                     raise UsageError("commit_interval must be between 0.05 and 3600 seconds")
+            elif key in ("sync_interval", "fetch_timeout") and value:
+                setattr(opts, key, _seconds(key, value, 0.1, 86400))
+            elif key == "offline" and not value:
+                opts.offline = True
             elif key == "allow_other" and not value:
                 opts.allow_other = True
             elif key == "noallow_other" and not value:
@@ -137,6 +146,16 @@ def parse_options(option_args: list[str], *, read_only: bool = False, foreground
             else:
                 raise UsageError(f"unknown mount option {item!r}")
     return opts
+
+
+def _seconds(key: str, value: str, low: float, high: float) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise UsageError(f"{key} must be a number of seconds, not {value!r}") from None
+    if not low <= seconds <= high:
+        raise UsageError(f"{key} must be between {low} and {high} seconds")
+    return seconds
 
 
 # ---------------------------------------------------------------------------------------------- mountpoints
@@ -358,7 +377,7 @@ def serve(unlocked: Unlocked, space: str, mp: Path, opts: MountOptions, *, ready
         log.info("mounted space %s (%s) at %s%s", name, replica.name, mp, " read-only" if opts.read_only else "")
         if ready is not None:
             ready.send("ok")
-        trio.run(_main_loop, ops, opts)
+        trio.run(_main_loop, ops, opts, replica)
         log.debug("vfs calls: %s", ops.timing.report())
     finally:
         if mounted:
@@ -400,17 +419,26 @@ def _fuse_init(ops: Operations, mp: Path, options: set[str]) -> None:
                 log.debug("libfuse: %s", leftover)
 
 
-async def _main_loop(ops: Operations, opts: MountOptions) -> None:
+async def _main_loop(ops: Operations, opts: MountOptions, replica: Replica) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, ops)
         nursery.start_soon(_commit_periodically, ops, opts.commit_interval)
+        if not opts.offline:
+            nursery.start_soon(run_sync, ops, replica, opts.sync_interval, opts.fetch_timeout)
         await pyfuse3.main(max_tasks=MAX_TASKS)
         nursery.cancel_scope.cancel()
 
 
 async def _commit_all(ops: Operations, why: str) -> None:
     try:
-        await ops.run_blocking("commit_all", ops.vfs.commit_all)
+        for _attempt in range(MAX_COMMIT_FETCHES):
+            try:
+                await ops.run_blocking("commit_all", ops.vfs.commit_all)
+                return
+            except BlobMissing as e:  # an edit of content this device lacks: fetch it, then commit
+                if ops.fetcher is None:
+                    raise
+                await ops.fetcher(e.blob_id)
     except FsError as e:
         log.warning("%s commit failed: %s", why, os.strerror(e.errno))
     except Exception:  # noqa: BLE001 - the mount must stay up; the staged data stays staged

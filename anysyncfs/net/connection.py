@@ -1,0 +1,269 @@
+"""One authenticated connection: a trio stream driven by a sans-I/O :class:`~anysyncfs.protocol.Session`.
+
+The connection owns the I/O and the clocks the session does not have: a handshake deadline, a deadline for a
+frame that started arriving (a peer that stalls mid-frame is cut off), a deadline per request. Incoming requests
+are served concurrently (each in its own task) by a handler; replies to our requests wake exactly the task
+waiting for them. Anything that breaks the protocol or fails verification closes the connection; the caller
+(peer manager, node) logs it and backs the peer off.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..errors import AnysyncError, IntegrityError, NetworkError, ProtocolError
+from ..protocol import messages as m
+from ..protocol.session import (
+    Closed,
+    Established,
+    ErrorReceived,
+    NotifyReceived,
+    RequestReceived,
+    ResponseReceived,
+    Session,
+)
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 256 * 1024
+
+
+@dataclass
+class Timeouts:
+    handshake: float = 10.0  # TLS + Hello/Auth
+    frame: float = 30.0  # from the first byte of a frame to its last
+    request: float = 60.0  # one request to its reply (a blob of 16 MiB on a slow link fits)
+
+
+class RemoteError(AnysyncError):
+    """The peer answered a request with an error frame."""
+
+    exit_code = 14
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"peer refused: {message} (code {code})")
+        self.code = code
+        self.remote_message = message
+
+
+class ServiceError(AnysyncError):
+    """Raised by a request handler: sent back to the peer as an error frame; the connection stays up."""
+
+    def __init__(self, code: m.ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class _Waiter:
+    event: trio.Event = field(default_factory=trio.Event)
+    reply: ResponseReceived | ErrorReceived | None = None
+
+
+Handler = Callable[["Connection", Any], Awaitable[Any]]
+NotifyHandler = Callable[["Connection", Any], Awaitable[None]]
+
+
+class Connection:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        session: Session,
+        *,
+        label: str,
+        handler: Handler | None = None,
+        on_notify: NotifyHandler | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        self.stream = stream
+        self.session = session
+        self.label = label
+        self.handler = handler
+        self.on_notify = on_notify
+        self.timeouts = timeouts or Timeouts()
+        self.peer: Established | None = None
+        self.closed = trio.Event()
+        self.close_reason = ""
+        self._send_lock = trio.Lock()
+        self._waiters: dict[int, _Waiter] = {}
+        self._nursery: trio.Nursery | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def _send(self, data: bytes) -> None:
+        if not data:
+            return
+        async with self._send_lock:
+            try:
+                with trio.fail_after(self.timeouts.request):
+                    await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError) as e:
+                raise NetworkError(f"{self.label}: connection lost while sending ({type(e).__name__})") from None
+        self.bytes_out += len(data)
+
+    async def _receive(self, deadline: float) -> bytes:
+        try:
+            with trio.fail_at(deadline):
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+        except trio.TooSlowError:
+            raise NetworkError(f"{self.label}: peer stalled") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            raise NetworkError(f"{self.label}: connection lost ({type(e).__name__})") from None
+        if not data:
+            raise NetworkError(f"{self.label}: connection closed by the peer")
+        self.bytes_in += len(data)
+        return data
+
+    async def handshake(self) -> Established:
+        """Send our Hello, read until the session is established (within the handshake deadline)."""
+        deadline = trio.current_time() + self.timeouts.handshake
+        await self._send(self.session.data_to_send())
+        while self.peer is None:
+            data = await self._receive(deadline)
+            self.session.receive_data(data)
+            while self.peer is None:
+                event = self.session.next_event()  # raises ProtocolError / AuthenticationFailed
+                await self._send(self.session.data_to_send())
+                if event is None:
+                    break
+                if isinstance(event, Established):
+                    self.peer = event
+                elif isinstance(event, Closed):
+                    raise NetworkError(f"{self.label}: peer closed the connection: {event.reason}")
+        return self.peer
+
+    async def serve(self) -> None:
+        """Read and dispatch frames until the connection ends. Returns normally on a clean close; raises
+        NetworkError / ProtocolError / IntegrityError otherwise (the connection is closed either way)."""
+        assert self.peer is not None, "handshake first"
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    await self._read_loop(nursery)
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            await self._shutdown()
+
+    async def _read_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            # Between frames a connection may be idle for ever; once a frame has started it must complete.
+            deadline = trio.current_time() + self.timeouts.frame if self.session.mid_frame else float("inf")
+            data = await self._receive(deadline)
+            self.session.receive_data(data)
+            while True:
+                event = self.session.next_event()
+                if event is None:
+                    break
+                if isinstance(event, RequestReceived):
+                    nursery.start_soon(self._serve_request, event)
+                elif isinstance(event, (ResponseReceived, ErrorReceived)):
+                    waiter = self._waiters.get(event.id)
+                    if waiter is not None:
+                        waiter.reply = event
+                        waiter.event.set()
+                elif isinstance(event, NotifyReceived):
+                    if self.on_notify is not None:
+                        nursery.start_soon(self._notify, event.body)
+                elif isinstance(event, Closed):
+                    self.close_reason = event.reason
+                    return
+
+    async def _notify(self, body: Any) -> None:
+        assert self.on_notify is not None
+        try:
+            await self.on_notify(self, body)
+        except (NetworkError, ProtocolError, IntegrityError) as e:
+            await self.abort(str(e))
+        except Exception:  # noqa: BLE001 - a notification must not take the connection down
+            log.exception("%s: handling a notification failed", self.label)
+
+    async def _serve_request(self, event: RequestReceived) -> None:
+        try:
+            if self.handler is None:
+                raise ServiceError(m.ErrorCode.BAD_REQUEST, "this peer serves no requests")
+            body = await self.handler(self, event.body)
+            await self._send(self.session.send_response(event.id, body))
+        except ServiceError as e:
+            await self._send_error(event.id, e.code, str(e))
+        except (ProtocolError, IntegrityError) as e:
+            # The peer sent forged or malformed data: tell it, then hang up (the caller backs it off).
+            log.warning("%s: %s: closing", self.label, e)
+            await self._send_error(event.id, m.ErrorCode.INVALID, str(e))
+            await self.abort(f"invalid data: {e}")
+        except NetworkError:
+            await self.abort("connection lost")
+        except Exception as e:  # noqa: BLE001 - one failed request must not take the connection down
+            log.exception("%s: serving %s failed", self.label, type(event.body).__name__)
+            await self._send_error(event.id, m.ErrorCode.INTERNAL, f"internal error: {type(e).__name__}")
+
+    async def _send_error(self, request_id: int, code: m.ErrorCode, message: str) -> None:
+        try:
+            await self._send(self.session.send_error(request_id, code, message))
+        except (NetworkError, ProtocolError, ValueError):
+            pass
+
+    # ------------------------------------------------------------------------------------------ requests
+    async def request(self, body: Any, *, timeout: float | None = None) -> Any:
+        """Send a request and wait for its reply body; RemoteError for an error reply, NetworkError when the
+        connection ends or the reply is late."""
+        if self.closed.is_set():
+            raise NetworkError(f"{self.label}: connection is closed")
+        rid, frame = self.session.send_request(body)
+        waiter = self._waiters[rid] = _Waiter()
+        try:
+            await self._send(frame)
+            with trio.move_on_after(timeout if timeout is not None else self.timeouts.request) as scope:
+                await waiter.event.wait()  # set by the reply, or by _shutdown when the connection ends
+            if scope.cancelled_caught:
+                self.session.abandon(rid)
+                raise NetworkError(f"{self.label}: no reply to {type(body).__name__} in time")
+        finally:
+            self._waiters.pop(rid, None)
+        reply = waiter.reply
+        if reply is None:
+            raise NetworkError(f"{self.label}: connection closed ({self.close_reason or 'no reason given'})")
+        if isinstance(reply, ErrorReceived):
+            raise RemoteError(reply.code, reply.message)
+        return reply.body
+
+    async def notify(self, body: Any) -> None:
+        await self._send(self.session.send_notify(body))
+
+    # ------------------------------------------------------------------------------------------ closing
+    async def abort(self, reason: str) -> None:
+        """Close now (protocol violation, shutdown): a Close frame if possible, then the stream."""
+        if not self.close_reason:
+            self.close_reason = reason
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        for w in self._waiters.values():
+            w.event.set()
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            try:
+                frame = self.session.send_close(self.close_reason or "closing")
+                if frame:
+                    async with self._send_lock:
+                        await self.stream.send_all(frame)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+            try:
+                await self.stream.aclose()
+            except Exception:  # noqa: BLE001
+                pass
+

@@ -1,0 +1,149 @@
+"""``anysyncfs sync``: one full reconciliation of a space with every known peer — also the first fetch of a space
+this device does not hold yet (a second device of the same account, restored from the recovery phrase)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from ..core import content as content_mod
+from ..core import ids, ops
+from ..core.address import parse_address
+from ..errors import (
+    AnysyncError,
+    BlobMissing,
+    IntegrityError,
+    NetworkError,
+    NotFound,
+    ProtocolError,
+    UsageError,
+)
+from ..protocol import messages as m
+from ..replica.home import Unlocked
+from ..replica.replica import Replica, adopt_space
+from .connection import RemoteError
+from .endpoint import Endpoint
+from .runner import Runner
+from .sync import Progress, SpaceSync, SyncReport
+from .tls import make_tls_identity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FullReport(SyncReport):
+    blobs_fetched: int = 0
+
+
+def sync_space(unlocked: Unlocked, space_id: bytes, *, name: str | None, content: bool, progress: Progress | None,
+               timeout: float) -> FullReport:
+    return trio.run(_sync_space, unlocked, space_id, name, content, progress, timeout)
+
+
+def _check_not_mounted(unlocked: Unlocked, space_id: bytes) -> None:
+    from ..fs.mount import LOCKS_DIR, lock_held  # the mount owns the lock file format
+
+    lock = unlocked.home.root / LOCKS_DIR / f"{ids.space_text(space_id)}.lock"
+    if lock.exists() and lock_held(lock):
+        raise UsageError("that space is mounted on this device: its mount syncs it already")
+
+
+async def _sync_space(unlocked: Unlocked, space_id: bytes, name: str | None, content: bool,
+                      progress: Progress | None, timeout: float) -> FullReport:
+    _check_not_mounted(unlocked, space_id)
+    store = unlocked.home.store()
+    endpoint = Endpoint(unlocked.identity, make_tls_identity(unlocked.identity.device))
+    report = FullReport()
+    if not any(r.id == space_id for r in store.spaces()):
+        replica = await _bootstrap(unlocked, endpoint, space_id, name, report)
+        if replica is None:
+            return report
+    else:
+        replica = Replica(unlocked, store, unlocked.home.blobs(), space_id)
+    sync = SpaceSync(replica, endpoint, Runner(), fetch_timeout=timeout)
+    got = await sync.sync_once(progress, per_peer_timeout=timeout)
+    report.peers, report.reached = got.peers, got.reached
+    report.fetched, report.sent, report.blobs_uploaded = got.fetched, got.sent, got.blobs_uploaded
+    report.errors.extend(got.errors)
+    if content and got.reached:
+        report.blobs_fetched = await _fetch_content(sync, progress, timeout, report)
+    return report
+
+
+async def _bootstrap(unlocked: Unlocked, endpoint: Endpoint, space_id: bytes, name: str | None,
+                     report: FullReport) -> Replica | None:
+    """Get the signed header and ACL of a space we do not hold from the first peer that serves it to us."""
+    rows = unlocked.home.store().peers(space_id)
+    report.peers = len(rows)
+    for row in rows:
+        try:
+            addr = parse_address(row.address)
+            conn = await endpoint.dial(addr)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(conn.serve)
+                    info = await conn.request(m.OpenSpace(space_id))
+                    nursery.cancel_scope.cancel()
+            finally:
+                await conn.abort("done")
+            if not isinstance(info, m.SpaceInfo):
+                raise ProtocolError(f"expected SpaceInfo, got {type(info).__name__}")
+            label = name or ids.space_text(space_id)[:16]
+            replica = await trio.to_thread.run_sync(adopt_space, unlocked, label, bytes(info.header),
+                                                    [bytes(r) for r in info.acl])
+            if replica.space_id != space_id:
+                raise IntegrityError("peer sent another space's header")
+            return replica
+        except (NetworkError, RemoteError, IntegrityError, ProtocolError, UsageError) as e:
+            report.errors.append(f"{row.address}: {e}")
+    return None
+
+
+def _missing_blobs(replica: Replica) -> list[bytes]:
+    """Blobs the current tree needs that are not on this device (a manifest first: its chunks show next round)."""
+    want: list[bytes] = []
+    seen: set[bytes] = set()
+    for node in replica.tree.nodes.values():
+        if node.kind != ops.KIND_FILE:
+            continue
+        try:
+            refs = content_mod.blob_refs(node.content, replica.get_blob)
+        except BlobMissing as e:
+            refs = []
+            if e.blob_id not in seen:
+                seen.add(e.blob_id)
+                want.append(e.blob_id)
+        except AnysyncError as e:
+            log.warning("skipping content of a file: %s", e)
+            continue
+        for ref in refs:
+            if ref.blob not in seen and not replica.blobs.has(ref.blob):
+                seen.add(ref.blob)
+                want.append(ref.blob)
+    return want
+
+
+async def _fetch_content(sync: SpaceSync, progress: Progress | None, timeout: float, report: FullReport) -> int:
+    """Fetch every blob of the current tree, connecting to the peers again (one connection each)."""
+    fetched = 0
+    async with trio.open_nursery() as nursery:
+        for addr in await sync.addresses():
+            nursery.start_soon(sync.hold_connection, addr)
+        failed: set[bytes] = set()
+        while True:
+            want = [b for b in await sync.run(_missing_blobs, sync.replica) if b not in failed]
+            if not want:
+                break
+            for i, blob_id in enumerate(want):
+                try:
+                    await sync.fetch_blob(blob_id, timeout=timeout)
+                    fetched += 1
+                except NotFound as e:
+                    failed.add(blob_id)
+                    report.errors.append(str(e))
+                if progress:
+                    progress("content", i + 1, len(want))
+        nursery.cancel_scope.cancel()
+    return fetched

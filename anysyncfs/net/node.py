@@ -1,0 +1,257 @@
+"""``anysyncfs node``: a provider that stores and serves the ciphertext of many spaces for their members.
+
+A node holds no space keys. It verifies everything it accepts — change signatures and IDs, the ACL rules, blob
+hashes — through :class:`~anysyncfs.replica.ledger.Ledger`, answers only members of a space, enforces a quota per
+space, and pushes head announcements to every connection subscribed to a space when new changes arrive.
+
+Data directory layout::
+
+    <data>/node.identity   the node's own keys (transport identity only; no space keys), mode 0600
+    <data>/node.db         SQLite store (same schema as a device's store.db; tree tables unused)
+    <data>/blobs/          content-addressed blob files
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from ..core import acl as acl_mod
+from ..core import crypto, ids, keys, space
+from ..core.address import PeerAddress
+from ..core.reconcile import IdSet, Reconciler
+from ..errors import DecodeError, IntegrityError, KeyringCorrupt, NotFound, ProtocolError
+from ..protocol import messages as m
+from ..replica.ledger import Ledger, QuotaExceeded
+from ..store.blobfiles import BlobFiles
+from ..store.db import Store
+from ..store.files import atomic_write, read_bounded
+from .connection import Connection, ServiceError
+from .endpoint import Endpoint, serve_tcp
+from .runner import Runner
+from .tls import make_tls_identity
+
+log = logging.getLogger(__name__)
+
+IDENTITY_FILE = "node.identity"
+IDENTITY_VERSION = 1
+DEFAULT_QUOTA = 10 << 30  # bytes of changes + blobs per space
+
+
+class NodeIdentityFile(m._Msg, frozen=True):
+    """``node.identity``: msgpack array [version, account seed, device seed, device certificate, name]."""
+
+    version: int  # IDENTITY_VERSION
+    account_seed: bytes  # 32-byte Ed25519 seed of the node's own account (signs only its device certificate)
+    device_seed: bytes  # 32-byte Ed25519 seed of the node's device key (its transport identity)
+    device_cert: bytes  # account -> device certificate
+    name: str  # device name in the certificate
+
+
+def load_or_create_identity(data: Path, name: str = "anysyncfs node") -> keys.Identity:
+    path = data / IDENTITY_FILE
+    if path.exists():
+        raw = read_bounded(path, 4096)
+        try:
+            f = m.decode(raw, NodeIdentityFile)
+            if f.version != IDENTITY_VERSION:
+                raise DecodeError(f"version {f.version}")
+            return keys.Identity(crypto.SigningKey(f.account_seed), crypto.SigningKey(f.device_seed), f.device_cert,
+                                 f.name)
+        except (ProtocolError, DecodeError, ValueError) as e:
+            raise KeyringCorrupt(f"node identity {path} is damaged: {e}") from None
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    account = crypto.SigningKey.generate()
+    device = crypto.SigningKey.generate()
+    cert = keys.issue_device_cert(account, device.public, name, time.time_ns() // 1000)
+    atomic_write(path, m.encode(NodeIdentityFile(IDENTITY_VERSION, account.seed, device.seed, cert, name)), mode=0o600)
+    return keys.Identity(account, device, cert, name)
+
+
+@dataclass
+class _Sets:
+    """A cached IdSet of one space's change, ACL or blob IDs (rebuilt when the space's generation moves)."""
+
+    generation: int
+    ids: IdSet
+
+
+class Node:
+    def __init__(self, data: Path, *, quota_bytes: int = DEFAULT_QUOTA) -> None:
+        self.data = Path(data).absolute()
+        self.identity = load_or_create_identity(self.data)
+        self.store = Store(str(self.data / "node.db"))
+        self.blobs = BlobFiles(self.data / "blobs")
+        self.quota = quota_bytes
+        self.run = Runner()
+        self.endpoint = Endpoint(self.identity, make_tls_identity(self.identity.device))
+        self._ledgers: dict[bytes, Ledger] = {}
+        self._generation: dict[bytes, int] = {}
+        self._sets: dict[tuple[bytes, int], _Sets] = {}
+        self._subscribers: dict[bytes, set[Connection]] = {}
+        self.connections: set[Connection] = set()
+
+    def address(self, host: str, port: int) -> PeerAddress:
+        return PeerAddress(self.identity.device_id, host, port)
+
+    async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
+                    = trio.TASK_STATUS_IGNORED) -> None:
+        await serve_tcp(self.endpoint, host, port, self._connection, handler=self.handle, task_status=task_status)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ------------------------------------------------------------------------------------------ connections
+    async def _connection(self, conn: Connection) -> None:
+        assert conn.peer is not None
+        self.connections.add(conn)
+        log.info("%s: connected (account %s)", conn.label, ids.account_text(conn.peer.peer_account)[:16])
+        try:
+            await conn.serve()
+        except (ProtocolError, IntegrityError) as e:
+            log.warning("%s: closed: %s", conn.label, e)
+        except Exception as e:  # noqa: BLE001 - one connection never takes the node down
+            log.info("%s: closed: %s", conn.label, e)
+        finally:
+            self.connections.discard(conn)
+            for subs in self._subscribers.values():
+                subs.discard(conn)
+
+    # ------------------------------------------------------------------------------------------ spaces
+    def _ledger(self, space_id: bytes) -> Ledger:
+        """(blocking) The ledger of a space this node holds; NotFound otherwise."""
+        ledger = self._ledgers.get(space_id)
+        if ledger is None:
+            if not any(r.id == space_id for r in self.store.spaces()):
+                raise NotFound("this node does not hold that space")
+            ledger = self._ledgers[space_id] = Ledger(self.store, self.blobs, space_id, quota_bytes=self.quota)
+        return ledger
+
+    async def _member(self, conn: Connection, space_id: bytes, minimum: acl_mod.Role = acl_mod.Role.READER) -> Ledger:
+        assert conn.peer is not None
+        try:
+            ledger = await self.run(self._ledger, space_id)
+        except NotFound:
+            raise ServiceError(m.ErrorCode.NOT_FOUND, f"this node does not hold {ids.space_text(space_id)}") from None
+        role = ledger.role_of(conn.peer.peer_account)
+        if role is None or role < minimum:
+            raise ServiceError(m.ErrorCode.FORBIDDEN, "your account may not do that in this space")
+        return ledger
+
+    def _bump(self, space_id: bytes) -> None:
+        self._generation[space_id] = self._generation.get(space_id, 0) + 1
+
+    def _id_set(self, ledger: Ledger, kind: int) -> IdSet:
+        """(blocking) The IDs of one set of a space, cached until the space changes."""
+        key = (ledger.space_id, kind)
+        gen = self._generation.get(ledger.space_id, 0)
+        hit = self._sets.get(key)
+        if hit is not None and hit.generation == gen:
+            return hit.ids
+        if kind == m.SetKind.CHANGES:
+            source = ledger.change_ids()
+        elif kind == m.SetKind.ACL:
+            source = [rid for rid, _raw in ledger.acl_raws()]
+        else:
+            source = ledger.blob_ids()
+        built = IdSet(source)
+        self._sets[key] = _Sets(gen, built)
+        return built
+
+    async def _announce(self, space_id: bytes, ledger: Ledger, origin: Connection) -> None:
+        heads = list(ledger.heads)[: 256]
+        for conn in list(self._subscribers.get(space_id, ())):
+            if conn is origin or conn.closed.is_set():
+                continue
+            try:
+                await conn.notify(m.Heads(space_id, heads))
+            except Exception as e:  # noqa: BLE001 - a dead subscriber must not stop the others
+                log.info("%s: announce failed: %s", conn.label, e)
+
+    # ------------------------------------------------------------------------------------------ requests
+    async def handle(self, conn: Connection, body: object) -> object:
+        assert conn.peer is not None
+        if isinstance(body, m.PushSpace):
+            return await self._push_space(conn, body)
+        if isinstance(body, m.OpenSpace):
+            ledger = await self._member(conn, body.space)
+            self._subscribers.setdefault(body.space, set()).add(conn)
+            acl = await self.run(ledger.acl_raws)
+            return m.SpaceInfo(ledger.header_raw, [raw for _rid, raw in acl], list(ledger.heads)[: m.MAX_IDS])
+        if isinstance(body, m.Reconcile):
+            ledger = await self._member(conn, body.space)
+            id_set = await self.run(self._id_set, ledger, body.set)
+            reply = Reconciler(id_set, initiator=False).reconcile(body.message)
+            return m.ReconcileReply(reply or b"")
+        if isinstance(body, m.GetChanges):
+            ledger = await self._member(conn, body.space)
+            return m.Changes(await self.run(ledger.get_changes, body.ids, m.MAX_BATCH_BYTES))
+        if isinstance(body, m.PutChanges):
+            ledger = await self._member(conn, body.space)
+            try:
+                results = await self.run(ledger.ingest_batch, body.changes)
+            except QuotaExceeded as e:
+                raise ServiceError(m.ErrorCode.QUOTA, str(e)) from None
+            accepted = sum(r.status == "applied" for r in results)
+            known = sum(r.status == "known" for r in results)
+            missing = sorted({p for r in results for p in r.missing})[: m.MAX_IDS]
+            if any(r.status == "rejected" for r in results):
+                raise ServiceError(m.ErrorCode.INVALID, next(r.reason for r in results if r.status == "rejected"))
+            if accepted:
+                self._bump(body.space)
+                await self._announce(body.space, ledger, conn)
+            return m.Accepted(accepted, known, missing)
+        if isinstance(body, m.PutAcl):
+            ledger = await self._member_or_joining(conn, body.space)
+            added = await self.run(ledger.add_acl_records, body.records)
+            if added:
+                self._bump(body.space)
+            return m.Accepted(added, len(body.records) - added, [])
+        if isinstance(body, m.GetBlob):
+            ledger = await self._member(conn, body.space)
+            if not await self.run(ledger.has_blob, body.blob):
+                raise ServiceError(m.ErrorCode.NOT_FOUND, "blob not held here")
+            return m.Blob(await self.run(ledger.get_blob, body.blob))
+        if isinstance(body, m.PutBlob):
+            ledger = await self._member(conn, body.space, acl_mod.Role.WRITER)
+            try:
+                if await self.run(ledger.put_blob, body.blob, body.data):
+                    self._bump(body.space)
+            except QuotaExceeded as e:
+                raise ServiceError(m.ErrorCode.QUOTA, str(e)) from None
+            return m.Ok()
+        if isinstance(body, m.HasBlobs):
+            ledger = await self._member(conn, body.space)
+            flags = await self.run(lambda: [ledger.has_blob(b) for b in body.ids])
+            return m.Bits(m.bits_of(flags))
+        raise ServiceError(m.ErrorCode.BAD_REQUEST, f"unsupported request {type(body).__name__}")
+
+    async def _member_or_joining(self, conn: Connection, space_id: bytes) -> Ledger:
+        """ACL records are verified by the ACL rules themselves (a join is signed by the invite key), so anyone
+        authenticated may offer them for a space the node holds."""
+        try:
+            return await self.run(self._ledger, space_id)
+        except NotFound:
+            raise ServiceError(m.ErrorCode.NOT_FOUND, f"this node does not hold {ids.space_text(space_id)}") from None
+
+    async def _push_space(self, conn: Connection, body: m.PushSpace) -> object:
+        assert conn.peer is not None
+        header = space.parse_space_header(body.header)  # IntegrityError -> the connection closes
+        records = [acl_mod.parse_record(raw) for raw in body.acl]
+        view = acl_mod.fold(header.id, records)
+        if view.current.members.get(conn.peer.peer_account) is None:
+            raise ServiceError(m.ErrorCode.FORBIDDEN, "only a member may store a space here")
+
+        def adopt() -> Ledger:
+            ledger = Ledger.adopt(self.store, self.blobs, body.header, body.acl, quota_bytes=self.quota)
+            self._ledgers[header.id] = ledger
+            return ledger
+
+        await self.run(adopt)
+        self._bump(header.id)
+        log.info("%s: now holding space %s", conn.label, ids.space_text(header.id))
+        return m.Ok()

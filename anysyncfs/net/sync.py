@@ -1,0 +1,446 @@
+"""The sync engine of one space on a device: keeps connections to the space's peers and providers, reconciles,
+pushes new changes at once, uploads own blobs, and fetches blobs on demand for reads.
+
+Every replica call is blocking (SQLite, signatures, decryption) and goes through a :class:`Runner` — in a mount,
+the FUSE adapter's lock, so sync and file-system calls never overlap. The engine runs in the mount's trio loop
+(:meth:`SpaceSync.run`) or once for ``anysyncfs sync`` (:meth:`SpaceSync.sync_once`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from ..core import ids
+from ..core.address import PeerAddress, parse_address
+from ..core.reconcile import IdSet, Reconciler
+from ..errors import AnysyncError, IntegrityError, NetworkError, NotFound, ProtocolError, UsageError
+from ..protocol import messages as m
+from ..replica import Replica
+from .connection import Connection, RemoteError
+from .endpoint import Endpoint
+from .runner import Runner
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 64  # reconciliation messages per set; a correct peer needs ~log16(n) + 2
+POLL_S = 0.05  # how often the engine looks for local commits (a read of one attribute)
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+HOSTILE_BACKOFF_S = 60.0  # after a peer sent invalid data
+UPLOAD_BATCH = 64
+
+Changed = Callable[[], Awaitable[None]]
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass
+class PeerStatus:
+    address: str
+    connected: bool = False
+    last_sync_us: int | None = None
+    last_error: str = ""
+    to_fetch: int = 0  # changes the peer has that we lacked at the last reconciliation
+    to_send: int = 0  # changes we had that the peer lacked
+    rounds: int = 0  # reconciliation round trips of the last run
+    next_attempt: float = 0.0
+
+
+@dataclass
+class SyncReport:
+    peers: int = 0
+    reached: int = 0
+    fetched: int = 0
+    sent: int = 0
+    blobs_uploaded: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class SpaceSync:
+    def __init__(
+        self,
+        replica: Replica,
+        endpoint: Endpoint,
+        run: Runner,
+        *,
+        on_changed: Changed | None = None,
+        interval: float = 30.0,
+        fetch_timeout: float = 30.0,
+    ) -> None:
+        self.replica = replica
+        self.space_id = replica.space_id
+        self.endpoint = endpoint
+        self.run = run
+        self.on_changed = on_changed
+        self.interval = interval
+        self.fetch_timeout = fetch_timeout
+        self.peers: dict[str, PeerStatus] = {}
+        self._conns: dict[str, Connection] = {}
+        self._wake: dict[str, trio.Event] = {}
+        self._conn_changed = trio.Event()  # set (and replaced) whenever a peer connection is established
+        self._fetching: dict[bytes, trio.Event] = {}
+        self._known_heads = replica.heads
+        self.pending_uploads = 0
+
+    # ------------------------------------------------------------------------------------------ addresses
+    async def addresses(self) -> list[PeerAddress]:
+        rows = await self.run(self.replica.store.peers, self.space_id)
+        out = []
+        for r in rows:
+            try:
+                out.append(parse_address(r.address))
+            except UsageError as e:
+                log.warning("ignoring peer %r: %s", r.address, e)
+        return out
+
+    # ------------------------------------------------------------------------------------------ long-running
+    async def run_forever(self) -> None:
+        """Keep every known peer connected and in sync until cancelled (new peers are picked up on the go)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_local_commits)
+            running: set[str] = set()
+            while True:
+                for addr in await self.addresses():
+                    key = str(addr)
+                    if key not in running:
+                        running.add(key)
+                        nursery.start_soon(self._peer_loop, addr)
+                await trio.sleep(min(self.interval, 5.0))
+
+    async def _watch_local_commits(self) -> None:
+        """Live push: when our heads move (a local commit, or changes fetched from another peer), wake every
+        peer task so the peer hears of them at once."""
+        while True:
+            await trio.sleep(POLL_S)
+            heads = self.replica.heads  # a tuple replaced atomically by the replica: safe to read unlocked
+            if heads != self._known_heads:
+                self._known_heads = heads
+                for ev in self._wake.values():
+                    ev.set()
+
+    async def _peer_loop(self, addr: PeerAddress) -> None:
+        key = str(addr)
+        st = self.peers.setdefault(key, PeerStatus(key))
+        backoff = BACKOFF_MIN_S
+        while True:
+            try:
+                conn = await self.endpoint.dial(addr, on_notify=self._on_notify)
+            except (NetworkError, IntegrityError, ProtocolError) as e:
+                st.last_error = str(e)
+                await self._note(key, ok=False, error=str(e))
+                wait = backoff * (0.5 + random.random())
+                st.next_attempt = time.time() + wait
+                log.info("%s: %s (retry in %.1f s)", key, e, wait)
+                await trio.sleep(wait)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            backoff = BACKOFF_MIN_S
+            hostile = False
+            try:
+                hostile = await self._connected_session(key, conn, st)
+            finally:
+                st.connected = False
+                self._conns.pop(key, None)
+                self._wake.pop(key, None)
+                await conn.abort("done")
+            await trio.sleep(HOSTILE_BACKOFF_S if hostile else BACKOFF_MIN_S)
+
+    async def _connected_session(self, key: str, conn: Connection, st: PeerStatus) -> bool:
+        """Serve one connection: sync, then keep it in sync until it breaks. True if the peer misbehaved."""
+        wake = self._wake[key] = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._serve_then_cancel, conn, nursery.cancel_scope)
+                self._conns[key] = conn  # blob fetches may use it while the first sync runs
+                st.connected = True
+                self._conn_changed.set()
+                self._conn_changed = trio.Event()
+                await self.sync_with(conn, st)
+                while True:
+                    with trio.move_on_after(self.interval):
+                        await wake.wait()
+                    wake = self._wake[key] = trio.Event()
+                    await self.sync_with(conn, st)
+        except (IntegrityError, ProtocolError) as e:
+            log.warning("%s sent invalid data, disconnecting: %s", key, e)
+            st.last_error = f"invalid data: {e}"
+            await self._note(key, ok=False, error=st.last_error)
+            return True
+        except (NetworkError, RemoteError) as e:
+            log.info("%s: %s", key, e)
+            st.last_error = str(e)
+            await self._note(key, ok=False, error=str(e))
+        return False
+
+    async def _serve_then_cancel(self, conn: Connection, scope: trio.CancelScope) -> None:
+        try:
+            await conn.serve()
+        except (NetworkError, ProtocolError, IntegrityError) as e:
+            log.info("%s: %s", conn.label, e)
+        scope.cancel()
+
+    async def _on_notify(self, conn: Connection, body: object) -> None:
+        if isinstance(body, m.Heads) and body.space == self.space_id:
+            dag = self.replica.dag
+            if any(not dag.contains(h) for h in body.heads):
+                ev = self._wake.get(conn.label)
+                if ev is not None:
+                    ev.set()
+
+    async def _note(self, key: str, *, ok: bool, error: str | None = None) -> None:
+        try:
+            await self.run(self.replica.store.note_peer_sync, self.space_id, key, ok, error)
+        except AnysyncError as e:
+            log.warning("cannot record the sync state of %s: %s", key, e)
+
+    # ------------------------------------------------------------------------------------------ one sync
+    async def sync_with(self, conn: Connection, st: PeerStatus | None = None, progress: Progress | None = None
+                        ) -> tuple[int, int, int]:
+        """Bring ``conn``'s peer and us to the same changes; returns (fetched, sent, blobs uploaded)."""
+        info = await self._open(conn)
+        new_records = [raw for raw in info.acl]
+        if new_records:
+            added = await self.run(self.replica.add_acl_records, new_records)
+            if added:
+                log.info("%s: %d new ACL records", conn.label, added)
+        ours = await self.run(self.replica.acl_raws)
+        theirs = {bytes(r) for r in info.acl}
+        missing_there = [raw for _rid, raw in ours if raw not in theirs]
+        if missing_there:
+            await conn.request(m.PutAcl(self.space_id, missing_there[: m.MAX_BATCH]))
+        uploaded = await self.upload_blobs(conn, progress)
+        fetched, sent, rounds = await self._sync_changes(conn, progress)
+        if st is not None:
+            st.last_sync_us = time.time_ns() // 1000
+            st.last_error = ""
+            st.rounds = rounds
+        await self._note(conn.label, ok=True)
+        return fetched, sent, uploaded
+
+    async def _open(self, conn: Connection) -> m.SpaceInfo:
+        try:
+            info = await conn.request(m.OpenSpace(self.space_id))
+        except RemoteError as e:
+            if e.code != m.ErrorCode.NOT_FOUND:
+                raise
+            acl = await self.run(self.replica.acl_raws)
+            await conn.request(m.PushSpace(self.replica.header_raw, [raw for _rid, raw in acl]))
+            info = await conn.request(m.OpenSpace(self.space_id))
+        if not isinstance(info, m.SpaceInfo):
+            raise ProtocolError(f"expected SpaceInfo, got {type(info).__name__}")
+        return info
+
+    async def reconcile(self, conn: Connection, kind: m.SetKind, id_set: IdSet) -> tuple[set[bytes], set[bytes], int]:
+        """Run range-based set reconciliation as the initiator: (we have, we need, round trips)."""
+        rec = Reconciler(id_set, initiator=True)
+        message: bytes | None = rec.initiate()
+        rounds = 0
+        while message is not None:
+            rounds += 1
+            if rounds > MAX_ROUNDS:
+                raise ProtocolError(f"set reconciliation did not finish in {MAX_ROUNDS} rounds")
+            reply = await conn.request(m.Reconcile(self.space_id, int(kind), message))
+            if not isinstance(reply, m.ReconcileReply):
+                raise ProtocolError(f"expected ReconcileReply, got {type(reply).__name__}")
+            if not reply.message:
+                break
+            message = rec.reconcile(reply.message)
+        return rec.have, rec.need, rounds
+
+    async def _sync_changes(self, conn: Connection, progress: Progress | None) -> tuple[int, int, int]:
+        ours, rejected = await self.run(lambda: (IdSet(self.replica.change_ids()), self.replica.rejected_ids()))
+        have, need, rounds = await self.reconcile(conn, m.SetKind.CHANGES, ours)
+        need -= rejected
+        st = self.peers.get(conn.label)
+        if st is not None:
+            st.to_fetch, st.to_send = len(need), len(have)
+        fetched = await self._fetch_changes(conn, sorted(need), progress)
+        if st is not None:
+            st.to_fetch = 0
+        sent = await self._send_changes(conn, have, progress)
+        if st is not None:
+            st.to_send = 0
+        return fetched, sent, rounds
+
+    async def _fetch_changes(self, conn: Connection, need: list[bytes], progress: Progress | None) -> int:
+        if not need:
+            return 0
+        raws: list[bytes] = []
+        todo = need
+        while todo:
+            reply = await conn.request(m.GetChanges(self.space_id, todo[: m.MAX_IDS]))
+            if not isinstance(reply, m.Changes):
+                raise ProtocolError(f"expected Changes, got {type(reply).__name__}")
+            if not reply.changes:
+                raise ProtocolError("peer returned no changes for IDs it announced")
+            got = [bytes(c) for c in reply.changes]
+            # The peer answers in the order asked; verification (ID = BLAKE3 of the bytes) happens in ingest.
+            raws.extend(got)
+            todo = todo[len(got):]
+            if progress:
+                progress("changes", len(raws), len(need))
+        results = await self.run(self.replica.ingest_batch, raws)
+        applied = sum(r.status == "applied" for r in results)
+        rejected = [r for r in results if r.status == "rejected"]
+        if rejected:
+            log.warning("%s: %d changes rejected (%s)", conn.label, len(rejected), rejected[0].reason)
+        if applied and self.on_changed is not None:
+            await self.on_changed()
+        self._known_heads = self.replica.heads
+        return applied
+
+    async def _send_changes(self, conn: Connection, have: set[bytes], progress: Progress | None) -> int:
+        if not have:
+            return 0
+        dag = self.replica.dag
+        order = sorted(have, key=lambda c: (dag.lamport(c) or 0, c))  # parents first
+        sent = 0
+        while order:
+            batch = await self.run(self.replica.get_changes, order[: m.MAX_BATCH], m.MAX_BATCH_BYTES)
+            if not batch:
+                break
+            reply = await conn.request(m.PutChanges(self.space_id, batch))
+            if not isinstance(reply, m.Accepted):
+                raise ProtocolError(f"expected Accepted, got {type(reply).__name__}")
+            order = order[len(batch):]
+            sent += len(batch)
+            if progress:
+                progress("send", sent, len(have))
+        return sent
+
+    # ------------------------------------------------------------------------------------------ blobs
+    async def upload_blobs(self, conn: Connection, progress: Progress | None = None) -> int:
+        """Send our blobs the provider has not confirmed yet (before the changes that reference them)."""
+        store = self.replica.store
+        total = 0
+        while True:
+            pending = await self.run(store.pending_uploads, self.space_id, UPLOAD_BATCH)
+            if not pending:
+                break
+            done: list[bytes] = []
+            for blob_id in pending:
+                try:
+                    data = await self.run(self.replica.get_blob, blob_id)
+                except NotFound:
+                    done.append(blob_id)  # gone (fsck, eviction): nothing we can upload
+                    continue
+                await conn.request(m.PutBlob(self.space_id, blob_id, data))
+                done.append(blob_id)
+            await self.run(store.mark_uploaded, self.space_id, done)
+            total += len(done)
+            if progress:
+                progress("upload", total, total + await self.run(store.count_pending_uploads, self.space_id))
+        self.pending_uploads = await self.run(store.count_pending_uploads, self.space_id)
+        return total
+
+    async def fetch_blob(self, blob_id: bytes, timeout: float | None = None) -> None:
+        """Get a blob this device lacks from any connected peer (the next on failure), verify and store it.
+
+        Concurrent calls for one blob share one fetch. Raises NotFound when no peer has it or none is reachable
+        within the timeout."""
+        ev = self._fetching.get(blob_id)
+        if ev is not None:
+            with trio.move_on_after(timeout if timeout is not None else self.fetch_timeout):
+                await ev.wait()
+            if not self.replica.blobs.has(blob_id):
+                raise NotFound(f"blob {ids.to_text(ids.PREFIX_BLOB, blob_id)[:20]}… could not be fetched")
+            return
+        ev = self._fetching[blob_id] = trio.Event()
+        try:
+            await self._fetch_blob(blob_id, timeout if timeout is not None else self.fetch_timeout)
+        finally:
+            ev.set()
+            del self._fetching[blob_id]
+
+    async def _fetch_blob(self, blob_id: bytes, timeout: float) -> None:
+        label = ids.to_text(ids.PREFIX_BLOB, blob_id)[:20] + "…"
+        deadline = trio.current_time() + timeout
+        tried: set[str] = set()
+        errors: list[str] = []
+        while True:
+            candidates = [(k, c) for k, c in self._conns.items() if k not in tried and not c.closed.is_set()]
+            for key, conn in candidates:
+                tried.add(key)
+                try:
+                    with trio.fail_at(deadline):
+                        reply = await conn.request(m.GetBlob(self.space_id, blob_id))
+                    if not isinstance(reply, m.Blob):
+                        raise ProtocolError(f"expected Blob, got {type(reply).__name__}")
+                    await self.run(self.replica.put_fetched_blob, blob_id, bytes(reply.data))
+                    return
+                except (IntegrityError, ProtocolError) as e:
+                    log.warning("%s sent a bad blob %s: %s; disconnecting", key, label, e)
+                    errors.append(f"{key}: {e}")
+                    await conn.abort("sent a blob that does not match its ID")
+                except (RemoteError, NetworkError, trio.TooSlowError) as e:
+                    errors.append(f"{key}: {e or 'timed out'}")
+            if trio.current_time() >= deadline:
+                break
+            # Nobody had it (yet: the writer may still be uploading) or nobody is connected: wait for a new
+            # connection or a second, then ask everyone again.
+            with trio.move_on_at(min(deadline, trio.current_time() + 1.0)):
+                await self._conn_changed.wait()
+            tried.clear()
+        raise NotFound(f"blob {label} could not be fetched ({'; '.join(errors[-2:]) or 'no peer reachable'})")
+
+    async def hold_connection(self, addr: PeerAddress) -> None:
+        """Keep one connection open for blob fetches (no sync), until cancelled or it breaks."""
+        key = str(addr)
+        try:
+            conn = await self.endpoint.dial(addr)
+        except (NetworkError, IntegrityError, ProtocolError) as e:
+            log.info("%s: %s", key, e)
+            return
+        try:
+            self._conns[key] = conn
+            self._conn_changed.set()
+            self._conn_changed = trio.Event()
+            await conn.serve()
+        except (NetworkError, IntegrityError, ProtocolError) as e:
+            log.info("%s: %s", key, e)
+        finally:
+            self._conns.pop(key, None)
+            await conn.abort("done")
+
+    # ------------------------------------------------------------------------------------------ one-shot
+    async def sync_once(self, progress: Progress | None = None, *, per_peer_timeout: float = 600.0) -> SyncReport:
+        """One full reconciliation with every known peer, then return (``anysyncfs sync``)."""
+        report = SyncReport()
+        addresses = await self.addresses()
+        report.peers = len(addresses)
+        for addr in addresses:
+            key = str(addr)
+            st = self.peers.setdefault(key, PeerStatus(key))
+            try:
+                with trio.fail_after(per_peer_timeout):
+                    conn = await self.endpoint.dial(addr, on_notify=None)
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(self._serve_then_cancel, conn, nursery.cancel_scope)
+                            fetched, sent, uploaded = await self.sync_with(conn, st, progress)
+                            nursery.cancel_scope.cancel()
+                    finally:
+                        await conn.abort("sync done")
+                report.reached += 1
+                report.fetched += fetched
+                report.sent += sent
+                report.blobs_uploaded += uploaded
+            except (NetworkError, RemoteError, IntegrityError, ProtocolError, trio.TooSlowError) as e:
+                msg = str(e) or "timed out"
+                report.errors.append(f"{key}: {msg}")
+                await self._note(key, ok=False, error=msg)
+        return report
+
+    def status(self) -> dict[str, object]:
+        return {
+            "space": ids.space_text(self.space_id),
+            "pending_uploads": self.pending_uploads,
+            "peers": [vars(p) | {"next_attempt": p.next_attempt if math.isfinite(p.next_attempt) else 0}
+                      for p in self.peers.values()],
+        }

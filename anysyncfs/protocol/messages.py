@@ -1,0 +1,242 @@
+"""Wire messages (docs/protocol.md, 70.4): msgpack arrays decoded strictly with msgspec, every field bounded.
+
+A frame's type says which envelope its body is (:class:`Hello`, :class:`Auth`, :class:`Request`, ...). Requests,
+responses and notifications carry a tagged body: a msgpack array whose first element is the integer tag below,
+then the fields in order. Unknown tags, missing or extra fields, wrong types and values over a bound are all
+:class:`~anysyncfs.errors.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, TypeVar, Union
+
+import msgspec
+
+from ..core.blob import MAX_BLOB_LEN
+from ..core.change import MAX_CHANGE_SIZE
+from ..errors import ProtocolError
+
+PROTOCOL_VERSION = 1  # the only version so far; Hello carries a [min, max] range for later ones
+NONCE_LEN = 32
+MAX_IDS = 4096  # IDs in one request or response list
+MAX_BATCH = 256  # changes or ACL records in one message
+MAX_BATCH_BYTES = 8 << 20  # total bytes of changes in one response (the responder stops before it)
+MAX_RECONCILE_LEN = 1 << 20  # one set-reconciliation message
+MAX_TEXT = 256  # error messages, close reasons, agent strings
+MAX_CERT_LEN = 4096  # TLS certificate DER
+MAX_DEVICE_CERT_LEN = 512  # account-signed device certificate
+MAX_ACL_RECORD_LEN = 64 * 1024
+MAX_HEADER_LEN = 4096
+
+U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
+U16 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]
+Id32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+Ids = Annotated[list[Id32], msgspec.Meta(max_length=MAX_IDS)]
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+Signature = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+ChangeBytes = Annotated[bytes, msgspec.Meta(max_length=MAX_CHANGE_SIZE)]
+RecordBytes = Annotated[bytes, msgspec.Meta(max_length=MAX_ACL_RECORD_LEN)]
+BlobBytes = Annotated[bytes, msgspec.Meta(max_length=MAX_BLOB_LEN)]
+
+
+class _Msg(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=True):
+    """Positional msgpack array; unknown or missing fields rejected."""
+
+
+class _Tagged(_Msg, frozen=True, tag_field="t"):
+    """A request, response or notification body: [tag, fields...]."""
+
+
+class ErrorCode(enum.IntEnum):
+    BAD_REQUEST = 1  # malformed or not allowed in this state
+    NOT_FOUND = 2  # unknown space, change or blob
+    FORBIDDEN = 3  # the peer's account may not do this in this space
+    INVALID = 4  # the data failed verification or the ACL rules (the sender is misbehaving)
+    QUOTA = 5  # the space is over the provider's quota
+    INTERNAL = 6  # the responder failed; try another peer
+    UNAVAILABLE = 7  # the responder is shutting down or busy
+
+
+class SetKind(enum.IntEnum):
+    ACL = 1  # ACL record IDs of a space
+    CHANGES = 2  # accepted change IDs of a space
+    BLOBS = 3  # blob IDs a provider holds for a space
+
+
+# ---------------------------------------------------------------------------------------------- handshake
+class Hello(_Msg, frozen=True):
+    version_min: U16  # lowest protocol version the sender speaks
+    version_max: U16  # highest protocol version the sender speaks
+    nonce: Annotated[bytes, msgspec.Meta(min_length=NONCE_LEN, max_length=NONCE_LEN)]  # fresh random bytes
+    cert: Annotated[bytes, msgspec.Meta(max_length=MAX_CERT_LEN)]  # the sender's TLS certificate (DER)
+    device_cert: Annotated[bytes, msgspec.Meta(max_length=MAX_DEVICE_CERT_LEN)]  # account -> device certificate
+    agent: Text  # software name and version, informational
+
+
+class Auth(_Msg, frozen=True):
+    version: U16  # the protocol version the sender computed (both sides must agree)
+    signature: Signature  # device-key signature of the transcript (session.transcript)
+
+
+class Close(_Msg, frozen=True):
+    reason: Text
+
+
+# ---------------------------------------------------------------------------------------------- requests
+class OpenSpace(_Tagged, frozen=True, tag=1):
+    """Ask for a space's signed header and ACL and subscribe to its head announcements."""
+
+    space: Id32
+
+
+class Reconcile(_Tagged, frozen=True, tag=2):
+    """One set-reconciliation message (docs/protocol.md 70.3) from the initiator."""
+
+    space: Id32
+    set: Annotated[int, msgspec.Meta(ge=1, le=3)]  # SetKind
+    message: Annotated[bytes, msgspec.Meta(max_length=MAX_RECONCILE_LEN)]
+
+
+class GetChanges(_Tagged, frozen=True, tag=3):
+    space: Id32
+    ids: Ids
+
+
+class PutChanges(_Tagged, frozen=True, tag=4):
+    space: Id32
+    changes: Annotated[list[ChangeBytes], msgspec.Meta(max_length=MAX_BATCH)]
+
+
+class PutAcl(_Tagged, frozen=True, tag=5):
+    space: Id32
+    records: Annotated[list[RecordBytes], msgspec.Meta(max_length=MAX_BATCH)]
+
+
+class GetBlob(_Tagged, frozen=True, tag=6):
+    space: Id32
+    blob: Id32
+
+
+class PutBlob(_Tagged, frozen=True, tag=7):
+    space: Id32
+    blob: Id32
+    data: BlobBytes
+
+
+class HasBlobs(_Tagged, frozen=True, tag=8):
+    space: Id32
+    ids: Ids
+
+
+class PushSpace(_Tagged, frozen=True, tag=9):
+    """Offer a space the responder does not hold yet: its signed header and ACL (the responder verifies both and
+    accepts only if the sender's account is a member)."""
+
+    header: Annotated[bytes, msgspec.Meta(max_length=MAX_HEADER_LEN)]
+    acl: Annotated[list[RecordBytes], msgspec.Meta(max_length=4 * MAX_BATCH)]
+
+
+RequestBody = Union[OpenSpace, Reconcile, GetChanges, PutChanges, PutAcl, GetBlob, PutBlob, HasBlobs, PushSpace]
+
+
+# ---------------------------------------------------------------------------------------------- responses
+class SpaceInfo(_Tagged, frozen=True, tag=101):
+    header: Annotated[bytes, msgspec.Meta(max_length=MAX_HEADER_LEN)]  # the signed space header
+    acl: Annotated[list[RecordBytes], msgspec.Meta(max_length=4 * MAX_BATCH)]  # every ACL record, any order
+    heads: Ids  # the responder's current heads
+
+
+class ReconcileReply(_Tagged, frozen=True, tag=102):
+    message: Annotated[bytes, msgspec.Meta(max_length=MAX_RECONCILE_LEN)]  # empty: reconciliation is done
+
+
+class Changes(_Tagged, frozen=True, tag=103):
+    changes: Annotated[list[ChangeBytes], msgspec.Meta(max_length=MAX_IDS)]  # in the order asked; may stop early
+
+
+class Accepted(_Tagged, frozen=True, tag=104):
+    accepted: U32  # newly stored and valid
+    known: U32  # already held
+    missing: Ids  # parents the responder lacks (send them first)
+
+
+class Blob(_Tagged, frozen=True, tag=105):
+    data: BlobBytes
+
+
+class Ok(_Tagged, frozen=True, tag=106):
+    pass
+
+
+class Bits(_Tagged, frozen=True, tag=107):
+    bits: Annotated[bytes, msgspec.Meta(max_length=MAX_IDS // 8)]  # bit i (LSB first) set: the i-th ID is held
+
+
+ResponseBody = Union[SpaceInfo, ReconcileReply, Changes, Accepted, Blob, Ok, Bits]
+
+
+# ---------------------------------------------------------------------------------------------- notifications
+class Heads(_Tagged, frozen=True, tag=201):
+    """Live push: the sender's heads of a space changed (the receiver reconciles if it lacks any)."""
+
+    space: Id32
+    heads: Annotated[list[Id32], msgspec.Meta(max_length=256)]
+
+
+NotifyBody = Union[Heads]
+
+
+# ---------------------------------------------------------------------------------------------- envelopes
+class Request(_Msg, frozen=True):
+    id: U32
+    body: RequestBody
+
+
+class Response(_Msg, frozen=True):
+    id: U32
+    body: ResponseBody
+
+
+class ErrorReply(_Msg, frozen=True):
+    id: U32
+    code: Annotated[int, msgspec.Meta(ge=1, le=255)]
+    message: Text
+
+
+class Notify(_Msg, frozen=True):
+    body: NotifyBody
+
+
+T = TypeVar("T")
+_encoder = msgspec.msgpack.Encoder()
+_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def encode(msg: _Msg) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(data: bytes, type_: type[T]) -> T:
+    """Strict decoding; every failure is a :class:`ProtocolError` naming the message type."""
+    dec = _decoders.get(type_)
+    if dec is None:
+        dec = _decoders[type_] = msgspec.msgpack.Decoder(type_)
+    try:
+        return dec.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError) as e:
+        raise ProtocolError(f"malformed {type_.__name__}: {e}") from None
+
+
+def bits_of(flags: list[bool]) -> bytes:
+    out = bytearray((len(flags) + 7) // 8)
+    for i, f in enumerate(flags):
+        if f:
+            out[i // 8] |= 1 << (i % 8)
+    return bytes(out)
+
+
+def flags_of(bits: bytes, count: int) -> list[bool]:
+    if len(bits) != (count + 7) // 8:
+        raise ProtocolError(f"bitmap of {len(bits)} bytes for {count} IDs")
+    return [bool(bits[i // 8] >> (i % 8) & 1) for i in range(count)]
