@@ -9,7 +9,9 @@ the sender's own items, so the work grows with the number of differences, not wi
 
 Fingerprint of a range = first 16 bytes of BLAKE3(sum of its IDs as 256-bit little-endian integers mod 2^256,
 written as 32 bytes little-endian || count as 8 bytes little-endian). Sums, unlike XOR, cannot be cancelled by
-adding an ID twice, and prefix sums make every range's fingerprint O(1).
+adding an ID twice, and prefix sums make every range's fingerprint O(1). The sum is only as strong as the IDs are
+random: IDs are digests, but IDs sharing a long leading prefix vary only in their high bytes (the integers are
+little-endian) and carries past 2^256 are lost, so such sets collide far more easily.
 
 Message layout (docs/protocol.md section 70.3)::
 
