@@ -203,6 +203,8 @@ class SpaceSync:
     async def sync_with(self, conn: Connection, st: PeerStatus | None = None, progress: Progress | None = None
                         ) -> tuple[int, int, int]:
         """Bring ``conn``'s peer and us to the same changes; returns (fetched, sent, blobs uploaded)."""
+        if await self.run(self.replica.refresh_acl) and self.on_changed is not None:
+            await self.on_changed()  # another process (the CLI) changed the ACL: roles or keys may have moved
         info = await self._open(conn)
         new_records = [raw for raw in info.acl]
         if new_records:
@@ -239,7 +241,7 @@ class SpaceSync:
     async def reconcile(self, conn: Connection, kind: m.SetKind, id_set: IdSet) -> tuple[set[bytes], set[bytes], int]:
         """Run range-based set reconciliation as the initiator: (we have, we need, round trips)."""
         rec = Reconciler(id_set, initiator=True)
-        message: bytes | None = rec.initiate()
+        message: bytes | None = await trio.to_thread.run_sync(rec.initiate)
         rounds = 0
         while message is not None:
             rounds += 1
@@ -250,7 +252,7 @@ class SpaceSync:
                 raise ProtocolError(f"expected ReconcileReply, got {type(reply).__name__}")
             if not reply.message:
                 break
-            message = rec.reconcile(reply.message)
+            message = await trio.to_thread.run_sync(rec.reconcile, reply.message)  # pure CPU: not on the trio thread
         return rec.have, rec.need, rounds
 
     async def _sync_changes(self, conn: Connection, progress: Progress | None) -> tuple[int, int, int]:

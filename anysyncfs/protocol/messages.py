@@ -85,9 +85,14 @@ class Close(_Msg, frozen=True):
 
 # ---------------------------------------------------------------------------------------------- requests
 class OpenSpace(_Tagged, frozen=True, tag=1):
-    """Ask for a space's signed header and ACL and subscribe to its head announcements."""
+    """Ask for a space's signed header and ACL and subscribe to its head announcements.
+
+    A member needs no proof. Someone about to join sends ``invite_proof``: the signature by an outstanding
+    invite's key over :func:`invite_proof_message` — that lets it read the header and ACL (to build its join
+    record), nothing else."""
 
     space: Id32
+    invite_proof: Annotated[bytes, msgspec.Meta(max_length=64)] = b""  # empty, or an Ed25519 signature (64 B)
 
 
 class Reconcile(_Tagged, frozen=True, tag=2):
@@ -206,6 +211,14 @@ class ErrorReply(_Msg, frozen=True):
 
 class Notify(_Msg, frozen=True):
     body: NotifyBody
+
+
+INVITE_PROOF_CONTEXT = b"anysyncfs invite proof v1\x00"
+
+
+def invite_proof_message(space: bytes, account: bytes, device: bytes) -> bytes:
+    """What an invite key signs to let ``account``'s ``device`` read a space's header and ACL before joining."""
+    return INVITE_PROOF_CONTEXT + space + account + device
 
 
 T = TypeVar("T")

@@ -121,7 +121,21 @@ class Replica:
         records = []
         for rid, raw in self.store.acl_records(self.space_id):
             records.append(acl_mod.parse_record(raw, rid))
+        self._acl_stored = len(records)
         return acl_mod.fold(self.space_id, records)
+
+    def refresh_acl(self) -> bool:
+        """Pick up ACL records another process stored meanwhile (``anysyncfs space invite/role/remove`` while
+        the space is mounted); True if the canonical chain moved."""
+        if self.store.count_acl_records(self.space_id) == self._acl_stored:
+            return False
+        before = self.acl.head
+        self.acl = self._fold_acl()
+        self.keys = self._epoch_keys()
+        if self.acl.head == before:
+            return False
+        self.refold(revalidate=True)
+        return True
 
     def _epoch_keys(self) -> dict[int, bytes]:
         keys = self.unlocked.epoch_keys(self.space_id)

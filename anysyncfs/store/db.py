@@ -181,6 +181,10 @@ class Store:
         self._run(insert(S.acl_records).values(id=record_id, space=space_id, raw=raw, received_us=now_us()))
         return True
 
+    def count_acl_records(self, space_id: bytes) -> int:
+        a = S.acl_records.c
+        return int(self._run(select(func.count()).select_from(S.acl_records).where(a.space == space_id)).scalar_one())
+
     def acl_records(self, space_id: bytes) -> list[tuple[bytes, bytes]]:
         """(id, raw) of every stored record of the space, in ID order."""
         q = select(S.acl_records.c.id, S.acl_records.c.raw).where(S.acl_records.c.space == space_id)
