@@ -204,7 +204,7 @@ class Operations(pyfuse3.Operations):
         return await trio.to_thread.run_sync(self._locked, what, fn, args)
 
     def errno_for(self, what: str, exc: Exception) -> int:
-        code = fuse_errno(exc, read_only=self.read_only)
+        code = fuse_errno(exc, read_only=self.read_only or self.vfs.read_only)
         if code is not None:
             if isinstance(exc, IntegrityError) and not isinstance(exc, FsError):
                 log.error("%s: %s: %s (EIO)", what, type(exc).__name__, exc)

@@ -44,7 +44,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from ..core import ids
+from ..core import acl, ids
 from ..errors import AnysyncError, BlobMissing, FsError, NotFound, UsageError
 from ..replica.home import Unlocked
 from ..replica.replica import Replica, resolve_space
@@ -277,6 +277,9 @@ def _fork_and_serve(unlocked: Unlocked, space: str, mp: Path, opts: MountOptions
         with os.fdopen(rfd, "rb") as r:
             report = r.read()
         if report.startswith(b"ok"):
+            note = report[2:].decode(errors="replace").strip()
+            if note:
+                print(f"anysyncfs: mounted read-only: {note}", file=sys.stderr)
             return 0
         if report:
             code_text, _, message = report.decode(errors="replace").partition(" ")
@@ -370,13 +373,16 @@ def serve(unlocked: Unlocked, space: str, mp: Path, opts: MountOptions, *, ready
         replica = Replica(unlocked, store, home.blobs(), space_id)
         staging = home.root / STAGING_DIR / name
         staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+        why_ro = _why_read_only(replica)
+        if why_ro and not opts.read_only:
+            log.warning("mounting read-only: %s", why_ro)
         vfs = Vfs(replica, staging_dir=staging, read_only=opts.read_only, commit_interval=opts.commit_interval)
         ops = Operations(vfs, read_only=opts.read_only)
         _fuse_init(ops, mp, opts.fuse_options())
         mounted = True
         log.info("mounted space %s (%s) at %s%s", name, replica.name, mp, " read-only" if opts.read_only else "")
         if ready is not None:
-            ready.send("ok")
+            ready.send(f"ok {why_ro}" if why_ro and not opts.read_only else "ok")
         trio.run(_main_loop, ops, opts, replica)
         log.debug("vfs calls: %s", ops.timing.report())
     finally:
@@ -395,6 +401,16 @@ def serve(unlocked: Unlocked, space: str, mp: Path, opts: MountOptions, *, ready
             lock.release()
     log.info("unmounted %s", mp)
     return code
+
+
+def _why_read_only(replica: Replica) -> str:
+    """Why this identity may not write to the space ("" if it may)."""
+    role = replica.role
+    if role is None:
+        return "you are not (or no longer) a member of this space"
+    if role < acl.Role.WRITER:
+        return "you are a reader in this space"
+    return ""
 
 
 def _fuse_init(ops: Operations, mp: Path, options: set[str]) -> None:

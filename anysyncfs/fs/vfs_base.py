@@ -135,8 +135,7 @@ class VfsCore:
         left = clear_leftovers(self.staging_dir)
         if left:  # after a crash: like dirty pages never fsynced, those writes are gone (INFO, not a fault)
             log.info("removed %d staging files left by an earlier run (writes that were never committed)", left)
-        role = replica.role
-        self.read_only = read_only or replica.read_only or role is None or role < acl.Role.WRITER
+        self._mounted_read_only = read_only or replica.read_only
         self.commit_interval = commit_interval
         self.reads = ContentReads(replica.get_blob)
         self.live = LiveView(self)
@@ -155,6 +154,15 @@ class VfsCore:
         self._known_heads = replica.heads
         self._versions = {nid: n.version for nid, n in replica.tree.nodes.items()}
         self._closed = False
+
+    @property
+    def read_only(self) -> bool:
+        """Mounted read-only, or this identity may not write (a reader, a removed member): follows the ACL as it
+        changes while mounted."""
+        if self._mounted_read_only:
+            return True
+        role = self.replica.role
+        return role is None or role < acl.Role.WRITER
 
     # ------------------------------------------------------------------------------------------ inodes
     def live_inode(self, node: bytes) -> int:
