@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..core import ids
 from ..core.address import parse_address
@@ -194,7 +194,7 @@ def cmd_status(ctx: Context) -> int:
         rows = [r for r in rows if r.id == wanted]
         if not rows:
             raise NotFound(f"this device does not hold {ctx.args.space}")
-    out = []
+    out: list[dict[str, Any]] = []
     for row in rows:
         live = _read_status(status_path(ctx.home.root, row.id))
         live_peers = {p["address"]: p for p in live.get("peers", [])} if live else {}

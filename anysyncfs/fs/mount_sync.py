@@ -38,7 +38,10 @@ def status_path(home_root: Path, space_id: bytes) -> Path:
 async def run_sync(ops: Operations, replica: Replica, interval: float, fetch_timeout: float) -> None:
     identity = replica.identity
     endpoint = Endpoint(identity, make_tls_identity(identity.device))
-    sync = SpaceSync(replica, endpoint, Runner(ops.lock), on_changed=ops.invalidate_changed, interval=interval,
+    async def invalidate() -> None:
+        await ops.invalidate_changed()
+
+    sync = SpaceSync(replica, endpoint, Runner(ops.lock), on_changed=invalidate, interval=interval,
                      fetch_timeout=fetch_timeout)
     ops.fetcher = sync.fetch_blob
     path = status_path(replica.unlocked.home.root, replica.space_id)

@@ -118,7 +118,7 @@ class Connection:
         if not data:
             raise NetworkError(f"{self.label}: connection closed by the peer")
         self.bytes_in += len(data)
-        return data
+        return bytes(data)
 
     async def handshake(self) -> Established:
         """Send our Hello, read until the session is established (within the handshake deadline)."""
