@@ -11,6 +11,10 @@ The staging bytes live in files of 1 TiB segments (``<node hex>.<segment>``), so
 
 Staging is a cache, not a journal: what is not committed when the process dies is lost, exactly like dirty
 pages of a local disk that were never fsynced. Staging files left by a crash are removed at start.
+
+The staged bytes are encrypted on disk (AES-256-CTR by file offset, ``crypto.ctr_at``) under a random key and
+nonce per node that live only in this process's memory: plaintext never reaches the disk, and staging files a
+crash leaves behind are unreadable (they are deleted at the next start anyway).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..core import crypto
 from ..core.ops import Content
 from ..errors import FsError
 
@@ -107,6 +112,8 @@ class SegmentFiles:
         self._dir = directory
         self._stem = stem
         self._fds: dict[int, int] = {}
+        self._key = crypto.random_bytes(crypto.KEY_LEN)  # in memory only: see the module doc
+        self._nonce = crypto.random_bytes(crypto.CTR_NONCE_LEN)
 
     def _path(self, segment: int) -> Path:
         return self._dir / f"{self._stem}.{segment}{STAGING_SUFFIX}"
@@ -122,7 +129,7 @@ class SegmentFiles:
         return fd
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
-        view = memoryview(data).cast("B")
+        view = memoryview(crypto.ctr_at(self._key, self._nonce, offset, memoryview(data).cast("B")))
         while len(view):
             segment, inner = divmod(offset, SEGMENT_SIZE)
             n = min(len(view), SEGMENT_SIZE - inner)
@@ -154,6 +161,9 @@ class SegmentFiles:
                         got += k
                 except OSError as e:
                     raise _os_error(e, "read") from None
+                if got:
+                    piece = out[done : done + got]
+                    piece[:] = crypto.ctr_at(self._key, self._nonce, offset + done, piece)
                 out[done + got : done + n] = bytes(n - got)
             else:
                 out[done : done + n] = bytes(n)

@@ -534,3 +534,25 @@ def test_content_unchanged_and_changed_inodes(env: Env) -> None:
     assert not vfs.content_unchanged(fh)
     assert vfs.read(fh, 0, 100) == b"from elsewhere"
     vfs.release(fh)
+
+
+def test_staged_bytes_are_encrypted_on_disk(env: Env) -> None:
+    """Uncommitted writes never reach the disk as plaintext, and read back (and commit) exactly."""
+    marker = b"STAGED-PLAINTEXT-MARKER-" + os.urandom(6).hex().encode()
+    data = marker * 2000 + b"tail"
+    vfs = env.vfs
+    f = vfs.create(ROOT_INODE, b"secret.txt", 0o644, os.O_RDWR, ROOT)
+    fh, inode = f[0], f[1].inode
+    vfs.write(fh, 0, data[:5000])
+    vfs.write(fh, 5000, data[5000:])
+    vfs.write(fh, 3, b"XY")  # an unaligned rewrite inside the range
+    expected = data[:3] + b"XY" + data[5:]
+    on_disk = b"".join(p.read_bytes() for p in env.staging.rglob("*") if p.is_file())
+    assert len(on_disk) >= len(data)  # the bytes are staged...
+    assert marker not in on_disk and marker[:12] not in on_disk  # ...but not readable
+    assert vfs.read(fh, 0, len(data) + 10) == expected
+    assert vfs.read(fh, 7, 50) == expected[7:57]
+    vfs.release(fh)
+    fh = vfs.open(inode, os.O_RDONLY, ROOT)
+    assert vfs.read(fh, 0, len(data)) == expected
+    vfs.release(fh)
