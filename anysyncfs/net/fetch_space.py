@@ -128,6 +128,8 @@ def _missing_blobs(replica: Replica) -> list[bytes]:
 async def _fetch_content(sync: SpaceSync, progress: Progress | None, timeout: float, report: FullReport) -> int:
     """Fetch every blob of the current tree, connecting to the peers again (one connection each)."""
     fetched = 0
+    if not await sync.run(_missing_blobs, sync.replica):
+        return 0  # everything is here: no connection needed
     async with trio.open_nursery() as nursery:
         for addr in await sync.addresses():
             nursery.start_soon(sync.hold_connection, addr)

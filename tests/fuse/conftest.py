@@ -277,3 +277,118 @@ def workdir(shared_mount: Mount, request: pytest.FixtureRequest) -> Path:
     d = shared_mount.mountpoint / name
     d.mkdir()
     return d
+
+
+# ---------------------------------------------------------------------------------------------- sync (level 7)
+NODE_START_TIMEOUT = 30.0
+NODE_STOP_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (chosen once, so a node can restart on it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SyncNode:
+    """``anysyncfs node serve`` in a subprocess on a fixed port; stopped with SIGTERM, always killed in cleanup.
+
+    Its stderr goes to ``<root>/node.log``; like a mount log, a WARNING, ERROR or traceback in it that was not
+    declared with :meth:`expect_log` fails the test at teardown."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.port = port
+        self.env = make_env(root / "unused-home")  # the node needs no identity: only PYTHONPATH etc. matter
+        self.log_path = root / "node.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.address = ""
+        self.expected: list[re.Pattern[str]] = []
+
+    def start(self) -> str:
+        """Start serving and return the address line the node prints (the same on every restart)."""
+        import select
+
+        assert self.proc is None or self.proc.poll() is not None, "node already running"
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(b"---- node start\n")
+            log.flush()
+            self.proc = subprocess.Popen(
+                [*CLI, "node", "serve", "--listen", f"127.0.0.1:{self.port}", "--data", str(self.data)],
+                env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, cwd=REPO,
+            )
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        line = b""
+        deadline = time.monotonic() + NODE_START_TIMEOUT
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"node printed no address in {NODE_START_TIMEOUT} s:\n{self.log_text()}")
+            ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+            if ready:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    raise AssertionError(f"node exited ({self.proc.wait(5)}):\n{self.log_text()}")
+                line += chunk
+        address = line.decode().strip()
+        assert address.startswith("anysync://dv-") and address.endswith(f"@127.0.0.1:{self.port}"), address
+        assert not self.address or address == self.address, "the node's address changed across a restart"
+        self.address = address
+        return address
+
+    def stop(self) -> None:
+        """SIGTERM and wait for a clean exit (status 0)."""
+        assert self.proc is not None and self.proc.poll() is None, "node not running"
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(NODE_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"node still running {NODE_STOP_TIMEOUT} s after SIGTERM:\n{self.log_text()}") from None
+        assert code == 0, f"node exited {code}:\n{self.log_text()}"
+        self._close_pipe()
+
+    def kill(self) -> None:
+        """Whatever state it is in: end the process (SIGTERM, then SIGKILL). Never raises."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        if self.proc is not None and self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def expect_log(self, pattern: str) -> None:
+        self.expected.append(re.compile(pattern))
+
+    def log_problems(self) -> list[str]:
+        return [line for line in self.log_text().splitlines()
+                if BAD_LOG.search(line) and not any(p.search(line) for p in self.expected)]
+
+
+def init_device(m: Mount, name: str, phrase: str | None = None) -> str:
+    """``anysyncfs init`` in ``m``'s home (``--restore`` from ``phrase`` if given); returns the recovery phrase."""
+    if phrase is not None:
+        m.cli("init", "--restore", "--device-name", name, input=phrase.encode() + b"\n")
+        return phrase
+    out = m.cli("init", "--device-name", name).stdout.decode().splitlines()
+    at = next(i for i, line in enumerate(out) if line.startswith("Your recovery phrase"))
+    phrase = out[at + 1].strip()
+    assert len(phrase.split()) == 24, "init did not print a 24-word phrase"
+    return phrase
