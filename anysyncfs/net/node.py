@@ -214,6 +214,7 @@ class Node:
             added = await self.run(ledger.add_acl_records, body.records)
             if added:
                 self._bump(body.space)
+                await self._announce(body.space, ledger, conn)  # members pick up role and key changes at once
             return m.Accepted(added, len(body.records) - added, [])
         if isinstance(body, m.GetBlob):
             ledger = await self._member(conn, body.space)
@@ -235,7 +236,10 @@ class Node:
         raise ServiceError(m.ErrorCode.BAD_REQUEST, f"unsupported request {type(body).__name__}")
 
     async def _invited(self, conn: Connection, body: m.OpenSpace) -> Ledger:
-        """A joiner proving it holds the secret of an outstanding, unexpired invite may read header and ACL."""
+        """A joiner proving it holds the secret of an outstanding, unexpired invite may read header and ACL.
+
+        FORBIDDEN names why a proven invite no longer works (used, revoked, expired); NOT_FOUND: no invite of
+        the space matches the proof (not received yet, or none)."""
         assert conn.peer is not None
         try:
             ledger = await self.run(self._ledger, body.space)
@@ -244,15 +248,20 @@ class Node:
         message = m.invite_proof_message(body.space, conn.peer.peer_account, conn.peer.peer_device)
         now = time.time_ns() // 1000
         for invite in ledger.acl.current.invites.values():
-            if not invite.outstanding or (invite.expires_us and now > invite.expires_us):
-                continue
             try:
                 crypto.verify(invite.invite_public, message, body.invite_proof)
             except IntegrityError:
                 continue
+            # The proof shows the peer holds this invite's secret: it may learn why the invite no longer works.
+            if invite.used_by is not None:
+                raise ServiceError(m.ErrorCode.FORBIDDEN, "this invite was already used")
+            if invite.revoked:
+                raise ServiceError(m.ErrorCode.FORBIDDEN, "this invite was revoked")
+            if invite.expires_us and now > invite.expires_us:
+                raise ServiceError(m.ErrorCode.FORBIDDEN, "this invite has expired")
             return ledger
-        raise ServiceError(m.ErrorCode.FORBIDDEN, "no outstanding invite of this space matches that proof "
-                                                  "(used, revoked or expired)")
+        raise ServiceError(m.ErrorCode.NOT_FOUND, "this invite is not known here (the inviter's device may not "
+                                                  "have pushed it yet)")
 
     async def _member_or_joining(self, conn: Connection, space_id: bytes) -> Ledger:
         """ACL records are verified by the ACL rules themselves (a join is signed by the invite key), so anyone
