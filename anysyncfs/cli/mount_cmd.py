@@ -26,6 +26,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT…]",
                    help="ro, cache_size=SIZE, allow_other, commit_interval=SECONDS, nosuid, nodev, noexec, noatime")
     s.add_argument("--read-only", action="store_true", help="mount read-only (same as -o ro)")
+    s.add_argument("--cache-size", metavar="SIZE",
+                   help="keep at most SIZE of file contents on this device (e.g. 2G; same as -o cache_size=SIZE): "
+                        "beyond it, contents a provider holds and nobody pinned are evicted, oldest use first")
     s.set_defaults(func=cmd_mount)
 
     s = sub.add_parser("unmount", aliases=["umount"], help="unmount, after committing every staged write")
@@ -41,6 +44,8 @@ def cmd_mount(ctx: Context) -> int:
     args = ctx.args
     opts = mount.parse_options(args.options, read_only=args.read_only, foreground=args.foreground)
     opts.debug = bool(args.debug)
+    if args.cache_size is not None:
+        opts.cache_size = mount.parse_size(args.cache_size)
     unlocked = ctx.home.unlock(ctx.passphrase())  # before forking: a prompt needs the terminal
     if opts.foreground:
         logging.basicConfig(

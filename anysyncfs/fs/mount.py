@@ -80,7 +80,7 @@ class MountFailed(AnysyncError):
 class MountOptions:
     read_only: bool = False
     foreground: bool = False
-    cache_size: int | None = None  # bytes of unpinned blobs to keep (eviction: with the blob cache, issue 5)
+    cache_size: int | None = None  # bytes of local blobs above which unpinned, provider-confirmed ones are evicted
     allow_other: bool | None = None  # None: on when running as root
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
     sync_interval: float = 30.0  # seconds between full reconciliations with each peer (new heads go at once)
@@ -440,7 +440,7 @@ async def _main_loop(ops: Operations, opts: MountOptions, replica: Replica) -> N
         nursery.start_soon(_watch_signals, ops)
         nursery.start_soon(_commit_periodically, ops, opts.commit_interval)
         if not opts.offline:
-            nursery.start_soon(run_sync, ops, replica, opts.sync_interval, opts.fetch_timeout)
+            nursery.start_soon(run_sync, ops, replica, opts.sync_interval, opts.fetch_timeout, opts.cache_size)
         await pyfuse3.main(max_tasks=MAX_TASKS)
         nursery.cancel_scope.cancel()
 

@@ -1,5 +1,11 @@
 """The sync engine inside a mount: fetches for reads, pushes commits, invalidates the kernel's caches of what
-remote changes touched, and publishes its state for ``anysyncfs status``.
+remote changes touched, runs the blob cache (eviction to the size limit, background fetches of pinned content),
+and publishes its state for ``anysyncfs status``.
+
+Cache work (rules in :mod:`anysyncfs.replica.cache`): after every blob fetched for a read, and every
+``CACHE_TICK_S`` seconds, the cache evicts down to its limit if it is over it; every tick it also writes the
+access times noted by reads. Blobs of pinned files that are not here (new content from another device, or a pin
+whose files were never read) are fetched in the background while a provider is connected.
 
 Status file: ``<home>/run/<space>.status.json`` (rewritten atomically every second while the state changes;
 removed at unmount), read by ``anysyncfs status``. Layout in docs/protocol.md (60.6).
@@ -29,32 +35,85 @@ log = logging.getLogger(__name__)
 
 RUN_DIR = "run"
 STATUS_EVERY_S = 1.0
+CACHE_TICK_S = 10.0
+PREFETCH_BATCH = 64  # pinned blobs listed per query of the background fetcher
 
 
 def status_path(home_root: Path, space_id: bytes) -> Path:
     return home_root / RUN_DIR / f"{ids.space_text(space_id)}.status.json"
 
 
-async def run_sync(ops: Operations, replica: Replica, interval: float, fetch_timeout: float) -> None:
+async def run_sync(ops: Operations, replica: Replica, interval: float, fetch_timeout: float,
+                   cache_size: int | None = None) -> None:
     identity = replica.identity
     endpoint = Endpoint(identity, make_tls_identity(identity.device))
     async def invalidate() -> None:
         await ops.invalidate_changed()
 
-    sync = SpaceSync(replica, endpoint, Runner(ops.lock), on_changed=invalidate, interval=interval,
+    vfs = ops.vfs
+    vfs.cache.limit = cache_size
+    runner = Runner(ops.lock)
+    sync = SpaceSync(replica, endpoint, runner, on_changed=invalidate, interval=interval,
                      fetch_timeout=fetch_timeout)
-    ops.fetcher = sync.fetch_blob
+
+    async def fetch(blob_id: bytes) -> None:
+        await sync.fetch_blob(blob_id)
+        await _after_fetch(ops, runner, blob_id)
+
+    ops.fetcher = fetch
     path = status_path(replica.unlocked.home.root, replica.space_id)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sync.run_forever)
             nursery.start_soon(_publish_status, sync, path)
+            nursery.start_soon(_tend_cache, ops, runner)
+            nursery.start_soon(_fetch_pinned, ops, sync, runner)
     finally:
         ops.fetcher = None
         try:
             path.unlink()
         except OSError:
             pass
+
+
+async def _after_fetch(ops: Operations, runner: Runner, blob_id: bytes) -> None:
+    if ops.vfs.cache.limit is None:
+        return
+    try:
+        await runner(ops.vfs.cache_after_fetch, blob_id)
+    except AnysyncError as e:  # the read goes on: it has its blob
+        log.warning("cache: eviction failed: %s", e)
+
+
+async def _tend_cache(ops: Operations, runner: Runner) -> None:
+    while True:
+        try:
+            await runner(ops.vfs.cache_tick)
+        except AnysyncError as e:
+            log.warning("cache: %s", e)
+        await trio.sleep(CACHE_TICK_S)
+
+
+async def _fetch_pinned(ops: Operations, sync: SpaceSync, runner: Runner) -> None:
+    """Keep pinned files complete: fetch their missing blobs while a provider is connected (a manifest first;
+    its chunks are listed on the next round)."""
+    while True:
+        await trio.sleep(CACHE_TICK_S)
+        while any(p.connected for p in sync.peers.values()):
+            try:
+                missing = await runner(ops.vfs.cache_missing_pinned, PREFETCH_BATCH)
+            except AnysyncError as e:
+                log.warning("cache: %s", e)
+                break
+            if not missing:
+                break
+            try:
+                for blob_id in missing:
+                    await sync.fetch_blob(blob_id)
+                    await _after_fetch(ops, runner, blob_id)
+            except AnysyncError as e:  # unreachable, or gone meanwhile: try again next round
+                log.info("pinned content not fetched yet: %s", e)
+                break
 
 
 async def _publish_status(sync: SpaceSync, path: Path) -> None:

@@ -10,9 +10,10 @@ waiting for them. Anything that breaks the protocol or fails verification closes
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -29,6 +30,7 @@ from ..protocol.session import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RECEIVE_SIZE = 256 * 1024
 
@@ -142,21 +144,36 @@ class Connection:
         """Read and dispatch frames until the connection ends. Returns normally on a clean close; raises
         NetworkError / ProtocolError / IntegrityError otherwise (the connection is closed either way)."""
         assert self.peer is not None, "handshake first"
+        failure: AnysyncError | None = None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
                     await self._read_loop(nursery)
+                except (NetworkError, ProtocolError, IntegrityError) as e:
+                    # Caught inside the nursery: trio's strict nurseries would wrap it in an exception group,
+                    # which no caller's ``except ProtocolError`` matches.
+                    failure = e
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
+            if failure is not None and not self.close_reason:
+                self.close_reason = str(failure)  # our Close frame and our waiting requests say why
             await self._shutdown()
+        if failure is not None:
+            raise failure
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
+        deadline, frame_no = math.inf, -1
         while True:
-            # Between frames a connection may be idle for ever; once a frame has started it must complete.
-            deadline = trio.current_time() + self.timeouts.frame if self.session.mid_frame else float("inf")
+            # Between frames a connection may be idle for ever; once a frame has started it must be complete
+            # within the frame timeout, counted from its first byte (a peer dripping a byte at a time must not
+            # keep one frame open for ever).
+            if not self.session.mid_frame:
+                deadline, frame_no = math.inf, -1
+            elif frame_no != self.session.frames_received:  # the frame in progress is a new one
+                deadline, frame_no = trio.current_time() + self.timeouts.frame, self.session.frames_received
             data = await self._receive(deadline)
             self.session.receive_data(data)
             while True:
@@ -267,3 +284,38 @@ class Connection:
             except Exception:  # noqa: BLE001
                 pass
 
+
+
+async def while_serving(conn: Connection, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` (which makes requests on ``conn``) while ``conn``'s frames are read; stop reading after it.
+
+    Errors come out as themselves, never wrapped in an exception group (trio's nurseries are strict): first a
+    violation the peer committed that the reader found (ProtocolError / IntegrityError: callers back such a peer
+    off), then what ``work`` raised, then NetworkError when the connection ended before ``work`` finished."""
+    done: list[T] = []
+    read_failure: AnysyncError | None = None
+    work_failure: AnysyncError | None = None
+
+    async def read(scope: trio.CancelScope) -> None:
+        nonlocal read_failure
+        try:
+            await conn.serve()
+        except (NetworkError, ProtocolError, IntegrityError) as e:
+            log.info("%s: %s", conn.label, e)
+            read_failure = e
+        scope.cancel()  # the connection is over: so is ``work``
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read, nursery.cancel_scope)
+        try:
+            done.append(await work())
+        except AnysyncError as e:
+            work_failure = e
+        nursery.cancel_scope.cancel()
+    if isinstance(read_failure, IntegrityError):  # ProtocolError is one
+        raise read_failure
+    if work_failure is not None:
+        raise work_failure
+    if not done:
+        raise NetworkError(f"{conn.label}: connection closed ({conn.close_reason or 'no reason given'})")
+    return done[0]

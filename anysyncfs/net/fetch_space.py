@@ -3,13 +3,14 @@ this device does not hold yet (a second device of the same account, restored fro
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
 import trio
 
 from ..core import content as content_mod
-from ..core import ids, ops
+from ..core import ids, ops, space
 from ..core.address import parse_address
 from ..errors import (
     AnysyncError,
@@ -23,7 +24,7 @@ from ..errors import (
 from ..protocol import messages as m
 from ..replica.home import Unlocked
 from ..replica.replica import Replica, adopt_space
-from .connection import RemoteError
+from .connection import RemoteError, while_serving
 from .endpoint import Endpoint
 from .runner import Runner
 from .sync import Progress, SpaceSync, SyncReport
@@ -82,20 +83,16 @@ async def _bootstrap(unlocked: Unlocked, endpoint: Endpoint, space_id: bytes, na
             addr = parse_address(row.address)
             conn = await endpoint.dial(addr)
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(conn.serve)
-                    info = await conn.request(m.OpenSpace(space_id))
-                    nursery.cancel_scope.cancel()
+                info = await while_serving(conn, functools.partial(conn.request, m.OpenSpace(space_id)))
             finally:
                 await conn.abort("done")
             if not isinstance(info, m.SpaceInfo):
                 raise ProtocolError(f"expected SpaceInfo, got {type(info).__name__}")
+            # Checked before adopting: adopting first would leave another space on this device (IdMismatch).
+            space.parse_space_header(bytes(info.header), space_id)
             label = name or ids.space_text(space_id)[:16]
-            replica = await trio.to_thread.run_sync(adopt_space, unlocked, label, bytes(info.header),
-                                                    [bytes(r) for r in info.acl])
-            if replica.space_id != space_id:
-                raise IntegrityError("peer sent another space's header")
-            return replica
+            return await trio.to_thread.run_sync(adopt_space, unlocked, label, bytes(info.header),
+                                                 [bytes(r) for r in info.acl])
         except (NetworkError, RemoteError, IntegrityError, ProtocolError, UsageError) as e:
             report.errors.append(f"{row.address}: {e}")
     return None

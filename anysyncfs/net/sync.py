@@ -8,6 +8,7 @@ the FUSE adapter's lock, so sync and file-system calls never overlap. The engine
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -17,13 +18,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..core import ids
+from ..core import crypto, ids
 from ..core.address import PeerAddress, parse_address
 from ..core.reconcile import IdSet, Reconciler
-from ..errors import AnysyncError, IntegrityError, NetworkError, NotFound, ProtocolError, UsageError
+from ..errors import AnysyncError, IdMismatch, IntegrityError, NetworkError, NotFound, ProtocolError, UsageError
 from ..protocol import messages as m
 from ..replica import Replica
-from .connection import Connection, RemoteError
+from .connection import Connection, RemoteError, while_serving
 from .endpoint import Endpoint
 from .runner import Runner
 
@@ -154,19 +155,22 @@ class SpaceSync:
     async def _connected_session(self, key: str, conn: Connection, st: PeerStatus) -> bool:
         """Serve one connection: sync, then keep it in sync until it breaks. True if the peer misbehaved."""
         wake = self._wake[key] = trio.Event()
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._serve_then_cancel, conn, nursery.cancel_scope)
-                self._conns[key] = conn  # blob fetches may use it while the first sync runs
-                st.connected = True
-                self._conn_changed.set()
-                self._conn_changed = trio.Event()
+
+        async def keep_in_sync() -> None:
+            nonlocal wake
+            self._conns[key] = conn  # blob fetches may use it while the first sync runs
+            st.connected = True
+            self._conn_changed.set()
+            self._conn_changed = trio.Event()
+            await self.sync_with(conn, st)
+            while True:
+                with trio.move_on_after(self.interval):
+                    await wake.wait()
+                wake = self._wake[key] = trio.Event()
                 await self.sync_with(conn, st)
-                while True:
-                    with trio.move_on_after(self.interval):
-                        await wake.wait()
-                    wake = self._wake[key] = trio.Event()
-                    await self.sync_with(conn, st)
+
+        try:
+            await while_serving(conn, keep_in_sync)  # ends only by an error (or the connection's end: NetworkError)
         except (IntegrityError, ProtocolError) as e:
             log.warning("%s sent invalid data, disconnecting: %s", key, e)
             st.last_error = f"invalid data: {e}"
@@ -178,20 +182,12 @@ class SpaceSync:
             await self._note(key, ok=False, error=str(e))
         return False
 
-    async def _serve_then_cancel(self, conn: Connection, scope: trio.CancelScope) -> None:
-        try:
-            await conn.serve()
-        except (NetworkError, ProtocolError, IntegrityError) as e:
-            log.info("%s: %s", conn.label, e)
-        scope.cancel()
-
     async def _on_notify(self, conn: Connection, body: object) -> None:
         if isinstance(body, m.Heads) and body.space == self.space_id:
-            dag = self.replica.dag
-            if any(not dag.contains(h) for h in body.heads):
-                ev = self._wake.get(conn.label)
-                if ev is not None:
-                    ev.set()
+            # New changes or new ACL records on the peer: one sync round (two round trips when nothing differs).
+            ev = self._wake.get(conn.label)
+            if ev is not None:
+                ev.set()
 
     async def _note(self, key: str, *, ok: bool, error: str | None = None) -> None:
         try:
@@ -276,13 +272,17 @@ class SpaceSync:
         raws: list[bytes] = []
         todo = need
         while todo:
-            reply = await conn.request(m.GetChanges(self.space_id, todo[: m.MAX_IDS]))
+            asked = todo[: m.MAX_IDS]
+            reply = await conn.request(m.GetChanges(self.space_id, asked))
             if not isinstance(reply, m.Changes):
                 raise ProtocolError(f"expected Changes, got {type(reply).__name__}")
             if not reply.changes:
                 raise ProtocolError("peer returned no changes for IDs it announced")
             got = [bytes(c) for c in reply.changes]
-            # The peer answers in the order asked; verification (ID = BLAKE3 of the bytes) happens in ingest.
+            # The peer answers in the order asked, each change under the ID asked for: one it slips in unasked is
+            # refused even when well signed (ingest checks signatures, not what we asked for).
+            if len(got) > len(asked) or any(not crypto.ct_equal(crypto.blake3(r), c) for r, c in zip(got, asked)):
+                raise IdMismatch("peer answered GetChanges with changes other than those asked for")
             raws.extend(got)
             todo = todo[len(got):]
             if progress:
@@ -374,7 +374,9 @@ class SpaceSync:
                         reply = await conn.request(m.GetBlob(self.space_id, blob_id))
                     if not isinstance(reply, m.Blob):
                         raise ProtocolError(f"expected Blob, got {type(reply).__name__}")
-                    await self.run(self.replica.put_fetched_blob, blob_id, bytes(reply.data))
+                    # Only providers answer GetBlob, and only with blobs they store: the cache may evict it.
+                    await self.run(functools.partial(self.replica.put_fetched_blob, remote_confirmed=True),
+                                   blob_id, bytes(reply.data))
                     return
                 except (IntegrityError, ProtocolError) as e:
                     log.warning("%s sent a bad blob %s: %s; disconnecting", key, label, e)
@@ -423,10 +425,8 @@ class SpaceSync:
                 with trio.fail_after(per_peer_timeout):
                     conn = await self.endpoint.dial(addr, on_notify=None)
                     try:
-                        async with trio.open_nursery() as nursery:
-                            nursery.start_soon(self._serve_then_cancel, conn, nursery.cancel_scope)
-                            fetched, sent, uploaded = await self.sync_with(conn, st, progress)
-                            nursery.cancel_scope.cancel()
+                        work = functools.partial(self.sync_with, conn, st, progress)
+                        fetched, sent, uploaded = await while_serving(conn, work)
                     finally:
                         await conn.abort("sync done")
                 report.reached += 1

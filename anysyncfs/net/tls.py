@@ -189,7 +189,10 @@ def _parse(der: bytes) -> _ParsedCert:
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
         )
-    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm, CryptographyDeprecationWarning) as exc:
+    except (ValueError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType,
+            UnsupportedAlgorithm, CryptographyDeprecationWarning) as exc:
+        # (DuplicateExtension and UnsupportedGeneralNameType come from reading the extensions and are no
+        # ValueError: uncaught, a peer's certificate would crash whoever accepted or dialled it.)
         raise DecodeError(f"certificate is not valid DER X.509: {' '.join(str(exc).split())}") from None
     if version is not x509.Version.v3 or outer_algorithm != SignatureAlgorithmOID.ED25519:
         raise DecodeError("certificate is not an X.509 v3 certificate signed with Ed25519")

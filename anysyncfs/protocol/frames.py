@@ -61,6 +61,7 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._buf = bytearray()
         self._need: tuple[FrameType, int] | None = None  # type and body length of the frame being received
+        self.completed = 0  # frames returned so far (a caller timing each frame sees when a new one begins)
 
     def receive_data(self, data: bytes) -> None:
         self._buf += data
@@ -94,4 +95,5 @@ class FrameDecoder:
         body = bytes(self._buf[:size])
         del self._buf[:size]
         self._need = None
+        self.completed += 1
         return kind, body

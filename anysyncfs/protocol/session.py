@@ -154,6 +154,11 @@ class Session:
     def mid_frame(self) -> bool:
         return self._frames.mid_frame
 
+    @property
+    def frames_received(self) -> int:
+        """Complete frames received so far (the one in progress, if any, is number ``frames_received``)."""
+        return self._frames.completed
+
     # ------------------------------------------------------------------------------------------ events
     def next_event(self) -> Event | None:
         if self.state is State.CLOSED:

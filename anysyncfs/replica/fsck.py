@@ -5,7 +5,8 @@ Checks, in order:
 2. every stored change decodes, hashes to its ID and carries a valid signature; every accepted change still
    passes the ACL rules in dependency order, its payload opens (when this device holds the epoch key) and its
    parents are accepted changes; the stored heads are the DAG's heads;
-3. every blob referenced by the current tree (manifest blobs included) is present and hashes to its ID;
+3. every blob referenced by the current tree (manifest blobs included) is present and hashes to its ID, or is
+   remote only (a provider holds it; fetched on demand) — a missing blob no provider confirmed is a problem;
 4. the cached tree equals a fresh fold of the DAG, byte for byte.
 """
 
@@ -18,7 +19,7 @@ from ..core import acl as acl_mod
 from ..core import content, ids, ops, validate
 from ..core.change import open_payload, parse_change
 from ..core.dag import Dag
-from ..errors import AnysyncError, IntegrityError, NotFound, Rejected
+from ..errors import AnysyncError, BlobMissing, IntegrityError, NotFound, Rejected
 from ..store import schema
 from .home import Unlocked
 from .replica import Replica
@@ -33,10 +34,12 @@ class FsckReport:
     changes: int = 0
     records: int = 0
     blobs: int = 0
+    remote: int = 0  # blobs of the tree held by providers only (fetched on demand): not a problem
 
     def summary(self) -> str:
         verdict = "OK" if not self.problems else f"{len(self.problems)} problem(s)"
-        return f"{self.records} ACL records, {self.changes} changes, {self.blobs} blobs checked: {verdict}"
+        remote = f" ({self.remote} remote only)" if self.remote else ""
+        return f"{self.records} ACL records, {self.changes} changes, {self.blobs} blobs checked{remote}: {verdict}"
 
 
 def fsck(unlocked: Unlocked, space_id: bytes, *, repair: bool = False) -> FsckReport:
@@ -100,27 +103,43 @@ def _check_changes(replica: Replica, report: FsckReport) -> None:
 
 
 def _check_blobs(replica: Replica, report: FsckReport) -> None:
+    """Every blob of the current tree: present and intact, or remote (a provider confirmed storing it, or it
+    came from a peer and was never here): fetched on demand, not a problem. A blob made on this device that no
+    provider has confirmed and whose file is gone is the only copy lost: a problem."""
     seen: set[bytes] = set()
+    wanted: list[bytes] = []
     for node in replica.tree.nodes.values():
         if node.kind != ops.KIND_FILE:
             continue
         try:
             refs = content.blob_refs(node.content, replica.get_blob)
+        except BlobMissing as e:
+            refs = []
+            if e.blob_id not in seen:
+                seen.add(e.blob_id)
+                wanted.append(e.blob_id)
         except AnysyncError as e:
             report.problems.append(f"node {ids.b32(node.id)[:12]}: manifest unreadable: {e}")
             continue
         for ref in refs:
-            if ref.blob in seen:
-                continue
-            seen.add(ref.blob)
-            report.blobs += 1
-            if not replica.blobs.has(ref.blob):
-                report.problems.append(f"blob {ids.b32(ref.blob)[:12]} is missing")
-                continue
-            try:
-                replica.blobs.get(ref.blob)
-            except IntegrityError as e:
-                report.problems.append(f"blob {ids.b32(ref.blob)[:12]}: {e}")
+            if ref.blob not in seen:
+                seen.add(ref.blob)
+                wanted.append(ref.blob)
+    rows = replica.store.blob_rows(wanted)
+    for blob_id in wanted:
+        report.blobs += 1
+        if not replica.blobs.has(blob_id):
+            row = rows.get(blob_id)
+            if row is None or row.remote_confirmed:
+                report.remote += 1
+            else:
+                report.problems.append(f"blob {ids.b32(blob_id)[:12]} is missing, and no provider has confirmed "
+                                       "storing it")
+            continue
+        try:
+            replica.blobs.get(blob_id)
+        except IntegrityError as e:
+            report.problems.append(f"blob {ids.b32(blob_id)[:12]}: {e}")
 
 
 def _check_tree(replica: Replica, report: FsckReport, repair: bool) -> None:

@@ -46,6 +46,7 @@ _UPSERT_ENTRY = _UPSERT_ENTRY.on_conflict_do_update(
 )
 _SELECT_INODE = select(S.nodes.c.inode).where(S.nodes.c.space == bindparam("s"), S.nodes.c.node == bindparam("n"))
 _RESERVE_INODE = insert(S.nodes).values(kind=0, size=0, version=None, state=None)
+_TOUCH_BLOB = update(S.blobs).where(S.blobs.c.id == bindparam("i")).values(last_access_us=bindparam("t"))
 
 
 def now_us() -> int:
@@ -79,6 +80,15 @@ class PeerRow:
     last_sync_us: int | None  # last successful sync (None: never)
     last_attempt_us: int | None  # last attempt, successful or not (None: never)
     last_error: str | None  # why the last attempt failed (None after a success)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRow:
+    id: bytes
+    size: int  # bytes (ciphertext)
+    local: bool  # the file is on this device (location BLOB_LOCAL)
+    remote_confirmed: bool  # a provider confirmed storing it
+    last_access_us: int
 
 
 IN_BATCH = 500  # IDs per "IN (…)" query: well below SQLite's limit on bound parameters
@@ -405,6 +415,82 @@ class Store:
                 self._run(delete(S.upload_queue).where(u.space == space_id, u.blob.in_(part)))
                 self._run(update(S.blobs).where(b.id.in_(part)).values(remote_confirmed=1))
 
+    # ------------------------------------------------------------------------------------------ blob cache
+    def blob_rows(self, blob_ids: Sequence[bytes]) -> dict[bytes, BlobRow]:
+        """The index rows of those ``blob_ids`` that are indexed."""
+        b = S.blobs.c
+        out: dict[bytes, BlobRow] = {}
+        for part in _batches(blob_ids):
+            q = select(b.id, b.size, b.location, b.remote_confirmed, b.last_access_us).where(b.id.in_(part))
+            out.update({r[0]: BlobRow(r[0], r[1], r[2] == S.BLOB_LOCAL, bool(r[3]), r[4])
+                        for r in self._run(q).fetchall()})
+        return out
+
+    def local_blob_bytes(self) -> int:
+        """Bytes of every indexed blob whose file is on this device (all spaces: they share the blob directory)."""
+        b = S.blobs.c
+        q = select(func.coalesce(func.sum(b.size), 0)).where(b.location == S.BLOB_LOCAL)
+        return int(self._run(q).scalar_one())
+
+    def eviction_candidates(self, limit: int, after: tuple[int, bytes] | None = None) -> list[BlobRow]:
+        """Up to ``limit`` local blobs a provider has confirmed and no space pins, least recently used first;
+        ``after`` = (last_access_us, id) of the last row of the previous page."""
+        b, pb = S.blobs.c, S.pinned_blobs.c
+        q = select(b.id, b.size, b.last_access_us).where(
+            b.location == S.BLOB_LOCAL, b.remote_confirmed == 1, b.pinned == 0,
+            b.id.not_in(select(pb.blob).scalar_subquery()),
+        )
+        if after is not None:
+            q = q.where((b.last_access_us > after[0]) | ((b.last_access_us == after[0]) & (b.id > after[1])))
+        rows = self._run(q.order_by(b.last_access_us, b.id).limit(limit)).fetchall()
+        return [BlobRow(r[0], r[1], True, True, r[2]) for r in rows]
+
+    def mark_evicted(self, blob_ids: Sequence[bytes]) -> None:
+        """The cache is deleting these blob files (the rows stay: size, confirmation and access time)."""
+        b = S.blobs.c
+        with self.transaction():
+            for part in _batches(blob_ids):
+                self._run(update(S.blobs).where(b.id.in_(part)).values(location=S.BLOB_EVICTED))
+
+    def note_blob_access(self, accessed: dict[bytes, int]) -> None:
+        """Record reads: blob ID -> time (µs), in one transaction (the cache batches them in memory)."""
+        if accessed:
+            self._run(_TOUCH_BLOB, [{"i": blob_id, "t": t} for blob_id, t in accessed.items()])
+
+    def pins(self, space_id: bytes) -> list[bytes]:
+        """Node IDs pinned in a space, in ID order."""
+        p = S.pins.c
+        return [r[0] for r in self._run(select(p.node).where(p.space == space_id).order_by(p.node)).fetchall()]
+
+    def add_pin(self, space_id: bytes, node_id: bytes) -> bool:
+        """Pin a node; False if it was pinned already."""
+        p = S.pins.c
+        with self.transaction():
+            if self._run(select(p.node).where(p.space == space_id, p.node == node_id)).first() is not None:
+                return False
+            self._run(insert(S.pins).values(space=space_id, node=node_id, pinned_us=now_us()))
+        return True
+
+    def remove_pins(self, space_id: bytes, node_ids: Sequence[bytes]) -> None:
+        p = S.pins.c
+        with self.transaction():
+            for part in _batches(node_ids):
+                self._run(delete(S.pins).where(p.space == space_id, p.node.in_(part)))
+
+    def pinned_blob_ids(self, space_id: bytes) -> set[bytes]:
+        pb = S.pinned_blobs.c
+        return {r[0] for r in self._run(select(pb.blob).where(pb.space == space_id)).fetchall()}
+
+    def update_pinned_blobs(self, space_id: bytes, added: Sequence[bytes], removed: Sequence[bytes]) -> None:
+        """Change the blobs a space's pins keep, in one transaction."""
+        pb = S.pinned_blobs.c
+        with self.transaction():
+            for part in _batches(removed):
+                self._run(delete(S.pinned_blobs).where(pb.space == space_id, pb.blob.in_(part)))
+            if added:
+                self._run(sqlite_insert(S.pinned_blobs).on_conflict_do_nothing(),
+                          [{"space": space_id, "blob": b} for b in added])
+
     # ------------------------------------------------------------------------------------------ blobs of a space
     def add_space_blob(self, space_id: bytes, blob_id: bytes, size: int) -> bool:
         """Link a stored blob to a space (a provider's record of what it holds for whom); False if linked."""
@@ -503,6 +589,9 @@ def _prepare_schema(conn: Connection, path: str) -> None:
         return
     wanted = str(S.SCHEMA_VERSION)
     if version == wanted:
+        # Tables added while the current version was unreleased (pins, pinned_blobs) appear in databases made by
+        # earlier builds of it; creation checks first, so this costs a few catalogue reads when nothing is new.
+        S.metadata.create_all(conn)
         return
     while version != wanted:
         if not version.isdigit() or int(version) not in S.COLUMNS_ADDED_AFTER:

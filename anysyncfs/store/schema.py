@@ -10,6 +10,9 @@ the protocol and ``anysyncfs fsck --repair`` can always rebuild it from ``change
 A provider (``anysyncfs node``) uses the same tables without the tree: ``spaces``, ``acl_records``, ``changes``,
 ``heads``, ``blobs`` and ``space_blobs`` (which of its blobs belong to which space, for quotas and for serving a
 blob only to members of a space that holds it).
+
+The blob cache of a device (:mod:`anysyncfs.replica.cache`) uses ``blobs`` (location, last access, remote
+confirmation), ``pins`` (what the user pinned) and ``pinned_blobs`` (the blobs those pins keep on the device).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from sqlalchemy import (
 SCHEMA_VERSION = 2  # bump on any change below; the store refuses a database with another version
 # Version history (the store upgrades an older database in place, in one transaction; see db.py):
 #   1  first release
-#   2  space_blobs (new); peers.device_key, peers.last_attempt_us, peers.last_error; blobs.remote_confirmed
+#   2  space_blobs, pins, pinned_blobs (new); peers.device_key, peers.last_attempt_us, peers.last_error;
+#      blobs.remote_confirmed
 
 metadata = MetaData()
 
@@ -123,15 +127,19 @@ Index("entries_by_parent", entries.c.space, entries.c.parent)
 Index("entries_by_node", entries.c.space, entries.c.node)
 
 BLOB_LOCAL = 1  # the blob file is in blobs/ on this device
+BLOB_EVICTED = 2  # the cache deleted the file (only ever done once a provider confirmed storing the blob)
 
 blobs = Table(
     "blobs",
     metadata,
     Column("id", LargeBinary(32), primary_key=True, doc="blob ID = BLAKE3 of the blob bytes"),
     Column("size", BigInteger, nullable=False, doc="blob size in bytes (ciphertext)"),
-    Column("location", Integer, nullable=False, doc="BLOB_LOCAL when the file is present"),
-    Column("pinned", Integer, nullable=False, default=0, doc="1 if kept offline (never evicted)"),
-    Column("last_access_us", BigInteger, nullable=False, doc="last read or write, µs (LRU eviction order)"),
+    Column("location", Integer, nullable=False, doc="BLOB_LOCAL when the file is present, BLOB_EVICTED after the "
+           "cache deleted it (fetching it again sets BLOB_LOCAL)"),
+    Column("pinned", Integer, nullable=False, default=0,
+           doc="1: never evicted, whatever the pins say (nothing sets it today: pins live in pins/pinned_blobs)"),
+    Column("last_access_us", BigInteger, nullable=False,
+           doc="last read, write or fetch, µs (LRU eviction order; reads are noted in memory and written in batches)"),
     # Added in schema 2 (hence last, and with a default: the upgrade appends it with ALTER TABLE ADD COLUMN).
     Column("remote_confirmed", Integer, nullable=False, server_default=text("0"),
            doc="1 once a provider confirmed it stores the blob (only such blobs may be evicted from the cache)"),
@@ -160,6 +168,27 @@ peers = Table(
     Column("last_attempt_us", BigInteger, nullable=True, doc="last connection attempt, successful or not, µs"),
     Column("last_error", Text, nullable=True, doc="one-line reason the last attempt failed (NULL after a success)"),
 )
+
+pins = Table(
+    "pins",
+    metadata,
+    Column("space", LargeBinary(32), ForeignKey("spaces.id"), primary_key=True, doc="space"),
+    Column("node", LargeBinary(16), primary_key=True,
+           doc="node ID of a file or directory the user pinned on this device (not synced); everything below a "
+           "pinned directory is pinned too, files created there later included"),
+    Column("pinned_us", BigInteger, nullable=False, doc="when it was pinned, µs"),
+)
+
+pinned_blobs = Table(
+    "pinned_blobs",
+    metadata,
+    Column("space", LargeBinary(32), ForeignKey("spaces.id"), primary_key=True, doc="space whose pins keep the blob"),
+    Column("blob", LargeBinary(32), primary_key=True,
+           doc="a blob of the current content of a pinned file: never evicted (rewritten by the space's cache "
+           "whenever its pins or its tree change, so that the mounts of other spaces, which share the blob "
+           "directory, respect these pins too)"),
+)
+Index("pinned_blobs_by_blob", pinned_blobs.c.blob)
 
 upload_queue = Table(
     "upload_queue",

@@ -135,3 +135,26 @@ async def test_node_keeps_data_across_restarts_and_holds_no_plaintext(tmp_path: 
             raw = f.read_bytes()
             assert secret_name.encode() not in raw, f
             assert b"plaintext-marker-" not in raw, f
+
+
+async def test_fsck_tells_remote_only_content_from_a_lost_only_copy(tmp_path: Path, make_home) -> None:
+    from anysyncfs.replica import fsck
+
+    phrase = keys.generate_phrase()
+    a_home, b_home = make_home("a", phrase), make_home("b", phrase)
+    a = create_space(a_home, "docs")
+    put_file(a, "/uploaded.bin", os.urandom(200_000))
+    async with running_node(tmp_path / "node") as (node, addr):
+        a.store.add_peer(a.space_id, str(addr), addr.device)
+        await engine(a).sync_once()
+        b_home.home.store().add_peer(a.space_id, str(addr), addr.device)
+        await _sync_space(b_home, a.space_id, "docs", False, None, 60.0)  # metadata only: content stays remote
+    report = fsck(b_home, a.space_id)
+    assert report.problems == [] and report.remote >= 1, report
+    # on a: a blob made here and never uploaded, whose file is gone, is the only copy lost
+    put_file(a, "/local-only.bin", os.urandom(200_000))
+    pending = a.store.pending_uploads(a.space_id, 10)
+    assert pending
+    a.blobs.delete(pending[0])
+    report = fsck(a_home, a.space_id)
+    assert any("no provider has confirmed" in p for p in report.problems), report
