@@ -9,12 +9,9 @@ from dataclasses import dataclass
 
 import trio
 
-from ..core import content as content_mod
-from ..core import ids, ops, space
+from ..core import ids, space
 from ..core.address import parse_address
 from ..errors import (
-    AnysyncError,
-    BlobMissing,
     IntegrityError,
     NetworkError,
     NotFound,
@@ -22,6 +19,7 @@ from ..errors import (
     UsageError,
 )
 from ..protocol import messages as m
+from ..replica.files import tree_blobs
 from ..replica.home import Unlocked
 from ..replica.replica import Replica, adopt_space
 from .connection import RemoteError, while_serving
@@ -100,26 +98,7 @@ async def _bootstrap(unlocked: Unlocked, endpoint: Endpoint, space_id: bytes, na
 
 def _missing_blobs(replica: Replica) -> list[bytes]:
     """Blobs the current tree needs that are not on this device (a manifest first: its chunks show next round)."""
-    want: list[bytes] = []
-    seen: set[bytes] = set()
-    for node in replica.tree.nodes.values():
-        if node.kind != ops.KIND_FILE:
-            continue
-        try:
-            refs = content_mod.blob_refs(node.content, replica.get_blob)
-        except BlobMissing as e:
-            refs = []
-            if e.blob_id not in seen:
-                seen.add(e.blob_id)
-                want.append(e.blob_id)
-        except AnysyncError as e:
-            log.warning("skipping content of a file: %s", e)
-            continue
-        for ref in refs:
-            if ref.blob not in seen and not replica.blobs.has(ref.blob):
-                seen.add(ref.blob)
-                want.append(ref.blob)
-    return want
+    return [b for b in tree_blobs(replica) if not replica.blobs.has(b)]
 
 
 async def _fetch_content(sync: SpaceSync, progress: Progress | None, timeout: float, report: FullReport) -> int:

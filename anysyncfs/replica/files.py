@@ -10,13 +10,13 @@ import datetime as _dt
 import errno
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..core import content, ids, ops, tree
 from ..core.change import Change
-from ..errors import FsError, NotFound, UsageError
+from ..errors import AnysyncError, BlobMissing, FsError, NotFound, UsageError
 from .replica import Replica
 
 READ_PIECE = 4 << 20
@@ -174,3 +174,27 @@ def _describe(op: ops.Op) -> str:
 def format_time_us(us: int) -> str:
     t = _dt.datetime.fromtimestamp(us / 1e6, tz=_dt.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def tree_blobs(replica: Replica, on_error: Callable[[tree.Node, AnysyncError], None] | None = None) -> list[bytes]:
+    """Every blob the current tree's files need, each once, in tree order (a manifest before its chunks). A
+    manifest that is not on this device is listed but its chunks are not: they are known once it is here.
+    A file whose content can't be listed otherwise goes to ``on_error`` (fsck reports it; others skip it)."""
+    out: list[bytes] = []
+    seen: set[bytes] = set()
+    for node in replica.tree.nodes.values():
+        if node.kind != ops.KIND_FILE:
+            continue
+        try:
+            refs = [r.blob for r in content.blob_refs(node.content, replica.get_blob)]
+        except BlobMissing as e:
+            refs = [e.blob_id]
+        except AnysyncError as e:
+            if on_error is not None:
+                on_error(node, e)
+            continue
+        for blob_id in refs:
+            if blob_id not in seen:
+                seen.add(blob_id)
+                out.append(blob_id)
+    return out

@@ -16,12 +16,13 @@ import logging
 from dataclasses import dataclass, field
 
 from ..core import acl as acl_mod
-from ..core import content, ids, ops, validate
+from ..core import ids, ops, tree, validate
 from ..core.change import open_payload, parse_change
 from ..core.dag import Dag
-from ..errors import AnysyncError, BlobMissing, IntegrityError, NotFound, Rejected
+from ..errors import AnysyncError, IntegrityError, NotFound, Rejected
 from ..store import schema
 from .home import Unlocked
+from .files import tree_blobs
 from .replica import Replica
 
 log = logging.getLogger(__name__)
@@ -106,25 +107,10 @@ def _check_blobs(replica: Replica, report: FsckReport) -> None:
     """Every blob of the current tree: present and intact, or remote (a provider confirmed storing it, or it
     came from a peer and was never here): fetched on demand, not a problem. A blob made on this device that no
     provider has confirmed and whose file is gone is the only copy lost: a problem."""
-    seen: set[bytes] = set()
-    wanted: list[bytes] = []
-    for node in replica.tree.nodes.values():
-        if node.kind != ops.KIND_FILE:
-            continue
-        try:
-            refs = content.blob_refs(node.content, replica.get_blob)
-        except BlobMissing as e:
-            refs = []
-            if e.blob_id not in seen:
-                seen.add(e.blob_id)
-                wanted.append(e.blob_id)
-        except AnysyncError as e:
-            report.problems.append(f"node {ids.b32(node.id)[:12]}: manifest unreadable: {e}")
-            continue
-        for ref in refs:
-            if ref.blob not in seen:
-                seen.add(ref.blob)
-                wanted.append(ref.blob)
+    def unreadable(node: tree.Node, e: AnysyncError) -> None:
+        report.problems.append(f"node {ids.b32(node.id)[:12]}: manifest unreadable: {e}")
+
+    wanted = tree_blobs(replica, unreadable)
     rows = replica.store.blob_rows(wanted)
     for blob_id in wanted:
         report.blobs += 1
