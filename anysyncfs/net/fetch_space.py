@@ -25,7 +25,7 @@ from ..replica.replica import Replica, adopt_space
 from .connection import RemoteError, while_serving
 from .endpoint import Endpoint
 from .runner import Runner
-from .sync import Progress, SpaceSync, SyncReport
+from .sync import TRANSFERS_IN_FLIGHT, Progress, SpaceSync, SyncReport, for_each_limited
 from .tls import make_tls_identity
 
 log = logging.getLogger(__name__)
@@ -114,14 +114,20 @@ async def _fetch_content(sync: SpaceSync, progress: Progress | None, timeout: fl
             want = [b for b in await sync.run(_missing_blobs, sync.replica) if b not in failed]
             if not want:
                 break
-            for i, blob_id in enumerate(want):
+            done = 0
+
+            async def fetch(blob_id: bytes) -> None:
+                nonlocal fetched, done
                 try:
                     await sync.fetch_blob(blob_id, timeout=timeout)
                     fetched += 1
                 except NotFound as e:
                     failed.add(blob_id)
                     report.errors.append(str(e))
+                done += 1
                 if progress:
-                    progress("content", i + 1, len(want))
+                    progress("content", done, len(want))
+
+            await for_each_limited(want, fetch, TRANSFERS_IN_FLIGHT)
         nursery.cancel_scope.cancel()
     return fetched

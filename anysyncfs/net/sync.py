@@ -13,8 +13,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
@@ -29,6 +30,7 @@ from .endpoint import Endpoint
 from .runner import Runner
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_ROUNDS = 64  # reconciliation messages per set; a correct peer needs ~log16(n) + 2
 POLL_S = 0.05  # how often the engine looks for local commits (a read of one attribute)
@@ -36,6 +38,7 @@ BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 HOSTILE_BACKOFF_S = 60.0  # after a peer sent invalid data
 UPLOAD_BATCH = 64
+TRANSFERS_IN_FLIGHT = 4  # concurrent blob uploads / content fetches per sync
 
 Changed = Callable[[], Awaitable[None]]
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -326,14 +329,19 @@ class SpaceSync:
             if not pending:
                 break
             done: list[bytes] = []
-            for blob_id in pending:
+
+            async def upload(blob_id: bytes) -> None:
                 try:
                     data = await self.run(self.replica.get_blob, blob_id)
                 except NotFound:
                     done.append(blob_id)  # gone (fsck, eviction): nothing we can upload
-                    continue
+                    return
                 await conn.request(m.PutBlob(self.space_id, blob_id, data))
                 done.append(blob_id)
+
+            # Several in flight: reading, hashing and storing on both sides overlap with the transfer
+            # (measured: one at a time left the link idle most of the time).
+            await for_each_limited(pending, upload, TRANSFERS_IN_FLIGHT)
             await self.run(store.mark_uploaded, self.space_id, done)
             total += len(done)
             if progress:
@@ -446,3 +454,30 @@ class SpaceSync:
             "peers": [vars(p) | {"next_attempt": p.next_attempt if math.isfinite(p.next_attempt) else 0}
                       for p in self.peers.values()],
         }
+
+
+async def for_each_limited(items: Sequence[T], fn: Callable[[T], Awaitable[None]], limit: int) -> None:
+    """Run ``fn`` on every item, at most ``limit`` at once; the first failure cancels the rest and is raised as
+    itself (not wrapped in an ExceptionGroup, so callers' ``except NetworkError`` keep working)."""
+    failure: list[BaseException] = []
+    sem = trio.Semaphore(limit)
+
+    async def one(item: T, cancel: trio.CancelScope) -> None:
+        try:
+            await fn(item)
+        except Exception as e:  # noqa: BLE001 - handed to the caller below
+            if not failure:
+                failure.append(e)
+            cancel.cancel()
+        finally:
+            sem.release()
+
+    async with trio.open_nursery() as nursery:
+        for item in items:
+            await sem.acquire()
+            if failure:
+                sem.release()
+                break
+            nursery.start_soon(one, item, nursery.cancel_scope)
+    if failure:
+        raise failure[0]

@@ -158,3 +158,30 @@ async def test_fsck_tells_remote_only_content_from_a_lost_only_copy(tmp_path: Pa
     a.blobs.delete(pending[0])
     report = fsck(a_home, a.space_id)
     assert any("no provider has confirmed" in p for p in report.problems), report
+
+
+async def test_for_each_limited_bounds_concurrency_and_raises_the_first_error_unwrapped() -> None:
+    from anysyncfs.errors import NetworkError
+    from anysyncfs.net.sync import for_each_limited
+
+    running = peak = 0
+    seen: list[int] = []
+
+    async def work(i: int) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await trio.sleep(0.01)
+        running -= 1
+        seen.append(i)
+
+    await for_each_limited(list(range(20)), work, 4)
+    assert sorted(seen) == list(range(20)) and peak == 4
+
+    async def failing(i: int) -> None:
+        await trio.sleep(0.01 * (i % 3))
+        if i == 5:
+            raise NetworkError("peer went away")
+
+    with pytest.raises(NetworkError, match="peer went away"):  # not an ExceptionGroup
+        await for_each_limited(list(range(50)), failing, 4)
