@@ -14,7 +14,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 from pathlib import Path
 
 import pytest
@@ -392,3 +393,39 @@ def init_device(m: Mount, name: str, phrase: str | None = None) -> str:
     phrase = out[at + 1].strip()
     assert len(phrase.split()) == 24, "init did not print a 24-word phrase"
     return phrase
+
+
+# ---------------------------------------------------------------------------------------------- shared by levels 7-9
+CONVERGE_TIMEOUT = 60.0
+POLL_S = 0.1
+_T = TypeVar("_T")
+
+
+def eventually(probe: Callable[[], _T | None], what: str, timeout: float = CONVERGE_TIMEOUT) -> _T:
+    """Poll ``probe`` until it returns something other than None/False (file errors count as "not yet")."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            got = probe()
+            if got is not None and got is not False:
+                return got
+            last = got
+        except OSError as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened within {timeout} s: {what} (last probe: {last!r})")
+        time.sleep(POLL_S)
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Write a whole file and fsync it (so the mount has committed it when this returns)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def blob_bytes(m: Mount) -> int:
+    """Bytes of content blobs this device holds (the mount's home)."""
+    return sum(p.stat().st_size for p in (m.home / "blobs").rglob("*") if p.is_file())

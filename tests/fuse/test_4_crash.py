@@ -15,7 +15,6 @@ The kill time, the fsync flavour and the commit interval vary with the (seeded, 
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess

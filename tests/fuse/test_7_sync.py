@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -24,16 +22,16 @@ from .conftest import (
     SyncNode,
     _check_fuse,
     assert_clean_log,
+    blob_bytes,
+    eventually,
     free_port,
     init_device,
 )
+from .conftest import write_synced as write
 
 SYNC_OPTS = ("-o", "sync_interval=2,fetch_timeout=20")
-CONVERGE_TIMEOUT = 60.0
-POLL_S = 0.1
 BIG = 3 * 1024 * 1024
 
-T = TypeVar("T")
 
 
 @dataclass
@@ -51,28 +49,8 @@ class Cluster:
         self.node.start()
 
 
-def write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = CONVERGE_TIMEOUT) -> T:
-    """Poll ``probe`` until it returns something other than None/False (file errors count as "not yet")."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            got = probe()
-            if got is not None and got is not False:
-                return got
-            last = got
-        except OSError as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened within {timeout} s: {what} (last probe: {last!r})")
-        time.sleep(POLL_S)
 
 
 def has_bytes(path: Path, data: bytes) -> bool:
@@ -83,9 +61,6 @@ def visible_names(m: Mount) -> list[str]:
     return sorted(n for n in os.listdir(m.mountpoint) if n != ".anysync")
 
 
-def blob_bytes(m: Mount) -> int:
-    """Bytes of content blobs this device holds (the mount's home)."""
-    return sum(p.stat().st_size for p in (m.home / "blobs").rglob("*") if p.is_file())
 
 
 def status_json(m: Mount) -> list[dict[str, object]]:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Mount, SyncNode, _check_fuse, assert_clean_log, free_port, init_device
-from .test_7_sync import eventually, has_bytes, write
+from .conftest import Mount, SyncNode, _check_fuse, assert_clean_log, eventually, free_port, init_device
+from .conftest import write_synced as write
+from .test_7_sync import has_bytes
 
 SYNC_OPTS = ("-o", "sync_interval=2,fetch_timeout=20")
 

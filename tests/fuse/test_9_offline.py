@@ -11,15 +11,15 @@ import errno
 import json
 import os
 import random
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from .conftest import Mount, SyncNode, _check_fuse, assert_clean_log, free_port, init_device
+from .conftest import blob_bytes, eventually
+from .conftest import write_synced as write
 
 KiB, MiB = 1024, 1024 * 1024
 FILE_SIZE = 512 * KiB
@@ -29,10 +29,7 @@ FETCH_TIMEOUT = 3
 A_OPTS = ("-o", "sync_interval=2,fetch_timeout=20")
 B_OPTS = ("-o", f"sync_interval=2,fetch_timeout={FETCH_TIMEOUT},cache_size=4M")
 A_SMALL_CACHE = ("-o", "sync_interval=2,fetch_timeout=20,cache_size=64K")
-TIMEOUT = 60.0
-POLL_S = 0.1
 
-T = TypeVar("T")
 
 
 @dataclass
@@ -45,35 +42,14 @@ class Cluster:
     max_blob: int  # the largest blob file of the tree
 
 
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = TIMEOUT) -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            got = probe()
-            if got is not None and got is not False:
-                return got
-            last = got
-        except OSError as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened within {timeout} s: {what} (last probe: {last!r})")
-        time.sleep(POLL_S)
 
 
-def write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def blob_files(m: Mount) -> list[Path]:
     return [p for p in (m.home / "blobs").rglob("*") if p.is_file()]
 
 
-def blob_bytes(m: Mount) -> int:
-    return sum(p.stat().st_size for p in blob_files(m))
 
 
 def status(m: Mount) -> dict[str, object]:
