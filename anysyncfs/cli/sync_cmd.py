@@ -29,6 +29,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     s.add_argument("--listen", default="127.0.0.1:7733", metavar="HOST:PORT", help="default 127.0.0.1:7733")
     s.add_argument("--data", type=Path, required=True, help="directory for the node's data")
     s.add_argument("--quota", default="10G", help="bytes of changes and blobs per space (default 10G)")
+    s.add_argument("--allow-account", action="append", default=[], metavar="ac-…",
+                   help="only these accounts may store NEW spaces here (repeatable; default: any member of the "
+                        "space it offers)")
     s.set_defaults(func=cmd_node_serve, needs_identity=False)
 
     s = space_sub.add_parser("add-peer", help="record a peer or provider (anysync://dv-…@host:port) for a space")
@@ -75,7 +78,8 @@ def cmd_node_serve(ctx: Context) -> int:
     quota = parse_size(ctx.args.quota)
     logging.basicConfig(level=logging.DEBUG if ctx.args.debug else logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    node = Node(ctx.args.data, quota_bytes=quota)
+    allowed = frozenset(ids.from_text(ids.PREFIX_ACCOUNT, a) for a in ctx.args.allow_account) or None
+    node = Node(ctx.args.data, quota_bytes=quota, allowed_accounts=allowed)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -81,8 +81,10 @@ class _Sets:
 
 
 class Node:
-    def __init__(self, data: Path, *, quota_bytes: int = DEFAULT_QUOTA) -> None:
+    def __init__(self, data: Path, *, quota_bytes: int = DEFAULT_QUOTA,
+                 allowed_accounts: frozenset[bytes] | None = None) -> None:
         self.data = Path(data).absolute()
+        self.allowed_accounts = allowed_accounts  # None: any authenticated member may store a new space here
         self.identity = load_or_create_identity(self.data)
         self.store = Store(str(self.data / "node.db"))
         self.blobs = BlobFiles(self.data / "blobs")
@@ -210,7 +212,7 @@ class Node:
                 await self._announce(body.space, ledger, conn)
             return m.Accepted(accepted, known, missing)
         if isinstance(body, m.PutAcl):
-            ledger = await self._member_or_joining(conn, body.space)
+            ledger = await self._member_or_joining(conn, body.space, body.records)
             added = await self.run(ledger.add_acl_records, body.records)
             if added:
                 self._bump(body.space)
@@ -263,13 +265,28 @@ class Node:
         raise ServiceError(m.ErrorCode.NOT_FOUND, "this invite is not known here (the inviter's device may not "
                                                   "have pushed it yet)")
 
-    async def _member_or_joining(self, conn: Connection, space_id: bytes) -> Ledger:
-        """ACL records are verified by the ACL rules themselves (a join is signed by the invite key), so anyone
-        authenticated may offer them for a space the node holds."""
+    async def _member_or_joining(self, conn: Connection, space_id: bytes, raws: list[bytes]) -> Ledger:
+        """Members may offer ACL records (the ACL rules decide which count). Anyone else only records that make
+        it a member — a join under a valid invite — judged before anything is stored, so strangers can't fill
+        the node with records the fold would drop."""
+        assert conn.peer is not None
         try:
-            return await self.run(self._ledger, space_id)
+            ledger = await self.run(self._ledger, space_id)
         except NotFound:
             raise ServiceError(m.ErrorCode.NOT_FOUND, f"this node does not hold {ids.space_text(space_id)}") from None
+        account = conn.peer.peer_account
+        if ledger.role_of(account) is not None:
+            return ledger
+
+        def joins() -> bool:
+            offered = [acl_mod.parse_record(raw) for raw in raws]  # IntegrityError: the connection closes
+            held = [acl_mod.parse_record(raw, rid) for rid, raw in ledger.acl_raws()]
+            return acl_mod.fold(space_id, held + offered).current.role_of(account) is not None
+
+        if not await self.run(joins):
+            raise ServiceError(m.ErrorCode.FORBIDDEN, "only members, or a joiner with a valid join record, may add "
+                                                      "ACL records")
+        return ledger
 
     async def _push_space(self, conn: Connection, body: m.PushSpace) -> object:
         assert conn.peer is not None
@@ -278,6 +295,9 @@ class Node:
         view = acl_mod.fold(header.id, records)
         if view.current.members.get(conn.peer.peer_account) is None:
             raise ServiceError(m.ErrorCode.FORBIDDEN, "only a member may store a space here")
+        if (self.allowed_accounts is not None and conn.peer.peer_account not in self.allowed_accounts
+                and not any(r.id == header.id for r in await self.run(self.store.spaces))):
+            raise ServiceError(m.ErrorCode.FORBIDDEN, "this node stores new spaces only for the accounts it serves")
 
         def adopt() -> Ledger:
             ledger = Ledger.adopt(self.store, self.blobs, body.header, body.acl, quota_bytes=self.quota)

@@ -185,3 +185,49 @@ async def test_for_each_limited_bounds_concurrency_and_raises_the_first_error_un
 
     with pytest.raises(NetworkError, match="peer went away"):  # not an ExceptionGroup
         await for_each_limited(list(range(50)), failing, 4)
+
+
+async def test_node_refuses_acl_records_from_strangers_and_new_spaces_from_unlisted_accounts(
+    tmp_path: Path, make_home
+) -> None:
+    import time as _time
+
+    from anysyncfs.core import acl, crypto
+    from anysyncfs.net.connection import RemoteError
+    from anysyncfs.protocol import messages as m
+
+    owner_home, stranger_home = make_home("owner"), make_home("stranger")
+    a = create_space(owner_home, "docs")
+    async with running_node(tmp_path / "node") as (node, addr):
+        a.store.add_peer(a.space_id, str(addr), addr.device)
+        await engine(a).sync_once()
+        stranger = stranger_home.identity
+        # a well-signed invite by someone who is not an admin: the fold would drop it; the node must not store it
+        # (built below the core's own check, which refuses to sign a record its author may not make)
+        kind = acl.Invite(crypto.random_bytes(32), int(acl.Role.WRITER), 0, b"")
+        junk = acl.encode_record(stranger.account, acl._body(stranger.account, a.acl, _time.time_ns() // 1000, kind))
+        conn = await Endpoint(stranger).dial(addr)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.serve)
+                with pytest.raises(RemoteError, match="only members"):
+                    await conn.request(m.PutAcl(a.space_id, [junk]))
+                nursery.cancel_scope.cancel()
+        finally:
+            await conn.abort("done")
+        held = node.store.acl_records(a.space_id)
+        assert acl.parse_record(junk).id not in {rid for rid, _ in held}
+    # a node that serves only listed accounts refuses a new space from anyone else
+    b = create_space(stranger_home, "theirs")
+    node2 = Node(tmp_path / "node2", allowed_accounts=frozenset({owner_home.identity.account_id}))
+    try:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(node2.serve, "127.0.0.1", 0)
+            addr2 = node2.address("127.0.0.1", listeners[0].socket.getsockname()[1])
+            b.store.add_peer(b.space_id, str(addr2), addr2.device)
+            report = await engine(b).sync_once()
+            assert report.reached == 0 and any("only for the accounts" in e for e in report.errors), report
+            assert not node2.store.spaces()
+            nursery.cancel_scope.cancel()
+    finally:
+        node2.close()
