@@ -382,9 +382,13 @@ class SpaceSync:
                         reply = await conn.request(m.GetBlob(self.space_id, blob_id))
                     if not isinstance(reply, m.Blob):
                         raise ProtocolError(f"expected Blob, got {type(reply).__name__}")
-                    # Only providers answer GetBlob, and only with blobs they store: the cache may evict it.
-                    await self.run(functools.partial(self.replica.put_fetched_blob, remote_confirmed=True),
-                                   blob_id, bytes(reply.data))
+                    data = bytes(reply.data)
+                    # Verify and write the file without the mount's lock (hashing and fsync take milliseconds:
+                    # file-system requests go on meanwhile), then index it under the lock. Only providers answer
+                    # GetBlob, and only with blobs they store: the cache may evict it.
+                    await trio.to_thread.run_sync(self.replica.write_fetched_blob, blob_id, data)
+                    await self.run(functools.partial(self.replica.index_fetched_blob, remote_confirmed=True),
+                                   blob_id, len(data))
                     return
                 except (IntegrityError, ProtocolError) as e:
                     log.warning("%s sent a bad blob %s: %s; disconnecting", key, label, e)

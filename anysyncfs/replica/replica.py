@@ -445,11 +445,22 @@ class Replica:
         """Store a blob fetched from a peer or provider: verified (:class:`IdMismatch`; :class:`DecodeError` when
         too large), written durably and indexed, but not queued for upload (it came from elsewhere).
         ``remote_confirmed``: it came from a provider, so the cache may evict it. False if it was here already."""
+        new = self.write_fetched_blob(blob_id, data)
+        self.index_fetched_blob(blob_id, len(data), remote_confirmed=remote_confirmed)
+        return new
+
+    def write_fetched_blob(self, blob_id: bytes, data: bytes) -> bool:
+        """The file half of :meth:`put_fetched_blob`: verify and write the blob file. Touches no replica or
+        store state, so the sync engine runs it without the mount's lock (file systems calls go on meanwhile).
+        False if the blob was here already."""
         ledger.check_blob(blob_id, data)
         new = not self.blobs.has(blob_id)
-        self.blobs.put(blob_id, data)
-        self.store.index_blob(blob_id, len(data), remote_confirmed=remote_confirmed)
+        self.blobs.put(blob_id, data, verified=True)
         return new
+
+    def index_fetched_blob(self, blob_id: bytes, size: int, *, remote_confirmed: bool = False) -> None:
+        """The store half of :meth:`put_fetched_blob` (under the lock)."""
+        self.store.index_blob(blob_id, size, remote_confirmed=remote_confirmed)
 
     def put_blob(self, blob_id: bytes, data: bytes) -> bool:
         """:meth:`put_fetched_blob` under the name :class:`~.ledger.SpaceData` uses."""

@@ -39,13 +39,14 @@ class BlobFiles:
         text = blob_id.hex()
         return self.root / text[:2] / text[2:]
 
-    def put(self, blob_id: bytes, data: bytes | bytearray | memoryview) -> None:
-        """Store ``data`` under ``blob_id`` after checking that it hashes to it (:class:`IdMismatch`).
-        Idempotent; a damaged existing copy is replaced."""
+    def put(self, blob_id: bytes, data: bytes | bytearray | memoryview, *, verified: bool = False) -> None:
+        """Store ``data`` under ``blob_id`` after checking that it hashes to it (:class:`IdMismatch`; skipped
+        when the caller has just checked it: ``verified``). Idempotent; a damaged existing copy is replaced.
+        Safe to call from several threads (each write is a temporary file renamed into place)."""
         path = self.path_of(blob_id)
         if len(data) > self.max_blob_len:
             raise StoreError(f"blob of {len(data)} bytes exceeds the limit of {self.max_blob_len}")
-        if crypto.blake3(data) != blob_id:
+        if not verified and crypto.blake3(data) != blob_id:
             raise IdMismatch("blob does not hash to the ID it is stored under")
         if self._intact(path, blob_id):
             return
