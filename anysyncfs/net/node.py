@@ -185,8 +185,13 @@ class Node:
             else:
                 ledger = await self._member(conn, body.space)
                 self._subscribers.setdefault(body.space, set()).add(conn)
-            acl = await self.run(ledger.acl_raws)
+            acl = await self.run(ledger.acl_raws) if body.with_acl or body.invite_proof else []
             return m.SpaceInfo(ledger.header_raw, [raw for _rid, raw in acl], list(ledger.heads)[: m.MAX_IDS])
+        if isinstance(body, m.GetAcl):
+            ledger = await self._member(conn, body.space)
+            wanted = set(body.ids)
+            held = await self.run(ledger.acl_raws)
+            return m.AclRecords([raw for rid, raw in held if rid in wanted])
         if isinstance(body, m.Reconcile):
             ledger = await self._member(conn, body.space)
             id_set = await self.run(self._id_set, ledger, body.set)

@@ -204,17 +204,8 @@ class SpaceSync:
         """Bring ``conn``'s peer and us to the same changes; returns (fetched, sent, blobs uploaded)."""
         if await self.run(self.replica.refresh_acl) and self.on_changed is not None:
             await self.on_changed()  # another process (the CLI) changed the ACL: roles or keys may have moved
-        info = await self._open(conn)
-        new_records = [raw for raw in info.acl]
-        if new_records:
-            added = await self.run(self.replica.add_acl_records, new_records)
-            if added:
-                log.info("%s: %d new ACL records", conn.label, added)
-        ours = await self.run(self.replica.acl_raws)
-        theirs = {bytes(r) for r in info.acl}
-        missing_there = [raw for _rid, raw in ours if raw not in theirs]
-        if missing_there:
-            await conn.request(m.PutAcl(self.space_id, missing_there[: m.MAX_BATCH]))
+        await self._open(conn)
+        await self._sync_acl(conn)
         uploaded = await self.upload_blobs(conn, progress)
         fetched, sent, rounds = await self._sync_changes(conn, progress)
         if st is not None:
@@ -224,9 +215,28 @@ class SpaceSync:
         await self._note(conn.label, ok=True)
         return fetched, sent, uploaded
 
+    async def _sync_acl(self, conn: Connection) -> None:
+        """Reconcile ACL record IDs by ranges; fetch the records we lack (verified on adding), send theirs."""
+        ours = await self.run(lambda: IdSet(self.replica.acl_ids()))
+        have, need, _rounds = await self.reconcile(conn, m.SetKind.ACL, ours)
+        if need:
+            reply = await conn.request(m.GetAcl(self.space_id, sorted(need)[: 4 * m.MAX_BATCH]))
+            if not isinstance(reply, m.AclRecords):
+                raise ProtocolError(f"expected AclRecords, got {type(reply).__name__}")
+            added = await self.run(self.replica.add_acl_records, [bytes(r) for r in reply.records])
+            if added:
+                log.info("%s: %d new ACL records", conn.label, added)
+                if self.on_changed is not None:
+                    await self.on_changed()
+        if have:
+            raws = dict(await self.run(self.replica.acl_raws))
+            send = [raws[rid] for rid in sorted(have) if rid in raws]
+            for i in range(0, len(send), m.MAX_BATCH):
+                await conn.request(m.PutAcl(self.space_id, send[i:i + m.MAX_BATCH]))
+
     async def _open(self, conn: Connection) -> m.SpaceInfo:
         try:
-            info = await conn.request(m.OpenSpace(self.space_id))
+            info = await conn.request(m.OpenSpace(self.space_id, with_acl=False))
         except RemoteError as e:
             if e.code != m.ErrorCode.NOT_FOUND:
                 raise

@@ -93,6 +93,7 @@ class OpenSpace(_Tagged, frozen=True, tag=1):
 
     space: Id32
     invite_proof: Annotated[bytes, msgspec.Meta(max_length=64)] = b""  # empty, or an Ed25519 signature (64 B)
+    with_acl: bool = True  # False: SpaceInfo.acl stays empty (a member syncing reconciles ACL IDs by ranges)
 
 
 class Reconcile(_Tagged, frozen=True, tag=2):
@@ -142,7 +143,15 @@ class PushSpace(_Tagged, frozen=True, tag=9):
     acl: Annotated[list[RecordBytes], msgspec.Meta(max_length=4 * MAX_BATCH)]
 
 
-RequestBody = Union[OpenSpace, Reconcile, GetChanges, PutChanges, PutAcl, GetBlob, PutBlob, HasBlobs, PushSpace]
+class GetAcl(_Tagged, frozen=True, tag=10):
+    """ACL records by ID (the ones set reconciliation found missing)."""
+
+    space: Id32
+    ids: Annotated[list[Id32], msgspec.Meta(max_length=4 * MAX_BATCH)]
+
+
+RequestBody = Union[OpenSpace, Reconcile, GetChanges, PutChanges, PutAcl, GetBlob, PutBlob, HasBlobs, PushSpace,
+                    GetAcl]
 
 
 # ---------------------------------------------------------------------------------------------- responses
@@ -178,7 +187,11 @@ class Bits(_Tagged, frozen=True, tag=107):
     bits: Annotated[bytes, msgspec.Meta(max_length=MAX_IDS // 8)]  # bit i (LSB first) set: the i-th ID is held
 
 
-ResponseBody = Union[SpaceInfo, ReconcileReply, Changes, Accepted, Blob, Ok, Bits]
+class AclRecords(_Tagged, frozen=True, tag=108):
+    records: Annotated[list[RecordBytes], msgspec.Meta(max_length=4 * MAX_BATCH)]  # those asked that are held
+
+
+ResponseBody = Union[SpaceInfo, ReconcileReply, Changes, Accepted, Blob, Ok, Bits, AclRecords]
 
 
 # ---------------------------------------------------------------------------------------------- notifications

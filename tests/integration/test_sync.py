@@ -231,3 +231,30 @@ async def test_node_refuses_acl_records_from_strangers_and_new_spaces_from_unlis
             nursery.cancel_scope.cancel()
     finally:
         node2.close()
+
+
+async def test_acl_records_travel_by_range_reconciliation(tmp_path: Path, make_home) -> None:
+    """A member's sync asks OpenSpace without the ACL: new records reach the other device only through
+    reconciliation of ACL record IDs (GetAcl for what it lacks, PutAcl for what the node lacks)."""
+    import time as _time
+
+    from anysyncfs.core import acl
+
+    phrase = keys.generate_phrase()
+    a_home, b_home = make_home("a", phrase), make_home("b", phrase)
+    a = create_space(a_home, "docs")
+    async with running_node(tmp_path / "node") as (node, addr):
+        a.store.add_peer(a.space_id, str(addr), addr.device)
+        await engine(a).sync_once()
+        b_home.home.store().add_peer(a.space_id, str(addr), addr.device)
+        await _sync_space(b_home, a.space_id, "docs", False, None, 60.0)
+        b = Replica(b_home, b_home.home.store(), b_home.home.blobs(), a.space_id)
+        _epoch, key = a.current_epoch_key()
+        for role in (acl.Role.READER, acl.Role.WRITER):  # two new records on a
+            raw, _ = acl.make_invite(a.identity.account, a.acl, role, 0, key, _time.time_ns() // 1000)
+            a.add_acl_record(raw)
+        assert b.acl.head != a.acl.head
+        await engine(a).sync_once()  # the node lacks them: a sends them (PutAcl of reconciliation's "have")
+        assert set(node.store.acl_records(a.space_id)) == set(a.store.acl_records(a.space_id))
+        await engine(b).sync_once()  # b lacks them: GetAcl of reconciliation's "need"
+        assert b.acl.head == a.acl.head and set(b.acl_ids()) == set(a.acl_ids())
