@@ -1,7 +1,7 @@
 """The local store: SQLAlchemy Core over SQLite in WAL mode.
 
-All SQL of the project lives in this module. Callers get plain tuples and bytes; they never see a connection.
-Every write method runs in the caller's transaction when one is open (``with store.transaction():``) so that a
+All SQL of the project lives in this module and its mixin :mod:`.db_sync` (peers, blob cache, pins). Callers
+get plain tuples and bytes; they never see a connection. Every write method runs in the caller's transaction when one is open (``with store.transaction():``) so that a
 change, its heads and its tree rows land atomically, or not at all.
 """
 
@@ -22,6 +22,9 @@ from sqlalchemy.schema import CreateColumn
 
 from ..errors import NotFound, StoreError
 from . import schema as S
+from .db_sync import IN_BATCH, BlobRow, PeerRow, SyncQueries, _batches, now_us
+
+__all__ = ["BlobRow", "ChangeRow", "IN_BATCH", "PeerRow", "SpaceRow", "Store", "split_ids"]
 
 
 # Hot-path statements are built once: SQLAlchemy then reuses their compiled form and cache key, which measured
@@ -46,11 +49,6 @@ _UPSERT_ENTRY = _UPSERT_ENTRY.on_conflict_do_update(
 )
 _SELECT_INODE = select(S.nodes.c.inode).where(S.nodes.c.space == bindparam("s"), S.nodes.c.node == bindparam("n"))
 _RESERVE_INODE = insert(S.nodes).values(kind=0, size=0, version=None, state=None)
-_TOUCH_BLOB = update(S.blobs).where(S.blobs.c.id == bindparam("i")).values(last_access_us=bindparam("t"))
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,34 +69,11 @@ class ChangeRow:
     status: int
 
 
-@dataclass(frozen=True, slots=True)
-class PeerRow:
-    space: bytes
-    address: str
-    device_key: bytes  # pinned device public key
-    added_us: int
-    last_sync_us: int | None  # last successful sync (None: never)
-    last_attempt_us: int | None  # last attempt, successful or not (None: never)
-    last_error: str | None  # why the last attempt failed (None after a success)
-
-
-@dataclass(frozen=True, slots=True)
-class BlobRow:
-    id: bytes
-    size: int  # bytes (ciphertext)
-    local: bool  # the file is on this device (location BLOB_LOCAL)
-    remote_confirmed: bool  # a provider confirmed storing it
-    last_access_us: int
-
-
-IN_BATCH = 500  # IDs per "IN (…)" query: well below SQLite's limit on bound parameters
-
-
 def split_ids(packed: bytes, size: int = 32) -> tuple[bytes, ...]:
     return tuple(packed[i : i + size] for i in range(0, len(packed), size))
 
 
-class Store:
+class Store(SyncQueries):
     """One SQLite database for every space of a home directory."""
 
     def __init__(self, path: str) -> None:
@@ -415,82 +390,6 @@ class Store:
                 self._run(delete(S.upload_queue).where(u.space == space_id, u.blob.in_(part)))
                 self._run(update(S.blobs).where(b.id.in_(part)).values(remote_confirmed=1))
 
-    # ------------------------------------------------------------------------------------------ blob cache
-    def blob_rows(self, blob_ids: Sequence[bytes]) -> dict[bytes, BlobRow]:
-        """The index rows of those ``blob_ids`` that are indexed."""
-        b = S.blobs.c
-        out: dict[bytes, BlobRow] = {}
-        for part in _batches(blob_ids):
-            q = select(b.id, b.size, b.location, b.remote_confirmed, b.last_access_us).where(b.id.in_(part))
-            out.update({r[0]: BlobRow(r[0], r[1], r[2] == S.BLOB_LOCAL, bool(r[3]), r[4])
-                        for r in self._run(q).fetchall()})
-        return out
-
-    def local_blob_bytes(self) -> int:
-        """Bytes of every indexed blob whose file is on this device (all spaces: they share the blob directory)."""
-        b = S.blobs.c
-        q = select(func.coalesce(func.sum(b.size), 0)).where(b.location == S.BLOB_LOCAL)
-        return int(self._run(q).scalar_one())
-
-    def eviction_candidates(self, limit: int, after: tuple[int, bytes] | None = None) -> list[BlobRow]:
-        """Up to ``limit`` local blobs a provider has confirmed and no space pins, least recently used first;
-        ``after`` = (last_access_us, id) of the last row of the previous page."""
-        b, pb = S.blobs.c, S.pinned_blobs.c
-        q = select(b.id, b.size, b.last_access_us).where(
-            b.location == S.BLOB_LOCAL, b.remote_confirmed == 1, b.pinned == 0,
-            b.id.not_in(select(pb.blob).scalar_subquery()),
-        )
-        if after is not None:
-            q = q.where((b.last_access_us > after[0]) | ((b.last_access_us == after[0]) & (b.id > after[1])))
-        rows = self._run(q.order_by(b.last_access_us, b.id).limit(limit)).fetchall()
-        return [BlobRow(r[0], r[1], True, True, r[2]) for r in rows]
-
-    def mark_evicted(self, blob_ids: Sequence[bytes]) -> None:
-        """The cache is deleting these blob files (the rows stay: size, confirmation and access time)."""
-        b = S.blobs.c
-        with self.transaction():
-            for part in _batches(blob_ids):
-                self._run(update(S.blobs).where(b.id.in_(part)).values(location=S.BLOB_EVICTED))
-
-    def note_blob_access(self, accessed: dict[bytes, int]) -> None:
-        """Record reads: blob ID -> time (µs), in one transaction (the cache batches them in memory)."""
-        if accessed:
-            self._run(_TOUCH_BLOB, [{"i": blob_id, "t": t} for blob_id, t in accessed.items()])
-
-    def pins(self, space_id: bytes) -> list[bytes]:
-        """Node IDs pinned in a space, in ID order."""
-        p = S.pins.c
-        return [r[0] for r in self._run(select(p.node).where(p.space == space_id).order_by(p.node)).fetchall()]
-
-    def add_pin(self, space_id: bytes, node_id: bytes) -> bool:
-        """Pin a node; False if it was pinned already."""
-        p = S.pins.c
-        with self.transaction():
-            if self._run(select(p.node).where(p.space == space_id, p.node == node_id)).first() is not None:
-                return False
-            self._run(insert(S.pins).values(space=space_id, node=node_id, pinned_us=now_us()))
-        return True
-
-    def remove_pins(self, space_id: bytes, node_ids: Sequence[bytes]) -> None:
-        p = S.pins.c
-        with self.transaction():
-            for part in _batches(node_ids):
-                self._run(delete(S.pins).where(p.space == space_id, p.node.in_(part)))
-
-    def pinned_blob_ids(self, space_id: bytes) -> set[bytes]:
-        pb = S.pinned_blobs.c
-        return {r[0] for r in self._run(select(pb.blob).where(pb.space == space_id)).fetchall()}
-
-    def update_pinned_blobs(self, space_id: bytes, added: Sequence[bytes], removed: Sequence[bytes]) -> None:
-        """Change the blobs a space's pins keep, in one transaction."""
-        pb = S.pinned_blobs.c
-        with self.transaction():
-            for part in _batches(removed):
-                self._run(delete(S.pinned_blobs).where(pb.space == space_id, pb.blob.in_(part)))
-            if added:
-                self._run(sqlite_insert(S.pinned_blobs).on_conflict_do_nothing(),
-                          [{"space": space_id, "blob": b} for b in added])
-
     # ------------------------------------------------------------------------------------------ blobs of a space
     def add_space_blob(self, space_id: bytes, blob_id: bytes, size: int) -> bool:
         """Link a stored blob to a space (a provider's record of what it holds for whom); False if linked."""
@@ -518,58 +417,6 @@ class Store:
         n_changes, change_bytes = self._run(changes_q).first()
         n_blobs, blob_bytes = self._run(blobs_q).first()
         return int(n_changes), int(change_bytes), int(n_blobs), int(blob_bytes)
-
-    # ------------------------------------------------------------------------------------------ peers
-    def add_peer(self, space_id: bytes, address: str, device_key: bytes) -> None:
-        """Remember a peer of a space. Idempotent; adding a known address again replaces its pinned key."""
-        if len(device_key) != 32:
-            raise ValueError("a device key is 32 bytes")
-        stmt = sqlite_insert(S.peers).values(space=space_id, address=address, device_key=device_key,
-                                             added_us=now_us())
-        self._run(stmt.on_conflict_do_update(index_elements=[S.peers.c.space, S.peers.c.address],
-                                             set_={"device_key": stmt.excluded.device_key}))
-
-    def remove_peer(self, space_id: bytes, address: str) -> bool:
-        """Forget a peer; False if it was not known."""
-        p = S.peers.c
-        with self.transaction():
-            if self._run(select(p.address).where(p.space == space_id, p.address == address)).first() is None:
-                return False
-            self._run(delete(S.peers).where(p.space == space_id, p.address == address))
-        return True
-
-    def peers(self, space_id: bytes) -> list[PeerRow]:
-        """The peers of a space, in the order they were added."""
-        p = S.peers.c
-        return self._peer_rows(select(S.peers).where(p.space == space_id).order_by(p.added_us, p.address))
-
-    def all_peers(self) -> list[PeerRow]:
-        p = S.peers.c
-        return self._peer_rows(select(S.peers).order_by(p.space, p.added_us, p.address))
-
-    def _peer_rows(self, q: Any) -> list[PeerRow]:
-        return [
-            PeerRow(r.space, r.address, r.device_key, r.added_us, r.last_sync_us, r.last_attempt_us, r.last_error)
-            for r in self._run(q).fetchall()
-        ]
-
-    def note_peer_sync(self, space_id: bytes, address: str, ok: bool, error: str | None = None) -> None:
-        """Record an attempt to sync with a peer: on success the sync time (and no error), else the error."""
-        p = S.peers.c
-        now = now_us()
-        values: dict[str, Any] = {"last_attempt_us": now}
-        if ok:
-            values.update(last_sync_us=now, last_error=None)
-        else:
-            # One bounded line: the text may come from a peer.
-            values["last_error"] = ((error or "").strip().splitlines() or ["failed"])[0][:500]
-        self._run(update(S.peers).where(p.space == space_id, p.address == address).values(**values))
-
-
-def _batches(ids: Sequence[bytes]) -> Iterator[list[bytes]]:
-    for i in range(0, len(ids), IN_BATCH):
-        yield list(ids[i : i + IN_BATCH])
-
 
 def _schema_version(conn: Connection) -> str | None:
     """The stored schema version, or None for a database without one (a new file)."""
