@@ -294,7 +294,7 @@ async def while_serving(conn: Connection, work: Callable[[], Awaitable[T]]) -> T
     off), then what ``work`` raised, then NetworkError when the connection ended before ``work`` finished."""
     done: list[T] = []
     read_failure: AnysyncError | None = None
-    work_failure: AnysyncError | None = None
+    work_failure: Exception | None = None
 
     async def read(scope: trio.CancelScope) -> None:
         nonlocal read_failure
@@ -309,7 +309,7 @@ async def while_serving(conn: Connection, work: Callable[[], Awaitable[T]]) -> T
         nursery.start_soon(read, nursery.cancel_scope)
         try:
             done.append(await work())
-        except AnysyncError as e:
+        except Exception as e:  # noqa: BLE001 - re-raised as itself below, outside the nursery
             work_failure = e
         nursery.cancel_scope.cancel()
     if isinstance(read_failure, IntegrityError):  # ProtocolError is one

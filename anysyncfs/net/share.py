@@ -40,7 +40,7 @@ from ..errors import (
 from ..protocol import messages as m
 from ..replica.home import Unlocked
 from ..replica.replica import Replica, adopt_space, now_us
-from .connection import Connection, RemoteError
+from .connection import Connection, RemoteError, while_serving
 from .endpoint import Endpoint
 from .runner import Runner
 from .sync import SpaceSync, SyncReport
@@ -96,36 +96,14 @@ async def _exchange_with(conn: Connection, replica: Replica, run: Runner) -> tup
     return len(missing), received
 
 
-async def _serve_quietly(conn: Connection, scope: trio.CancelScope) -> None:
-    try:
-        await conn.serve()
-    except (NetworkError, ProtocolError, IntegrityError) as e:
-        log.info("%s: %s", conn.label, e)
-    scope.cancel()
-
-
 async def with_connection(endpoint: Endpoint, addr: PeerAddress, work: Callable[[Connection], Awaitable[T]]) -> T:
-    """Dial ``addr``, serve the connection while ``work(conn)`` runs, close it. Whatever ``work`` raises is raised
-    as is (a nursery would wrap it in an ExceptionGroup), so callers catch errors by their class."""
+    """Dial ``addr``, serve the connection while ``work(conn)`` runs, close it; errors come out as themselves
+    (see :func:`~.connection.while_serving`)."""
     conn = await endpoint.dial(addr)
-    failure: Exception | None = None
-    done = False
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_serve_quietly, conn, nursery.cancel_scope)
-            try:
-                result = await work(conn)
-                done = True
-            except Exception as e:  # noqa: BLE001 - re-raised below, outside the nursery
-                failure = e
-            nursery.cancel_scope.cancel()
+        return await while_serving(conn, functools.partial(work, conn))
     finally:
         await conn.abort("done")
-    if failure is not None:
-        raise failure
-    if not done:  # the connection ended under the work
-        raise NetworkError(f"{addr}: connection closed ({conn.close_reason or 'no reason given'})")
-    return result
 
 
 async def exchange_acl(replica: Replica, endpoint: Endpoint, run: Runner, *,

@@ -375,15 +375,22 @@ class Replica:
                 self.dag.add(change.id, h.parents, h.lamport)
                 self.heads = self.dag.heads()
                 self.store.set_heads(self.space_id, self.heads)
-                if incremental:
-                    touched = self._apply(self.tree, change)
-                    self._persist(self.tree, touched)
-                else:
-                    self.tree = self.fresh_fold()
-                    self._persist(self.tree, None)
+                self._fold_in([change], incremental=incremental)
         except BaseException:
             self._reload()
             raise
+
+    def _fold_in(self, changes: Sequence[Change], *, incremental: bool) -> None:
+        """Bring the tree (and its cached rows) up to date with newly stored changes: applied on top, in fold
+        order, when they all sort after what was folded before; else one refold from scratch."""
+        if incremental:
+            touched: set[bytes] = set()
+            for change in changes:
+                touched |= self._apply(self.tree, change)
+            self._persist(self.tree, touched)
+        else:
+            self.tree = self.fresh_fold()
+            self._persist(self.tree, None)
 
     def _reload(self) -> None:
         """After a failed write the in-memory state may be ahead of the store: reload it from what was committed."""
@@ -420,14 +427,7 @@ class Replica:
                 if plan.accepted:
                     self.heads = dag.heads()
                     self.store.set_heads(self.space_id, self.heads)
-                    if incremental:
-                        touched: set[bytes] = set()
-                        for change in plan.accepted:
-                            touched |= self._apply(self.tree, change)
-                        self._persist(self.tree, touched)
-                    else:
-                        self.tree = self.fresh_fold()
-                        self._persist(self.tree, None)
+                    self._fold_in(plan.accepted, incremental=incremental)
         except BaseException:
             self._reload()
             raise

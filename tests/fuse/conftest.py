@@ -7,6 +7,7 @@ traceback in it fails the test at teardown unless the test declared it with :met
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,8 +16,8 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -159,13 +160,7 @@ class Mount:
                     pass
             if is_mounted(self.mountpoint):
                 subprocess.run([FUSERMOUNT, "-uz", str(self.mountpoint)], capture_output=True, timeout=30)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         for pid in self.bg_pids:
             _kill_pid(pid)
         if FUSERMOUNT is not None and is_mounted(self.mountpoint):
@@ -195,6 +190,17 @@ class Mount:
 
     def path(self, *parts: str) -> Path:
         return self.mountpoint.joinpath(*parts)
+
+
+def terminate(proc: subprocess.Popen[bytes] | None) -> None:
+    """End a child process we started, if it still runs: SIGTERM, then SIGKILL after 10 s."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def pid_alive(pid: int) -> bool:
@@ -356,13 +362,7 @@ class SyncNode:
 
     def kill(self) -> None:
         """Whatever state it is in: end the process (SIGTERM, then SIGKILL). Never raises."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         self._close_pipe()
 
     def _close_pipe(self) -> None:
@@ -429,3 +429,19 @@ def write_synced(path: Path, data: bytes) -> None:
 def blob_bytes(m: Mount) -> int:
     """Bytes of content blobs this device holds (the mount's home)."""
     return sum(p.stat().st_size for p in (m.home / "blobs").rglob("*") if p.is_file())
+
+
+@contextlib.contextmanager
+def cluster_cleanup(node: SyncNode, *mounts: Mount) -> Iterator[None]:
+    """Around a multi-process fixture: always stop every mount and the node (even when setup or a test failed),
+    then fail on any undeclared warning or error in their logs."""
+    try:
+        yield
+    finally:
+        for m in mounts:
+            m.stop()
+        node.kill()
+    for m in mounts:
+        assert_clean_log(m)
+    problems = node.log_problems()
+    assert not problems, "unexpected warnings/errors in the node log:\n" + "\n".join(problems)

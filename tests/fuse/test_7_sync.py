@@ -21,8 +21,8 @@ from .conftest import (
     Mount,
     SyncNode,
     _check_fuse,
-    assert_clean_log,
     blob_bytes,
+    cluster_cleanup,
     eventually,
     free_port,
     init_device,
@@ -74,7 +74,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     node = SyncNode(root / "node", free_port())
     a = Mount(root / "a")
     b = Mount(root / "b")
-    try:
+    with cluster_cleanup(node, a, b):
         address = node.start()
         phrase = init_device(a, "device-a")
         space_id = a.cli("space", "create", a.space).stdout.decode().strip()
@@ -89,14 +89,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         b.cli("sync", space_id, "--name", b.space)
         b.mount(*SYNC_OPTS)
         yield Cluster(node, a, b, space_id, phrase, root)
-    finally:
-        for m in (a, b):
-            m.stop()
-        node.kill()
-    for m in (a, b):
-        assert_clean_log(m)
-    problems = node.log_problems()
-    assert not problems, "unexpected warnings/errors in the node log:\n" + "\n".join(problems)
 
 
 def test_a_closed_file_appears_on_the_other_mount(cluster: Cluster) -> None:

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Mount, SyncNode, _check_fuse, assert_clean_log, eventually, free_port, init_device
+from .conftest import (
+    Mount,
+    SyncNode,
+    _check_fuse,
+    cluster_cleanup,
+    eventually,
+    free_port,
+    init_device,
+)
 from .conftest import write_synced as write
 from .test_7_sync import has_bytes
 
@@ -44,7 +52,7 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
     root = tmp_path_factory.mktemp("sharing")
     node = SyncNode(root / "node", free_port())
     owner, writer, reader = Mount(root / "owner"), Mount(root / "writer"), Mount(root / "reader")
-    try:
+    with cluster_cleanup(node, owner, writer, reader):
         address = node.start()
         init_device(owner, "owner")
         owner.cli("space", "create", owner.space)
@@ -59,13 +67,6 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
                 m.expect_log(r"mounting read-only: you are a reader in this space")
             m.mount(*SYNC_OPTS)
         yield Team(node, owner, writer, reader)
-    finally:
-        for m in (owner, writer, reader):
-            m.stop()
-        node.kill()
-    for m in (owner, writer, reader):
-        assert_clean_log(m)
-    assert not node.log_problems(), node.log_problems()
 
 
 def test_everyone_reads_what_the_owner_wrote(team: Team) -> None:

@@ -17,8 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Mount, SyncNode, _check_fuse, assert_clean_log, free_port, init_device
-from .conftest import blob_bytes, eventually
+from .conftest import (
+    Mount,
+    SyncNode,
+    _check_fuse,
+    blob_bytes,
+    cluster_cleanup,
+    eventually,
+    free_port,
+    init_device,
+)
 from .conftest import write_synced as write
 
 KiB, MiB = 1024, 1024 * 1024
@@ -89,7 +97,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     node = SyncNode(root / "node", free_port())
     a = Mount(root / "a")
     b = Mount(root / "b")
-    try:
+    with cluster_cleanup(node, a, b):
         address = node.start()
         phrase = init_device(a, "device-a")
         space_id = a.cli("space", "create", a.space).stdout.decode().strip()
@@ -118,14 +126,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         b.mount(*B_OPTS)
         eventually(lambda: connected(b), "B connected to the node")
         yield Cluster(node, a, b, space_id, tree, max_blob)
-    finally:
-        for m in (a, b):
-            m.stop()
-        node.kill()
-    for m in (a, b):
-        assert_clean_log(m)
-    problems = node.log_problems()
-    assert not problems, "unexpected warnings/errors in the node log:\n" + "\n".join(problems)
 
 
 def test_reads_under_a_small_cache_limit_refetch_and_stay_under_it(cluster: Cluster) -> None:
