@@ -187,7 +187,10 @@ def test_evict_and_unpin_on_the_reader(cluster: Cluster) -> None:
     assert "unpinned" in out, out
     assert xattr(b, "keep/k00", "user.anysync.pinned") == b"0"
     out = b.cli("evict", str(b.path("keep"))).stdout.decode()
-    assert f"freed {KEEP * FILE_SIZE // MiB}." in out, out
+    # Once unpinned, keep/ (5 MiB) no longer fits the mount's 4 MiB limit, so the mount's own periodic eviction
+    # may free part of it before this command does: what is freed here is at most all of it, and afterwards
+    # none of it is local either way.
+    assert "freed" in out, out
     assert all(xattr(b, f"keep/k{i:02d}", "user.anysync.state") == b"remote-only" for i in range(KEEP))
     assert int(xattr(b, "keep", "user.anysync.local_bytes")) == 0
     assert b.path("keep/k03").read_bytes() == cluster.tree["keep/k03"]  # fetched again on demand
