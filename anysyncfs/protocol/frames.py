@@ -9,13 +9,15 @@ Frame layout (all integers big-endian)::
 
 Every frame type has its own body limit (a Hello is small; only responses and requests that carry a blob may be
 large), checked from the length field before the body is buffered, so a peer can never make us hold more than
-one bounded frame.
+one bounded frame. Before the session is authenticated only HELLO, AUTH and CLOSE are allowed at all
+(:data:`PRE_AUTH_BODY`), each with a limit of a few KiB: a stranger cannot make us buffer a large frame.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Mapping
 
 from ..core.blob import MAX_BLOB_LEN
 from ..errors import ProtocolError
@@ -24,7 +26,13 @@ LENGTH = struct.Struct(">I")  # the length field
 HEADER_LEN = LENGTH.size + 1  # length + type byte
 MESSAGE_OVERHEAD = 4096  # msgpack envelope around the largest payload (ids, field headers)
 MAX_FRAME_LEN = MAX_BLOB_LEN + MESSAGE_OVERHEAD  # a response carrying one blob of the largest size
-SMALL_FRAME_LEN = 64 * 1024  # handshake, errors, notifications, close
+SMALL_FRAME_LEN = 64 * 1024  # errors, notifications, close
+# Handshake frames. The largest legal Hello (TLS certificate of 4,096 B, device certificate of 512 B, agent of 256
+# four-byte characters) encodes to 5,678 bytes; a real one is about 700. An Auth is at most 70 bytes, a Close at
+# most 1,028 (a reason of 256 four-byte characters).
+HELLO_FRAME_LEN = 6 * 1024
+AUTH_FRAME_LEN = 256
+PRE_AUTH_CLOSE_LEN = 2 * 1024
 
 
 class FrameType(enum.IntEnum):
@@ -38,14 +46,23 @@ class FrameType(enum.IntEnum):
 
 
 MAX_BODY = {
-    FrameType.HELLO: SMALL_FRAME_LEN,
-    FrameType.AUTH: SMALL_FRAME_LEN,
+    FrameType.HELLO: HELLO_FRAME_LEN,
+    FrameType.AUTH: AUTH_FRAME_LEN,
     FrameType.REQUEST: MAX_FRAME_LEN,
     FrameType.RESPONSE: MAX_FRAME_LEN,
     FrameType.ERROR: SMALL_FRAME_LEN,
     FrameType.NOTIFY: SMALL_FRAME_LEN,
     FrameType.CLOSE: SMALL_FRAME_LEN,
 }
+
+# Before authentication: the only frames a correct peer sends, and how large they may be. Any other type is refused
+# from its header, before its body is read.
+PRE_AUTH_BODY = {
+    FrameType.HELLO: HELLO_FRAME_LEN,
+    FrameType.AUTH: AUTH_FRAME_LEN,
+    FrameType.CLOSE: PRE_AUTH_CLOSE_LEN,
+}
+PRE_AUTH_MAX_FRAME = HEADER_LEN + max(PRE_AUTH_BODY.values())  # bytes a handshake read needs at most
 
 
 def encode_frame(kind: FrameType, body: bytes) -> bytes:
@@ -56,9 +73,11 @@ def encode_frame(kind: FrameType, body: bytes) -> bytes:
 
 class FrameDecoder:
     """Accumulates received bytes and yields complete frames; raises :class:`ProtocolError` as soon as a header
-    is invalid (unknown type, length over that type's limit), before buffering the body."""
+    is invalid (unknown type, a type :attr:`limits` does not allow, length over that type's limit), before
+    buffering the body. The session sets :attr:`limits` (:data:`PRE_AUTH_BODY` until authenticated)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Mapping[FrameType, int] = MAX_BODY) -> None:
+        self.limits = limits
         self._buf = bytearray()
         self._need: tuple[FrameType, int] | None = None  # type and body length of the frame being received
         self.completed = 0  # frames returned so far (a caller timing each frame sees when a new one begins)
@@ -75,7 +94,9 @@ class FrameDecoder:
         """True when part of a frame has arrived (a peer that stalls here is timed out by the caller)."""
         return bool(self._buf) or self._need is not None
 
-    def next_frame(self) -> tuple[FrameType, bytes] | None:
+    def header(self) -> tuple[FrameType, int] | None:
+        """Type and body length of the next frame once its header has arrived (checked against :attr:`limits`);
+        None while fewer than 5 bytes of it are here."""
         if self._need is None:
             if len(self._buf) < HEADER_LEN:
                 return None
@@ -85,10 +106,19 @@ class FrameDecoder:
                 kind = FrameType(type_byte)
             except ValueError:
                 raise ProtocolError(f"unknown frame type 0x{type_byte:02x}") from None
-            if length < 1 or length - 1 > MAX_BODY[kind]:
-                raise ProtocolError(f"{kind.name} frame of {length - 1} bytes exceeds its limit of {MAX_BODY[kind]}")
+            limit = self.limits.get(kind)
+            if limit is None:
+                raise ProtocolError(f"{kind.name} frame not allowed before authentication")
+            if length < 1 or length - 1 > limit:
+                raise ProtocolError(f"{kind.name} frame of {length - 1} bytes exceeds its limit of {limit}")
             self._need = (kind, length - 1)
             del self._buf[:HEADER_LEN]
+        return self._need
+
+    def next_frame(self) -> tuple[FrameType, bytes] | None:
+        if self.header() is None:
+            return None
+        assert self._need is not None
         kind, size = self._need
         if len(self._buf) < size:
             return None

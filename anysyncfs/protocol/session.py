@@ -14,6 +14,13 @@ Handshake (after TLS 1.3; both sides act the same way, without waiting for each 
 
 The transcript hashes both Hello bodies (so both nonces and both certificates): a signature can't be replayed on
 another connection, and a relaying server can't pass one off, since it would name the relay's certificate.
+
+Limits. Until the peer is authenticated only HELLO, AUTH and CLOSE frames of a few KiB are accepted
+(:data:`~anysyncfs.protocol.frames.PRE_AUTH_BODY`). Afterwards the peer's requests in flight (received, not yet
+answered) are bounded in number and in body bytes: a REQUEST frame that would go over either bound is not read
+— :meth:`Session.next_event` returns None with :attr:`Session.blocked` set, before the frame's body is buffered —
+until replies free room (the caller then stops reading the socket, so TCP slows the peer down). A frame that
+alone exceeds the byte bound is admitted when nothing else is in flight.
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ from typing import Any
 from ..core import crypto, ids, keys
 from ..errors import AuthenticationFailed, BadSignature, DecodeError, ProtocolError
 from . import messages as m
-from .frames import FrameDecoder, FrameType, encode_frame
+from .frames import MAX_BODY, PRE_AUTH_BODY, FrameDecoder, FrameType, encode_frame
 
 TRANSCRIPT_CONTEXT = b"anysyncfs session transcript v1\x00"
 AUTH_CONTEXT = b"anysyncfs session auth v1\x00"
-MAX_INCOMING = 64  # requests the peer may have in flight at once
+MAX_INCOMING = 64  # requests the peer may have in flight at once (default)
+MAX_INCOMING_BYTES = 32 * 1024 * 1024  # request body bytes the peer may have in flight at once (default)
 MAX_ABANDONED = 4096  # request IDs we gave up on whose late replies are dropped quietly
 AGENT = "anysyncfs/0.1"
 
@@ -116,6 +124,8 @@ class Session:
         observed_peer_cert: bytes | None = None,
         nonce: bytes | None = None,
         versions: tuple[int, int] = (m.PROTOCOL_VERSION, m.PROTOCOL_VERSION),
+        max_incoming: int = MAX_INCOMING,
+        max_incoming_bytes: int = MAX_INCOMING_BYTES,
     ) -> None:
         if role is Role.DIALLER and (pinned_device is None or observed_peer_cert is None):
             raise ValueError("a dialler needs the pinned device key and the certificate TLS showed")
@@ -132,12 +142,18 @@ class Session:
         self._peer: keys.DeviceCert | None = None
         self.version = 0
         self.peer: Established | None = None
-        self._frames = FrameDecoder()
+        self._frames = FrameDecoder(PRE_AUTH_BODY)
         self._out = bytearray(encode_frame(FrameType.HELLO, self._hello))
         self._next_id = 1
         self._outstanding: set[int] = set()
         self._abandoned: OrderedDict[int, None] = OrderedDict()
-        self._incoming: set[int] = set()
+        self.max_incoming = max_incoming
+        self.max_incoming_bytes = max_incoming_bytes
+        self._incoming: dict[int, int] = {}  # request id -> body bytes, for requests received and not answered
+        self._incoming_bytes = 0  # sum of those, plus the body of a request frame admitted and still arriving
+        self._admitted = False  # the frame whose header the decoder holds is a request already counted
+        self.blocked = False  # the next frame is a request that does not fit: read nothing until a reply is sent
+        self.peak_incoming_bytes = 0  # high-water mark of incoming_bytes (tests and diagnostics)
         self.close_reason = ""
 
     # ------------------------------------------------------------------------------------------ bytes
@@ -155,6 +171,15 @@ class Session:
         return self._frames.mid_frame
 
     @property
+    def incoming_bytes(self) -> int:
+        """Body bytes of the peer's requests in flight, the one being received included."""
+        return self._incoming_bytes
+
+    @property
+    def incoming_requests(self) -> int:
+        return len(self._incoming)
+
+    @property
     def frames_received(self) -> int:
         """Complete frames received so far (the one in progress, if any, is number ``frames_received``)."""
         return self._frames.completed
@@ -165,9 +190,21 @@ class Session:
             return None
         try:
             while self.state is not State.CLOSED:  # frames that produce no event (Hello, dropped replies) loop
+                head = self._frames.header()  # checked against the limits of the current state
+                if head is None:
+                    return None
+                if head[0] is FrameType.REQUEST and self.state is State.ESTABLISHED and not self._admitted:
+                    if not self._fits(head[1]):
+                        self.blocked = True
+                        return None
+                    self._admitted = True
+                    self._incoming_bytes += head[1]
+                    self.peak_incoming_bytes = max(self.peak_incoming_bytes, self._incoming_bytes)
+                self.blocked = False
                 frame = self._frames.next_frame()
                 if frame is None:
                     return None
+                self._admitted = False
                 kind, body = frame
                 handler = _TRANSITIONS.get((self.state, kind))
                 if handler is None:
@@ -181,6 +218,13 @@ class Session:
         except (ProtocolError, AuthenticationFailed):
             self.state = State.CLOSED
             raise
+
+    def _fits(self, body_len: int) -> bool:
+        """Whether one more request of ``body_len`` bytes stays within the in-flight bounds (one request alone
+        always fits: the frame limit bounds it)."""
+        if len(self._incoming) >= self.max_incoming:
+            return False
+        return not self._incoming or self._incoming_bytes + body_len <= self.max_incoming_bytes
 
     def _on_hello(self, body: bytes) -> Event | None:
         hello = m.decode(body, m.Hello)
@@ -225,6 +269,7 @@ class Session:
         except BadSignature:
             raise AuthenticationFailed("peer's session signature does not verify") from None
         self.state = State.ESTABLISHED
+        self._frames.limits = MAX_BODY
         self.peer = Established(self._peer.device, self._peer.account, self._peer.name, self.version)
         return self.peer
 
@@ -232,9 +277,7 @@ class Session:
         req = m.decode(body, m.Request)
         if req.id in self._incoming:
             raise ProtocolError(f"request id {req.id} is already in flight")
-        if len(self._incoming) >= MAX_INCOMING:
-            raise ProtocolError(f"more than {MAX_INCOMING} requests in flight")
-        self._incoming.add(req.id)
+        self._incoming[req.id] = len(body)  # counted in _incoming_bytes since its header was admitted
         return RequestReceived(req.id, req.body)
 
     def _settle(self, request_id: int) -> bool:
@@ -291,7 +334,14 @@ class Session:
         self._require_established()
         if request_id not in self._incoming:
             raise ValueError(f"no request {request_id} is waiting for a reply")
-        self._incoming.discard(request_id)
+        self.release(request_id)
+
+    def release(self, request_id: int) -> None:
+        """Stop counting a request in flight (it is answered, or will never be: its handler ended without a
+        reply). Frees room for a blocked request; no-op for an ID not in flight."""
+        size = self._incoming.pop(request_id, None)
+        if size is not None:
+            self._incoming_bytes -= size
 
     def send_response(self, request_id: int, body: Any) -> bytes:
         self._reply_to(request_id)

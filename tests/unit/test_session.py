@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from anysyncfs.core import crypto, keys
 from anysyncfs.errors import AuthenticationFailed, ProtocolError
 from anysyncfs.protocol import messages as m
-from anysyncfs.protocol.frames import MAX_BODY, FrameDecoder, FrameType, encode_frame
+from anysyncfs.protocol.frames import LENGTH, MAX_BODY, PRE_AUTH_BODY, FrameDecoder, FrameType, encode_frame
 from anysyncfs.protocol.session import (
     Closed,
     Established,
@@ -139,12 +139,60 @@ def test_duplicate_and_too_many_incoming_requests() -> None:
     assert isinstance(sl.next_event(), RequestReceived)
     with pytest.raises(ProtocolError, match="already in flight"):
         sl.next_event()
+
+
+def request_frame(rid: int, data_len: int = 0) -> bytes:
+    body = m.PutBlob(SPACE, b"\x07" * 32, bytes(data_len)) if data_len else m.OpenSpace(SPACE)
+    return encode_frame(FrameType.REQUEST, m.encode(m.Request(rid, body)))
+
+
+def drain(session: Session) -> list:
+    events = []
+    while (event := session.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+def test_requests_beyond_the_count_in_flight_wait_for_replies() -> None:
     sd, sl, *_ = established()
-    sl.receive_data(b"".join(encode_frame(FrameType.REQUEST, m.encode(m.Request(i, m.OpenSpace(SPACE))))
-                             for i in range(1, 66)))
-    with pytest.raises(ProtocolError, match="in flight"):
-        while sl.next_event() is not None:
-            pass
+    sl.receive_data(b"".join(request_frame(i) for i in range(1, 66)))
+    got = drain(sl)
+    assert [e.id for e in got] == list(range(1, 65)) and sl.blocked and sl.incoming_requests == 64
+    assert sl.state is State.ESTABLISHED  # a pipelining peer is slowed down, not cut off
+    sl.send_response(5, m.Ok())
+    assert [e.id for e in drain(sl)] == [65] and not sl.blocked
+
+
+def test_request_bytes_in_flight_are_bounded_byte_by_byte() -> None:
+    """A request whose header would take the bytes in flight over the bound is not read: not one byte of its body
+    is buffered until a reply frees room. One request alone always fits."""
+    d, li = Party("dialler"), Party("listener")
+    verify = issuer_check({d.tls_cert: d.device.public, li.tls_cert: li.device.public})
+    sd = Session(Role.DIALLER, d.device, d.cert, d.tls_cert, verify, pinned_device=li.device.public,
+                 observed_peer_cert=li.tls_cert)
+    sl = Session(Role.LISTENER, li.device, li.cert, li.tls_cert, verify, max_incoming_bytes=10_000)
+    pump(sd, sl)
+    big, small = request_frame(1, 20_000), request_frame(2, 3_000)
+    events = []
+    for i in range(len(big)):  # larger than the bound, but alone: admitted
+        sl.receive_data(big[i:i + 1])
+        events += drain(sl)
+    assert [e.id for e in events] == [1] and sl.incoming_bytes == len(big) - 5
+    for i in range(len(small)):
+        sl.receive_data(small[i:i + 1])
+        assert drain(sl) == []
+    assert sl.blocked and sl.incoming_bytes == len(big) - 5  # the small one's body is not counted: not read
+    assert sl.mid_frame  # its header was taken; the caller stops reading here
+    sl.send_response(1, m.Ok())
+    got = drain(sl)
+    assert [e.id for e in got] == [2] and not sl.blocked and sl.incoming_bytes == len(small) - 5
+    assert sl.peak_incoming_bytes == len(big) - 5
+    # two that fit together are both read; a third that would exceed the bound waits for the first reply
+    sl.send_error(2, m.ErrorCode.FORBIDDEN, "no")
+    sl.receive_data(request_frame(3, 4_000) + request_frame(4, 4_000) + request_frame(5, 4_000))
+    assert [e.id for e in drain(sl)] == [3, 4] and sl.blocked
+    sl.release(3)  # a handler that ended without replying (the connection is going down) also frees room
+    assert [e.id for e in drain(sl)] == [5] and sl.peak_incoming_bytes == len(big) - 5
 
 
 def test_dialler_rejects_a_listener_with_another_device_key() -> None:
@@ -208,10 +256,62 @@ def test_version_negotiation() -> None:
 def test_requests_before_the_handshake_are_refused() -> None:
     sd, sl, *_ = pair()
     sl.receive_data(encode_frame(FrameType.REQUEST, m.encode(m.Request(1, m.OpenSpace(SPACE)))))
-    with pytest.raises(ProtocolError, match="unexpected REQUEST"):
+    with pytest.raises(ProtocolError, match="REQUEST frame not allowed before authentication"):
         sl.next_event()
     with pytest.raises(ProtocolError):
         sd.send_request(m.OpenSpace(SPACE))
+
+
+@pytest.mark.parametrize("kind", [FrameType.REQUEST, FrameType.RESPONSE, FrameType.ERROR, FrameType.NOTIFY])
+def test_before_authentication_other_frames_are_refused_from_their_header(kind: FrameType) -> None:
+    """A stranger announcing a 16 MiB body is refused once the 5 header bytes are in, byte by byte: the body is
+    never waited for."""
+    for state in ("await-hello", "await-auth"):
+        sd, sl, *_ = pair()
+        if state == "await-auth":
+            sl.receive_data(sd.data_to_send())
+            assert sl.next_event() is None and sl.state is State.AWAIT_AUTH
+        header = LENGTH.pack(16 * 1024 * 1024 + 1) + bytes([kind])
+        for i in range(4):
+            sl.receive_data(header[i:i + 1])
+            assert sl.next_event() is None
+        sl.receive_data(header[4:])
+        with pytest.raises(ProtocolError, match=f"{kind.name} frame not allowed before authentication"):
+            sl.next_event()
+        assert sl.state is State.CLOSED
+
+
+@pytest.mark.parametrize(("kind", "limit"), sorted(PRE_AUTH_BODY.items()))
+def test_handshake_frames_have_small_limits(kind: FrameType, limit: int) -> None:
+    assert limit <= 6 * 1024
+    _, sl, *_ = pair()
+    sl.receive_data(LENGTH.pack(limit + 2) + bytes([kind]))
+    with pytest.raises(ProtocolError, match=f"{kind.name} frame of {limit + 1} bytes exceeds its limit of {limit}"):
+        sl.next_event()
+
+
+def test_the_largest_legal_hello_fits_its_limit() -> None:
+    largest = m.encode(m.Hello(0xFFFF, 0xFFFF, bytes(32), bytes(m.MAX_CERT_LEN), bytes(m.MAX_DEVICE_CERT_LEN),
+                               "\U0001F600" * m.MAX_TEXT))
+    assert len(largest) <= PRE_AUTH_BODY[FrameType.HELLO]
+    assert len(m.encode(m.Auth(0xFFFF, bytes(64)))) <= PRE_AUTH_BODY[FrameType.AUTH]
+    assert len(m.encode(m.Close("\U0001F600" * m.MAX_TEXT))) <= PRE_AUTH_BODY[FrameType.CLOSE]
+
+
+def test_a_close_before_authentication_is_accepted() -> None:
+    _, sl, *_ = pair()
+    sl.receive_data(encode_frame(FrameType.CLOSE, m.encode(m.Close("bye"))))
+    assert sl.next_event() == Closed("bye")
+
+
+def test_after_authentication_the_full_limits_apply() -> None:
+    sd, sl, *_ = established()
+    rid, frame = sd.send_request(m.PutBlob(SPACE, b"\x07" * 32, bytes(100_000)))
+    sl.receive_data(frame)
+    assert isinstance(sl.next_event(), RequestReceived)
+    sl.receive_data(encode_frame(FrameType.HELLO, bytes(10)))
+    with pytest.raises(ProtocolError, match="unexpected HELLO"):
+        sl.next_event()
 
 
 def test_close_frame() -> None:
