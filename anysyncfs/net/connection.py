@@ -5,6 +5,11 @@ frame that started arriving (a peer that stalls mid-frame is cut off), a deadlin
 are served concurrently (each in its own task) by a handler; replies to our requests wake exactly the task
 waiting for them. Anything that breaks the protocol or fails verification closes the connection; the caller
 (peer manager, node) logs it and backs the peer off.
+
+Back-pressure: while the session is :attr:`~anysyncfs.protocol.session.Session.blocked` (the peer's requests in
+flight are at their bound) the connection reads nothing more until one of them is answered, so TCP flow control
+holds the peer back; the stall clock of the frame in progress restarts afterwards (we were the ones not reading).
+A request handler must therefore never wait for a request of its own on the same connection.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import trio
 
 from ..errors import AnysyncError, IntegrityError, NetworkError, ProtocolError
 from ..protocol import messages as m
+from ..protocol.frames import PRE_AUTH_MAX_FRAME
 from ..protocol.session import (
     Closed,
     Established,
@@ -33,6 +39,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RECEIVE_SIZE = 256 * 1024
+HANDSHAKE_RECEIVE_SIZE = PRE_AUTH_MAX_FRAME  # before authentication, read no more than one handshake frame at once
 
 
 @dataclass
@@ -94,6 +101,7 @@ class Connection:
         self._send_lock = trio.Lock()
         self._waiters: dict[int, _Waiter] = {}
         self._nursery: trio.Nursery | None = None
+        self._room = trio.Event()  # set when a reply frees room for a blocked request
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -109,10 +117,10 @@ class Connection:
                 raise NetworkError(f"{self.label}: connection lost while sending ({type(e).__name__})") from None
         self.bytes_out += len(data)
 
-    async def _receive(self, deadline: float) -> bytes:
+    async def _receive(self, deadline: float, max_bytes: int = RECEIVE_SIZE) -> bytes:
         try:
             with trio.fail_at(deadline):
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                data = await self.stream.receive_some(max_bytes)
         except trio.TooSlowError:
             raise NetworkError(f"{self.label}: peer stalled") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
@@ -127,7 +135,7 @@ class Connection:
         deadline = trio.current_time() + self.timeouts.handshake
         await self._send(self.session.data_to_send())
         while self.peer is None:
-            data = await self._receive(deadline)
+            data = await self._receive(deadline, HANDSHAKE_RECEIVE_SIZE)
             self.session.receive_data(data)
             while self.peer is None:
                 event = self.session.next_event()  # raises ProtocolError / AuthenticationFailed
@@ -167,15 +175,6 @@ class Connection:
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         deadline, frame_no = math.inf, -1
         while True:
-            # Between frames a connection may be idle for ever; once a frame has started it must be complete
-            # within the frame timeout, counted from its first byte (a peer dripping a byte at a time must not
-            # keep one frame open for ever).
-            if not self.session.mid_frame:
-                deadline, frame_no = math.inf, -1
-            elif frame_no != self.session.frames_received:  # the frame in progress is a new one
-                deadline, frame_no = trio.current_time() + self.timeouts.frame, self.session.frames_received
-            data = await self._receive(deadline)
-            self.session.receive_data(data)
             while True:
                 event = self.session.next_event()
                 if event is None:
@@ -193,6 +192,20 @@ class Connection:
                 elif isinstance(event, Closed):
                     self.close_reason = event.reason
                     return
+            if self.session.blocked:  # the peer's requests in flight are at their bound: read nothing more
+                self._room = trio.Event()
+                await self._room.wait()
+                frame_no = -1  # the frame in progress gets a fresh stall clock
+                continue
+            # Between frames a connection may be idle for ever; once a frame has started it must be complete
+            # within the frame timeout, counted from its first byte (a peer dripping a byte at a time must not
+            # keep one frame open for ever).
+            if not self.session.mid_frame:
+                deadline, frame_no = math.inf, -1
+            elif frame_no != self.session.frames_received:  # the frame in progress is a new one
+                deadline, frame_no = trio.current_time() + self.timeouts.frame, self.session.frames_received
+            data = await self._receive(deadline)
+            self.session.receive_data(data)
 
     async def _notify(self, body: Any) -> None:
         assert self.on_notify is not None
@@ -221,6 +234,9 @@ class Connection:
         except Exception as e:  # noqa: BLE001 - one failed request must not take the connection down
             log.exception("%s: serving %s failed", self.label, type(event.body).__name__)
             await self._send_error(event.id, m.ErrorCode.INTERNAL, f"internal error: {type(e).__name__}")
+        finally:
+            self.session.release(event.id)  # answered (a no-op then) or never will be: room for the next
+            self._room.set()
 
     async def _send_error(self, request_id: int, code: m.ErrorCode, message: str) -> None:
         try:

@@ -13,6 +13,7 @@ from ..core.keys import Identity
 from ..errors import AuthenticationFailed, IntegrityError, NetworkError, ProtocolError
 from ..protocol.session import Role, Session
 from .connection import Connection, Handler, NotifyHandler, Timeouts
+from .limits import ConnectionLimits, ConnectionSlots
 from .tls import TlsIdentity, make_tls_identity, open_tls_stream, server_stream, verify_cert_issuer
 
 TLS_RENEW_S = 86400.0
@@ -23,11 +24,13 @@ log = logging.getLogger(__name__)
 class Endpoint:
     """This device's (or node's) network identity: its keys plus an ephemeral TLS certificate."""
 
-    def __init__(self, identity: Identity, tls: TlsIdentity | None = None, *, timeouts: Timeouts | None = None) -> None:
+    def __init__(self, identity: Identity, tls: TlsIdentity | None = None, *, timeouts: Timeouts | None = None,
+                 limits: ConnectionLimits | None = None) -> None:
         self.identity = identity
         self._tls = tls or make_tls_identity(identity.device)
         self._tls_made = time.monotonic()
         self.timeouts = timeouts or Timeouts()
+        self.limits = limits or ConnectionLimits()
 
     @property
     def tls(self) -> TlsIdentity:
@@ -39,7 +42,9 @@ class Endpoint:
 
     def _session(self, role: Role, *, pinned: bytes | None = None, observed: bytes | None = None) -> Session:
         return Session(role, self.identity.device, self.identity.device_cert, self._tls.cert_der,
-                       verify_cert_issuer, pinned_device=pinned, observed_peer_cert=observed)
+                       verify_cert_issuer, pinned_device=pinned, observed_peer_cert=observed,
+                       max_incoming=self.limits.max_in_flight_requests,
+                       max_incoming_bytes=self.limits.max_in_flight_bytes)
 
     async def dial(
         self, address: PeerAddress, *, handler: Handler | None = None, on_notify: NotifyHandler | None = None
@@ -75,7 +80,7 @@ class Endpoint:
         except trio.TooSlowError:
             log.info("%s: handshake timed out", label)
         except (NetworkError, ProtocolError, AuthenticationFailed, IntegrityError) as e:
-            log.info("%s: handshake failed: %s", label, e)
+            log.info("%s: handshake failed after %d bytes: %s", label, conn.bytes_in, e)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             log.info("%s: TLS handshake failed: %s", label, type(e).__name__)
         else:
@@ -96,13 +101,30 @@ async def serve_tcp(
     handler: Handler | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on host:port; every authenticated connection goes to ``on_connection`` in its own task."""
+    """Listen on host:port; every authenticated connection goes to ``on_connection`` in its own task.
+
+    Connections over the endpoint's limits per address or in total (:class:`~.limits.ConnectionSlots`) are closed
+    at accept, before TLS, with a log line."""
     listeners = await trio.open_tcp_listeners(port, host=host)
+    slots = ConnectionSlots(endpoint.limits)
 
     async def one(tcp: trio.SocketStream) -> None:
-        conn = await endpoint.accept(tcp, handler=handler)
-        if conn is not None:
-            await on_connection(conn)
+        try:
+            host = str(tcp.socket.getpeername()[0])
+        except OSError:
+            host = "?"
+        refused = slots.acquire(host)
+        if refused is not None:
+            if slots.should_log(host):
+                log.warning("%s: connection refused: %s (%d refused since start)", host, refused, slots.refused)
+            await trio.aclose_forcefully(tcp)
+            return
+        try:
+            conn = await endpoint.accept(tcp, handler=handler)
+            if conn is not None:
+                await on_connection(conn)
+        finally:
+            slots.release(host)
 
     async with trio.open_nursery() as nursery:
         for ln in listeners:
