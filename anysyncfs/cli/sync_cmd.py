@@ -28,10 +28,28 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     s = node.add_parser("serve", help="serve spaces to their members (foreground; prints its address)")
     s.add_argument("--listen", default="127.0.0.1:7733", metavar="HOST:PORT", help="default 127.0.0.1:7733")
     s.add_argument("--data", type=Path, required=True, help="directory for the node's data")
-    s.add_argument("--quota", default="10G", help="bytes of changes and blobs per space (default 10G)")
+    s.add_argument("--quota", default="10G", metavar="SIZE",
+                   help="bytes of changes, ACL records and blobs per space (default 10G)")
+    s.add_argument("--quota-per-account", default="10G", metavar="SIZE",
+                   help="the same over all the spaces one account owns; each space is charged to the account that "
+                        "signed its header (default 10G)")
+    s.add_argument("--quota-total", default="100G", metavar="SIZE",
+                   help="the same over every space this node holds (default 100G; set it to what the disk holds)")
+    s.add_argument("--max-spaces-per-account", type=_positive, default=100, metavar="N",
+                   help="spaces one account may own here (default 100)")
     s.add_argument("--allow-account", action="append", default=[], metavar="ac-…",
                    help="only these accounts may store NEW spaces here (repeatable; default: any member of the "
-                        "space it offers)")
+                        "space it offers, within the quotas)")
+    s.add_argument("--max-connections-per-address", type=_positive, default=16, metavar="N",
+                   help="connections open at once from one IP address (IPv6: one /64); more are refused at "
+                        "accept (default 16)")
+    s.add_argument("--max-connections", type=_positive, default=512, metavar="N",
+                   help="connections open at once in total (default 512)")
+    s.add_argument("--max-in-flight", default="32M", metavar="SIZE",
+                   help="request bytes one connection may have in flight; beyond, the node stops reading it until "
+                        "it has answered (default 32M)")
+    s.add_argument("--max-requests-in-flight", type=_positive, default=64, metavar="N",
+                   help="requests one connection may have in flight (default 64)")
     s.set_defaults(func=cmd_node_serve, needs_identity=False)
 
     s = space_sub.add_parser("add-peer", help="record a peer or provider (anysync://dv-…@host:port) for a space")
@@ -60,6 +78,21 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
 
 
 # ---------------------------------------------------------------------------------------------- node
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"needs a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _size_option(name: str, text: str) -> int:
+    from ..fs.mount import parse_size
+
+    size = parse_size(text)
+    if size < 1:
+        raise UsageError(f"{name} needs a size of at least 1 byte, got {text!r}")
+    return size
+
+
 def _host_port(text: str) -> tuple[str, int]:
     host, colon, port = text.rpartition(":")
     host = host.strip("[]")
@@ -71,15 +104,22 @@ def _host_port(text: str) -> tuple[str, int]:
 def cmd_node_serve(ctx: Context) -> int:
     import trio
 
-    from ..fs.mount import parse_size
+    from ..net.limits import ConnectionLimits
     from ..net.node import Node
 
-    host, port = _host_port(ctx.args.listen)
-    quota = parse_size(ctx.args.quota)
-    logging.basicConfig(level=logging.DEBUG if ctx.args.debug else logging.INFO, stream=sys.stderr, force=True,
+    a = ctx.args
+    host, port = _host_port(a.listen)
+    limits = ConnectionLimits(max_in_flight_bytes=_size_option("--max-in-flight", a.max_in_flight),
+                              max_in_flight_requests=a.max_requests_in_flight,
+                              max_per_address=a.max_connections_per_address, max_connections=a.max_connections)
+    quotas = dict(quota_bytes=_size_option("--quota", a.quota),
+                  account_quota_bytes=_size_option("--quota-per-account", a.quota_per_account),
+                  total_quota_bytes=_size_option("--quota-total", a.quota_total),
+                  max_spaces_per_account=a.max_spaces_per_account)
+    logging.basicConfig(level=logging.DEBUG if a.debug else logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    allowed = frozenset(ids.from_text(ids.PREFIX_ACCOUNT, a) for a in ctx.args.allow_account) or None
-    node = Node(ctx.args.data, quota_bytes=quota, allowed_accounts=allowed)
+    allowed = frozenset(ids.from_text(ids.PREFIX_ACCOUNT, acct) for acct in a.allow_account) or None
+    node = Node(a.data, allowed_accounts=allowed, limits=limits, **quotas)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

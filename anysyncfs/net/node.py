@@ -1,8 +1,10 @@
 """``anysyncfs node``: a provider that stores and serves the ciphertext of many spaces for their members.
 
 A node holds no space keys. It verifies everything it accepts — change signatures and IDs, the ACL rules, blob
-hashes — through :class:`~anysyncfs.replica.ledger.Ledger`, answers only members of a space, enforces a quota per
-space, and pushes head announcements to every connection subscribed to a space when new changes arrive.
+hashes — through :class:`~anysyncfs.replica.ledger.Ledger`, answers only members of a space, enforces quotas
+(per space, per owner account, spaces per account, in total: :mod:`anysyncfs.replica.quota`) and connection limits
+(:mod:`anysyncfs.net.limits`), and pushes head announcements to every connection subscribed to a space when new
+changes arrive.
 
 Data directory layout::
 
@@ -14,6 +16,7 @@ Data directory layout::
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +29,14 @@ from ..core.address import PeerAddress
 from ..core.reconcile import IdSet, Reconciler
 from ..errors import DecodeError, IntegrityError, KeyringCorrupt, NotFound, ProtocolError
 from ..protocol import messages as m
-from ..replica.ledger import Ledger, QuotaExceeded
+from ..replica.ledger import Ledger, QuotaExceeded, load_quota_book
+from ..replica.quota import QuotaBook, QuotaPolicy
 from ..store.blobfiles import BlobFiles
 from ..store.db import Store
 from ..store.files import atomic_write, read_bounded
 from .connection import Connection, ServiceError
 from .endpoint import Endpoint, serve_tcp
+from .limits import ConnectionLimits
 from .runner import Runner
 from .tls import make_tls_identity
 
@@ -39,7 +44,10 @@ log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "node.identity"
 IDENTITY_VERSION = 1
-DEFAULT_QUOTA = 10 << 30  # bytes of changes + blobs per space
+DEFAULT_QUOTA = 10 << 30  # bytes of changes, ACL records and blobs per space
+DEFAULT_ACCOUNT_QUOTA = 10 << 30  # the same, over all the spaces one account owns
+DEFAULT_TOTAL_QUOTA = 100 << 30  # the same, over every space held
+DEFAULT_SPACES_PER_ACCOUNT = 100
 
 
 class NodeIdentityFile(m._Msg, frozen=True):
@@ -82,20 +90,37 @@ class _Sets:
 
 class Node:
     def __init__(self, data: Path, *, quota_bytes: int = DEFAULT_QUOTA,
-                 allowed_accounts: frozenset[bytes] | None = None) -> None:
+                 account_quota_bytes: int | None = DEFAULT_ACCOUNT_QUOTA,
+                 total_quota_bytes: int | None = DEFAULT_TOTAL_QUOTA,
+                 max_spaces_per_account: int | None = DEFAULT_SPACES_PER_ACCOUNT,
+                 allowed_accounts: frozenset[bytes] | None = None, limits: ConnectionLimits | None = None) -> None:
         self.data = Path(data).absolute()
         self.allowed_accounts = allowed_accounts  # None: any authenticated member may store a new space here
         self.identity = load_or_create_identity(self.data)
         self.store = Store(str(self.data / "node.db"))
         self.blobs = BlobFiles(self.data / "blobs")
         self.quota = quota_bytes
+        # Every space is charged to its owner account; ledgers check and update the book under self.run's lock.
+        policy = QuotaPolicy(per_space=quota_bytes, per_account=account_quota_bytes,
+                             spaces_per_account=max_spaces_per_account, total=total_quota_bytes)
+        self.book = load_quota_book(self.store, QuotaBook(policy))
+        self._warn_if_the_disk_is_smaller(total_quota_bytes)
         self.run = Runner()
-        self.endpoint = Endpoint(self.identity, make_tls_identity(self.identity.device))
+        self.endpoint = Endpoint(self.identity, make_tls_identity(self.identity.device), limits=limits)
         self._ledgers: dict[bytes, Ledger] = {}
         self._generation: dict[bytes, int] = {}
         self._sets: dict[tuple[bytes, int], _Sets] = {}
         self._subscribers: dict[bytes, set[Connection]] = {}
         self.connections: set[Connection] = set()
+
+    def _warn_if_the_disk_is_smaller(self, total: int | None) -> None:
+        try:
+            room = shutil.disk_usage(self.data).free + self.book.total_used
+        except OSError:
+            return
+        if total is None or total > room:
+            log.warning("the total quota (%s) is more than this disk can hold (about %d bytes): set --quota-total",
+                        "none" if total is None else f"{total} bytes", room)
 
     def address(self, host: str, port: int) -> PeerAddress:
         return PeerAddress(self.identity.device_id, host, port)
@@ -130,7 +155,8 @@ class Node:
         if ledger is None:
             if not any(r.id == space_id for r in self.store.spaces()):
                 raise NotFound("this node does not hold that space")
-            ledger = self._ledgers[space_id] = Ledger(self.store, self.blobs, space_id, quota_bytes=self.quota)
+            ledger = self._ledgers[space_id] = Ledger(self.store, self.blobs, space_id, quota_bytes=self.quota,
+                                                      book=self.book)
         return ledger
 
     async def _member(self, conn: Connection, space_id: bytes, minimum: acl_mod.Role = acl_mod.Role.READER) -> Ledger:
@@ -218,7 +244,10 @@ class Node:
             return m.Accepted(accepted, known, missing)
         if isinstance(body, m.PutAcl):
             ledger = await self._member_or_joining(conn, body.space, body.records)
-            added = await self.run(ledger.add_acl_records, body.records)
+            try:
+                added = await self.run(ledger.add_acl_records, body.records)
+            except QuotaExceeded as e:
+                raise ServiceError(m.ErrorCode.QUOTA, str(e)) from None
             if added:
                 self._bump(body.space)
                 await self._announce(body.space, ledger, conn)  # members pick up role and key changes at once
@@ -305,11 +334,16 @@ class Node:
             raise ServiceError(m.ErrorCode.FORBIDDEN, "this node stores new spaces only for the accounts it serves")
 
         def adopt() -> Ledger:
-            ledger = Ledger.adopt(self.store, self.blobs, body.header, body.acl, quota_bytes=self.quota)
+            ledger = Ledger.adopt(self.store, self.blobs, body.header, body.acl, quota_bytes=self.quota,
+                                  book=self.book)
             self._ledgers[header.id] = ledger
             return ledger
 
-        await self.run(adopt)
+        try:
+            await self.run(adopt)
+        except QuotaExceeded as e:
+            log.info("%s: space %s refused: %s", conn.label, ids.space_text(header.id)[:20], e)
+            raise ServiceError(m.ErrorCode.QUOTA, str(e)) from None
         self._bump(header.id)
         log.info("%s: now holding space %s", conn.label, ids.space_text(header.id))
         return m.Ok()

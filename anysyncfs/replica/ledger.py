@@ -40,6 +40,7 @@ from ..errors import DecodeError, IdMismatch, NotFound, Rejected
 from ..store import schema
 from ..store.blobfiles import BlobFiles
 from ..store.db import Store
+from .quota import QuotaBook, QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +62,30 @@ class IngestResult:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What a space occupies on a provider. Changes of either status count: both are stored."""
+    """What a space occupies on a provider. Changes of either status count: both are stored; so do ACL records."""
 
     changes: int
     change_bytes: int
     blobs: int
     blob_bytes: int
+    acl_records: int = 0
+    acl_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
-        return self.change_bytes + self.blob_bytes
+        return self.change_bytes + self.blob_bytes + self.acl_bytes
 
 
-class QuotaExceeded(Rejected):
-    """Storing what was sent would take a space over its quota on this provider (nothing was stored)."""
+def measure_usage(store: Store, space_id: bytes) -> Usage:
+    return Usage(*store.space_usage(space_id), *store.acl_usage(space_id))
 
-    def __init__(self, space_id: bytes, quota_bytes: int) -> None:
-        super().__init__(f"space {ids.space_text(space_id)} is over its quota of {quota_bytes} bytes")
-        self.quota_bytes = quota_bytes
+
+def load_quota_book(store: Store, book: QuotaBook) -> QuotaBook:
+    """Charge every space held to its owner in ``book`` (a provider starting up)."""
+    for row in store.spaces():
+        owner = space.parse_space_header(row.header, row.id).owner
+        book.record(row.id, owner, measure_usage(store, row.id).total_bytes)
+    return book
 
 
 @runtime_checkable
@@ -320,10 +327,12 @@ def revalidate(store: Store, space_id: bytes, acl: acl_mod.AclView) -> Dag:
 class Ledger:
     """A space held without its keys: verified ACL, changes and blobs, with an optional byte quota."""
 
-    def __init__(self, store: Store, blobs: BlobFiles, space_id: bytes, *, quota_bytes: int | None = None) -> None:
+    def __init__(self, store: Store, blobs: BlobFiles, space_id: bytes, *, quota_bytes: int | None = None,
+                 book: QuotaBook | None = None) -> None:
         self.store = store
         self.blobs = blobs
         self.quota_bytes = quota_bytes
+        self.book = book  # a provider's per-account and total quotas (None: only quota_bytes, per space)
         self.header = space.parse_space_header(store.space(space_id).header, space_id)
         self._space_id = space_id
         self.acl = fold_acl(store, space_id)
@@ -340,22 +349,31 @@ class Ledger:
         acl_raws: Sequence[bytes],
         *,
         quota_bytes: int | None = None,
+        book: QuotaBook | None = None,
     ) -> Ledger:
         """Start (or keep) holding a space from its signed header and ACL records, all verified first.
 
         The records must hold a valid genesis of this space (:class:`NotFound` otherwise). If the space is held
-        already, the new records are added (:meth:`add_acl_records`)."""
+        already, the new records are added (:meth:`add_acl_records`). A new space must fit the quotas
+        (:class:`QuotaExceeded`: the space limit of its owner, or the bytes of its records)."""
         header = space.parse_space_header(header_raw)
         records = [acl_mod.parse_record(raw) for raw in acl_raws]
         acl_mod.fold(header.id, records)  # raises unless there is a valid genesis for this space
         try:
             store.space(header.id)
         except NotFound:
+            size = sum(len(r.raw) for r in {r.id: r for r in records if r.space_id == header.id}.values())
+            if quota_bytes is not None and size > quota_bytes:
+                raise QuotaExceeded.space(header.id, quota_bytes) from None
+            if book is not None:
+                book.check_new_space(header.id, header.owner, size)
             with store.transaction():
                 store.add_space(header.id, ids.space_text(header.id), header.raw)
                 store_acl_records(store, header.id, records)
-            return cls(store, blobs, header.id, quota_bytes=quota_bytes)
-        ledger = cls(store, blobs, header.id, quota_bytes=quota_bytes)
+            ledger = cls(store, blobs, header.id, quota_bytes=quota_bytes, book=book)
+            ledger.usage()  # charged to its owner from now on
+            return ledger
+        ledger = cls(store, blobs, header.id, quota_bytes=quota_bytes, book=book)
         ledger._add_records(records)
         return ledger
 
@@ -386,8 +404,11 @@ class Ledger:
         return self._add_records([acl_mod.parse_record(raw) for raw in raws])
 
     def _add_records(self, records: Sequence[acl_mod.AclRecord]) -> int:
+        usage = self.usage()
         try:
             with self.store.transaction():
+                new_bytes = self._new_acl_bytes(records)
+                self._check_quota(new_bytes)  # ACL records are stored bytes too: a flood of them hits the quota
                 added = store_acl_records(self.store, self._space_id, records)
                 if added:
                     before = self.acl.head
@@ -396,10 +417,19 @@ class Ledger:
                         self._dag = revalidate(self.store, self._space_id, self.acl)
                         self._heads = self._dag.heads()
                         self.store.set_heads(self._space_id, self._heads)
+            if added:
+                self._set_usage(replace(usage, acl_records=usage.acl_records + added,
+                                        acl_bytes=usage.acl_bytes + new_bytes))
         except BaseException:
             self._reload()
             raise
         return added
+
+    def _new_acl_bytes(self, records: Sequence[acl_mod.AclRecord]) -> int:
+        """Bytes of the records of this space that are not stored yet (each counted once)."""
+        held = set(self.acl_ids())
+        fresh = {r.id: len(r.raw) for r in records if r.space_id == self._space_id and r.id not in held}
+        return sum(fresh.values())
 
     # ------------------------------------------------------------------------------------------ changes
     @property
@@ -431,12 +461,14 @@ class Ledger:
         :class:`IntegrityError` (forged bytes) and :class:`QuotaExceeded` leave nothing stored."""
         changes = parse_changes(raws)
         usage = self.usage()
-        if self.quota_bytes is not None and usage.total_bytes >= self.quota_bytes:
+        try:
+            self._check_quota(1)
+        except QuotaExceeded:
             # Full already: refuse anything new before planning (planning grows the DAG, and undoing that means
             # rebuilding it from the store: too dear to repeat for every batch a member keeps sending).
             stored = self.store.change_statuses([c.id for c in changes])
             if any(c.id not in stored for c in changes):
-                raise QuotaExceeded(self._space_id, self.quota_bytes)
+                raise
         try:
             plan = plan_batch(self.store, self._space_id, self.dag, self.acl, changes)
             if plan.stores_anything:
@@ -447,8 +479,8 @@ class Ledger:
                     if plan.accepted:
                         self._heads = self.dag.heads()
                         self.store.set_heads(self._space_id, self._heads)
-                self._usage = replace(usage, changes=usage.changes + len(plan.accepted) + len(plan.rejected),
-                                      change_bytes=usage.change_bytes + added)
+                self._set_usage(replace(usage, changes=usage.changes + len(plan.accepted) + len(plan.rejected),
+                                        change_bytes=usage.change_bytes + added))
         except BaseException:
             self._reload()
             raise
@@ -471,7 +503,7 @@ class Ledger:
             self.store.index_blob(blob_id, len(data))
             new_link = self.store.add_space_blob(self._space_id, blob_id, len(data))
         if new_link:
-            self._usage = replace(usage, blobs=usage.blobs + 1, blob_bytes=usage.blob_bytes + len(data))
+            self._set_usage(replace(usage, blobs=usage.blobs + 1, blob_bytes=usage.blob_bytes + len(data)))
         return True
 
     def has_blob(self, blob_id: bytes) -> bool:
@@ -491,12 +523,23 @@ class Ledger:
     # ------------------------------------------------------------------------------------------ quota
     def usage(self) -> Usage:
         if self._usage is None:
-            self._usage = Usage(*self.store.space_usage(self._space_id))
+            self._set_usage(measure_usage(self.store, self._space_id))
+        assert self._usage is not None
         return self._usage
 
+    def _set_usage(self, usage: Usage) -> None:
+        self._usage = usage
+        if self.book is not None:
+            self.book.record(self._space_id, self.header.owner, usage.total_bytes)
+
     def _check_quota(self, extra_bytes: int) -> None:
+        """Raise :class:`QuotaExceeded` if ``extra_bytes`` more would go over the space's quota, or (with a
+        book) its owner's quota or the provider's total."""
         if self.quota_bytes is not None and self.usage().total_bytes + extra_bytes > self.quota_bytes:
-            raise QuotaExceeded(self._space_id, self.quota_bytes)
+            raise QuotaExceeded.space(self._space_id, self.quota_bytes)
+        if self.book is not None:
+            self.usage()  # the book holds this space's current figure
+            self.book.check(self.header.owner, extra_bytes)
 
     def _reload(self) -> None:
         """After a failed write the in-memory state may be ahead of the store: take it from the store again."""

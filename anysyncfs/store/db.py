@@ -170,6 +170,13 @@ class Store(SyncQueries):
         a = S.acl_records.c
         return int(self._run(select(func.count()).select_from(S.acl_records).where(a.space == space_id)).scalar_one())
 
+    def acl_usage(self, space_id: bytes) -> tuple[int, int]:
+        """(records, bytes) of the ACL records stored for a space."""
+        a = S.acl_records.c
+        q = select(func.count(), func.coalesce(func.sum(func.length(a.raw)), 0)).where(a.space == space_id)
+        n, size = self._run(q).first()
+        return int(n), int(size)
+
     def acl_records(self, space_id: bytes) -> list[tuple[bytes, bytes]]:
         """(id, raw) of every stored record of the space, in ID order."""
         q = select(S.acl_records.c.id, S.acl_records.c.raw).where(S.acl_records.c.space == space_id)

@@ -96,6 +96,12 @@ def forged_change(source: Replica, author: crypto.SigningKey, *, parents: tuple[
     return change.raw
 
 
+def acl_usage(r: Replica) -> tuple[int, int]:
+    """(records, bytes) of a replica's ACL records: what they occupy on a provider holding the space."""
+    raws = [raw for _rid, raw in r.acl_raws()]
+    return len(raws), sum(map(len, raws))
+
+
 def blob(n: int = 1000) -> tuple[bytes, bytes]:
     data = os.urandom(n)
     return crypto.blake3(data), data
@@ -126,7 +132,7 @@ def test_ledger_takes_a_replicas_changes_in_any_order(tmp_path: Path, owner: Rep
     assert ledger.heads == owner.heads
     assert ledger.change_ids() == owner.change_ids() == sorted(parse_change(r).id for r in raws)
     assert ledger.rejected_ids() == set()
-    assert ledger.usage() == Usage(len(raws), sum(map(len, raws)), 0, 0)
+    assert ledger.usage() == Usage(len(raws), sum(map(len, raws)), 0, 0, *acl_usage(owner))
     # sending everything again changes nothing
     assert {r.status for r in ledger.ingest_batch(raws)} == {"known"}
     # a fresh Ledger over the same store sees the same state (nothing lived only in memory)
@@ -240,11 +246,12 @@ def test_quota_refuses_a_batch_whole(tmp_path: Path, owner: Replica, node: Node)
     for i in range(5):
         put_file(owner, f"/f{i}", b"y" * 100)
     raws = raws_of(owner)
-    total = sum(map(len, raws))
+    acl_bytes = acl_usage(owner)[1]
+    total = acl_bytes + sum(map(len, raws))
     ledger = node.adopt(owner, quota=total - 1)
     with pytest.raises(QuotaExceeded, match=r"^space sp-\S+ is over its quota of \d+ bytes$"):
         ledger.ingest_batch(raws)
-    assert ledger.change_ids() == [] and ledger.heads == () and ledger.usage() == Usage(0, 0, 0, 0)
+    assert ledger.change_ids() == [] and ledger.heads == () and ledger.usage() == Usage(0, 0, 0, 0, *acl_usage(owner))
     assert ledger.dag.heads() == ()  # the DAG forgot what planning had added
     assert {r.status for r in ledger.ingest_batch(raws[:-1])} == {"applied"}
     with pytest.raises(QuotaExceeded):
@@ -259,7 +266,8 @@ def test_quota_refuses_a_batch_whole(tmp_path: Path, owner: Replica, node: Node)
 
 
 def test_blobs_are_verified_counted_and_kept_per_space(tmp_path: Path, owner: Replica, node: Node) -> None:
-    ledger = node.adopt(owner, quota=10_000)
+    acl_bytes = acl_usage(owner)[1]
+    ledger = node.adopt(owner, quota=10_000 + acl_bytes)
     blob_id, data = blob(3000)
     with pytest.raises(IdMismatch):
         ledger.put_blob(blob_id, data[:-1] + bytes([data[-1] ^ 1]))
@@ -272,7 +280,7 @@ def test_blobs_are_verified_counted_and_kept_per_space(tmp_path: Path, owner: Re
     assert ledger.put_blob(blob_id, data) is True
     assert ledger.put_blob(blob_id, data) is False
     assert ledger.has_blob(blob_id) and ledger.get_blob(blob_id) == data
-    assert ledger.blob_ids() == [blob_id] and ledger.usage() == Usage(0, 0, 1, 3000)
+    assert ledger.blob_ids() == [blob_id] and ledger.usage() == Usage(0, 0, 1, 3000, *acl_usage(owner))
     assert ledger.store.blob_size(blob_id) == 3000
     # another space on the same provider: the file exists, but it is not that space's blob
     other_owner = create_space(new_home(tmp_path, "olga"), "other")
@@ -289,7 +297,7 @@ def test_blobs_are_verified_counted_and_kept_per_space(tmp_path: Path, owner: Re
     assert ledger.put_blob(blob_id, data) is True and ledger.usage().blob_bytes == 3000
     with pytest.raises(QuotaExceeded):
         ledger.put_blob(*blob(7001))
-    assert Ledger(ledger.store, ledger.blobs, owner.space_id).usage() == Usage(0, 0, 1, 3000)
+    assert Ledger(ledger.store, ledger.blobs, owner.space_id).usage() == Usage(0, 0, 1, 3000, *acl_usage(owner))
 
 
 def test_get_changes_bounds_the_reply(tmp_path: Path, owner: Replica, node: Node) -> None:
