@@ -101,8 +101,9 @@ class QuotaBook:
         if space_id in self._spaces:
             return
         if p.spaces_per_account is not None and self.spaces_of(owner) >= p.spaces_per_account:
-            raise QuotaExceeded(f"account {ids.account_text(owner)} already owns {p.spaces_per_account} spaces "
-                                f"on this node, its limit", p.spaces_per_account)
+            n = p.spaces_per_account
+            raise QuotaExceeded(f"account {ids.account_text(owner)} already owns {n} space{'s' * (n != 1)} on this "
+                                f"node, its limit", n)
         if p.per_space is not None and size > p.per_space:
             raise QuotaExceeded.space(space_id, p.per_space)
         self.check(owner, size)

@@ -345,9 +345,11 @@ async def tcp_garbage_hangup(address: PeerAddress, garbage: bytes, within: float
 
 # ------------------------------------------------------------------------------------------------ nodes
 @asynccontextmanager
-async def running_node(path: Path, *, timeouts: Timeouts | None = None) -> AsyncIterator[tuple[Node, PeerAddress]]:
-    """A real node on a fresh loopback port (``timeouts`` replace its endpoint's, e.g. a short frame timeout)."""
-    node = Node(path)
+async def running_node(path: Path, *, timeouts: Timeouts | None = None,
+                       **options: Any) -> AsyncIterator[tuple[Node, PeerAddress]]:
+    """A real node on a fresh loopback port (``timeouts`` replace its endpoint's, e.g. a short frame timeout;
+    ``options`` go to :class:`Node`: quotas, connection limits)."""
+    node = Node(path, **options)
     if timeouts is not None:
         node.endpoint.timeouts = timeouts
     try:

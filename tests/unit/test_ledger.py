@@ -18,6 +18,8 @@ from anysyncfs.core.change import make_change, parse_change
 from anysyncfs.errors import DecodeError, IdMismatch, IntegrityError, NotFound, StoreError
 from anysyncfs.replica import IngestResult, Ledger, QuotaExceeded, Replica, SpaceData, Usage, adopt_space, create_space
 from anysyncfs.replica.files import list_dir, put_file
+from anysyncfs.replica.ledger import load_quota_book, measure_usage
+from anysyncfs.replica.quota import QuotaBook, QuotaPolicy
 from anysyncfs.replica.home import Home, Unlocked
 from anysyncfs.store import schema
 from anysyncfs.store.blobfiles import BlobFiles
@@ -298,6 +300,66 @@ def test_blobs_are_verified_counted_and_kept_per_space(tmp_path: Path, owner: Re
     with pytest.raises(QuotaExceeded):
         ledger.put_blob(*blob(7001))
     assert Ledger(ledger.store, ledger.blobs, owner.space_id).usage() == Usage(0, 0, 1, 3000, *acl_usage(owner))
+
+
+def invites(owner: Replica, count: int) -> list[bytes]:
+    """``count`` invite records the owner signs, each on the last: the cheapest ACL records a member can make."""
+    out = []
+    for _ in range(count):
+        _epoch, key = owner.current_epoch_key()
+        raw, _secret = acl.make_invite(owner.identity.account, owner.acl, acl.Role.READER, 0, key, now_us())
+        owner.add_acl_record(raw)
+        out.append(raw)
+    return out
+
+
+def test_acl_records_count_toward_the_quota(tmp_path: Path, owner: Replica, node: Node) -> None:
+    """A member flooding a provider with ACL records (here: invites) runs into the space's quota; the batch that
+    goes over is refused whole."""
+    ledger = node.adopt(owner, quota=acl_usage(owner)[1] + 2_000)
+    flood = invites(owner, 40)
+    per_record = max(map(len, flood))
+    stored = 0
+    with pytest.raises(QuotaExceeded, match=r"^space sp-\S+ is over its quota of \d+ bytes$"):
+        for i in range(0, len(flood), 4):
+            assert ledger.add_acl_records(flood[i:i + 4]) == 4
+            stored += 4
+    assert 0 < stored < 40 and stored * per_record <= 2_000
+    assert ledger.usage().acl_records == 1 + stored and len(ledger.acl_ids()) == 1 + stored
+    assert ledger.usage().total_bytes <= ledger.quota_bytes
+    assert ledger.add_acl_records(flood[:stored]) == 0  # known records are still fine when full
+    assert measure_usage(ledger.store, owner.space_id) == ledger.usage()
+
+
+def test_an_accounts_spaces_share_its_quota_and_its_space_count(tmp_path: Path, node: Node) -> None:
+    home = new_home(tmp_path, "mallory")
+    spaces = [create_space(home, f"s{i}") for i in range(3)]
+    book = QuotaBook(QuotaPolicy(per_account=20_000, spaces_per_account=2))
+    first, second = (Ledger.adopt(node.store, node.blobs, r.header_raw, [raw for _id, raw in r.acl_raws()],
+                                  book=book) for r in spaces[:2])
+    with pytest.raises(QuotaExceeded, match=r"^account ac-\S+ already owns 2 spaces on this node, its limit$"):
+        Ledger.adopt(node.store, node.blobs, spaces[2].header_raw, [raw for _id, raw in spaces[2].acl_raws()],
+                     book=book)
+    with pytest.raises(NotFound):
+        node.store.space(spaces[2].space_id)  # nothing of it was stored
+    used = book.used_by(home.identity.account_id)
+    assert used == first.usage().total_bytes + second.usage().total_bytes
+    assert first.put_blob(*blob(12_000)) is True
+    with pytest.raises(QuotaExceeded, match=r"^account ac-\S+ is over its quota of 20000 bytes$"):
+        second.put_blob(*blob(20_000 - used - 12_000 + 1))
+    assert second.put_blob(*blob(20_000 - used - 12_000)) is True  # exactly full is fine
+    with pytest.raises(QuotaExceeded, match="account"):
+        second.ingest_batch(raws_of(spaces[1]) or [forged_change(spaces[1], home.identity.account)])
+    # another account is not charged for it; the total is
+    other = create_space(new_home(tmp_path, "olga"), "other")
+    book.policy = QuotaPolicy(per_account=20_000, spaces_per_account=2, total=book.total_used + 5_000)
+    theirs = Ledger.adopt(node.store, node.blobs, other.header_raw, [raw for _id, raw in other.acl_raws()], book=book)
+    with pytest.raises(QuotaExceeded, match=r"^this node is over its total quota of \d+ bytes$"):
+        theirs.put_blob(*blob(5_000))
+    # a restarted node charges the same
+    again = load_quota_book(node.store, QuotaBook(book.policy))
+    assert again.total_used == book.total_used and again.used_by(home.identity.account_id) == 20_000
+    assert again.spaces_of(home.identity.account_id) == 2
 
 
 def test_get_changes_bounds_the_reply(tmp_path: Path, owner: Replica, node: Node) -> None:
