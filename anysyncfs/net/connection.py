@@ -217,32 +217,43 @@ class Connection:
             log.exception("%s: handling a notification failed", self.label)
 
     async def _serve_request(self, event: RequestReceived) -> None:
+        answered = False  # the session has stopped counting this request (it made our reply frame)
         try:
             if self.handler is None:
                 raise ServiceError(m.ErrorCode.BAD_REQUEST, "this peer serves no requests")
             body = await self.handler(self, event.body)
-            await self._send(self.session.send_response(event.id, body))
+            frame = self.session.send_response(event.id, body)
+            answered = True
+            await self._send(frame)
         except ServiceError as e:
-            await self._send_error(event.id, e.code, str(e))
+            answered = await self._send_error(event.id, e.code, str(e)) or answered
         except (ProtocolError, IntegrityError) as e:
             # The peer sent forged or malformed data: tell it, then hang up (the caller backs it off).
             log.warning("%s: %s: closing", self.label, e)
-            await self._send_error(event.id, m.ErrorCode.INVALID, str(e))
+            answered = await self._send_error(event.id, m.ErrorCode.INVALID, str(e)) or answered
             await self.abort(f"invalid data: {e}")
         except NetworkError:
             await self.abort("connection lost")
         except Exception as e:  # noqa: BLE001 - one failed request must not take the connection down
             log.exception("%s: serving %s failed", self.label, type(event.body).__name__)
-            await self._send_error(event.id, m.ErrorCode.INTERNAL, f"internal error: {type(e).__name__}")
+            answered = await self._send_error(event.id, m.ErrorCode.INTERNAL,
+                                              f"internal error: {type(e).__name__}") or answered
         finally:
-            self.session.release(event.id)  # answered (a no-op then) or never will be: room for the next
-            self._room.set()
+            if not answered:  # it never will be (the connection is ending): stop counting it all the same
+                self.session.release(event.id)
+            self._room.set()  # room for a request the session held back
 
-    async def _send_error(self, request_id: int, code: m.ErrorCode, message: str) -> None:
+    async def _send_error(self, request_id: int, code: m.ErrorCode, message: str) -> bool:
+        """Answer with an error frame; whether the session made one (sending it may still fail)."""
         try:
-            await self._send(self.session.send_error(request_id, code, message))
-        except (NetworkError, ProtocolError, ValueError):
+            frame = self.session.send_error(request_id, code, message)
+        except (ProtocolError, ValueError):
+            return False
+        try:
+            await self._send(frame)
+        except NetworkError:
             pass
+        return True
 
     # ------------------------------------------------------------------------------------------ requests
     async def request(self, body: Any, *, timeout: float | None = None) -> Any:
