@@ -33,8 +33,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     s.add_argument("--quota-per-account", default="10G", metavar="SIZE",
                    help="the same over all the spaces one account owns; each space is charged to the account that "
                         "signed its header (default 10G)")
-    s.add_argument("--quota-total", default="100G", metavar="SIZE",
-                   help="the same over every space this node holds (default 100G; set it to what the disk holds)")
+    s.add_argument("--quota-total", metavar="SIZE",
+                   help="the same over every space this node holds (default: 100G, or 90%% of the disk room the "
+                        "node has — free space plus what it stores — if that is less)")
     s.add_argument("--max-spaces-per-account", type=_positive, default=100, metavar="N",
                    help="spaces one account may own here (default 100)")
     s.add_argument("--allow-account", action="append", default=[], metavar="ac-…",
@@ -112,10 +113,10 @@ def cmd_node_serve(ctx: Context) -> int:
     limits = ConnectionLimits(max_in_flight_bytes=_size_option("--max-in-flight", a.max_in_flight),
                               max_in_flight_requests=a.max_requests_in_flight,
                               max_per_address=a.max_connections_per_address, max_connections=a.max_connections)
+    total = None if a.quota_total is None else _size_option("--quota-total", a.quota_total)  # None: from the disk
     quotas = dict(quota_bytes=_size_option("--quota", a.quota),
                   account_quota_bytes=_size_option("--quota-per-account", a.quota_per_account),
-                  total_quota_bytes=_size_option("--quota-total", a.quota_total),
-                  max_spaces_per_account=a.max_spaces_per_account)
+                  total_quota_bytes=total, max_spaces_per_account=a.max_spaces_per_account)
     logging.basicConfig(level=logging.DEBUG if a.debug else logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     allowed = frozenset(ids.from_text(ids.PREFIX_ACCOUNT, acct) for acct in a.allow_account) or None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import trio
@@ -46,7 +46,8 @@ IDENTITY_FILE = "node.identity"
 IDENTITY_VERSION = 1
 DEFAULT_QUOTA = 10 << 30  # bytes of changes, ACL records and blobs per space
 DEFAULT_ACCOUNT_QUOTA = 10 << 30  # the same, over all the spaces one account owns
-DEFAULT_TOTAL_QUOTA = 100 << 30  # the same, over every space held
+DEFAULT_TOTAL_QUOTA = 100 << 30  # the same, over every space held (or less: see Node._total_quota)
+DISK_SHARE = 0.9  # of the room the node has on its disk (free + what it stores), the default total may use
 DEFAULT_SPACES_PER_ACCOUNT = 100
 
 
@@ -91,7 +92,7 @@ class _Sets:
 class Node:
     def __init__(self, data: Path, *, quota_bytes: int = DEFAULT_QUOTA,
                  account_quota_bytes: int | None = DEFAULT_ACCOUNT_QUOTA,
-                 total_quota_bytes: int | None = DEFAULT_TOTAL_QUOTA,
+                 total_quota_bytes: int | None = None,
                  max_spaces_per_account: int | None = DEFAULT_SPACES_PER_ACCOUNT,
                  allowed_accounts: frozenset[bytes] | None = None, limits: ConnectionLimits | None = None) -> None:
         self.data = Path(data).absolute()
@@ -102,9 +103,9 @@ class Node:
         self.quota = quota_bytes
         # Every space is charged to its owner account; ledgers check and update the book under self.run's lock.
         policy = QuotaPolicy(per_space=quota_bytes, per_account=account_quota_bytes,
-                             spaces_per_account=max_spaces_per_account, total=total_quota_bytes)
+                             spaces_per_account=max_spaces_per_account)
         self.book = load_quota_book(self.store, QuotaBook(policy))
-        self._warn_if_the_disk_is_smaller(total_quota_bytes)
+        self.book.policy = replace(policy, total=self._total_quota(total_quota_bytes))
         self.run = Runner()
         self.endpoint = Endpoint(self.identity, make_tls_identity(self.identity.device), limits=limits)
         self._ledgers: dict[bytes, Ledger] = {}
@@ -113,14 +114,19 @@ class Node:
         self._subscribers: dict[bytes, set[Connection]] = {}
         self.connections: set[Connection] = set()
 
-    def _warn_if_the_disk_is_smaller(self, total: int | None) -> None:
+    def _total_quota(self, asked: int | None) -> int:
+        """The total quota: ``asked`` (warned about when the disk cannot hold it), or by default the smaller of
+        100 GiB and 90 % of the node's room on its disk — free space plus what it stores already, so the figure
+        does not shrink as the node fills up."""
         try:
             room = shutil.disk_usage(self.data).free + self.book.total_used
         except OSError:
-            return
-        if total is None or total > room:
-            log.warning("the total quota (%s) is more than this disk can hold (about %d bytes): set --quota-total",
-                        "none" if total is None else f"{total} bytes", room)
+            return asked if asked is not None else DEFAULT_TOTAL_QUOTA
+        if asked is None:
+            return min(DEFAULT_TOTAL_QUOTA, int(room * DISK_SHARE))
+        if asked > room:
+            log.warning("the total quota (%d bytes) is more than this disk can hold (about %d bytes)", asked, room)
+        return asked
 
     def address(self, host: str, port: int) -> PeerAddress:
         return PeerAddress(self.identity.device_id, host, port)

@@ -300,6 +300,28 @@ async def test_a_stranger_creating_many_spaces_hits_the_space_cap_and_the_accoun
             assert not node.blobs.has(crypto.blake3(data))
 
 
+def test_the_default_total_quota_fits_the_disk(tmp_path: Path) -> None:
+    import shutil
+
+    from anysyncfs.net.node import DEFAULT_TOTAL_QUOTA, Node
+
+    node = Node(tmp_path / "node")
+    try:
+        room = shutil.disk_usage(tmp_path).free
+        total = node.book.policy.total
+        assert total is not None and total <= DEFAULT_TOTAL_QUOTA
+        assert total == DEFAULT_TOTAL_QUOTA or abs(total - 0.9 * room) < 0.01 * room
+        assert (node.book.policy.per_space, node.book.policy.per_account, node.book.policy.spaces_per_account) == \
+            (10 << 30, 10 << 30, 100)
+    finally:
+        node.close()
+    node = Node(tmp_path / "node", total_quota_bytes=12345)
+    try:
+        assert node.book.policy.total == 12345
+    finally:
+        node.close()
+
+
 async def test_a_flood_of_acl_records_hits_the_quota(tmp_path: Path, make_home: MakeHome) -> None:
     """The attack: ACL records were not counted, so a member could store them without limit. Now an owner
     pushing invite after invite through the sync engine runs into its space's quota."""
