@@ -28,6 +28,7 @@ SIGNED_HEADS_VERSION = 1
 SIGNED_HEADS_CONTEXT = b"anysyncfs signed heads v1\x00"
 MAX_HEADS = 64  # a device with more heads signs the 64 lowest IDs (select_heads)
 MAX_COUNTER = 2**63 - 1
+MAX_DEVICES_PER_SPACE = 256  # records (one per device) a provider keeps and serves per space
 # The longest device certificate: prefix, body bound, signature count and one signature.
 MAX_DEVICE_CERT_LEN = encoding.PREFIX_LEN + keys.DEVICE_CERT_MAX_BODY + 1 + crypto.SIGNATURE_LEN  # 327
 # Body bound: array header (1), space bin8 (34), certificate bin16 (3 + 327), counter and time as uint64 (9 + 9),

@@ -15,6 +15,7 @@ import msgspec
 
 from ..core.blob import MAX_BLOB_LEN
 from ..core.change import MAX_CHANGE_SIZE
+from ..core.signed_heads import MAX_DEVICES_PER_SPACE as MAX_SIGNED_HEADS
 from ..core.signed_heads import MAX_RECORD_LEN as MAX_SIGNED_HEADS_LEN
 from ..errors import ProtocolError
 
@@ -29,7 +30,6 @@ MAX_CERT_LEN = 4096  # TLS certificate DER
 MAX_DEVICE_CERT_LEN = 512  # account-signed device certificate
 MAX_ACL_RECORD_LEN = 64 * 1024
 MAX_HEADER_LEN = 4096
-MAX_SIGNED_HEADS = 256  # signed heads records (one per device) a provider keeps and serves per space
 
 U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
 U16 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]

@@ -23,7 +23,7 @@ from ..errors import ProtocolError
 from ..store import schema as S
 from ..store.db import Store
 
-MAX_DEVICES = 256  # records a provider keeps per space (one per device); the wire bound of HeadsRecords
+MAX_DEVICES = sh.MAX_DEVICES_PER_SPACE  # records a provider keeps per space (one per device)
 
 
 class SpaceView(Protocol):

@@ -51,6 +51,7 @@ class WithholdingNode(Node):
         super().__init__(data)
         self.hidden: set[bytes] = set()
         self.hide_in_reconcile = True
+        self.withhold_new = False  # hide every change pushed from now on (set from another thread: a plain flag)
 
     def _id_set(self, ledger: Ledger, kind: int) -> IdSet:
         if kind == m.SetKind.CHANGES and self.hidden and self.hide_in_reconcile:
@@ -58,6 +59,8 @@ class WithholdingNode(Node):
         return super()._id_set(ledger, kind)
 
     async def handle(self, conn: Any, body: object) -> object:
+        if isinstance(body, m.PutChanges) and self.withhold_new:
+            self.hidden |= {crypto.blake3(bytes(raw)) for raw in body.changes}
         if isinstance(body, m.GetChanges) and self.hidden:
             body = m.GetChanges(body.space, [c for c in body.ids if c not in self.hidden])
         return await super().handle(conn, body)
@@ -290,3 +293,36 @@ async def test_a_device_refuses_forged_and_old_records_a_provider_serves(tmp_pat
         b.store.add_peer(b.space_id, str(double_addr), double_addr.device)
         report = await engine(b).sync_once()
     assert report.errors and "two signed heads records" in report.errors[0]
+
+
+async def test_the_node_keeps_a_bounded_number_of_records_per_space(tmp_path: Path, make_home: Any) -> None:
+    async with running_node(tmp_path / "node") as (node, addr):
+        a, _b = await two_devices(make_home, addr)
+        space_id, me = a.space_id, a.identity
+        held = node.store.count_signed_heads(space_id)  # a's and b's own
+        # The account certifies as many devices as it likes; the node keeps at most MAX_DEVICES_PER_SPACE.
+        devices = []
+        for i in range(sh.MAX_DEVICES_PER_SPACE - held + 1):
+            device = crypto.SigningKey.generate()
+            cert = keys.issue_device_cert(me.account, device.public, f"extra {i}", 0)
+            devices.append(keys.Identity(me.account, device, cert, f"extra {i}"))
+
+        async def fill() -> Any:
+            for ident in devices[:-1]:
+                reply = await conn.request(m.PutHeads(space_id, sh.sign_heads(ident, space_id, 1, a.heads, 0)))
+                assert isinstance(reply, m.Accepted) and reply.accepted == 1
+            with pytest.raises(RemoteError) as info:
+                await conn.request(m.PutHeads(space_id, sh.sign_heads(devices[-1], space_id, 1, a.heads, 0)))
+            assert info.value.code == m.ErrorCode.QUOTA
+            # a device already held still moves on
+            newer = sh.sign_heads(me, space_id, 99, a.heads, 0)
+            assert (await conn.request(m.PutHeads(space_id, newer))).accepted == 1
+            return await conn.request(m.GetHeads(space_id))
+
+        conn = await Endpoint(me).dial(addr)
+        try:
+            served = await while_serving(conn, fill)
+        finally:
+            await conn.abort("done")
+        assert isinstance(served, m.HeadsRecords) and len(served.records) == sh.MAX_DEVICES_PER_SPACE
+        assert node.store.count_signed_heads(space_id) == sh.MAX_DEVICES_PER_SPACE
