@@ -51,8 +51,11 @@ class HeadsWitness:
         served = await self.collect(conn)
         try:
             result = await round_()
-        except (ProtocolError, IntegrityError):
-            if served:
+        except (ProtocolError, IntegrityError, RemoteError) as e:
+            # The provider misbehaved or refused: judge what it delivered. Not after a lost link or a provider
+            # that failed (internal error, shutting down): the changes may simply not have arrived yet.
+            failed = isinstance(e, RemoteError) and e.code in (m.ErrorCode.INTERNAL, m.ErrorCode.UNAVAILABLE)
+            if served and not failed:
                 await self.judge(conn, served)
             raise
         if served:

@@ -25,7 +25,7 @@ from anysyncfs.core import signed_heads as sh
 from anysyncfs.core.address import PeerAddress
 from anysyncfs.core.reconcile import IdSet
 from anysyncfs.errors import NetworkError
-from anysyncfs.net.connection import RemoteError, while_serving
+from anysyncfs.net.connection import RemoteError, ServiceError, while_serving
 from anysyncfs.net.endpoint import Endpoint
 from anysyncfs.net.fetch_space import _sync_space
 from anysyncfs.net.node import Node
@@ -43,25 +43,28 @@ pytestmark = pytest.mark.trio
 
 
 class WithholdingNode(Node):
-    """A real node that keeps some changes back from everyone: it leaves them out of reconciliation
-    (``hide_in_reconcile``) and answers ``GetChanges`` for them with nothing. Everything else — signed heads
-    included — it serves honestly, which is exactly what lets a device catch it."""
+    """A real node that keeps some changes back from everyone. ``how``: ``never-offered`` leaves them out of
+    reconciliation; ``getchanges-empty`` offers them but answers ``GetChanges`` for them with nothing;
+    ``getchanges-error`` answers it with "not found". Everything else — signed heads included — it serves
+    honestly, which is exactly what lets a device catch it."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, how: str = "never-offered") -> None:
         super().__init__(data)
         self.hidden: set[bytes] = set()
-        self.hide_in_reconcile = True
+        self.how = how
         self.withhold_new = False  # hide every change pushed from now on (set from another thread: a plain flag)
 
     def _id_set(self, ledger: Ledger, kind: int) -> IdSet:
-        if kind == m.SetKind.CHANGES and self.hidden and self.hide_in_reconcile:
+        if kind == m.SetKind.CHANGES and self.hidden and self.how == "never-offered":
             return IdSet(c for c in ledger.change_ids() if c not in self.hidden)
         return super()._id_set(ledger, kind)
 
     async def handle(self, conn: Any, body: object) -> object:
         if isinstance(body, m.PutChanges) and self.withhold_new:
             self.hidden |= {crypto.blake3(bytes(raw)) for raw in body.changes}
-        if isinstance(body, m.GetChanges) and self.hidden:
+        if isinstance(body, m.GetChanges) and self.hidden.intersection(body.ids):
+            if self.how == "getchanges-error":
+                raise ServiceError(m.ErrorCode.NOT_FOUND, "no such change")
             body = m.GetChanges(body.space, [c for c in body.ids if c not in self.hidden])
         return await super().handle(conn, body)
 
@@ -159,11 +162,10 @@ async def test_the_counter_survives_restarts_and_is_never_reused(tmp_path: Path,
 
 
 # ------------------------------------------------------------------------------------------------ withholding
-@pytest.mark.parametrize("hide_in_reconcile", [True, False], ids=["never-offered", "getchanges-empty"])
+@pytest.mark.parametrize("how", ["never-offered", "getchanges-empty", "getchanges-error"])
 async def test_a_provider_that_withholds_a_change_is_caught(
-        tmp_path: Path, make_home: Any, caplog: pytest.LogCaptureFixture, hide_in_reconcile: bool) -> None:
-    node = WithholdingNode(tmp_path / "node")
-    node.hide_in_reconcile = hide_in_reconcile
+        tmp_path: Path, make_home: Any, caplog: pytest.LogCaptureFixture, how: str) -> None:
+    node = WithholdingNode(tmp_path / "node", how)
     async with running(node) as addr:
         a, b = await two_devices(make_home, addr)
         put_file(a, "/secret-plan.txt", b"the change the provider keeps from b")
@@ -176,8 +178,8 @@ async def test_a_provider_that_withholds_a_change_is_caught(
         with caplog.at_level(logging.WARNING):
             report = await sb.sync_once()
         assert hidden not in set(b.store.change_statuses([hidden]))  # the attack itself still works: no change
-        if not hide_in_reconcile:
-            assert report.errors  # announced but not delivered: also an invalid-data disconnect
+        if how != "never-offered":
+            assert report.errors  # announced but not delivered: the round also failed
         provider, device = node.identity.device_text, a.identity.device_text
         expected = f"provider {provider} withholds changes that device {device} signed at counter {signed.counter}"
         assert any(r.levelno == logging.WARNING and expected in r.getMessage() for r in caplog.records)
