@@ -249,3 +249,33 @@ def test_judge_names_withheld_changes_and_rollbacks_only() -> None:
     # served counter 3 of ours after it had accepted 4: rolled back (our own heads are never "withheld")
     (g,) = sh.judge([mine], {mine.device: 4}, set(), mine.device)
     assert (g.kind, g.counter, g.previous) == (sh.ROLLBACK, 3, 4)
+
+
+# ---------------------------------------------------------------------------------------------------- store
+def test_store_keeps_the_newest_record_the_highest_served_counter_and_a_bounded_warning_list(tmp_path: Path) -> None:
+    from anysyncfs.store.db import Store
+    from anysyncfs.store.db_heads import MAX_WARNINGS_PER_SPACE
+
+    store = Store(str(tmp_path / "store.db"))
+    try:
+        store.add_space(SPACE, "s", b"header")
+        device, account, provider = bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32
+        assert store.put_signed_heads(SPACE, device, account, 5, b"five")
+        assert not store.put_signed_heads(SPACE, device, account, 5, b"other five")  # a counter is never reused
+        assert not store.put_signed_heads(SPACE, device, account, 4, b"four")
+        assert store.signed_heads_row(SPACE, device).raw == b"five"  # type: ignore[union-attr]
+        assert store.put_signed_heads(SPACE, device, account, 6, b"six")
+        assert store.signed_heads_counter(SPACE, device) == 6
+        store.note_heads_served(SPACE, provider, {device: 6})
+        store.note_heads_served(SPACE, provider, {device: 2})  # never lowered
+        assert store.heads_served(SPACE, provider) == {device: 6}
+        for i in range(MAX_WARNINGS_PER_SPACE + 6):
+            store.note_provider_warning(SPACE, provider, "withholds", bytes([i]) * 32, i, "addr", f"line {i}\nmore")
+        rows = store.provider_warnings(SPACE)
+        assert len(rows) == MAX_WARNINGS_PER_SPACE and all("\n" not in r.message for r in rows)
+        store.note_provider_warning(SPACE, provider, "withholds", rows[-1].device, 99, "addr", "again")
+        again = [r for r in store.provider_warnings(SPACE) if r.device == rows[-1].device]
+        assert again[0].counter == 99 and again[0].first_us <= again[0].last_us
+        assert len(store.provider_warnings(SPACE)) == MAX_WARNINGS_PER_SPACE
+    finally:
+        store.close()
