@@ -254,9 +254,12 @@ def cmd_status(ctx: Context) -> int:
                 "changes_to_fetch": lp.get("to_fetch", 0),
                 "changes_to_send": lp.get("to_send", 0),
             })
+        warnings = [{"provider": ids.device_text(w.provider), "address": w.address, "kind": w.kind,
+                     "device": ids.device_text(w.device), "counter": w.counter, "message": w.message,
+                     "first_us": w.first_us, "last_us": w.last_us} for w in store.provider_warnings(row.id)]
         out.append({
             "space": ids.space_text(row.id), "name": row.name, "mounted": live is not None,
-            "blobs_to_upload": store.count_pending_uploads(row.id), "peers": peers,
+            "blobs_to_upload": store.count_pending_uploads(row.id), "peers": peers, "warnings": warnings,
         })
     if ctx.args.json:
         print(json.dumps(out, indent=1))
@@ -271,6 +274,8 @@ def cmd_status(ctx: Context) -> int:
             print(f"  {p['address']}: {state}, last sync {_when(p['last_sync_us'])}, "
                   f"changes to fetch {p['changes_to_fetch']}, to send {p['changes_to_send']}"
                   + (f", last error: {p['last_error']}" if p["last_error"] else ""))
+        for w in s["warnings"]:  # a provider caught keeping changes back (signed heads, protocol.md 70.9)
+            print(f"  WARNING: {w['message']} (first seen {_when(w['first_us'])}, last {_when(w['last_us'])})")
     return 0
 
 

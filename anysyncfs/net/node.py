@@ -29,6 +29,7 @@ from ..core.address import PeerAddress
 from ..core.reconcile import IdSet, Reconciler
 from ..errors import DecodeError, IntegrityError, KeyringCorrupt, NotFound, ProtocolError
 from ..protocol import messages as m
+from ..replica import heads_board
 from ..replica.ledger import Ledger, QuotaExceeded, load_quota_book
 from ..replica.quota import QuotaBook, QuotaPolicy
 from ..store.blobfiles import BlobFiles
@@ -275,7 +276,21 @@ class Node:
             ledger = await self._member(conn, body.space)
             flags = await self.run(lambda: [ledger.has_blob(b) for b in body.ids])
             return m.Bits(m.bits_of(flags))
+        if isinstance(body, (m.PutHeads, m.GetHeads)):
+            return await self._signed_heads(conn, body)
         raise ServiceError(m.ErrorCode.BAD_REQUEST, f"unsupported request {type(body).__name__}")
+
+    async def _signed_heads(self, conn: Connection, body: m.PutHeads | m.GetHeads) -> object:
+        """Keep the newest signed heads of each member device, and serve them to members (protocol.md 70.9)."""
+        ledger = await self._member(conn, body.space)
+        if isinstance(body, m.GetHeads):
+            return m.HeadsRecords(await self.run(heads_board.served, ledger))
+        outcome = await self.run(heads_board.offer, ledger, bytes(body.record))  # forged: the connection closes
+        if outcome.status == "not-member":
+            raise ServiceError(m.ErrorCode.FORBIDDEN, "those signed heads are not of a member's device")
+        if outcome.status == "full":
+            raise ServiceError(m.ErrorCode.QUOTA, "this space has the most signed heads records a node keeps")
+        return m.Accepted(int(outcome.status == "stored"), int(outcome.status == "old"), list(outcome.missing))
 
     async def _invited(self, conn: Connection, body: m.OpenSpace) -> Ledger:
         """A joiner proving it holds the secret of an outstanding, unexpired invite may read header and ACL.

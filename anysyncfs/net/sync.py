@@ -28,6 +28,7 @@ from ..replica import Replica
 from .connection import Connection, RemoteError, while_serving
 from .endpoint import Endpoint
 from .runner import Runner
+from .withholding import HeadsWitness
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,6 +92,7 @@ class SpaceSync:
         self._fetching: dict[bytes, trio.Event] = {}
         self._known_heads = replica.heads
         self.pending_uploads = 0
+        self.witness = HeadsWitness(replica, run)  # signed heads: catches a provider keeping changes back
 
     # ------------------------------------------------------------------------------------------ addresses
     async def addresses(self) -> list[PeerAddress]:
@@ -207,7 +209,8 @@ class SpaceSync:
         await self._open(conn)
         await self._sync_acl(conn)
         uploaded = await self.upload_blobs(conn, progress)
-        fetched, sent, rounds = await self._sync_changes(conn, progress)
+        fetched, sent, rounds = await self.witness.checked_round(
+            conn, functools.partial(self._sync_changes, conn, progress))
         if st is not None:
             st.last_sync_us = time.time_ns() // 1000
             st.last_error = ""
@@ -465,6 +468,7 @@ class SpaceSync:
         return {
             "space": ids.space_text(self.space_id),
             "pending_uploads": self.pending_uploads,
+            "warnings": list(self.witness.warnings),
             "peers": [vars(p) | {"next_attempt": p.next_attempt if math.isfinite(p.next_attempt) else 0}
                       for p in self.peers.values()],
         }

@@ -15,6 +15,8 @@ import msgspec
 
 from ..core.blob import MAX_BLOB_LEN
 from ..core.change import MAX_CHANGE_SIZE
+from ..core.signed_heads import MAX_DEVICES_PER_SPACE as MAX_SIGNED_HEADS
+from ..core.signed_heads import MAX_RECORD_LEN as MAX_SIGNED_HEADS_LEN
 from ..errors import ProtocolError
 
 PROTOCOL_VERSION = 1  # the only version so far; Hello carries a [min, max] range for later ones
@@ -150,8 +152,22 @@ class GetAcl(_Tagged, frozen=True, tag=10):
     ids: Annotated[list[Id32], msgspec.Meta(max_length=4 * MAX_BATCH)]
 
 
+class PutHeads(_Tagged, frozen=True, tag=11):
+    """Offer a device's signed heads record (docs/protocol.md 70.9); the reply's ``missing`` lists the changes it
+    names that the responder does not hold (it then keeps its older record)."""
+
+    space: Id32
+    record: Annotated[bytes, msgspec.Meta(max_length=MAX_SIGNED_HEADS_LEN)]
+
+
+class GetHeads(_Tagged, frozen=True, tag=12):
+    """The newest signed heads record of every member device the responder holds for a space."""
+
+    space: Id32
+
+
 RequestBody = Union[OpenSpace, Reconcile, GetChanges, PutChanges, PutAcl, GetBlob, PutBlob, HasBlobs, PushSpace,
-                    GetAcl]
+                    GetAcl, PutHeads, GetHeads]
 
 
 # ---------------------------------------------------------------------------------------------- responses
@@ -191,7 +207,12 @@ class AclRecords(_Tagged, frozen=True, tag=108):
     records: Annotated[list[RecordBytes], msgspec.Meta(max_length=4 * MAX_BATCH)]  # those asked that are held
 
 
-ResponseBody = Union[SpaceInfo, ReconcileReply, Changes, Accepted, Blob, Ok, Bits, AclRecords]
+class HeadsRecords(_Tagged, frozen=True, tag=109):
+    records: Annotated[list[Annotated[bytes, msgspec.Meta(max_length=MAX_SIGNED_HEADS_LEN)]],
+                       msgspec.Meta(max_length=MAX_SIGNED_HEADS)]  # signed heads records, one per device
+
+
+ResponseBody = Union[SpaceInfo, ReconcileReply, Changes, Accepted, Blob, Ok, Bits, AclRecords, HeadsRecords]
 
 
 # ---------------------------------------------------------------------------------------------- notifications

@@ -22,6 +22,7 @@ from sqlalchemy.schema import CreateColumn
 
 from ..errors import NotFound, StoreError
 from . import schema as S
+from .db_heads import HeadsQueries
 from .db_sync import IN_BATCH, BlobRow, PeerRow, SyncQueries, _batches, now_us
 
 __all__ = ["BlobRow", "ChangeRow", "IN_BATCH", "PeerRow", "SpaceRow", "Store", "split_ids"]
@@ -73,7 +74,7 @@ def split_ids(packed: bytes, size: int = 32) -> tuple[bytes, ...]:
     return tuple(packed[i : i + size] for i in range(0, len(packed), size))
 
 
-class Store(SyncQueries):
+class Store(SyncQueries, HeadsQueries):
     """One SQLite database for every space of a home directory."""
 
     def __init__(self, path: str) -> None:

@@ -199,6 +199,45 @@ upload_queue = Table(
     Column("queued_us", BigInteger, nullable=False, doc="when it was queued, µs"),
 )
 
+# Signed heads (docs/protocol.md 70.9): tables added within version 2 (created when a store opens, like pins).
+signed_heads = Table(
+    "signed_heads",
+    metadata,
+    Column("space", LargeBinary(32), ForeignKey("spaces.id"), primary_key=True, doc="space"),
+    Column("device", LargeBinary(32), primary_key=True, doc="device public key that signed the record"),
+    Column("account", LargeBinary(32), nullable=False, doc="account that certified the device (from the record)"),
+    Column("counter", BigInteger, nullable=False, doc="the record's counter: only a higher one replaces the row (on "
+           "a device, its own row is where the next counter comes from: never reused, survives restarts)"),
+    Column("raw", LargeBinary, nullable=False, doc="the newest verified signed heads record of the device, verbatim"),
+    Column("received_us", BigInteger, nullable=False, doc="when it was stored, µs"),
+)
+
+heads_served = Table(
+    "heads_served",
+    metadata,
+    Column("space", LargeBinary(32), ForeignKey("spaces.id"), primary_key=True, doc="space"),
+    Column("provider", LargeBinary(32), primary_key=True, doc="device key of the provider"),
+    Column("device", LargeBinary(32), primary_key=True, doc="device whose signed heads the provider served"),
+    Column("counter", BigInteger, nullable=False, doc="highest counter of that device the provider served to this "
+           "device, or accepted from it (a lower one served later is a rollback)"),
+    Column("seen_us", BigInteger, nullable=False, doc="when that counter was first seen, µs"),
+)
+
+provider_warnings = Table(
+    "provider_warnings",
+    metadata,
+    Column("space", LargeBinary(32), ForeignKey("spaces.id"), primary_key=True, doc="space"),
+    Column("provider", LargeBinary(32), primary_key=True, doc="device key of the provider caught"),
+    Column("kind", Text, primary_key=True, doc="'withholds' (it kept back changes a device's signed heads name) or "
+           "'rollback' (it served an older signed heads record than before)"),
+    Column("device", LargeBinary(32), primary_key=True, doc="the device whose signed heads prove it"),
+    Column("counter", BigInteger, nullable=False, doc="counter of that device's record (the newest such finding)"),
+    Column("address", Text, nullable=False, doc="the provider's address when it was last caught"),
+    Column("message", Text, nullable=False, doc="one line, as logged"),
+    Column("first_us", BigInteger, nullable=False, doc="when it was first caught, µs"),
+    Column("last_us", BigInteger, nullable=False, doc="when it was last caught, µs"),
+)
+
 # Upgrades of an older database, by the version they start from: the columns to append (ALTER TABLE ADD COLUMN,
 # with their DDL as declared above). Tables that did not exist are then created by ``metadata.create_all``.
 COLUMNS_ADDED_AFTER: dict[int, tuple[Column, ...]] = {

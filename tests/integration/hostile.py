@@ -82,6 +82,7 @@ class SpaceCopy:
     blobs: dict[bytes, bytes]  # blob ID -> bytes
     heads: list[bytes]
     hidden: set[bytes] = field(default_factory=set)  # changes held but left out of reconciliation
+    signed_heads: list[bytes] = field(default_factory=list)  # signed heads records it serves (GetHeads)
 
     @classmethod
     def of(cls, replica: Replica) -> SpaceCopy:
@@ -233,6 +234,10 @@ class HostileProvider:
             return m.Blob(s.blobs[body.blob])
         if isinstance(body, m.HasBlobs):
             return m.Bits(m.bits_of([b in s.blobs for b in body.ids]))
+        if isinstance(body, m.GetHeads):
+            return m.HeadsRecords(list(s.signed_heads))
+        if isinstance(body, m.PutHeads):
+            return m.Accepted(1, 0, [])
         if isinstance(body, (m.PutChanges, m.PutAcl)):
             count = len(body.changes) if isinstance(body, m.PutChanges) else len(body.records)
             return m.Accepted(0, count, [])
