@@ -498,11 +498,14 @@ class Replica:
         return self.fresh_fold(heads)
 
     def payloads(self) -> Iterable[tuple[Change, list[ops.Op]]]:
-        """Every accepted change with its decrypted ops, in fold order (those whose key we lack are skipped)."""
+        """Every accepted change with its decrypted ops, in fold order (those whose key we lack, or whose blob list
+        lies, are skipped: neither is applied to the tree)."""
         for cid, raw in self.store.iter_change_raws(self.space_id):
             change = parse_change(raw, cid)
             key = self.keys.get(change.header.epoch)
             if key is None:
                 continue
-            yield change, ops.decode_payload(open_payload(change, key))
+            payload = ops.decode_payload(open_payload(change, key))
+            if blob_refs.check_refs(change.header.blob_refs, payload) is None:  # else never applied (_apply)
+                yield change, payload
 

@@ -1,6 +1,6 @@
 """Cleartext blob refs of changes (core/blob_refs.py) and their collection on a provider (replica/blob_gc.py).
 
-The path through a real node over TCP is in tests/integration/test_blob_gc.py; these pin the rules one by one."""
+The path through a real node over TCP is in tests/integration/test_node_gc.py; these pin the rules one by one."""
 
 from __future__ import annotations
 
