@@ -496,6 +496,7 @@ class Ledger:
         collected = blob_gc.collect_space(self.store, self.blobs, self._space_id, linked_before_us)
         if collected.unlinked:
             self._usage = None
+            self.usage()  # recount now, so that every quota keeping this space's usage sees the bytes freed
         return collected
 
     # ------------------------------------------------------------------------------------------ quota
