@@ -1,11 +1,13 @@
-"""Network commands: ``node serve``, ``space add-peer`` / ``peers`` / ``remove-peer``, ``sync``, ``status``."""
+"""Network commands: ``node serve`` / ``gc``, ``space add-peer`` / ``peers`` / ``remove-peer``, ``sync``, ``status``."""
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -51,7 +53,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                         "it has answered (default 32M)")
     s.add_argument("--max-requests-in-flight", type=_positive, default=64, metavar="N",
                    help="requests one connection may have in flight (default 64)")
+    s.add_argument("--gc-grace", default="24h", metavar="DURATION",
+                   help="how long an uploaded blob may wait for a change that references it before it is "
+                        "collected (default 24h; e.g. 90m, 2d)")
+    s.add_argument("--gc-interval", default="1h", metavar="DURATION",
+                   help="time between two collections of unreferenced blobs (default 1h; 0 never)")
     s.set_defaults(func=cmd_node_serve, needs_identity=False)
+    s = node.add_parser("gc", help="collect now the blobs no accepted change references (the node must not be "
+                                   "serving this data directory: a serving node collects by itself)")
+    s.add_argument("--data", type=Path, required=True, help="the node's data directory")
+    s.add_argument("--gc-grace", default="24h", metavar="DURATION",
+                   help="keep blobs uploaded less than this long ago (default 24h; 0 collects every "
+                        "unreferenced blob: only when no device is between uploading and committing)")
+    s.set_defaults(func=cmd_node_gc, needs_identity=False)
 
     s = space_sub.add_parser("add-peer", help="record a peer or provider (anysync://dv-…@host:port) for a space")
     s.add_argument("space", help="space name or ID (an ID also for a space this device does not hold yet)")
@@ -102,6 +116,33 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+
+
+def parse_duration(text: str, option: str) -> float:
+    """``"90"`` / ``"90s"``, ``"15m"``, ``"24h"``, ``"2d"`` -> seconds."""
+    m = _DURATION.match(text.strip().lower())
+    if m is None:
+        raise UsageError(f"{option} needs a duration such as 90s, 15m, 24h or 2d, not {text!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+LOCK_FILE = "node.lock"
+
+
+def lock_node_data(data: Path) -> int:
+    """Hold ``<data>/node.lock`` (flock; released when the process ends or the descriptor closes): one process
+    at a time serves or collects a data directory, so a collection never races an upload."""
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(data / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(f"{data} is in use by another anysyncfs node (a serving node collects by itself)") from None
+    return fd
+
+
 def cmd_node_serve(ctx: Context) -> int:
     import trio
 
@@ -117,10 +158,14 @@ def cmd_node_serve(ctx: Context) -> int:
     quotas = dict(quota_bytes=_size_option("--quota", a.quota),
                   account_quota_bytes=_size_option("--quota-per-account", a.quota_per_account),
                   total_quota_bytes=total, max_spaces_per_account=a.max_spaces_per_account)
+    grace = parse_duration(a.gc_grace, "--gc-grace")
+    interval = parse_duration(a.gc_interval, "--gc-interval")
     logging.basicConfig(level=logging.DEBUG if a.debug else logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     allowed = frozenset(ids.from_text(ids.PREFIX_ACCOUNT, acct) for acct in a.allow_account) or None
-    node = Node(a.data, allowed_accounts=allowed, limits=limits, **quotas)
+    lock = lock_node_data(a.data)
+    node = Node(a.data, allowed_accounts=allowed, limits=limits, gc_grace_us=int(grace * 1e6),
+                gc_interval=interval, **quotas)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -128,6 +173,7 @@ def cmd_node_serve(ctx: Context) -> int:
                 listeners = await nursery.start(node.serve, host, port)
             except OSError as e:
                 raise NetworkError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+            nursery.start_soon(node.collect_periodically)
             bound = listeners[0].socket.getsockname()[1]
             print(node.address(host, bound), flush=True)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -140,6 +186,27 @@ def cmd_node_serve(ctx: Context) -> int:
         trio.run(main)
     finally:
         node.close()
+        os.close(lock)
+    return 0
+
+
+def cmd_node_gc(ctx: Context) -> int:
+    from ..net.node import Node
+
+    grace = parse_duration(ctx.args.gc_grace, "--gc-grace")
+    if not (ctx.args.data / "node.db").exists():
+        raise UsageError(f"{ctx.args.data} holds no node data")
+    lock = lock_node_data(ctx.args.data)
+    try:
+        node = Node(ctx.args.data, gc_grace_us=int(grace * 1e6))
+        try:
+            done = node.collect_garbage_now()
+        finally:
+            node.close()
+    finally:
+        os.close(lock)
+    print(f"unlinked {done.unlinked} blob(s) ({done.unlinked_bytes} bytes) from their spaces; "
+          f"deleted {done.files_deleted} file(s) ({done.file_bytes} bytes)")
     return 0
 
 

@@ -1,10 +1,10 @@
 """Changes: the signed, encrypted records that make up a space's DAG.
 
-A change is a signed record (see :mod:`anysyncfs.core.encoding`) with format tag ``C``, version 1 and exactly one
+A change is a signed record (see :mod:`anysyncfs.core.encoding`) with format tag ``C``, version 2 and exactly one
 Ed25519 signature by the author's *account* key. Its body is a two-element msgpack array::
 
     body = [header, ciphertext]
-    header = [space, parents, author, device, lamport, wall_us, acl_head, epoch]      (a msgpack array, inline)
+    header = [space, parents, author, device, lamport, wall_us, acl_head, epoch, blob_refs]   (msgpack array, inline)
     ciphertext = nonce (12 random bytes) || AES-256-GCM(payload, key, aad = header bytes)
     key = BLAKE3-derive_key("anysyncfs 2026 change payload v1", epoch key)
 
@@ -12,8 +12,11 @@ The header is decoded as ``msgspec.Raw`` first, so its exact bytes (as signed an
 associated data: nothing is ever re-encoded to verify or open a change. The change ID is BLAKE3 of the whole
 encoded change. The payload (after decryption) is :func:`anysyncfs.core.ops.decode_payload` input.
 
+``blob_refs`` lists, in clear, every blob the payload's file contents depend on (see :mod:`.blob_refs`): a keyless
+provider learns from it which of a space's blobs are still referenced and collects the others.
+
 Acceptance checks made here: size bound, strict decoding (tag, version, lengths, field types and ranges, parents
-strictly ascending), ID (when the caller knows which ID it asked for) and signature. The DAG checks (parents known,
+and blob refs strictly ascending), ID (when the caller knows which ID it asked for) and signature. The DAG checks (parents known,
 Lamport value) live in :mod:`anysyncfs.core.dag`; the ACL checks in :mod:`anysyncfs.core.validate`.
 """
 
@@ -29,17 +32,20 @@ from ..errors import DecodeError, IdMismatch
 from . import crypto, encoding
 from .encoding import Strict
 
-CHANGE_VERSION = 1
+CHANGE_VERSION = 2  # 2: the header carries blob_refs (version 1 changes are refused)
 MAX_CHANGE_SIZE = 4 * 1024 * 1024  # bytes of one encoded change, checked before anything is decoded
 MAX_PARENTS = 64  # a merge of more heads than this is split into several changes
+MAX_BLOB_REFS = 65_536  # blob IDs one change may list (2.2 MB at most); a file of more chunks is refused (EFBIG)
+BLOB_REF_COST = 34  # encoded bytes of one blob ref (bin8 prefix + 32 bytes)
 LAMPORT_MAX = 2**63 - 1  # msgspec/msgpack signed 64-bit bound
 PAYLOAD_KEY_CONTEXT = "anysyncfs 2026 change payload v1"  # BLAKE3 derive_key context for the payload key
 NONCE_LEN = crypto.NONCE_LEN  # 12: random AES-GCM nonce prefixed to the ciphertext
 MIN_CIPHERTEXT = crypto.NONCE_LEN + crypto.TAG_LEN  # 28: nonce + tag of an empty payload
 
-# Largest encoded header (64 parents, every integer at its widest) plus the body array, the ciphertext's bin32
-# length prefix, nonce, tag, record prefix and signature: 2444 bytes. Rounded up, so any payload up to
-# MAX_PAYLOAD_SIZE always fits in a change (callers split larger sets of ops over several changes).
+# Largest encoded header without blob refs (64 parents, every integer at its widest, the refs array's own 5-byte
+# prefix) plus the body array, the ciphertext's bin32 length prefix, nonce, tag, record prefix and signature:
+# 2449 bytes. Rounded up, so any payload of at most MAX_PAYLOAD_SIZE - BLOB_REF_COST * len(blob_refs) bytes
+# always fits in a change (callers split larger sets of ops over several changes).
 _MAX_OVERHEAD = 4096
 MAX_PAYLOAD_SIZE = MAX_CHANGE_SIZE - _MAX_OVERHEAD
 
@@ -47,7 +53,7 @@ Hash = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 
 
 class ChangeHeader(Strict):
-    """The cleartext, signed header of a change (a msgpack array of these eight fields, in this order)."""
+    """The cleartext, signed header of a change (a msgpack array of these nine fields, in this order)."""
 
     space: Hash  # ID of the space this change belongs to
     parents: Annotated[tuple[Hash, ...], msgspec.Meta(max_length=MAX_PARENTS)]  # strictly ascending change IDs
@@ -57,6 +63,9 @@ class ChangeHeader(Strict):
     wall_us: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # author's wall clock, µs since the epoch
     acl_head: Hash  # ID of the ACL record the author's write permission is checked at
     epoch: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]  # key epoch whose key encrypts the payload
+    # Strictly ascending IDs of every blob the payload's Write contents depend on (manifests and chunks), in clear
+    # so that a keyless provider knows which blobs are referenced; receivers check them against the payload.
+    blob_refs: Annotated[tuple[Hash, ...], msgspec.Meta(max_length=MAX_BLOB_REFS)]
 
 
 class _ChangeBody(Strict):
@@ -121,11 +130,14 @@ def make_change(
     epoch_key: bytes,
     payload: bytes,
     nonce: bytes | None = None,
+    *,
+    blob_refs: Iterable[bytes] = (),
 ) -> Change:
-    """Encrypt ``payload`` and sign a new change. ``parents`` are sorted and de-duplicated here.
+    """Encrypt ``payload`` and sign a new change. ``parents`` and ``blob_refs`` are sorted and de-duplicated here.
 
     ``nonce`` is injectable for test vectors only; normal callers leave it random. Invalid arguments (a caller
-    bug, never remote data) raise ``ValueError``, as does a payload larger than :data:`MAX_PAYLOAD_SIZE`.
+    bug, never remote data) raise ``ValueError``, as does a payload larger than :data:`MAX_PAYLOAD_SIZE` less
+    the bytes of the blob refs.
     """
     _check_len("device public key", device_public, crypto.PUBLIC_KEY_LEN)
     _check_len("space ID", space_id, crypto.HASH_LEN)
@@ -141,13 +153,19 @@ def make_change(
         raise ValueError("wall_us out of range")
     if not 0 <= epoch <= 0xFFFFFFFF:
         raise ValueError("epoch out of range")
-    if len(payload) > MAX_PAYLOAD_SIZE:
-        raise ValueError(f"payload of {len(payload)} bytes exceeds the limit of {MAX_PAYLOAD_SIZE}; split the ops")
+    refs = tuple(sorted(set(blob_refs)))
+    for r in refs:
+        _check_len("blob ref", r, crypto.HASH_LEN)
+    if len(refs) > MAX_BLOB_REFS:
+        raise ValueError(f"a change lists at most {MAX_BLOB_REFS} blobs, got {len(refs)}")
+    room = MAX_PAYLOAD_SIZE - BLOB_REF_COST * len(refs)
+    if len(payload) > room:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds the limit of {room}; split the ops")
     if nonce is None:
         nonce = crypto.random_bytes(NONCE_LEN)
     _check_len("nonce", nonce, NONCE_LEN)
 
-    header = ChangeHeader(space_id, parent_ids, author.public, device_public, lamport, wall_us, acl_head, epoch)
+    header = ChangeHeader(space_id, parent_ids, author.public, device_public, lamport, wall_us, acl_head, epoch, refs)
     header_raw = encoding.encode(header)
     ciphertext = nonce + crypto.Aead(payload_key(epoch_key)).encrypt(nonce, payload, header_raw)
     raw = _assemble(author, header_raw, ciphertext)
@@ -178,6 +196,8 @@ def parse_change(raw: bytes | bytearray | memoryview, expected_id: bytes | None 
     header = encoding.decode(header_raw, ChangeHeader, "change header")
     if not strictly_ascending(header.parents):
         raise DecodeError("change header: parents are not strictly ascending")
+    if not strictly_ascending(header.blob_refs):
+        raise DecodeError("change header: blob refs are not strictly ascending")
     crypto.verify(header.author, record.signing_message(), record.signatures[0])
     return Change(change_id, data, header, header_raw, body.ciphertext)
 
@@ -189,7 +209,9 @@ def open_payload(change: Change, epoch_key: bytes) -> bytes:
 
 
 __all__ = [
+    "BLOB_REF_COST",
     "CHANGE_VERSION",
+    "MAX_BLOB_REFS",
     "MAX_CHANGE_SIZE",
     "MAX_PARENTS",
     "MAX_PAYLOAD_SIZE",

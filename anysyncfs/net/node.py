@@ -4,7 +4,8 @@ A node holds no space keys. It verifies everything it accepts — change signatu
 hashes — through :class:`~anysyncfs.replica.ledger.Ledger`, answers only members of a space, enforces quotas
 (per space, per owner account, spaces per account, in total: :mod:`anysyncfs.replica.quota`) and connection limits
 (:mod:`anysyncfs.net.limits`), and pushes head announcements to every connection subscribed to a space when new
-changes arrive.
+changes arrive. Beside :meth:`Node.serve`, :meth:`Node.collect_periodically` collects the blobs no accepted change
+references (:mod:`~anysyncfs.replica.blob_gc`).
 
 Data directory layout::
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from ..core.address import PeerAddress
 from ..core.reconcile import IdSet, Reconciler
 from ..errors import DecodeError, IntegrityError, KeyringCorrupt, NotFound, ProtocolError
 from ..protocol import messages as m
-from ..replica import heads_board
+from ..replica import blob_gc, heads_board
 from ..replica.ledger import Ledger, QuotaExceeded, load_quota_book
 from ..replica.quota import QuotaBook, QuotaPolicy
 from ..store.blobfiles import BlobFiles
@@ -50,6 +52,7 @@ DEFAULT_ACCOUNT_QUOTA = 10 << 30  # the same, over all the spaces one account ow
 DEFAULT_TOTAL_QUOTA = 100 << 30  # the same, over every space held (or less: see Node._total_quota)
 DISK_SHARE = 0.9  # of the room the node has on its disk (free + what it stores), the default total may use
 DEFAULT_SPACES_PER_ACCOUNT = 100
+DEFAULT_GC_INTERVAL = 3600.0  # seconds between two collections of unreferenced blobs while serving
 
 
 class NodeIdentityFile(m._Msg, frozen=True):
@@ -95,8 +98,15 @@ class Node:
                  account_quota_bytes: int | None = DEFAULT_ACCOUNT_QUOTA,
                  total_quota_bytes: int | None = None,
                  max_spaces_per_account: int | None = DEFAULT_SPACES_PER_ACCOUNT,
-                 allowed_accounts: frozenset[bytes] | None = None, limits: ConnectionLimits | None = None) -> None:
+                 allowed_accounts: frozenset[bytes] | None = None, limits: ConnectionLimits | None = None,
+                 gc_grace_us: int = blob_gc.DEFAULT_GRACE_US, gc_interval: float = DEFAULT_GC_INTERVAL,
+                 clock: Callable[[], int] = blob_gc.now_us) -> None:
+        """``gc_grace_us``: how long an uploaded blob may wait for a change that references it; ``gc_interval``:
+        seconds between collections while serving (0: never); ``clock``: µs now (tests move it forward)."""
         self.data = Path(data).absolute()
+        self.gc_grace_us = gc_grace_us
+        self.gc_interval = gc_interval
+        self.clock = clock
         self.allowed_accounts = allowed_accounts  # None: any authenticated member may store a new space here
         self.identity = load_or_create_identity(self.data)
         self.store = Store(str(self.data / "node.db"))
@@ -135,6 +145,46 @@ class Node:
     async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
                     = trio.TASK_STATUS_IGNORED) -> None:
         await serve_tcp(self.endpoint, host, port, self._connection, handler=self.handle, task_status=task_status)
+
+    # ------------------------------------------------------------------------------------------ blob collection
+    async def collect_periodically(self) -> None:
+        """Collect every ``gc_interval`` seconds (started beside :meth:`serve`; returns at once when 0)."""
+        if self.gc_interval <= 0:
+            return
+        while True:
+            await trio.sleep(self.gc_interval)
+            try:
+                await self.collect_garbage()
+            except Exception as e:  # noqa: BLE001 - a failed collection is retried next time, serving goes on
+                log.warning("blob collection failed: %s", e)
+
+    async def collect_garbage(self) -> blob_gc.Collected:
+        """Collect the blobs no accepted change references, linked longer than the grace period ago (one space
+        at a time, each under the store lock, so uploads and requests go on in between)."""
+        cutoff = self.clock() - self.gc_grace_us
+        total = blob_gc.Collected()
+        for row in await self.run(self.store.spaces):
+            ledger = await self.run(self._ledger, row.id)
+            collected = await self.run(ledger.collect_unreferenced, cutoff)
+            if collected.unlinked:
+                self._bump(row.id)
+            total += collected
+        # Files no space links (a crash between writing and linking): listed without the lock, decided under it.
+        old = await trio.to_thread.run_sync(blob_gc.old_files, self.blobs, cutoff)
+        for start in range(0, len(old), blob_gc.SWEEP_BATCH):
+            n, size = await self.run(blob_gc.delete_unlinked_files, self.store, self.blobs,
+                                     old[start:start + blob_gc.SWEEP_BATCH])
+            total += blob_gc.Collected(files_deleted=n, file_bytes=size)
+        return total
+
+    def collect_garbage_now(self) -> blob_gc.Collected:
+        """(blocking) :meth:`collect_garbage` for ``anysyncfs node gc`` (which holds the data directory's lock, so
+        no node serves meanwhile)."""
+        cutoff = self.clock() - self.gc_grace_us
+        total = blob_gc.Collected()
+        for row in self.store.spaces():
+            total += self._ledger(row.id).collect_unreferenced(cutoff)
+        return total + blob_gc.sweep_orphan_files(self.store, self.blobs, cutoff)
 
     def close(self) -> None:
         self.store.close()

@@ -40,6 +40,7 @@ from ..errors import DecodeError, IdMismatch, NotFound, Rejected
 from ..store import schema
 from ..store.blobfiles import BlobFiles
 from ..store.db import Store
+from . import blob_gc
 from .quota import QuotaBook, QuotaExceeded
 
 log = logging.getLogger(__name__)
@@ -476,6 +477,8 @@ class Ledger:
                 self._check_quota(added)
                 with self.store.transaction():
                     store_batch(self.store, self._space_id, plan)
+                    for change in plan.accepted:  # which blobs are referenced: the others are collected
+                        self.store.add_change_blobs(self._space_id, change.id, change.header.blob_refs)
                     if plan.accepted:
                         self._heads = self.dag.heads()
                         self.store.set_heads(self._space_id, self._heads)
@@ -519,6 +522,14 @@ class Ledger:
     def blob_ids(self) -> list[bytes]:
         """Blobs linked to this space, in ID order."""
         return self.store.space_blob_ids(self._space_id)
+
+    def collect_unreferenced(self, linked_before_us: int) -> blob_gc.Collected:
+        """Unlink the blobs linked before ``linked_before_us`` that no accepted change lists (:mod:`.blob_gc`)."""
+        collected = blob_gc.collect_space(self.store, self.blobs, self._space_id, linked_before_us)
+        if collected.unlinked:
+            self._usage = None
+            self.usage()  # recount now, so that every quota keeping this space's usage sees the bytes freed
+        return collected
 
     # ------------------------------------------------------------------------------------------ quota
     def usage(self) -> Usage:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from ..core import acl as acl_mod
-from ..core import blob, crypto, ids, ops, space, tree, validate
+from ..core import blob, blob_refs, crypto, ids, ops, space, tree, validate
 from ..core.change import MAX_PARENTS, Change, make_change, open_payload, parse_change
 from ..core.chunking import ChunkParams
 from ..core.dag import Dag
@@ -307,6 +307,10 @@ class Replica:
                         ids.change_text(change.id)[:20])
             return set()
         payload = ops.decode_payload(open_payload(change, key))
+        lie = blob_refs.check_refs(change.header.blob_refs, payload)
+        if lie is not None:  # providers keep blobs by this list: a change whose list lies is not shown
+            log.warning("change %s not applied: %s", ids.change_text(change.id)[:20], lie)
+            return set()
         info = tree.ChangeInfo(change.id, change.header.lamport, change.header.author, change.header.wall_us)
         return state.apply(info, payload, self.dag.is_ancestor)
 
@@ -349,7 +353,7 @@ class Replica:
         change = make_change(
             self.identity.account, self.identity.device_id, self.space_id, parents, lamport,
             wall_us if wall_us is not None else now_us(), self.acl.head, epoch, key,
-            ops.encode_payload(payload_ops),
+            ops.encode_payload(payload_ops), blob_refs=blob_refs.writer_refs(payload_ops, self.get_blob),
         )
         validate.check_change(change, self.space_id, dag, self.acl)
         self._store_and_apply(change, incremental=self._sorts_last(change))
@@ -494,11 +498,14 @@ class Replica:
         return self.fresh_fold(heads)
 
     def payloads(self) -> Iterable[tuple[Change, list[ops.Op]]]:
-        """Every accepted change with its decrypted ops, in fold order (those whose key we lack are skipped)."""
+        """Every accepted change with its decrypted ops, in fold order (those whose key we lack, or whose blob list
+        lies, are skipped: neither is applied to the tree)."""
         for cid, raw in self.store.iter_change_raws(self.space_id):
             change = parse_change(raw, cid)
             key = self.keys.get(change.header.epoch)
             if key is None:
                 continue
-            yield change, ops.decode_payload(open_payload(change, key))
+            payload = ops.decode_payload(open_payload(change, key))
+            if blob_refs.check_refs(change.header.blob_refs, payload) is None:  # else never applied (_apply)
+                yield change, payload
 

@@ -1,6 +1,7 @@
 """The local store: SQLAlchemy Core over SQLite in WAL mode.
 
-All SQL of the project lives in this module and its mixin :mod:`.db_sync` (peers, blob cache, pins). Callers
+All SQL of the project lives in this module and its mixins :mod:`.db_sync` (peers, blob cache, pins) and
+:mod:`.db_gc` (a provider's blob collection). Callers
 get plain tuples and bytes; they never see a connection. Every write method runs in the caller's transaction when one is open (``with store.transaction():``) so that a
 change, its heads and its tree rows land atomically, or not at all.
 """
@@ -22,6 +23,7 @@ from sqlalchemy.schema import CreateColumn
 
 from ..errors import NotFound, StoreError
 from . import schema as S
+from .db_gc import GcQueries
 from .db_heads import HeadsQueries
 from .db_sync import IN_BATCH, BlobRow, PeerRow, SyncQueries, _batches, now_us
 
@@ -74,7 +76,7 @@ def split_ids(packed: bytes, size: int = 32) -> tuple[bytes, ...]:
     return tuple(packed[i : i + size] for i in range(0, len(packed), size))
 
 
-class Store(SyncQueries, HeadsQueries):
+class Store(SyncQueries, HeadsQueries, GcQueries):
     """One SQLite database for every space of a home directory."""
 
     def __init__(self, path: str) -> None:

@@ -8,8 +8,9 @@ The materialised tree (``nodes``, ``entries``) is a cache of the deterministic f
 the protocol and ``anysyncfs fsck --repair`` can always rebuild it from ``changes``.
 
 A provider (``anysyncfs node``) uses the same tables without the tree: ``spaces``, ``acl_records``, ``changes``,
-``heads``, ``blobs`` and ``space_blobs`` (which of its blobs belong to which space, for quotas and for serving a
-blob only to members of a space that holds it).
+``heads``, ``blobs``, ``space_blobs`` (which of its blobs belong to which space, for quotas and for serving a
+blob only to members of a space that holds it) and ``change_blobs`` (which blobs its accepted changes list in
+their headers, so that the others can be collected).
 
 The blob cache of a device (:mod:`anysyncfs.replica.cache`) uses ``blobs`` (location, last access, remote
 confirmation), ``pins`` (what the user pinned) and ``pinned_blobs`` (the blobs those pins keep on the device).
@@ -153,6 +154,15 @@ space_blobs = Table(
     Column("blob", LargeBinary(32), primary_key=True, doc="blob ID = BLAKE3 of the blob bytes"),
     Column("size", BigInteger, nullable=False, doc="blob size in bytes (counted against the space's quota)"),
     Column("added_us", BigInteger, nullable=False, doc="when it was linked to the space, µs"),
+)
+
+change_blobs = Table(
+    "change_blobs",
+    metadata,
+    Column("space", LargeBinary(32), ForeignKey("spaces.id"), primary_key=True, doc="space of the change"),
+    Column("blob", LargeBinary(32), primary_key=True, doc="a blob ID the change's header lists (blob_refs)"),
+    Column("change", LargeBinary(32), primary_key=True,
+           doc="ID of a change a provider accepted (a blob counts as referenced while such a change is accepted)"),
 )
 
 peers = Table(

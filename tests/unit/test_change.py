@@ -12,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anysyncfs.core import change as ch
-from anysyncfs.core import crypto, encoding, ops
+from anysyncfs.core import blob_refs, crypto, encoding, ops
 from anysyncfs.core.change import (
+    BLOB_REF_COST,
+    MAX_BLOB_REFS,
     MAX_CHANGE_SIZE,
     MAX_PARENTS,
     MAX_PAYLOAD_SIZE,
@@ -32,6 +34,7 @@ SPACE = crypto.blake3(b"test space")
 ACL_HEAD = crypto.blake3(b"test acl head")
 EPOCH_KEY = bytes(range(32))
 PARENTS = [crypto.blake3(b"parent b"), crypto.blake3(b"parent a")]
+REFS = [crypto.blake3(b"blob b"), crypto.blake3(b"blob a")]
 
 
 def small_payload() -> bytes:
@@ -71,6 +74,7 @@ def valid_header(**overrides: object) -> ChangeHeader:
         wall_us=5,
         acl_head=ACL_HEAD,
         epoch=0,
+        blob_refs=(),
     )
     fields.update(overrides)
     return ChangeHeader(**fields)  # type: ignore[arg-type]
@@ -88,9 +92,10 @@ def test_round_trip_and_fields() -> None:
     assert h.parents == tuple(sorted(PARENTS))
     assert h.author == AUTHOR.public and h.device == DEVICE.public
     assert (h.lamport, h.wall_us, h.acl_head, h.epoch) == (7, 1_767_225_600_000_000, ACL_HEAD, 2)
+    assert h.blob_refs == ()
     assert ops.decode_payload(open_payload(parsed, EPOCH_KEY)) == [ops.Unlink(entry=b"\x07" * 16)]
     # The layout: tag, version, one signature at the very end, header bytes verbatim inside the record.
-    assert c.raw[0] == ord("C") and c.raw[1] == 1
+    assert c.raw[0] == ord("C") and c.raw[1] == 2
     assert c.raw[-65] == 1
     assert c.header_raw in c.raw and c.header_raw == encoding.encode(h)
     assert c.ciphertext[:12] == bytes(12)
@@ -101,6 +106,37 @@ def test_parents_are_sorted_and_deduplicated() -> None:
     c = small_change(parents=PARENTS + PARENTS[:1])
     assert c.header.parents == tuple(sorted(PARENTS))
     assert small_change(parents=[]).header.parents == ()
+
+
+def test_blob_refs_are_sorted_deduplicated_and_signed() -> None:
+    c = small_change(blob_refs=REFS + REFS[:1])
+    assert c.header.blob_refs == tuple(sorted(REFS))
+    parsed = parse_change(c.raw, c.id)
+    assert parsed.header.blob_refs == tuple(sorted(REFS))
+    # The refs are in the header, so in the AEAD associated data: the payload does not open under other refs.
+    moved = parse_change(signed_with_header(valid_header(wall_us=c.header.wall_us, epoch=2, parents=c.header.parents,
+                                                         lamport=7, blob_refs=tuple(sorted(REFS))[:1]), c.ciphertext))
+    with pytest.raises(AuthenticationFailed):
+        open_payload(moved, EPOCH_KEY)
+    assert open_payload(parsed, EPOCH_KEY) == small_payload()
+
+
+def test_most_blob_refs_fit_with_the_room_left_for_the_payload() -> None:
+    refs = [crypto.blake3(i.to_bytes(4, "big")) for i in range(MAX_BLOB_REFS)]
+    parents = [crypto.blake3(bytes([i])) for i in range(MAX_PARENTS)]
+    room = MAX_PAYLOAD_SIZE - BLOB_REF_COST * MAX_BLOB_REFS
+    c = make_change(AUTHOR, DEVICE.public, SPACE, parents, 2**63 - 1, -(2**63), ACL_HEAD, 2**32 - 1, EPOCH_KEY,
+                    bytes(room), blob_refs=refs)
+    assert len(c.raw) <= MAX_CHANGE_SIZE
+    assert parse_change(c.raw, c.id).header.blob_refs == tuple(sorted(refs))
+    with pytest.raises(ValueError, match="exceeds"):
+        make_change(AUTHOR, DEVICE.public, SPACE, [], 1, 0, ACL_HEAD, 0, EPOCH_KEY, bytes(room + 1), blob_refs=refs)
+    with pytest.raises(ValueError, match="at most"):
+        small_change(blob_refs=refs + [crypto.blake3(b"one more")])
+    # A header listing one ref too many is refused by the decoder, however it is signed.
+    too_many = tuple(sorted(refs + [crypto.blake3(b"one more")]))
+    with pytest.raises(DecodeError):
+        parse_change(signed_with_header(valid_header(blob_refs=too_many)))
 
 
 def test_random_nonce_differs() -> None:
@@ -143,14 +179,17 @@ def test_header_is_bound_as_associated_data() -> None:
     epoch=st.integers(0, 2**32 - 1),
     payload=st.binary(max_size=2000),
     key=st.binary(min_size=32, max_size=32),
+    refs=st.lists(st.binary(min_size=32, max_size=32), max_size=300),
 )
 def test_round_trip_property(
-    parents: list[bytes], lamport: int, wall_us: int, epoch: int, payload: bytes, key: bytes
+    parents: list[bytes], lamport: int, wall_us: int, epoch: int, payload: bytes, key: bytes, refs: list[bytes]
 ) -> None:
-    c = make_change(AUTHOR, DEVICE.public, SPACE, parents, lamport, wall_us, ACL_HEAD, epoch, key, payload)
+    c = make_change(AUTHOR, DEVICE.public, SPACE, parents, lamport, wall_us, ACL_HEAD, epoch, key, payload,
+                    blob_refs=refs)
     parsed = parse_change(c.raw, c.id)
     assert parsed == c
     assert list(parsed.header.parents) == sorted(parents)
+    assert list(parsed.header.blob_refs) == sorted(set(refs))
     assert open_payload(parsed, key) == payload
 
 
@@ -225,13 +264,20 @@ def test_largest_payload_fits() -> None:
         pytest.param(valid_header(lamport=-1), id="lamport-negative"),
         pytest.param(valid_header(epoch=2**32), id="epoch-too-large"),
         pytest.param(valid_header(epoch=-1), id="epoch-negative"),
+        pytest.param(valid_header(blob_refs=tuple(sorted(REFS, reverse=True))), id="unsorted-refs"),
+        pytest.param(valid_header(blob_refs=(REFS[0], REFS[0])), id="duplicate-refs"),
+        pytest.param(valid_header(blob_refs=(b"\x01" * 31,)), id="short-ref"),
+        pytest.param(valid_header(blob_refs=(b"\x01" * 33,)), id="long-ref"),
+        pytest.param([SPACE, [], AUTHOR.public, DEVICE.public, 1, 0, ACL_HEAD, 0, ["x" * 32]], id="text-ref"),
+        pytest.param([SPACE, [], AUTHOR.public, DEVICE.public, 1, 0, ACL_HEAD, 0, b""], id="refs-not-array"),
+        pytest.param([SPACE, [], AUTHOR.public, DEVICE.public, 1, 0, ACL_HEAD, 0], id="missing-refs"),
         pytest.param([SPACE, [], AUTHOR.public, DEVICE.public, 1, 0, ACL_HEAD], id="missing-field"),
-        pytest.param([SPACE, [], AUTHOR.public, DEVICE.public, 1, 0, ACL_HEAD, 0, 0], id="extra-field"),
-        pytest.param([SPACE, [], AUTHOR.public, DEVICE.public, 1.0, 0, ACL_HEAD, 0], id="float-lamport"),
-        pytest.param([SPACE, [], AUTHOR.public, DEVICE.public, True, 0, ACL_HEAD, 0], id="bool-lamport"),
+        pytest.param([SPACE, [], AUTHOR.public, DEVICE.public, 1, 0, ACL_HEAD, 0, [], 0], id="extra-field"),
+        pytest.param([SPACE, [], AUTHOR.public, DEVICE.public, 1.0, 0, ACL_HEAD, 0, []], id="float-lamport"),
+        pytest.param([SPACE, [], AUTHOR.public, DEVICE.public, True, 0, ACL_HEAD, 0, []], id="bool-lamport"),
         pytest.param(
             {"space": SPACE, "parents": [], "author": AUTHOR.public, "device": DEVICE.public, "lamport": 1,
-             "wall_us": 0, "acl_head": ACL_HEAD, "epoch": 0},
+             "wall_us": 0, "acl_head": ACL_HEAD, "epoch": 0, "blob_refs": []},
             id="map-not-array",
         ),
         pytest.param(b"not a header", id="bytes-header"),
@@ -245,6 +291,8 @@ def test_malformed_header_rejected_even_when_signed(header: object) -> None:
 def test_signed_valid_header_is_accepted() -> None:
     # The control case for the test above: the helper itself builds acceptable changes.
     assert parse_change(signed_with_header(valid_header())).header == valid_header()
+    with_refs = valid_header(blob_refs=tuple(sorted(REFS)))
+    assert parse_change(signed_with_header(with_refs)).header == with_refs
 
 
 @pytest.mark.parametrize("ciphertext_len", [0, 27])
@@ -261,9 +309,9 @@ def test_body_shape_rejected() -> None:
         encoding.encode([msgspec.Raw(header_raw), "x" * 40]),  # text, not bytes
         header_raw,  # no body array
     ):
-        sig = AUTHOR.sign(encoding.signing_message(encoding.FORMAT_CHANGE, 1, body))
+        sig = AUTHOR.sign(encoding.signing_message(encoding.FORMAT_CHANGE, ch.CHANGE_VERSION, body))
         with pytest.raises(DecodeError):
-            parse_change(encoding.pack_signed(encoding.FORMAT_CHANGE, 1, body, [sig]))
+            parse_change(encoding.pack_signed(encoding.FORMAT_CHANGE, ch.CHANGE_VERSION, body, [sig]))
 
 
 def test_record_framing_rejected() -> None:
@@ -271,9 +319,10 @@ def test_record_framing_rejected() -> None:
     body = c.raw[6:-65]
     sig = c.raw[-64:]
     for raw in (
-        encoding.pack_signed(encoding.FORMAT_ACL_RECORD, 1, body, [sig]),  # wrong tag
-        encoding.pack_signed(encoding.FORMAT_CHANGE, 2, body, [sig]),  # unknown version
-        encoding.pack_signed(encoding.FORMAT_CHANGE, 1, body, [sig, sig]),  # two signatures
+        encoding.pack_signed(encoding.FORMAT_ACL_RECORD, 2, body, [sig]),  # wrong tag
+        encoding.pack_signed(encoding.FORMAT_CHANGE, 1, body, [sig]),  # version 1 (no blob refs): refused
+        encoding.pack_signed(encoding.FORMAT_CHANGE, 3, body, [sig]),  # unknown version
+        encoding.pack_signed(encoding.FORMAT_CHANGE, 2, body, [sig, sig]),  # two signatures
     ):
         with pytest.raises(DecodeError):
             parse_change(raw)
@@ -300,6 +349,7 @@ def test_make_change_argument_checks() -> None:
         dict(device_public=b"\x00" * 31),
         dict(nonce=bytes(11)),
         dict(epoch_key=bytes(31)),
+        dict(blob_refs=[b"\x01" * 31]),
     ):
         with pytest.raises(ValueError):
             small_change(**bad)
@@ -313,6 +363,15 @@ VECTOR_OPS = [
     ),
     ops.Write(node=bytes.fromhex("a1" * 16), content=ops.Content(size=6, inline=b"hello\n"),
               mtime_ns=1_767_225_600_000_000_000),
+    ops.Write(
+        node=bytes.fromhex("c3" * 16),
+        content=ops.Content(size=10_000, extents=[
+            ops.Extent(0, ops.ChunkRef(crypto.blake3(b"anysyncfs test vector blob 0"), bytes.fromhex("d4" * 32), 6000)),
+            ops.Extent(6000, ops.ChunkRef(crypto.blake3(b"anysyncfs test vector blob 1"), bytes.fromhex("e5" * 32),
+                                          4000)),
+        ]),
+        mtime_ns=1_767_225_600_000_000_000,
+    ),
 ]
 
 
@@ -329,6 +388,7 @@ def vector_inputs() -> dict[str, object]:
         "epoch_key": "e0" * 32,
         "nonce": "4e" * 12,
         "payload": ops.encode_payload(VECTOR_OPS).hex(),
+        "blob_refs": sorted(crypto.blake3(b"anysyncfs test vector blob %d" % i).hex() for i in range(2)),
     }
 
 
@@ -346,6 +406,7 @@ def build_vector(inputs: dict[str, object]) -> ch.Change:
         h("epoch_key"),
         h("payload"),
         nonce=h("nonce"),
+        blob_refs=[bytes.fromhex(r) for r in inputs["blob_refs"]],  # type: ignore[attr-defined]
     )
 
 
@@ -354,7 +415,7 @@ def test_vector() -> None:
         inputs = vector_inputs()
         c = build_vector(inputs)
         doc = {
-            "format": "change (signed record, tag 'C', version 1)",
+            "format": "change (signed record, tag 'C', version 2)",
             "inputs": inputs,
             "header_hex": c.header_raw.hex(),
             "encoded_hex": c.raw.hex(),
@@ -372,4 +433,6 @@ def test_vector() -> None:
     assert c.header_raw.hex() == doc["header_hex"]
     assert c.id.hex() == doc["id_hex"]
     parsed = parse_change(bytes.fromhex(doc["encoded_hex"]), bytes.fromhex(doc["id_hex"]))
-    assert ops.decode_payload(open_payload(parsed, bytes.fromhex(doc["inputs"]["epoch_key"]))) == VECTOR_OPS
+    payload = ops.decode_payload(open_payload(parsed, bytes.fromhex(doc["inputs"]["epoch_key"])))
+    assert payload == VECTOR_OPS
+    assert blob_refs.check_refs(parsed.header.blob_refs, payload) is None
