@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from anysyncfs.core import acl, ids, ops
+from anysyncfs.core import acl, crypto, ids, ops
 from anysyncfs.core.change import Change, make_change
 from anysyncfs.protocol import messages as m
 from anysyncfs.replica import Replica
@@ -151,3 +151,34 @@ async def test_unreadable_changes_from_a_writer_stop_nobody(tmp_path: Path, make
     assert ": OK" in fsck.stderr
     assert ids.change_text(child.id) in cli(owner_home, "history", space, "/after-poison.txt").stdout
     assert cli(owner_home, "cat", space, "/after-poison.txt", "--at", ids.change_text(child.id)).stdout == ""
+
+
+@pytest.mark.parametrize("answer", ["forged-change", "refusal"])
+async def test_a_failed_fetch_does_not_stop_sending(make_home, answer: str) -> None:
+    """The provider answers GetChanges with a change whose signature is forged, or refuses it: the device still
+    sends its own new change in the same round, then reports the failure (and still never applies the forgery)."""
+    from hostile import HostileProvider, Refuse, SpaceCopy, flip, serving
+    from test_hostile import add_peer, replicas
+
+    a, b = replicas(make_home)
+    theirs = put_file(a, "/theirs.txt", b"a change the provider will not deliver intact")
+    copy = SpaceCopy.of(a)
+    mine = put_file(b, "/mine.txt", b"made on b while the provider misbehaves")
+    provider = HostileProvider(copy)
+    if answer == "forged-change":
+        forged = flip(theirs.raw, -10)  # the signature
+        del copy.changes[theirs.id]
+        copy.changes[crypto.blake3(forged)] = forged
+    else:
+        provider.tamper[m.GetChanges] = lambda body, honest: Refuse(m.ErrorCode.INTERNAL, "disk on fire")
+    async with serving(provider) as address:
+        add_peer(b, address)
+        report = await engine(b).sync_once()
+    assert report.reached == 0 and len(report.errors) == 1
+    assert ("signature" if answer == "forged-change" else "disk on fire") in report.errors[0]
+    (conn,) = provider.connections
+    kinds = [type(r).__name__ for r in conn.requests]
+    assert kinds.index("GetChanges") < kinds.index("PutChanges"), kinds  # fetched first, and still sent
+    sent = [bytes(raw) for r in conn.requests if isinstance(r, m.PutChanges) for raw in r.changes]
+    assert sent == [mine.raw]
+    assert theirs.id not in b.change_ids() and "theirs.txt" not in names(b)
