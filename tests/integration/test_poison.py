@@ -102,8 +102,13 @@ async def test_unreadable_changes_from_a_writer_stop_nobody(tmp_path: Path, make
 
         # The owner has a change of its own waiting when it meets the poison: it is still pushed.
         put_file(t.owner, "/owner-before-sync.txt", b"written while the poison was on its way")
-        report = await engine(t.owner).sync_once()
+        owner_sync = engine(t.owner)
+        report = await owner_sync.sync_once()
         assert report.errors == [] and report.fetched == 4 and report.sent == 1, report
+        # what a mount publishes in its status file (60.7)
+        assert owner_sync.status()["unreadable_changes"] == 2
+        assert set(owner_sync.status()["unreadable_change_ids"]) == {
+            ids.change_text(unopenable.id), ids.change_text(undecodable.id)}
         assert {"after-poison.txt", "mixed-ok.txt", "refused-parent.txt", "owner-before-sync.txt"} <= names(t.owner)
         assert "unopenable.txt" not in names(t.owner) and "under-a-file" not in names(t.owner)
         assert set(t.owner.unreadable_changes()) == {unopenable.id, undecodable.id}
