@@ -26,9 +26,9 @@ from ..store import schema
 from ..store.blobfiles import BlobFiles
 from ..store.db import Store
 from . import ledger, treecache
-from .unreadable import UnreadableChanges
 from .home import Unlocked
 from .ledger import IngestResult  # lives in ledger now; importing it from here keeps working
+from .unreadable import UnreadableChanges
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
-import trio
 
 from anysyncfs.core import acl, crypto, ids, ops
 from anysyncfs.core.change import Change, make_change
+from anysyncfs.net.share import create_invite
 from anysyncfs.protocol import messages as m
 from anysyncfs.replica import Replica
 from anysyncfs.replica.files import history, list_dir, new_id, put_file
 from anysyncfs.replica.replica import now_us
-from anysyncfs.net.share import create_invite
 from tests.conftest import CLI
 from tests.integration.test_sharing import join, put_changes, team
 from tests.integration.test_sync import content, engine
@@ -112,7 +111,7 @@ async def test_unreadable_changes_from_a_writer_stop_nobody(tmp_path: Path, make
         assert {"after-poison.txt", "mixed-ok.txt", "refused-parent.txt", "owner-before-sync.txt"} <= names(t.owner)
         assert "unopenable.txt" not in names(t.owner) and "under-a-file" not in names(t.owner)
         assert set(t.owner.unreadable_changes()) == {unopenable.id, undecodable.id}
-        assert {cid for cid in (c.id for c in chain)} <= set(t.owner.change_ids())  # still DAG members
+        assert {c.id for c in chain} <= set(t.owner.change_ids())  # still DAG members
         warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "unreadable" in r.getMessage()]
         for cid in (unopenable.id, undecodable.id):  # one line per change and device (owner so far)
             assert len([w for w in warned if f"change {ids.change_text(cid)} " in w]) == 1, warned
