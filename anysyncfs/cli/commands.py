@@ -119,6 +119,8 @@ def cmd_fsck(ctx: "Context") -> int:
         report = fsck(unlocked, space_id, repair=ctx.args.repair)
         for line in report.problems:
             print(f"{ids.space_text(space_id)[:12]}…: {line}")
+        for line in report.warnings:
+            print(f"{ids.space_text(space_id)[:12]}…: warning: {line}")
         for line in report.repaired:
             print(f"{ids.space_text(space_id)[:12]}…: repaired: {line}")
         problems += len(report.problems)

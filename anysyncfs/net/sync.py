@@ -185,6 +185,10 @@ class SpaceSync:
             log.info("%s: %s", key, e)
             st.last_error = str(e)
             await self._note(key, ok=False, error=str(e))
+        except AnysyncError as e:  # e.g. the store failed: this round ends, the engine and other peers go on
+            log.warning("%s: sync failed: %s", key, e)
+            st.last_error = str(e)
+            await self._note(key, ok=False, error=str(e))
         return False
 
     async def _on_notify(self, conn: Connection, body: object) -> None:
@@ -203,14 +207,27 @@ class SpaceSync:
     # ------------------------------------------------------------------------------------------ one sync
     async def sync_with(self, conn: Connection, st: PeerStatus | None = None, progress: Progress | None = None
                         ) -> tuple[int, int, int]:
-        """Bring ``conn``'s peer and us to the same changes; returns (fetched, sent, blobs uploaded)."""
+        """Bring ``conn``'s peer and us to the same changes; returns (fetched, sent, blobs uploaded).
+
+        A failure while fetching from the peer (bad data, a refusal, a batch that does not apply) never stops
+        sending: the ACL records, blobs and changes the peer lacks are still sent, then the first such failure is
+        raised (so a peer that sent invalid data is still disconnected and backed off)."""
         if await self.run(self.replica.refresh_acl) and self.on_changed is not None:
             await self.on_changed()  # another process (the CLI) changed the ACL: roles or keys may have moved
         await self._open(conn)
-        await self._sync_acl(conn)
+        fetch_failures: list[AnysyncError] = []
+        await self._sync_acl(conn, fetch_failures)
         uploaded = await self.upload_blobs(conn, progress)
-        fetched, sent, rounds = await self.witness.checked_round(
-            conn, functools.partial(self._sync_changes, conn, progress))
+
+        async def changes_round() -> tuple[int, int, int]:
+            # Everything the peer lacks is sent before the first fetch failure is raised; the witness then judges
+            # the provider as for any failed round.
+            result = await self._sync_changes(conn, progress, fetch_failures)
+            if fetch_failures:
+                raise fetch_failures[0]
+            return result
+
+        fetched, sent, rounds = await self.witness.checked_round(conn, changes_round)
         if st is not None:
             st.last_sync_us = time.time_ns() // 1000
             st.last_error = ""
@@ -218,10 +235,18 @@ class SpaceSync:
         await self._note(conn.label, ok=True)
         return fetched, sent, uploaded
 
-    async def _sync_acl(self, conn: Connection) -> None:
+    async def _sync_acl(self, conn: Connection, fetch_failures: list[AnysyncError]) -> None:
         """Reconcile ACL record IDs by ranges; fetch the records we lack (verified on adding), send theirs."""
         ours = await self.run(lambda: IdSet(self.replica.acl_ids()))
         have, need, _rounds = await self.reconcile(conn, m.SetKind.ACL, ours)
+        await fetch_then_send(fetch_failures, self._fetch_acl(conn, need), None)
+        if have:
+            raws = dict(await self.run(self.replica.acl_raws))
+            send = [raws[rid] for rid in sorted(have) if rid in raws]
+            for i in range(0, len(send), m.MAX_BATCH):
+                await conn.request(m.PutAcl(self.space_id, send[i:i + m.MAX_BATCH]))
+
+    async def _fetch_acl(self, conn: Connection, need: set[bytes]) -> None:
         if need:
             reply = await conn.request(m.GetAcl(self.space_id, sorted(need)[: 4 * m.MAX_BATCH]))
             if not isinstance(reply, m.AclRecords):
@@ -231,11 +256,6 @@ class SpaceSync:
                 log.info("%s: %d new ACL records", conn.label, added)
                 if self.on_changed is not None:
                     await self.on_changed()
-        if have:
-            raws = dict(await self.run(self.replica.acl_raws))
-            send = [raws[rid] for rid in sorted(have) if rid in raws]
-            for i in range(0, len(send), m.MAX_BATCH):
-                await conn.request(m.PutAcl(self.space_id, send[i:i + m.MAX_BATCH]))
 
     async def _open(self, conn: Connection) -> m.SpaceInfo:
         try:
@@ -267,14 +287,15 @@ class SpaceSync:
             message = await trio.to_thread.run_sync(rec.reconcile, reply.message)  # pure CPU: not on the trio thread
         return rec.have, rec.need, rounds
 
-    async def _sync_changes(self, conn: Connection, progress: Progress | None) -> tuple[int, int, int]:
+    async def _sync_changes(self, conn: Connection, progress: Progress | None, fetch_failures: list[AnysyncError]
+                            ) -> tuple[int, int, int]:
         ours, rejected = await self.run(lambda: (IdSet(self.replica.change_ids()), self.replica.rejected_ids()))
         have, need, rounds = await self.reconcile(conn, m.SetKind.CHANGES, ours)
         need -= rejected
         st = self.peers.get(conn.label)
         if st is not None:
             st.to_fetch, st.to_send = len(need), len(have)
-        fetched = await self._fetch_changes(conn, sorted(need), progress)
+        fetched = await fetch_then_send(fetch_failures, self._fetch_changes(conn, sorted(need), progress), 0)
         if st is not None:
             st.to_fetch = 0
         sent = await self._send_changes(conn, have, progress)
@@ -458,7 +479,7 @@ class SpaceSync:
                 report.fetched += fetched
                 report.sent += sent
                 report.blobs_uploaded += uploaded
-            except (NetworkError, RemoteError, IntegrityError, ProtocolError, trio.TooSlowError) as e:
+            except (AnysyncError, trio.TooSlowError) as e:  # one peer's failure never ends the others' sync
                 msg = str(e) or "timed out"
                 report.errors.append(f"{key}: {msg}")
                 await self._note(key, ok=False, error=msg)
@@ -469,9 +490,25 @@ class SpaceSync:
             "space": ids.space_text(self.space_id),
             "pending_uploads": self.pending_uploads,
             "warnings": list(self.witness.warnings),
+            **self.replica.unreadable.status(),  # accepted changes whose payload does not open or decode here
             "peers": [vars(p) | {"next_attempt": p.next_attempt if math.isfinite(p.next_attempt) else 0}
                       for p in self.peers.values()],
         }
+
+
+async def fetch_then_send(failures: list[AnysyncError], fetching: Awaitable[T], default: T) -> T:
+    """Await a fetching step of a sync round; if it fails but the connection may still carry requests, note the
+    failure in ``failures`` and return ``default``, so that the sending steps that follow still run (one bad change
+    or a refused fetch must never stop this device's pushes). A broken connection (NetworkError) and cancellation
+    propagate at once: nothing could be sent anyway."""
+    try:
+        return await fetching
+    except NetworkError:
+        raise
+    except AnysyncError as e:  # IntegrityError, ProtocolError, RemoteError, StoreError, …
+        log.warning("fetching failed (%s); still sending what the peer lacks", e)
+        failures.append(e)
+        return default
 
 
 async def for_each_limited(items: Sequence[T], fn: Callable[[T], Awaitable[None]], limit: int) -> None:

@@ -3,8 +3,12 @@
 Checks, in order:
 1. every ACL record decodes, has its ID and valid signatures; the fold has a genesis;
 2. every stored change decodes, hashes to its ID and carries a valid signature; every accepted change still
-   passes the ACL rules in dependency order, its payload opens (when this device holds the epoch key) and its
-   parents are accepted changes; the stored heads are the DAG's heads;
+   passes the ACL rules in dependency order and its parents are accepted changes; the stored heads are the DAG's
+   heads. A payload that does not open or decode (when this device holds the epoch key) is a *warning*, not a
+   problem: such a change was signed by a writer and accepted, it stays in the DAG for good and the fold skips it
+   (see :mod:`.unreadable`), so nothing here can or should repair it — fsck exits 0 for it and lists it. Its
+   stored mark (``changes.unreadable``) must agree with what fsck finds, else that is a problem ``--repair``
+   fixes by refolding;
 3. every blob referenced by the current tree (manifest blobs included) is present and hashes to its ID, or is
    remote only (a provider holds it; fetched on demand) — a missing blob no provider confirmed is a problem;
 4. the cached tree equals a fresh fold of the DAG, byte for byte.
@@ -16,14 +20,15 @@ import logging
 from dataclasses import dataclass, field
 
 from ..core import acl as acl_mod
-from ..core import ids, ops, tree, validate
-from ..core.change import open_payload, parse_change
+from ..core import ids, tree, validate
+from ..core.change import parse_change
 from ..core.dag import Dag
 from ..errors import AnysyncError, IntegrityError, NotFound, Rejected
 from ..store import schema
 from .home import Unlocked
 from .files import tree_blobs
 from .replica import Replica
+from .unreadable import read_ops
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +36,21 @@ log = logging.getLogger(__name__)
 @dataclass
 class FsckReport:
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # reported, not a failure (unreadable changes)
     repaired: list[str] = field(default_factory=list)
     changes: int = 0
     records: int = 0
     blobs: int = 0
     remote: int = 0  # blobs of the tree held by providers only (fetched on demand): not a problem
+    unreadable: int = 0  # accepted changes whose payload does not open or decode: skipped by the fold
+    stale_marks: bool = False  # a stored unreadable mark disagrees with the payload (a refold rewrites them)
 
     def summary(self) -> str:
         verdict = "OK" if not self.problems else f"{len(self.problems)} problem(s)"
         remote = f" ({self.remote} remote only)" if self.remote else ""
-        return f"{self.records} ACL records, {self.changes} changes, {self.blobs} blobs checked{remote}: {verdict}"
+        unreadable = f" ({self.unreadable} unreadable, skipped)" if self.unreadable else ""
+        return (f"{self.records} ACL records, {self.changes} changes{unreadable}, {self.blobs} blobs checked{remote}: "
+                f"{verdict}")
 
 
 def fsck(unlocked: Unlocked, space_id: bytes, *, repair: bool = False) -> FsckReport:
@@ -74,6 +84,7 @@ def _check_acl(replica: Replica, report: FsckReport) -> None:
 def _check_changes(replica: Replica, report: FsckReport) -> None:
     store, space_id = replica.store, replica.space_id
     accepted = {r.id for r in store.change_rows(space_id, schema.CHANGE_ACCEPTED)}
+    marks = store.unreadable_changes(space_id)
     dag = Dag()
     for cid, raw in store.iter_change_raws(space_id, status=None):
         report.changes += 1
@@ -94,11 +105,16 @@ def _check_changes(replica: Replica, report: FsckReport) -> None:
             report.problems.append(f"change {ids.change_text(cid)[:20]}…: fails the ACL rules: {e}")
         dag.add(cid, h.parents, h.lamport)
         key = replica.keys.get(h.epoch)
-        if key is not None:
-            try:
-                ops.decode_payload(open_payload(change, key))
-            except IntegrityError as e:
-                report.problems.append(f"change {ids.change_text(cid)[:20]}…: payload: {e}")
+        if key is None:
+            continue
+        _ops, reason = read_ops(change, key)
+        if reason is not None:
+            report.unreadable += 1
+            report.warnings.append(f"change {ids.change_text(cid)}: unreadable, skipped by the fold: {reason}")
+        if (reason is None) != (cid not in marks):
+            report.stale_marks = True
+            report.problems.append(f"change {ids.change_text(cid)[:20]}…: its stored unreadable mark is stale "
+                                   "(run fsck --repair to refold)")
     if tuple(sorted(dag.heads())) != tuple(sorted(store.heads(space_id))):
         report.problems.append("stored heads differ from the DAG's heads")
 
@@ -134,10 +150,9 @@ def _check_tree(replica: Replica, report: FsckReport, repair: bool) -> None:
     except AnysyncError as e:
         report.problems.append(f"the DAG does not fold: {e}")
         return
-    if fresh.canonical() == replica.tree.canonical():
-        return
-    if repair:
-        replica.refold()
+    differs = fresh.canonical() != replica.tree.canonical()
+    if repair and (differs or report.stale_marks):
+        replica.refold()  # rewrites the tree rows and the unreadable marks
         report.repaired.append("cached tree rebuilt from the DAG")
-    else:
+    elif differs:
         report.problems.append("the cached tree differs from a fresh fold (run fsck --repair to rebuild it)")

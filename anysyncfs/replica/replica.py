@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 
 from ..core import acl as acl_mod
 from ..core import blob, blob_refs, crypto, ids, ops, space, tree, validate
-from ..core.change import MAX_PARENTS, Change, make_change, open_payload, parse_change
+from ..core.change import MAX_PARENTS, Change, make_change, parse_change
 from ..core.chunking import ChunkParams
 from ..core.dag import Dag
 from ..errors import BlobMissing, DecodeError, IntegrityError, NotFound, PermissionDenied, UsageError
@@ -28,6 +28,7 @@ from ..store.db import Store
 from . import ledger, treecache
 from .home import Unlocked
 from .ledger import IngestResult  # lives in ledger now; importing it from here keeps working
+from .unreadable import UnreadableChanges
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class Replica:
         self._dag: Dag | None = None
         self._codec = treecache.TreeCodec(self.identity.account.seed, space_id)
         self.heads: tuple[bytes, ...] = store.heads(space_id)
+        self.unreadable = UnreadableChanges(store, space_id)
         self.tree = self._load_tree()
 
     # ------------------------------------------------------------------------------------------ ACL and keys
@@ -227,6 +229,10 @@ class Replica:
     def rejected_ids(self) -> set[bytes]:
         return set(self.store.rejected_change_ids(self.space_id))
 
+    def unreadable_changes(self) -> dict[bytes, str]:
+        """{id: reason} of the accepted changes whose payload does not open or decode here (skipped by the fold)."""
+        return dict(self.unreadable.marks)
+
     def get_changes(self, change_ids: Sequence[bytes], max_bytes: int) -> list[bytes]:
         """Raws of accepted changes of this space among ``change_ids`` (in that order), stopping before
         ``max_bytes`` would be exceeded (at least one)."""
@@ -272,6 +278,7 @@ class Replica:
             (e.id, e.parent, e.node, e.live, self._codec.encode_entry(e)) for e in entry_list
         ])
         self.store.set_tree_meta(self.space_id, heads_digest(self.heads), len(self.dag), FOLD_VERSION)
+        self.unreadable.flush()
 
     def fresh_fold(self, heads: Sequence[bytes] | None = None) -> tree.TreeState:
         """Fold the accepted changes (all, or the ancestors of ``heads``) from scratch, verifying each one."""
@@ -306,10 +313,8 @@ class Replica:
             log.warning("no key for epoch %d: change %s not shown", change.header.epoch,
                         ids.change_text(change.id)[:20])
             return set()
-        payload = ops.decode_payload(open_payload(change, key))
-        lie = blob_refs.check_refs(change.header.blob_refs, payload)
-        if lie is not None:  # providers keep blobs by this list: a change whose list lies is not shown
-            log.warning("change %s not applied: %s", ids.change_text(change.id)[:20], lie)
+        payload = self.unreadable.ops_of(change, key)
+        if payload is None:  # does not open or decode: a DAG member without ops (logged and marked once)
             return set()
         info = tree.ChangeInfo(change.id, change.header.lamport, change.header.author, change.header.wall_us)
         return state.apply(info, payload, self.dag.is_ancestor)
@@ -400,6 +405,7 @@ class Replica:
         """After a failed write the in-memory state may be ahead of the store: reload it from what was committed."""
         self._dag = None
         self.heads = self.store.heads(self.space_id)
+        self.unreadable.reload()
         self.tree = self._load_tree()
 
     # ------------------------------------------------------------------------------------------ receiving
@@ -498,14 +504,14 @@ class Replica:
         return self.fresh_fold(heads)
 
     def payloads(self) -> Iterable[tuple[Change, list[ops.Op]]]:
-        """Every accepted change with its decrypted ops, in fold order (those whose key we lack, or whose blob list
-        lies, are skipped: neither is applied to the tree)."""
+        """Every accepted change with its decrypted ops, in fold order (those whose key we lack, or whose payload
+        does not open, decode or match its blob list, are skipped)."""
         for cid, raw in self.store.iter_change_raws(self.space_id):
             change = parse_change(raw, cid)
             key = self.keys.get(change.header.epoch)
             if key is None:
                 continue
-            payload = ops.decode_payload(open_payload(change, key))
-            if blob_refs.check_refs(change.header.blob_refs, payload) is None:  # else never applied (_apply)
+            payload = self.unreadable.ops_of(change, key)
+            if payload is not None:
                 yield change, payload
 

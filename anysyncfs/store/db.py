@@ -35,6 +35,7 @@ __all__ = ["BlobRow", "ChangeRow", "IN_BATCH", "PeerRow", "SpaceRow", "Store", "
 _INSERT_CHANGE = insert(S.changes)
 _DELETE_HEADS = delete(S.heads).where(S.heads.c.space == bindparam("s"))
 _INSERT_HEAD = insert(S.heads)
+_MARK_UNREADABLE = update(S.changes).where(S.changes.c.id == bindparam("i")).values(unreadable=bindparam("r"))
 _UPSERT_TREE_META = sqlite_insert(S.tree_meta)
 _UPSERT_TREE_META = _UPSERT_TREE_META.on_conflict_do_update(
     index_elements=[S.tree_meta.c.space],
@@ -267,6 +268,19 @@ class Store(SyncQueries, HeadsQueries, GcQueries):
         c = S.changes.c
         q = select(c.id).where(c.space == space_id, c.status == status).order_by(c.id)
         return [r[0] for r in self._run(q).fetchall()]
+
+    def unreadable_changes(self, space_id: bytes) -> dict[bytes, str]:
+        """{id: reason} of the accepted changes of a space whose payload this device could not open or decode
+        (``changes.unreadable``), in ID order."""
+        c = S.changes.c
+        q = select(c.id, c.unreadable).where(
+            c.space == space_id, c.status == S.CHANGE_ACCEPTED, c.unreadable.is_not(None)).order_by(c.id)
+        return {r[0]: r[1] for r in self._run(q).fetchall()}
+
+    def set_unreadable(self, marks: dict[bytes, str | None]) -> None:
+        """Set (a reason) or clear (None) the unreadable mark of stored changes."""
+        if marks:
+            self._run(_MARK_UNREADABLE, [{"i": cid, "r": reason} for cid, reason in marks.items()])
 
     def count_changes(self, space_id: bytes) -> int:
         c = S.changes.c

@@ -31,11 +31,12 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 2  # bump on any change below; the store refuses a database with another version
+SCHEMA_VERSION = 3  # bump on any change below; the store refuses a database with another version
 # Version history (the store upgrades an older database in place, in one transaction; see db.py):
 #   1  first release
 #   2  space_blobs, pins, pinned_blobs (new); peers.device_key, peers.last_attempt_us, peers.last_error;
 #      blobs.remote_confirmed
+#   3  changes.unreadable
 
 metadata = MetaData()
 
@@ -81,6 +82,11 @@ changes = Table(
     Column("status", Integer, nullable=False, doc="CHANGE_ACCEPTED or CHANGE_REJECTED"),
     Column("reason", Text, nullable=True, doc="why a change was rejected (NULL when accepted)"),
     Column("received_us", BigInteger, nullable=False, doc="when this device stored it, µs since the epoch"),
+    # Added in schema 3 (appended by the upgrade). Device-local, like the tree cache: a fold sets and clears it.
+    Column("unreadable", Text, nullable=True,
+           doc="on a device: why the payload of this accepted change does not open (AES-GCM) or decode with the "
+           "epoch key this device holds; the change stays in the DAG and the fold skips it as if it had no ops. "
+           "NULL: readable, or not folded yet, or no key for its epoch yet. Never set on a provider"),
 )
 Index("changes_fold_order", changes.c.space, changes.c.lamport, changes.c.id)
 
@@ -252,4 +258,5 @@ provider_warnings = Table(
 # with their DDL as declared above). Tables that did not exist are then created by ``metadata.create_all``.
 COLUMNS_ADDED_AFTER: dict[int, tuple[Column, ...]] = {
     1: (peers.c.device_key, peers.c.last_attempt_us, peers.c.last_error, blobs.c.remote_confirmed),
+    2: (changes.c.unreadable,),
 }

@@ -19,6 +19,7 @@ import pytest
 import trio
 from hostile import RecordLogs, connected
 
+from anysyncfs.replica.unreadable import REFS_LIE
 from anysyncfs.core import content as content_mod
 from anysyncfs.core import crypto, ids, keys, ops, space
 from anysyncfs.core.address import PeerAddress
@@ -238,8 +239,11 @@ async def test_a_change_whose_blob_list_lies_is_not_applied_by_devices(
             assert b"honest.txt" in names and b"after" in names
             assert b"under" not in names and b"over" not in names
             assert crypto.blake3(under) in device.dag and crypto.blake3(over) in device.dag  # stored, not shown
+            # marked unreadable (the poison path: kept in the DAG, skipped by the fold, reported by status/fsck)
+            assert {crypto.blake3(under), crypto.blake3(over)} <= set(device.unreadable.marks)
+            assert all(device.unreadable.marks[c] == REFS_LIE for c in (crypto.blake3(under), crypto.blake3(over)))
         warnings = logs.at_least(logging.WARNING)
-        assert any("does not list" in w for w in warnings) and any("does not reference" in w for w in warnings)
+        assert sum(REFS_LIE in w for w in warnings) >= 2
 
 
 async def test_cli_node_gc_collects_and_refuses_while_a_node_serves(

@@ -529,7 +529,7 @@ def test_schema_1_is_upgraded_in_place_to_the_same_shape_as_a_new_store(tmp_path
     store.close()
     fresh = tmp_path / "fresh.db"
     Store(str(fresh)).close()
-    assert version_of(old) == "2" == str(schema.SCHEMA_VERSION)
+    assert version_of(old) == str(schema.SCHEMA_VERSION)  # 1 -> 2 -> … in one transaction
     assert table_shapes(old) == table_shapes(fresh)
     assert "space_blobs" in table_shapes(old)
     store = Store(str(old))  # reopening an upgraded store is a no-op
@@ -551,10 +551,10 @@ def test_a_failed_upgrade_leaves_schema_1_untouched(tmp_path: Path, monkeypatch)
     assert version_of(old) == "1" and table_shapes(old) == shapes
     monkeypatch.undo()
     Store(str(old)).close()
-    assert version_of(old) == "2"
+    assert version_of(old) == str(schema.SCHEMA_VERSION)
 
 
-@pytest.mark.parametrize("version", ["0", "3", "x"])
+@pytest.mark.parametrize("version", ["0", "99", "x"])
 def test_unknown_schema_versions_are_refused(tmp_path: Path, version: str) -> None:
     path = tmp_path / "s.db"
     make_v1(path)
@@ -562,7 +562,7 @@ def test_unknown_schema_versions_are_refused(tmp_path: Path, version: str) -> No
     db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
     db.commit()
     db.close()
-    with pytest.raises(StoreError, match=f"schema version {version}, this build needs 2"):
+    with pytest.raises(StoreError, match=f"schema version {version}, this build needs {schema.SCHEMA_VERSION}"):
         Store(str(path))
 
 
