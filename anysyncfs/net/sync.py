@@ -228,12 +228,13 @@ class SpaceSync:
             return result
 
         fetched, sent, rounds = await self.witness.checked_round(conn, changes_round)
+        await self.confirm_uploads(uploaded)
         if st is not None:
             st.last_sync_us = time.time_ns() // 1000
             st.last_error = ""
             st.rounds = rounds
         await self._note(conn.label, ok=True)
-        return fetched, sent, uploaded
+        return fetched, sent, len(uploaded)
 
     async def _sync_acl(self, conn: Connection, fetch_failures: list[AnysyncError]) -> None:
         """Reconcile ACL record IDs by ranges; fetch the records we lack (verified on adding), send theirs."""
@@ -354,34 +355,44 @@ class SpaceSync:
         return sent
 
     # ------------------------------------------------------------------------------------------ blobs
-    async def upload_blobs(self, conn: Connection, progress: Progress | None = None) -> int:
-        """Send our blobs the provider has not confirmed yet (before the changes that reference them)."""
+    async def upload_blobs(self, conn: Connection, progress: Progress | None = None) -> list[bytes]:
+        """Send our blobs the provider has not confirmed yet (before the changes that reference them); returns
+        their IDs. They stay queued (and not evictable) until :meth:`confirm_uploads`, once the changes that
+        reference them reached the provider too: a provider collects blobs no change references (after a grace
+        period), so a blob must not count as safe there while its change has not arrived."""
         store = self.replica.store
-        total = 0
+        sent: list[bytes] = []
+        gone: list[bytes] = []
         while True:
-            pending = await self.run(store.pending_uploads, self.space_id, UPLOAD_BATCH)
+            pending = await self.run(store.pending_uploads, self.space_id, UPLOAD_BATCH, len(sent) + len(gone))
             if not pending:
                 break
-            done: list[bytes] = []
 
             async def upload(blob_id: bytes) -> None:
                 try:
                     data = await self.run(self.replica.get_blob, blob_id)
                 except NotFound:
-                    done.append(blob_id)  # gone (fsck, eviction): nothing we can upload
+                    gone.append(blob_id)  # gone (fsck, eviction): nothing we can upload
                     return
                 await conn.request(m.PutBlob(self.space_id, blob_id, data))
-                done.append(blob_id)
+                sent.append(blob_id)
 
             # Several in flight: reading, hashing and storing on both sides overlap with the transfer
             # (measured: one at a time left the link idle most of the time).
             await for_each_limited(pending, upload, TRANSFERS_IN_FLIGHT)
-            await self.run(store.mark_uploaded, self.space_id, done)
-            total += len(done)
             if progress:
-                progress("upload", total, total + await self.run(store.count_pending_uploads, self.space_id))
+                queued = await self.run(store.count_pending_uploads, self.space_id)
+                progress("upload", len(sent), queued - len(gone))
+        if gone:
+            await self.run(store.mark_uploaded, self.space_id, gone)
         self.pending_uploads = await self.run(store.count_pending_uploads, self.space_id)
-        return total
+        return sent
+
+    async def confirm_uploads(self, blob_ids: list[bytes]) -> None:
+        """The round that uploaded ``blob_ids`` also sent our changes: unqueue them and mark them evictable."""
+        if blob_ids:
+            await self.run(self.replica.store.mark_uploaded, self.space_id, blob_ids)
+        self.pending_uploads = await self.run(self.replica.store.count_pending_uploads, self.space_id)
 
     async def fetch_blob(self, blob_id: bytes, timeout: float | None = None) -> None:
         """Get a blob this device lacks from any connected peer (the next on failure), verify and store it.

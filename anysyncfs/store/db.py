@@ -396,10 +396,11 @@ class Store(SyncQueries, HeadsQueries, GcQueries):
             if self._run(select(u.blob).where(u.space == space_id, u.blob == r["blob"])).first() is None:
                 self._run(insert(S.upload_queue).values(**r))
 
-    def pending_uploads(self, space_id: bytes, limit: int) -> list[bytes]:
-        """Up to ``limit`` queued blob IDs of a space, oldest first."""
+    def pending_uploads(self, space_id: bytes, limit: int, offset: int = 0) -> list[bytes]:
+        """Up to ``limit`` queued blob IDs of a space, oldest first, after the first ``offset`` (new entries are
+        queued last, so a sync round pages through the queue while it leaves it untouched)."""
         u = S.upload_queue.c
-        q = select(u.blob).where(u.space == space_id).order_by(u.queued_us, u.blob).limit(limit)
+        q = select(u.blob).where(u.space == space_id).order_by(u.queued_us, u.blob).limit(limit).offset(offset)
         return [r[0] for r in self._run(q).fetchall()]
 
     def count_pending_uploads(self, space_id: bytes) -> int:

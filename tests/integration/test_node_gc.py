@@ -19,12 +19,11 @@ import pytest
 import trio
 from hostile import RecordLogs, connected
 
-from anysyncfs.replica.unreadable import REFS_LIE
 from anysyncfs.core import content as content_mod
 from anysyncfs.core import crypto, ids, keys, ops, space
 from anysyncfs.core.address import PeerAddress
 from anysyncfs.core.change import make_change
-from anysyncfs.net.connection import RemoteError
+from anysyncfs.net.connection import RemoteError, ServiceError
 from anysyncfs.net.endpoint import Endpoint
 from anysyncfs.net.fetch_space import _sync_space
 from anysyncfs.net.node import Node
@@ -36,6 +35,7 @@ from anysyncfs.replica.blob_gc import DEFAULT_GRACE_US
 from anysyncfs.replica.files import put_file, read_file, resolve
 from anysyncfs.replica.home import Unlocked
 from anysyncfs.replica.replica import now_us
+from anysyncfs.replica.unreadable import REFS_LIE
 from tests.conftest import CLI
 
 pytestmark = pytest.mark.trio
@@ -54,9 +54,22 @@ class Clock:
         return now_us() if self.set_us is None else self.set_us
 
 
+class ChangeRefusingNode(Node):
+    """A node that stores blobs but answers every PutChanges with an error (a provider that fails between the
+    blobs of a round and its changes, as a dropped link or a full disk would)."""
+
+    refuse = True
+
+    async def handle(self, conn: object, body: object) -> object:
+        if isinstance(body, m.PutChanges) and self.refuse:
+            raise ServiceError(m.ErrorCode.UNAVAILABLE, "try again later")
+        return await super().handle(conn, body)  # type: ignore[arg-type]
+
+
 @asynccontextmanager
-async def running_node(path: Path, clock: Callable[[], int]) -> AsyncIterator[tuple[Node, PeerAddress]]:
-    node = Node(path, clock=clock, gc_interval=0)
+async def running_node(path: Path, clock: Callable[[], int], node_class: type[Node] = Node
+                       ) -> AsyncIterator[tuple[Node, PeerAddress]]:
+    node = node_class(path, clock=clock, gc_interval=0)
     try:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(node.serve, "127.0.0.1", 0)
@@ -288,3 +301,25 @@ async def test_cli_node_gc_collects_and_refuses_while_a_node_serves(
         with trio.fail_after(30):
             await serve.wait()
 
+
+
+async def test_uploads_count_as_safe_only_once_their_changes_reached_the_provider(
+        tmp_path: Path, make_home: Callable[..., Unlocked]) -> None:
+    """A provider collects blobs no change references: a device whose round uploaded the blobs but not the change
+    (the provider failed in between) must keep them queued and never evict them, or a later collection could
+    lose the only copy. Once a round sends the changes too, they are confirmed."""
+    a = create_space(make_home("a"), "docs", chunking=SMALL_CHUNKS)
+    put_file(a, "/f.bin", os.urandom(50_000))
+    queued = set(a.store.pending_uploads(a.space_id, 1000))
+    assert queued
+    async with running_node(tmp_path / "node", Clock(), ChangeRefusingNode) as (node, addr):
+        a.store.add_peer(a.space_id, str(addr), addr.device)
+        report = await engine(a).sync_once()
+        assert report.errors, "the provider refused the changes"
+        assert all(node.blobs.has(b) for b in queued)  # the blobs did reach it
+        assert set(a.store.pending_uploads(a.space_id, 1000)) == queued  # still queued: uploaded again next time
+        assert not any(a.store.is_remote_confirmed(b) for b in queued)  # so never evicted
+        node.refuse = False  # type: ignore[attr-defined]
+        await sync(a)
+    assert a.store.pending_uploads(a.space_id, 1000) == []
+    assert all(a.store.is_remote_confirmed(b) for b in queued)
