@@ -23,6 +23,7 @@ from .acl_records import (
     Genesis,
     Invite,
     Join,
+    Kind,
     Remove,
     RevokeInvite,
     Role,
@@ -131,6 +132,8 @@ def check_step(state: AclState, space_id: bytes, head: bytes, record: AclRecord)
             raise Rejected("only the owner may appoint an admin")
         if kind.role == current:
             raise Rejected("role change: member already has that role")
+        if kind.last_changes and not (kind.role < Role.WRITER <= current):
+            raise Rejected("role change: last changes are named only by a reduction below writer")
     elif isinstance(kind, Remove):
         current = state.role_of(kind.member)
         if current is None:
@@ -197,10 +200,25 @@ def apply_step(state: AclState, record: AclRecord) -> AclState:
 
 
 # ---------------------------------------------------------------------------------------------------- view
-class AclView:
-    """The folded ACL: canonical chain, state after each of its records, and what was dropped and why."""
+def reduces_below_writer(kind: Kind, before: AclState) -> bytes | None:
+    """The member a record takes below WRITER (a Remove, or a RoleChange to READER of a writer or admin)."""
+    if isinstance(kind, Remove):
+        return kind.member
+    if isinstance(kind, RoleChange):
+        current = before.role_of(kind.member)
+        if current is not None and kind.role < Role.WRITER <= current:
+            return kind.member
+    return None
 
-    __slots__ = ("space_id", "_records", "_chain", "_states", "_positions", "_removals", "dropped")
+
+class AclView:
+    """The folded ACL: canonical chain, state after each of its records, and what was dropped and why.
+
+    Besides the canonical chain it keeps the state after every *valid* record off the chain (one the rules allow
+    on its own path: a fork loser and what was built on it), so a change citing such a record can still be judged
+    (:meth:`citable_state`)."""
+
+    __slots__ = ("space_id", "_records", "_chain", "_states", "_positions", "_reductions", "_tree", "dropped")
 
     def __init__(
         self,
@@ -208,17 +226,27 @@ class AclView:
         records: Sequence[AclRecord],
         states: Sequence[AclState],
         dropped: Mapping[bytes, str],
+        tree: Mapping[bytes, tuple[AclRecord, AclState]] | None = None,
     ) -> None:
         self.space_id = space_id
         self._records = tuple(records)
         self._states = tuple(states)
         self._chain = tuple(r.id for r in records)
         self._positions = {rid: i for i, rid in enumerate(self._chain)}
-        # member -> [(chain position, last_changes)] of its removals: validation asks this for every change.
-        self._removals: dict[bytes, list[tuple[int, frozenset[bytes]]]] = {}
+        # member -> [(chain position, last_changes)] of its reductions below WRITER (Remove, RoleChange to READER):
+        # validation asks this for every change.
+        self._reductions: dict[bytes, list[tuple[int, str, frozenset[bytes]]]] = {}
         for pos, r in enumerate(self._records):
-            if isinstance(r.kind, Remove):
-                self._removals.setdefault(r.kind.member, []).append((pos, frozenset(r.kind.last_changes)))
+            if pos == 0:
+                continue
+            member = reduces_below_writer(r.kind, self._states[pos - 1])
+            if member is not None:
+                assert isinstance(r.kind, (Remove, RoleChange))
+                what = "removed" if isinstance(r.kind, Remove) else "demoted"
+                self._reductions.setdefault(member, []).append((pos, what, frozenset(r.kind.last_changes)))
+        # every valid record (on the chain or not) -> (record, state after it)
+        self._tree: Mapping[bytes, tuple[AclRecord, AclState]] = (
+            tree if tree is not None else {r.id: (r, st) for r, st in zip(self._records, self._states)})
         self.dropped: Mapping[bytes, str] = MappingProxyType(dict(dropped))
 
     @property
@@ -249,15 +277,181 @@ class AclView:
         pos = self._positions.get(record_id)
         return None if pos is None else self._records[pos]
 
-    def removals_after(self, record_id: bytes, member: bytes) -> list[frozenset[bytes]]:
-        """The ``last_changes`` sets of every removal of ``member`` after ``record_id`` on the chain."""
+    def tree_state(self, record_id: bytes) -> AclState | None:
+        """The state after any valid record, on the canonical chain or off it (None: unknown or not valid)."""
+        node = self._tree.get(record_id)
+        return None if node is None else node[1]
+
+    def fork_point(self, record_id: bytes) -> bytes | None:
+        """The last canonical record on the path to a valid record (itself if canonical); None if not valid."""
+        while record_id not in self._positions:
+            node = self._tree.get(record_id)
+            if node is None:
+                return None
+            record_id = node[0].prev
+        return record_id
+
+    def reduced_after(self, record_id: bytes) -> frozenset[bytes]:
+        """Accounts removed or demoted by canonical records after ``record_id`` (which must be canonical)."""
         pos = self._positions.get(record_id)
         if pos is None:
             raise NotFound("ACL record is not on the canonical chain")
-        return [changes for at, changes in self._removals.get(member, ()) if at > pos]
+        out: set[bytes] = set()
+        for i in range(pos + 1, len(self._records)):
+            target = _reduction_target(self._records[i].kind, self._states[i - 1])
+            if target is not None:
+                out.add(target)
+        return frozenset(out)
+
+    def citable_state(self, record_id: bytes, author: bytes) -> tuple[AclState, bytes] | None:
+        """The state a change by ``author`` citing ``record_id`` is judged at, and the canonical record its
+        anti-backdating rule starts from; None if such a change cannot be judged (unknown or dropped head).
+
+        A canonical head: its own state. A valid head off the chain (its branch lost a fork after an honest
+        change cited it): its own state, provided the author was already a member at the fork point, nothing on
+        the canonical chain after the fork point removed or demoted the author, and no removal on the lost branch
+        changed the key epoch. So a change once accepted is not rejected by a reorganization that did nothing to
+        its author, while a branch's own members (joined there) and anyone the canonical chain reduced get
+        nothing from a lost branch."""
+        pos = self._positions.get(record_id)
+        if pos is not None:
+            return self._states[pos], record_id
+        node = self._tree.get(record_id)
+        if node is None:
+            return None
+        fork = self.fork_point(record_id)
+        assert fork is not None
+        at_fork = self.state_at(fork)
+        assert at_fork is not None
+        state = node[1]
+        if at_fork.role_of(author) is None or state.epoch != at_fork.epoch:
+            return None
+        if author in self.reduced_after(fork):
+            return None
+        return state, fork
+
+    def reductions_after(self, record_id: bytes, member: bytes) -> list[tuple[str, frozenset[bytes]]]:
+        """("removed" | "demoted", ``last_changes``) of every reduction of ``member`` below WRITER (a Remove, or a
+        RoleChange to READER) after ``record_id`` on the chain."""
+        pos = self._positions.get(record_id)
+        if pos is None:
+            raise NotFound("ACL record is not on the canonical chain")
+        return [(what, changes) for at, what, changes in self._reductions.get(member, ()) if at > pos]
+
+    def removals_after(self, record_id: bytes, member: bytes) -> list[frozenset[bytes]]:
+        """The ``last_changes`` sets of every removal of ``member`` after ``record_id`` on the chain."""
+        return [changes for what, changes in self.reductions_after(record_id, member) if what == "removed"]
 
     def __repr__(self) -> str:
         return f"AclView(length={len(self._chain)}, head={self.head.hex()[:16]}…, epoch={self.current.epoch})"
+
+
+# ---------------------------------------------------------------------------------------------------- fork rule
+def _reduction_target(kind: Kind, before: AclState) -> bytes | None:
+    """The member a record removes or demotes (to any lower role), if any."""
+    if isinstance(kind, Remove):
+        return kind.member
+    if isinstance(kind, RoleChange):
+        current = before.role_of(kind.member)
+        if current is not None and kind.role < current:
+            return kind.member
+    return None
+
+
+@dataclass(slots=True)
+class _Node:
+    """A valid record of the tree: the state before and after it, and (after the bottom-up pass) the child the
+    fork rule picks below it."""
+
+    record: AclRecord
+    before: AclState
+    after: AclState
+    children: list[_Node]
+    winner: _Node | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Powers:
+    """What a set of records of a branch takes away: accounts reduced, invites burned."""
+
+    reduced: frozenset[bytes]
+    burned: frozenset[bytes]
+
+
+class _Branch:
+    """The canonical path the fold takes from one candidate child down, with what the fork rule asks of it."""
+
+    __slots__ = ("nodes", "final", "targets", "revokes", "raw")
+
+    def __init__(self, first: _Node) -> None:
+        nodes: list[_Node] = []
+        node: _Node | None = first
+        while node is not None:
+            nodes.append(node)
+            node = node.winner
+        self.nodes = nodes
+        self.final = nodes[-1].after
+        # per record: the account it reduces, the invite it revokes explicitly
+        self.targets = [_reduction_target(n.record.kind, n.before) for n in nodes]
+        self.revokes = [n.record.kind.invite_id if isinstance(n.record.kind, RevokeInvite) else None for n in nodes]
+        self.raw = self.powers(frozenset())
+
+    def powers(self, discredited: frozenset[int]) -> _Powers:
+        """Accounts reduced and invites burned by the records not in ``discredited`` (indexes). An invite is
+        burned when revoked, or when its inviter or its user is reduced: they know its secret."""
+        reduced = {t for i, t in enumerate(self.targets) if t is not None and i not in discredited}
+        burned = {v for i, v in enumerate(self.revokes) if v is not None and i not in discredited}
+        if reduced:
+            burned |= {iid for iid, inv in self.final.invites.items()
+                       if inv.inviter in reduced or inv.used_by in reduced}
+        return _Powers(frozenset(reduced), frozenset(burned))
+
+    def discredited_by(self, powers: _Powers) -> frozenset[int]:
+        """Indexes of the records whose authority ``powers`` takes away: authored by a reduced account, a join
+        with a burned invite, and (transitively) whatever such a record empowered — the account it joined or
+        promoted, the invite it created."""
+        accounts = set(powers.reduced)
+        invites = set(powers.burned)
+        out: set[int] = set()
+        for i, n in enumerate(self.nodes):
+            r, kind = n.record, n.record.kind
+            if r.author in accounts or (isinstance(kind, Join) and kind.invite_id in invites):
+                out.add(i)
+                if isinstance(kind, Join):
+                    accounts.add(r.author)
+                elif isinstance(kind, Invite):
+                    invites.add(r.id)
+                elif isinstance(kind, RoleChange) and kind.role > (n.before.role_of(kind.member) or 0):
+                    accounts.add(kind.member)
+        return frozenset(out)
+
+
+def _overrules(c: _Branch, d: _Branch) -> bool:
+    """Whether ``c`` takes away the authority of a record of ``d``: it reduces an author of ``d`` (or the account
+    a record of ``d`` depends on), or burns an invite a join of ``d`` uses. Only the reductions of ``c`` that
+    survive ``d``'s counter-attack count, where ``d`` counter-attacks only with records ``c`` leaves standing."""
+    d_standing = d.powers(d.discredited_by(c.raw))
+    c_effective = c.powers(c.discredited_by(d_standing))
+    return bool(d.discredited_by(c_effective))
+
+
+def _choose(state: AclState, candidates: list[_Node]) -> _Node:
+    """The fork rule (docs/protocol.md 20.4): among the allowed children of one record, the one whose branch
+    no other branch overrules; ties (and the rare case where every branch is overruled) go to the branch with
+    the most accounts reduced by established admins, then the most records by established admins, then the
+    most accounts reduced, then the lowest record ID. Established admins: admins and the owner at the fork point
+    that no candidate branch reduces."""
+    branches = [_Branch(c) for c in candidates]
+    pool = [b for b in branches if not any(o is not b and _overrules(o, b) for o in branches)] or branches
+    ever_reduced = frozenset().union(*(b.raw.reduced for b in branches))
+    established = {a for a, role in state.members.items() if role >= Role.ADMIN} - ever_reduced
+
+    def rank(b: _Branch) -> tuple[int, int, int, bytes]:
+        by_established = [i for i, n in enumerate(b.nodes) if n.record.author in established]
+        endorsed_reductions = {b.targets[i] for i in by_established if b.targets[i] is not None}
+        return (-len(endorsed_reductions), -len(by_established), -len(b.raw.reduced), b.nodes[0].record.id)
+
+    return min(pool, key=rank).nodes[0]
 
 
 def fold(space_id: bytes, records: Iterable[AclRecord]) -> AclView:
@@ -283,27 +477,47 @@ def fold(space_id: bytes, records: Iterable[AclRecord]) -> AclView:
     genesis = roots[0]
     for loser in roots[1:]:
         dropped[loser.id] = "another genesis has a lower ID"
-    chain = [genesis]
-    states = [genesis_state(genesis)]
-    while True:
-        head, state = chain[-1], states[-1]
-        winner: AclRecord | None = None
-        for child in children.get(head.id, []):
+
+    # Top down: the state after every valid record (the state at a record is a function of its one path).
+    g_state = genesis_state(genesis)
+    root = _Node(genesis, g_state, g_state, [])
+    order = [root]
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for child in children.get(node.record.id, []):
             try:
-                check_step(state, space_id, head.id, child)
+                check_step(node.after, space_id, node.record.id, child)
             except Rejected as e:  # not allowed here, whatever else happens on this step
                 dropped[child.id] = str(e)
                 continue
-            if winner is None:
-                winner = child
-            else:  # allowed, but a sibling with a lower ID came first: its author re-applies on the new head
-                dropped[child.id] = f"lost a fork to {winner.id.hex()[:16]}"
-        if winner is None:
-            break
-        chain.append(winner)
-        states.append(apply_step(state, winner))
+            sub = _Node(child, node.after, apply_step(node.after, child), [])
+            node.children.append(sub)
+            order.append(sub)
+            stack.append(sub)
+    # Bottom up: the fork rule at every record with more than one allowed child (each branch already resolved).
+    for node in reversed(order):
+        if len(node.children) == 1:
+            node.winner = node.children[0]
+        elif node.children:
+            node.winner = _choose(node.after, node.children)
+            for loser in node.children:
+                if loser is not node.winner:  # its author re-applies it on the new head
+                    dropped[loser.record.id] = f"lost a fork to {node.winner.record.id.hex()[:16]}"
 
+    chain: list[AclRecord] = []
+    states: list[AclState] = []
+    walk: _Node | None = root
+    while walk is not None:
+        chain.append(walk.record)
+        states.append(walk.after)
+        walk = walk.winner
     on_chain = {r.id for r in chain}
+    tree = {n.record.id: (n.record, n.after) for n in order}
+    for n in order:
+        for child in n.children:
+            if child.record.id not in on_chain and child.record.id not in dropped:
+                dropped[child.record.id] = f"built on dropped record {n.record.id.hex()[:16]}"
     # Everything built on a dropped record is dropped with it; whatever remains never reached the genesis.
     frontier = list(dropped)
     while frontier:
@@ -312,10 +526,10 @@ def fold(space_id: bytes, records: Iterable[AclRecord]) -> AclView:
             if child.id not in dropped:
                 dropped[child.id] = f"built on dropped record {parent.hex()[:16]}"
                 frontier.append(child.id)
-    for rid, r in by_id.items():
+    for rid in by_id:
         if rid not in on_chain and rid not in dropped:
             dropped[rid] = "previous record unknown"
-    return AclView(space_id, chain, states, dropped)
+    return AclView(space_id, chain, states, dropped, tree)
 
 
 # ---------------------------------------------------------------------------------------------------- keys

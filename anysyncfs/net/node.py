@@ -26,7 +26,7 @@ from ..core.address import PeerAddress
 from ..core.reconcile import IdSet, Reconciler
 from ..errors import DecodeError, IntegrityError, KeyringCorrupt, NotFound, ProtocolError
 from ..protocol import messages as m
-from ..replica.ledger import Ledger, QuotaExceeded
+from ..replica.ledger import ForkRefused, Ledger, QuotaExceeded
 from ..store.blobfiles import BlobFiles
 from ..store.db import Store
 from ..store.files import atomic_write, read_bounded
@@ -218,7 +218,10 @@ class Node:
             return m.Accepted(accepted, known, missing)
         if isinstance(body, m.PutAcl):
             ledger = await self._member_or_joining(conn, body.space, body.records)
-            added = await self.run(ledger.add_acl_records, body.records)
+            try:
+                added = await self.run(ledger.add_acl_records, body.records)
+            except ForkRefused as e:  # a fork by a non-admin (replica/ledger.py refuse_forks)
+                raise ServiceError(m.ErrorCode.FORBIDDEN, str(e)) from None
             if added:
                 self._bump(body.space)
                 await self._announce(body.space, ledger, conn)  # members pick up role and key changes at once

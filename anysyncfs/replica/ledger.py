@@ -81,6 +81,10 @@ class QuotaExceeded(Rejected):
         self.quota_bytes = quota_bytes
 
 
+class ForkRefused(Rejected):
+    """A provider refuses an ACL record that forks the chain when its author is no admin (:func:`refuse_forks`)."""
+
+
 @runtime_checkable
 class SpaceData(Protocol):
     """One space as the sync layer sees it, on a member's device (Replica) or on a provider (Ledger)."""
@@ -156,6 +160,33 @@ def store_acl_records(store: Store, space_id: bytes, records: Sequence[acl_mod.A
         if store.add_acl_record(space_id, r.id, r.raw):
             added += 1
     return added
+
+
+def refuse_forks(space_id: bytes, held: Sequence[acl_mod.AclRecord], offered: Sequence[acl_mod.AclRecord]) -> None:
+    """A provider takes a record whose previous record already has a valid child only from an admin or the owner
+    at that previous record (:class:`Rejected` otherwise, nothing stored): the fork rule settles forks between
+    admins, and nobody else has a reason to make one. Honest members whose record lost a race re-apply it on the
+    new head (net/share.py)."""
+    known = {r.id for r in held}
+    new = [r for r in offered if r.id not in known and r.space_id == space_id]
+    if not new:
+        return
+    view = acl_mod.fold(space_id, [*held, *new])
+    children: dict[bytes, set[bytes]] = {}
+    for r in held:
+        if view.tree_state(r.id) is not None:
+            children.setdefault(r.prev, set()).add(r.id)
+    for r in new:
+        if view.tree_state(r.id) is None:
+            continue  # not allowed where it is: the fold drops it whatever else arrives
+        siblings = children.setdefault(r.prev, set())
+        if siblings - {r.id}:
+            before = view.tree_state(r.prev)
+            role = None if before is None else before.role_of(r.author)
+            if role is None or role < acl_mod.Role.ADMIN:
+                raise ForkRefused(f"ACL record {r.id.hex()[:16]} forks the ACL at {r.prev.hex()[:16]}, which has a "
+                               "record already; only an admin or the owner may add another: rebuild it on the head")
+        siblings.add(r.id)
 
 
 def select_changes(store: Store, space_id: bytes, change_ids: Sequence[bytes], max_bytes: int) -> list[bytes]:
@@ -381,11 +412,14 @@ class Ledger:
         return [rid for rid, _raw in self.store.acl_records(self._space_id)]
 
     def add_acl_records(self, raws: Sequence[bytes]) -> int:
-        """Verify every record (:class:`IntegrityError` on forged bytes, nothing stored), store the new ones and
-        refold the ACL; if its canonical head moved, re-validate the accepted changes. Returns how many were new."""
+        """Verify every record (:class:`IntegrityError` on forged bytes, nothing stored), refuse forks by
+        non-admins (:class:`Rejected`, nothing stored: :func:`refuse_forks`), store the new ones and refold the
+        ACL; if its canonical head moved, re-validate the accepted changes. Returns how many were new."""
         return self._add_records([acl_mod.parse_record(raw) for raw in raws])
 
     def _add_records(self, records: Sequence[acl_mod.AclRecord]) -> int:
+        held = [acl_mod.parse_record(raw, rid) for rid, raw in self.store.acl_records(self._space_id)]
+        refuse_forks(self._space_id, held, records)
         try:
             with self.store.transaction():
                 added = store_acl_records(self.store, self._space_id, records)
