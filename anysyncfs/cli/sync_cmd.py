@@ -190,6 +190,7 @@ def cmd_sync(ctx: Context) -> int:
 # ---------------------------------------------------------------------------------------------- status
 def cmd_status(ctx: Context) -> int:
     from ..fs.mount_sync import status_path
+    from ..replica.ledger import ACL_HISTORY_CHANGED
 
     store = ctx.home.store()
     rows = store.spaces()
@@ -216,6 +217,7 @@ def cmd_status(ctx: Context) -> int:
         out.append({
             "space": ids.space_text(row.id), "name": row.name, "mounted": live is not None,
             "blobs_to_upload": store.count_pending_uploads(row.id), "peers": peers,
+            "rejected_after_acl_change": store.count_rejected_with_reason(row.id, ACL_HISTORY_CHANGED),
         })
     if ctx.args.json:
         print(json.dumps(out, indent=1))
@@ -223,6 +225,9 @@ def cmd_status(ctx: Context) -> int:
     for s in out:
         print(f"{s['space']}  {s['name']}  {'mounted (syncing)' if s['mounted'] else 'not mounted'}")
         print(f"  blobs not yet uploaded: {s['blobs_to_upload']}")
+        if s["rejected_after_acl_change"]:
+            print(f"  WARNING: ACL history changed: {s['rejected_after_acl_change']} change(s) accepted earlier are "
+                  "now rejected (see the mount log)")
         if not s["peers"]:
             print("  no peers (anysyncfs space add-peer SPACE ADDRESS)")
         for p in s["peers"]:

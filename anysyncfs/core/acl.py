@@ -23,6 +23,7 @@ from .acl_fold import (
     check_step,
     epoch_keys,
     fold,
+    reduces_below_writer,
     unwrap_previous_key,
     wrap_previous_key,
 )
@@ -51,7 +52,7 @@ __all__ = [
     "EPOCH_CHAIN_CONTEXT", "MAX_LAST_CHANGES", "RECORD_MAX_BODY", "RECORD_VERSION", "ZERO_ID",
     "AclRecord", "AclState", "AclView", "Genesis", "Invite", "InviteState", "Join", "Kind", "RecordBody",
     "Remove", "RevokeInvite", "Role", "RoleChange", "SealedFor", "Rng",
-    "apply_step", "check_step", "encode_record", "epoch_keys", "fold", "parse_record",
+    "apply_step", "check_step", "encode_record", "epoch_keys", "fold", "parse_record", "reduces_below_writer",
     "unwrap_previous_key", "wrap_previous_key", "new_epoch_key",
     "make_genesis", "make_invite", "make_join", "make_role_change", "make_remove", "make_revoke_invite",
 ]  # fmt: skip

@@ -48,6 +48,7 @@ KNOWN = "known"
 MISSING_PARENTS = "missing-parents"
 MISSING_ACL = "missing-acl"
 REJECTED = "rejected"
+ACL_HISTORY_CHANGED = "ACL history changed: "  # reason prefix of a change rejected after it was accepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,10 +341,11 @@ def revalidate(store: Store, space_id: bytes, acl: acl_mod.AclView) -> Dag:
     if not rejected:
         return dag
     for cid, reason in rejected.items():
-        store.reject_change(cid, reason)
+        # The prefix marks a change that was accepted once: `anysyncfs status` counts them.
+        store.reject_change(cid, ACL_HISTORY_CHANGED + reason)
     cid, reason = next(iter(rejected.items()))
-    log.warning("space %s: %d accepted change(s) no longer valid, e.g. %s: %s", ids.space_text(space_id)[:20],
-                len(rejected), ids.change_text(cid)[:20], reason)
+    log.warning("space %s: %s%d accepted change(s) no longer valid, e.g. %s: %s", ids.space_text(space_id)[:20],
+                ACL_HISTORY_CHANGED, len(rejected), ids.change_text(cid)[:20], reason)
     return load_dag(store, space_id)
 
 
