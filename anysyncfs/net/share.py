@@ -435,10 +435,12 @@ async def _join_through(conn: Connection, addr: PeerAddress, unlocked: Unlocked,
             # Another record took the head first (the node refuses a fork by a non-admin): build it again on
             # the new head.
             log.info("join refused by %s (%s); building it again on the new head", peer, e.remote_message)
+            info = await conn.request(m.OpenSpace(ticket.space_id, proof))  # still no member: prove the invite
         else:
             if not isinstance(reply, m.Accepted):
                 raise ProtocolError(f"expected Accepted, got {type(reply).__name__}")
-        header, raws, view = _fold_info(await conn.request(m.OpenSpace(ticket.space_id)), ticket.space_id)
+            info = await conn.request(m.OpenSpace(ticket.space_id))
+        header, raws, view = _fold_info(info, ticket.space_id)
         if me in view.current.members:
             return header, raws, rejoined
         # Our join lost a fork to a concurrent ACL record: build it again on the new head.
