@@ -435,23 +435,37 @@ def _overrules(c: _Branch, d: _Branch) -> bool:
     return bool(d.discredited_by(c_effective))
 
 
+def _rank(b: _Branch, established: frozenset[bytes]) -> tuple[int, int, int, bytes]:
+    """Smaller is better: most accounts reduced by established admins, most records by them, most accounts
+    reduced, lowest candidate ID."""
+    by_established = [i for i, n in enumerate(b.nodes) if n.record.author in established]
+    endorsed_reductions = {b.targets[i] for i in by_established if b.targets[i] is not None}
+    return (-len(endorsed_reductions), -len(by_established), -len(b.raw.reduced), b.nodes[0].record.id)
+
+
+def _beats(a: _Branch, b: _Branch, admins: frozenset[bytes]) -> bool:
+    """One candidate against another: the one that overrules the other (and is not overruled back) wins;
+    otherwise the better rank, where established admins are the fork point's admins (and owner) that neither
+    branch reduces."""
+    a_over, b_over = _overrules(a, b), _overrules(b, a)
+    if a_over != b_over:
+        return a_over
+    established = admins - a.raw.reduced - b.raw.reduced
+    return _rank(a, established) < _rank(b, established)
+
+
 def _choose(state: AclState, candidates: list[_Node]) -> _Node:
-    """The fork rule (docs/protocol.md 20.4): among the allowed children of one record, the one whose branch
-    no other branch overrules; ties (and the rare case where every branch is overruled) go to the branch with
-    the most accounts reduced by established admins, then the most records by established admins, then the
-    most accounts reduced, then the lowest record ID. Established admins: admins and the owner at the fork point
-    that no candidate branch reduces."""
+    """The fork rule (docs/protocol.md 20.4): the candidate that beats every other one pairwise (:func:`_beats`).
+    If there is none (a cycle, which needs branches that overrule each other in turn), the one with the most
+    pairwise wins, then the best rank."""
     branches = [_Branch(c) for c in candidates]
-    pool = [b for b in branches if not any(o is not b and _overrules(o, b) for o in branches)] or branches
-    ever_reduced = frozenset().union(*(b.raw.reduced for b in branches))
-    established = {a for a, role in state.members.items() if role >= Role.ADMIN} - ever_reduced
-
-    def rank(b: _Branch) -> tuple[int, int, int, bytes]:
-        by_established = [i for i, n in enumerate(b.nodes) if n.record.author in established]
-        endorsed_reductions = {b.targets[i] for i in by_established if b.targets[i] is not None}
-        return (-len(endorsed_reductions), -len(by_established), -len(b.raw.reduced), b.nodes[0].record.id)
-
-    return min(pool, key=rank).nodes[0]
+    admins = frozenset(a for a, role in state.members.items() if role >= Role.ADMIN)
+    wins = {id(b): sum(_beats(b, o, admins) for o in branches if o is not b) for b in branches}
+    for b in branches:
+        if wins[id(b)] == len(branches) - 1:
+            return b.nodes[0]
+    everyone = admins - frozenset().union(*(b.raw.reduced for b in branches))
+    return min(branches, key=lambda b: (-wins[id(b)], _rank(b, everyone))).nodes[0]
 
 
 def fold(space_id: bytes, records: Iterable[AclRecord]) -> AclView:
