@@ -1,9 +1,41 @@
 """The ACL fold: from a set of verified ACL records to the canonical chain and the state at every step.
 
-``fold`` is a pure, deterministic function of the SET of records: order and duplicates do not matter. It starts
-at the genesis with the lowest ID and, at each step, among the records whose ``prev`` is the current head, takes
-the one with the lowest ID that the current state allows. Every other record (a fork loser, a record the rules
-forbid, and everything built on either) is dropped with a reason; its author re-applies it on the new head.
+``fold`` is a pure, deterministic function of the SET of records: order and duplicates do not matter. The records
+form a tree (each names one ``prev``). Top down, every record is checked (``check_step``) against the state after
+its ``prev``; the state at a record is a function of its one path, so every valid record has one. Bottom up, at
+every record with several valid children the fork rule picks one (each child's *branch* — the child and the path
+the rule already picked below it — is resolved once, so the work is linear plus the branches compared at forks).
+Every other record (a fork loser, a record the rules forbid, and everything built on either) is dropped with a
+reason; its author re-applies it on the new head.
+
+The fork rule (docs/protocol.md 20.4). For a branch b: reduced(b), the accounts it removes or demotes; burned(b),
+the invites it revokes plus every invite issued or used by an account in reduced(b) (they know its secret).
+Powers (accounts, invites) *discredit* a record authored by one of the accounts or joining with one of the invites,
+and, transitively, whatever that record empowers. ``c`` *overrules* ``d`` when the powers of ``c`` that survive
+``d``'s counter-attack discredit a record of ``d`` (``d`` counter-attacks only with records ``c`` leaves
+standing). One candidate beats another if it overrules it and is not overruled back; otherwise by rank: most
+accounts reduced by *established admins* (the fork point's owner and admins that neither branch reduces), most
+records by them, most accounts reduced, lowest ID. The candidate that beats every other wins.
+
+Why a removal an honest replica has seen is never undone by records added later. Adversaries: accounts the honest
+chain reduces (removed, or demoted), from their reduction on, with the secrets of the invites they issued or used,
+and holders of used reader/writer tickets. Claim: for any set of records holding an honest prefix and adversary
+records revealed by it, the canonical chain contains the honest prefix up to its last reduction R*. Induction on
+the deepest divergence point, from R* upwards. At an honest record H above R*, the honest child c has, by the
+induction hypothesis, the honest path to R* in its branch, so reduced(c) holds every adversary that could sign
+at H (an admin at H is reduced later, and only by the owner, since only the owner acts on admins) and burned(c)
+every invite an adversary knows except used tickets. Any other child d was signed by adversaries only. Every
+record of d by a reduced account, or joining with a burned invite, or empowered by one, is discredited by c's full
+powers; what remains of d are joins with used reader/writer tickets, which have no powers. So ``d`` has nothing
+standing against ``c``, ``c`` keeps its full powers, and ``c`` overrules ``d`` unless ``d`` is made of such joins
+only. When ``d`` also overrules ``c`` (its raw powers hit a record of ``c``), or neither overrules, the rank
+decides: ``d`` holds no record of an established admin (adversary admins are reduced in ``c``), while ``c`` holds
+R*; and whenever ``d`` reduces anyone at all, that power comes from an adversary that was an admin (or joined
+with an admin invite), whose first reduction in ``c`` is the owner's: ``c`` then has a reduction by an
+established admin. So ``c`` beats every ``d`` and is picked at H; R* and
+every reduction before it stay. Residual cases (docs/protocol.md 20.4): honest admins racing with different
+removals, a leaked ticket of an admin invite, records of an admin whose demotion this replica has not seen yet.
+``tests/unit/test_acl_fork_property.py`` checks the claim on random adversarial histories.
 
 The permission rules (``check_step``) live here too, so the fold and the record builders share one definition.
 """
