@@ -185,6 +185,7 @@ def adversary_moves(data: st.DataObject, world: World, rng: random.Random) -> No
         return
     accounts = {c.public: c for c in CANDIDATES}
     fake_iter = iter(FAKES)
+    fake_reveal: dict[bytes, int] = {}  # fake account -> honest prefix that reveals the secret it joined with
     for _move in range(data.draw(st.integers(1, 16), label="adversary moves")):
         all_records = [*world.honest, *world.adversary]
         view = fold(world.space_id, all_records)
@@ -201,6 +202,10 @@ def adversary_moves(data: st.DataObject, world: World, rng: random.Random) -> No
                 moves.append(("admin", x))
             if role is None:
                 moves.append(("rejoin", x))
+        for fake in fake_reveal:  # a fresh account that joined with an admin invite acts as an admin
+            role = state.role_of(fake)
+            if role is not None and role >= Role.ADMIN:
+                moves.append(("admin", fake))
         holders: dict[bytes, int] = {}
         for x, pos in world.reduced_at.items():
             for iid in secrets_of(world, x, view):
@@ -230,13 +235,15 @@ def adversary_moves(data: st.DataObject, world: World, rng: random.Random) -> No
                     continue
                 world.fakes_of[joiner.public] = iid
                 reveal = holders[iid]
+                fake_reveal[joiner.public] = reveal
+                accounts[joiner.public] = joiner
             ik = world.invite_keys[iid]
             kind: Kind = Join(iid, ik.public, crypto.seal(joiner.public, rng.randbytes(32)))
             rec = _forge(world, joiner, at.id, kind, siblings, co=ik)
         else:
             x = subject
             author = accounts[x]
-            reveal = world.reduced_at[x]
+            reveal = world.reduced_at[x] if x in world.reduced_at else fake_reveal[x]
             lower = sorted(m for m, r in state.members.items() if r <= Role.WRITER and m != x)
             outstanding = sorted(i for i, inv in state.invites.items() if inv.outstanding and inv.role < Role.ADMIN)
             acts = ["invite"] + (["remove", "demote", "promote"] if lower else []) + (["revoke"] if outstanding else [])

@@ -3,7 +3,10 @@ changes that cite a branch that lost a fork, and a provider's refusal of forks b
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,7 @@ from anysyncfs.errors import DecodeError, PermissionDenied, Rejected
 from anysyncfs.replica import Replica
 from anysyncfs.replica.files import put_file
 from anysyncfs.replica.ledger import ACL_HISTORY_CHANGED, ForkRefused
+from tests.conftest import CLI
 from tests.unit.test_acl import Space, key
 from tests.unit.test_ledger import Node, join, new_home, node, owner  # noqa: F401 - fixtures
 
@@ -234,6 +238,13 @@ def test_a_change_whose_author_the_new_chain_reduces_flips_loudly(tmp_path: Path
     assert owner.rejected_ids() == {change.id}
     assert "ACL history changed: 1 accepted change(s)" in caplog.text
     assert owner.store.count_rejected_with_reason(owner.space_id, ACL_HISTORY_CHANGED) == 1
+    # `anysyncfs status` (the CLI, as a user runs it) says so.
+    env = dict(os.environ, ANYSYNCFS_HOME=str(owner.unlocked.home.root))
+    out = subprocess.run([*CLI, "status", "--json"], env=env, capture_output=True, check=True, timeout=120)
+    [row] = json.loads(out.stdout)
+    assert row["rejected_after_acl_change"] == 1
+    text = subprocess.run([*CLI, "status"], env=env, capture_output=True, check=True, timeout=120).stdout
+    assert b"WARNING: ACL history changed: 1 change(s) accepted earlier are now rejected" in text
 
 
 def test_a_provider_refuses_forks_by_non_admins(tmp_path: Path, owner: Replica, node: Node) -> None:
