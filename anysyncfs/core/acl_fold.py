@@ -250,7 +250,8 @@ class AclView:
     on its own path: a fork loser and what was built on it), so a change citing such a record can still be judged
     (:meth:`citable_state`)."""
 
-    __slots__ = ("space_id", "_records", "_chain", "_states", "_positions", "_reductions", "_tree", "dropped")
+    __slots__ = ("space_id", "_records", "_chain", "_states", "_positions", "_reductions", "_last_lowered", "_tree",
+                 "dropped")
 
     def __init__(
         self,
@@ -265,12 +266,17 @@ class AclView:
         self._states = tuple(states)
         self._chain = tuple(r.id for r in records)
         self._positions = {rid: i for i, rid in enumerate(self._chain)}
-        # member -> [(chain position, last_changes)] of its reductions below WRITER (Remove, RoleChange to READER):
-        # validation asks this for every change.
+        # member -> [(chain position, "removed" | "demoted", last_changes)] of its reductions below WRITER (Remove,
+        # RoleChange to READER): validation asks this for every change.
         self._reductions: dict[bytes, list[tuple[int, str, frozenset[bytes]]]] = {}
+        # member -> chain position of the last record that removed it or lowered its role (to any lower role)
+        self._last_lowered: dict[bytes, int] = {}
         for pos, r in enumerate(self._records):
             if pos == 0:
                 continue
+            lowered = _reduction_target(r.kind, self._states[pos - 1])
+            if lowered is not None:
+                self._last_lowered[lowered] = pos
             member = reduces_below_writer(r.kind, self._states[pos - 1])
             if member is not None:
                 assert isinstance(r.kind, (Remove, RoleChange))
@@ -323,18 +329,6 @@ class AclView:
             record_id = node[0].prev
         return record_id
 
-    def reduced_after(self, record_id: bytes) -> frozenset[bytes]:
-        """Accounts removed or demoted by canonical records after ``record_id`` (which must be canonical)."""
-        pos = self._positions.get(record_id)
-        if pos is None:
-            raise NotFound("ACL record is not on the canonical chain")
-        out: set[bytes] = set()
-        for i in range(pos + 1, len(self._records)):
-            target = _reduction_target(self._records[i].kind, self._states[i - 1])
-            if target is not None:
-                out.add(target)
-        return frozenset(out)
-
     def citable_state(self, record_id: bytes, author: bytes) -> tuple[AclState, bytes] | None:
         """The state a change by ``author`` citing ``record_id`` is judged at, and the canonical record its
         anti-backdating rule starts from; None if such a change cannot be judged (unknown or dropped head).
@@ -358,8 +352,8 @@ class AclView:
         state = node[1]
         if at_fork.role_of(author) is None or state.epoch != at_fork.epoch:
             return None
-        if author in self.reduced_after(fork):
-            return None
+        if self._last_lowered.get(author, -1) > self._positions[fork]:
+            return None  # the canonical chain removed or demoted the author after the fork point
         return state, fork
 
     def reductions_after(self, record_id: bytes, member: bytes) -> list[tuple[str, frozenset[bytes]]]:
