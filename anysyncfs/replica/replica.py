@@ -140,9 +140,9 @@ class Replica:
         """Whether accepted changes must be re-validated and the tree refolded after the ACL moved from ``old``.
 
         Records appended to the chain leave every accepted change valid (each was judged at the head it cites),
-        except a removal or a demotion below writer (their last-changes rule can invalidate backdated changes); a fork switch can drop the
-        records changes cite; new epoch keys can reveal changes that could not be read before. Anything else —
-        an invite, a join, a role change — needs no refold (measured: a refold costs ~0.26 ms per change)."""
+        except a removal or a demotion below writer (their last-changes rule can invalidate backdated changes); a
+        fork switch can drop the records changes cite; new epoch keys can reveal changes that could not be read
+        before. Anything else — an invite, a join, a role change — needs no refold (measured: a refold costs ~0.26 ms per change)."""
         new = self.acl
         if new.head == old.head:
             return False
