@@ -334,11 +334,11 @@ class AclView:
         anti-backdating rule starts from; None if such a change cannot be judged (unknown or dropped head).
 
         A canonical head: its own state. A valid head off the chain (its branch lost a fork after an honest
-        change cited it): its own state, provided the author was already a member at the fork point, nothing on
-        the canonical chain after the fork point removed or demoted the author, and no removal on the lost branch
-        changed the key epoch. So a change once accepted is not rejected by a reorganization that did nothing to
-        its author, while a branch's own members (joined there) and anyone the canonical chain reduced get
-        nothing from a lost branch."""
+        change cited it): its own state, provided the author was already a member at the fork point, the lost
+        branch did not raise its role, nothing on the canonical chain after the fork point removed or demoted the
+        author, and no removal on the lost branch changed the key epoch. So a change once accepted is not
+        rejected by a reorganization that did nothing to its author, while a branch's own members (joined or
+        promoted there) and anyone the canonical chain reduced get nothing from a lost branch."""
         pos = self._positions.get(record_id)
         if pos is not None:
             return self._states[pos], record_id
@@ -350,11 +350,15 @@ class AclView:
         at_fork = self.state_at(fork)
         assert at_fork is not None
         state = node[1]
-        if at_fork.role_of(author) is None or state.epoch != at_fork.epoch:
+        role_at_fork = at_fork.role_of(author)
+        if role_at_fork is None or state.epoch != at_fork.epoch:
             return None
+        if (state.role_of(author) or 0) > role_at_fork:
+            return None  # a role the lost branch granted was never granted
         if self._last_lowered.get(author, -1) > self._positions[fork]:
             return None  # the canonical chain removed or demoted the author after the fork point
         return state, fork
+
 
     def reductions_after(self, record_id: bytes, member: bytes) -> list[tuple[str, frozenset[bytes]]]:
         """("removed" | "demoted", ``last_changes``) of every reduction of ``member`` below WRITER (a Remove, or a

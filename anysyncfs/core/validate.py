@@ -6,9 +6,9 @@ A change that decoded, matched its ID and carries a valid signature (:mod:`.chan
 2. all its parents are in the DAG (otherwise :class:`NotFound`: the caller fetches them and retries);
 3. its lamport is exactly one more than its parents' maximum (1 without parents), as :mod:`.dag` requires;
 4. its ACL head is on the canonical ACL chain, or is a valid record of a branch that lost a fork and the author
-   neither joined on that branch nor was reduced on the canonical chain after the fork point, and no removal on
-   that branch changed the epoch (:meth:`AclView.citable_state`: an honest change accepted before a
-   reorganization of the ACL stays accepted);
+   neither joined nor was promoted on that branch nor was reduced on the canonical chain after the fork point,
+   and no removal on that branch changed the epoch (:meth:`AclView.citable_state`: an honest change accepted
+   before a reorganization of the ACL stays accepted);
 5. its author is a member at that head, with role WRITER or above;
 6. its key epoch is the epoch at that head;
 7. reduction rule: for every reduction of the author below WRITER (a Remove, or a RoleChange to READER) that

@@ -271,3 +271,24 @@ def test_a_provider_refuses_forks_by_non_admins(tmp_path: Path, owner: Replica, 
     # A device (not a provider) stores a fork whatever its author: its fold decides (one join of the two).
     assert owner.add_acl_records([join_raw, stolen]) == 2
     assert [owner.acl.position(parse_record(r).id) is None for r in (join_raw, stolen)].count(True) == 1
+
+
+def test_a_lost_branch_grants_nothing() -> None:
+    """A removed admin's losing fork promotes a reader and lets a fresh account join: neither may write citing
+    it, while a writer that was a writer at the fork point may."""
+    sp = Space(seed=b"grants")
+    admin, reader, writer = key(2), key(3), key(4)
+    sp.member(admin, Role.ADMIN)
+    sp.member(reader, Role.READER)
+    sp.member(writer, Role.WRITER)
+    fork_at = sp.records[-1].id
+    removal = sp.remove(admin.public)
+    promote = ground(sp, admin, RoleChange(reader.public, int(Role.WRITER), []), fork_at, removal.id)
+    v = fold(sp.id, [*sp.records, promote])
+    assert v.head == removal.id and v.dropped[promote.id].startswith("lost a fork")
+    assert v.tree_state(promote.id) is not None and v.fork_point(promote.id) == fork_at
+    assert v.citable_state(promote.id, reader.public) is None  # promoted only on the lost branch
+    assert v.citable_state(promote.id, admin.public) is None  # removed on the canonical chain
+    assert v.citable_state(promote.id, key(9).public) is None  # never a member
+    cited = v.citable_state(promote.id, writer.public)
+    assert cited is not None and cited[1] == fork_at
