@@ -12,8 +12,9 @@ record ID sorts first among its siblings.
 An honest replica holds a prefix of the honest chain and some of the adversary records it could already know to
 be hostile. If its fold shows X removed at epoch e (or an account demoted), then for every larger set of records
 (more honest history, more adversary records): the reduction stays on the canonical chain, X is no member after
-it, and X's keys (account, invite secrets, the fresh accounts it joined with them) open no epoch >= e. Two
-replicas with the same set in any order fold to the same view.
+it, X's keys (account, invite secrets, the fresh accounts it joined with them) open no epoch >= e, and no record
+of a branch that lost a fork lets X (or those accounts) write. Two replicas with the same set in any order fold
+to the same view.
 
 CI runs a bounded number of examples (ANYSYNCFS_ACL_EXAMPLES, default 200); ``scripts/acl_soak`` runs many more.
 """
@@ -333,8 +334,12 @@ def check_world(world: World, rng: random.Random) -> None:
                 invite_keys = [world.invite_keys[i] for i in secrets if i in world.invite_keys]
                 opened = epoch_keys(view, x_key, invite_keys)
                 assert all(e < epoch for e in opened), f"removed member opens epochs {sorted(opened)} >= {epoch}"
+                # Nor can X write by citing a record of a branch that lost a fork (citable_state, 20.6).
+                off_chain = [r.id for r in bigger if view.tree_state(r.id) is not None and view.position(r.id) is None]
+                assert all(view.citable_state(rid, x) is None for rid in off_chain), "X writes through a lost branch"
                 for fake, iid in world.fakes_of.items():
                     if iid in secrets:
+                        assert all(view.citable_state(rid, fake) is None for rid in off_chain)
                         fake_key = next(f for f in FAKES if f.public == fake)
                         assert all(e < epoch for e in epoch_keys(view, fake_key)), "a fake of X opens a new epoch"
                         for rid in view.chain[after:]:
