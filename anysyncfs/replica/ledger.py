@@ -165,8 +165,8 @@ def store_acl_records(store: Store, space_id: bytes, records: Sequence[acl_mod.A
 
 def refuse_forks(space_id: bytes, held: Sequence[acl_mod.AclRecord], offered: Sequence[acl_mod.AclRecord]) -> None:
     """A provider takes a record whose previous record already has a valid child only from an admin or the owner
-    at that previous record (:class:`Rejected` otherwise, nothing stored): the fork rule settles forks between
-    admins, and nobody else has a reason to make one. Honest members whose record lost a race re-apply it on the
+    at that previous record who still is one (:class:`Rejected` otherwise, nothing stored): the fork rule settles
+    forks between admins, and nobody else has a reason to make one. Honest members whose record lost a race re-apply it on the
     new head (net/share.py)."""
     known = {r.id for r in held}
     new = [r for r in offered if r.id not in known and r.space_id == space_id]
@@ -184,9 +184,10 @@ def refuse_forks(space_id: bytes, held: Sequence[acl_mod.AclRecord], offered: Se
         if siblings - {r.id}:
             before = view.tree_state(r.prev)
             role = None if before is None else before.role_of(r.author)
-            if role is None or role < acl_mod.Role.ADMIN:
+            now = view.current.role_of(r.author)  # a removed or demoted admin forks no more (each fork costs folds)
+            if role is None or role < acl_mod.Role.ADMIN or now is None or now < acl_mod.Role.ADMIN:
                 raise ForkRefused(f"ACL record {r.id.hex()[:16]} forks the ACL at {r.prev.hex()[:16]}, which has a "
-                               "record already; only an admin or the owner may add another: rebuild it on the head")
+                               "record already; only a current admin or the owner may add another: rebuild it on the head")
         siblings.add(r.id)
 
 

@@ -292,3 +292,16 @@ def test_a_lost_branch_grants_nothing() -> None:
     assert v.citable_state(promote.id, key(9).public) is None  # never a member
     cited = v.citable_state(promote.id, writer.public)
     assert cited is not None and cited[1] == fork_at
+
+
+def test_a_provider_refuses_forks_by_a_demoted_admin(tmp_path: Path, owner: Replica, node: Node) -> None:
+    admin = join(owner, new_home(tmp_path, "ada"), acl.Role.ADMIN)
+    admin.add_acl_records([raw for _rid, raw in owner.acl_raws()])
+    ledger = node.adopt(owner)
+    fork_at = owner.acl.head
+    backdated, _ = acl.make_invite(admin.identity.account, admin.acl, acl.Role.READER, 0, None, 0)
+    demotion = acl.make_role_change(owner.identity.account, owner.acl, admin.identity.account_id, Role.WRITER, 0)
+    assert ledger.add_acl_records([demotion]) == 1
+    assert parse_record(backdated).prev == fork_at
+    with pytest.raises(ForkRefused, match="forks the ACL"):  # an admin at the fork point, but no more
+        ledger.add_acl_records([backdated])
