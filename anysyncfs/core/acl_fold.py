@@ -388,16 +388,52 @@ def _reduction_target(kind: Kind, before: AclState) -> bytes | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Summary:
+    """What the fork rule asks of a whole branch, built bottom up from a record and its picked child's summary
+    (so every record is summarized once: the fold stays near linear however many forks there are)."""
+
+    final: AclState  # the state at the end of the branch
+    reduced: frozenset[bytes]  # accounts removed or lowered by its records
+    revokes: frozenset[bytes]  # invites revoked explicitly (RevokeInvite)
+    authors: frozenset[bytes]
+    join_invites: frozenset[bytes]  # invites its joins use
+    records_by: Mapping[bytes, int]  # author -> how many of its records
+    reductions_by: Mapping[bytes, frozenset[bytes]]  # author -> the accounts its records reduce
+
+
+def _with(items: frozenset[bytes], item: bytes | None) -> frozenset[bytes]:
+    return items if item is None or item in items else items | {item}
+
+
 @dataclass(slots=True)
 class _Node:
     """A valid record of the tree: the state before and after it, and (after the bottom-up pass) the child the
-    fork rule picks below it."""
+    fork rule picks below it and the summary of the branch that starts here."""
 
     record: AclRecord
     before: AclState
     after: AclState
     children: list[_Node]
     winner: _Node | None = None
+    summary: _Summary | None = None
+
+    def summarize(self) -> None:
+        below = self.winner.summary if self.winner is not None else None
+        r, kind = self.record, self.record.kind
+        target = _reduction_target(kind, self.before)
+        revoke = kind.invite_id if isinstance(kind, RevokeInvite) else None
+        joined = kind.invite_id if isinstance(kind, Join) else None
+        if below is None:
+            empty: frozenset[bytes] = frozenset()
+            below = _Summary(self.after, empty, empty, empty, empty, MappingProxyType({}), MappingProxyType({}))
+        records_by = {**below.records_by, r.author: below.records_by.get(r.author, 0) + 1}
+        reductions_by: Mapping[bytes, frozenset[bytes]] = below.reductions_by
+        if target is not None:
+            reductions_by = {**reductions_by, r.author: _with(reductions_by.get(r.author, frozenset()), target)}
+        self.summary = _Summary(below.final, _with(below.reduced, target), _with(below.revokes, revoke),
+                                _with(below.authors, r.author), _with(below.join_invites, joined),
+                                records_by, reductions_by)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,38 +444,60 @@ class _Powers:
     burned: frozenset[bytes]
 
 
+def _burned(final: AclState, reduced: frozenset[bytes], revoked: frozenset[bytes]) -> frozenset[bytes]:
+    """Invites revoked, plus those whose inviter or user is reduced: they know its secret."""
+    if not reduced:
+        return revoked
+    return revoked | {iid for iid, inv in final.invites.items() if inv.inviter in reduced or inv.used_by in reduced}
+
+
 class _Branch:
     """The canonical path the fold takes from one candidate child down, with what the fork rule asks of it."""
 
-    __slots__ = ("nodes", "final", "targets", "revokes", "raw")
+    __slots__ = ("first", "summary", "raw", "_nodes")
 
     def __init__(self, first: _Node) -> None:
-        nodes: list[_Node] = []
-        node: _Node | None = first
-        while node is not None:
-            nodes.append(node)
-            node = node.winner
-        self.nodes = nodes
-        self.final = nodes[-1].after
-        # per record: the account it reduces, the invite it revokes explicitly
-        self.targets = [_reduction_target(n.record.kind, n.before) for n in nodes]
-        self.revokes = [n.record.kind.invite_id if isinstance(n.record.kind, RevokeInvite) else None for n in nodes]
-        self.raw = self.powers(frozenset())
+        assert first.summary is not None
+        self.first = first
+        self.summary = first.summary
+        self.raw = _Powers(self.summary.reduced, _burned(self.summary.final, self.summary.reduced,
+                                                         self.summary.revokes))
+        self._nodes: list[_Node] | None = None
+
+    @property
+    def nodes(self) -> list[_Node]:
+        """The records of the branch, walked only when a scan cannot be avoided."""
+        if self._nodes is None:
+            nodes: list[_Node] = []
+            node: _Node | None = self.first
+            while node is not None:
+                nodes.append(node)
+                node = node.winner
+            self._nodes = nodes
+        return self._nodes
 
     def powers(self, discredited: frozenset[int]) -> _Powers:
-        """Accounts reduced and invites burned by the records not in ``discredited`` (indexes). An invite is
-        burned when revoked, or when its inviter or its user is reduced: they know its secret."""
-        reduced = {t for i, t in enumerate(self.targets) if t is not None and i not in discredited}
-        burned = {v for i, v in enumerate(self.revokes) if v is not None and i not in discredited}
-        if reduced:
-            burned |= {iid for iid, inv in self.final.invites.items()
-                       if inv.inviter in reduced or inv.used_by in reduced}
-        return _Powers(frozenset(reduced), frozenset(burned))
+        """Accounts reduced and invites burned by the records not in ``discredited`` (indexes)."""
+        if not discredited:
+            return self.raw
+        reduced: set[bytes] = set()
+        revoked: set[bytes] = set()
+        for i, n in enumerate(self.nodes):
+            if i in discredited:
+                continue
+            target = _reduction_target(n.record.kind, n.before)
+            if target is not None:
+                reduced.add(target)
+            if isinstance(n.record.kind, RevokeInvite):
+                revoked.add(n.record.kind.invite_id)
+        return _Powers(frozenset(reduced), _burned(self.summary.final, frozenset(reduced), frozenset(revoked)))
 
     def discredited_by(self, powers: _Powers) -> frozenset[int]:
         """Indexes of the records whose authority ``powers`` takes away: authored by a reduced account, a join
         with a burned invite, and (transitively) whatever such a record empowered — the account it joined or
         promoted, the invite it created."""
+        if not (powers.reduced & self.summary.authors or powers.burned & self.summary.join_invites):
+            return frozenset()  # nothing to start from: no scan
         accounts = set(powers.reduced)
         invites = set(powers.burned)
         out: set[int] = set()
@@ -468,9 +526,10 @@ def _overrules(c: _Branch, d: _Branch) -> bool:
 def _rank(b: _Branch, established: frozenset[bytes]) -> tuple[int, int, int, bytes]:
     """Smaller is better: most accounts reduced by established admins, most records by them, most accounts
     reduced, lowest candidate ID."""
-    by_established = [i for i, n in enumerate(b.nodes) if n.record.author in established]
-    endorsed_reductions = {b.targets[i] for i in by_established if b.targets[i] is not None}
-    return (-len(endorsed_reductions), -len(by_established), -len(b.raw.reduced), b.nodes[0].record.id)
+    summary = b.summary
+    by_established = sum(summary.records_by.get(a, 0) for a in established)
+    endorsed_reductions = frozenset().union(*(summary.reductions_by.get(a, frozenset()) for a in established))
+    return (-len(endorsed_reductions), -by_established, -len(b.raw.reduced), b.first.record.id)
 
 
 def _beats(a: _Branch, b: _Branch, admins: frozenset[bytes]) -> bool:
@@ -493,9 +552,9 @@ def _choose(state: AclState, candidates: list[_Node]) -> _Node:
     wins = {id(b): sum(_beats(b, o, admins) for o in branches if o is not b) for b in branches}
     for b in branches:
         if wins[id(b)] == len(branches) - 1:
-            return b.nodes[0]
+            return b.first
     everyone = admins - frozenset().union(*(b.raw.reduced for b in branches))
-    return min(branches, key=lambda b: (-wins[id(b)], _rank(b, everyone))).nodes[0]
+    return min(branches, key=lambda b: (-wins[id(b)], _rank(b, everyone))).first
 
 
 def fold(space_id: bytes, records: Iterable[AclRecord]) -> AclView:
@@ -548,6 +607,7 @@ def fold(space_id: bytes, records: Iterable[AclRecord]) -> AclView:
             for loser in node.children:
                 if loser is not node.winner:  # its author re-applies it on the new head
                     dropped[loser.record.id] = f"lost a fork to {node.winner.record.id.hex()[:16]}"
+        node.summarize()
 
     chain: list[AclRecord] = []
     states: list[AclState] = []
