@@ -120,8 +120,6 @@ async def test_demoted_writer_cannot_backdate_a_change(tmp_path: Path, make_home
 
         raw, _push, errors = await share_change(owner, role_builder(writer_id, acl.Role.READER), presync=True)
         assert errors == []
-        demotion = acl.parse_record(raw).kind
-        assert isinstance(demotion, acl.RoleChange) and demotion.last_changes == [early.id]
         assert owner.role_of(writer_id) == acl.Role.READER
         await engine(writer).sync_once()
         assert writer.role == acl.Role.READER
@@ -135,6 +133,8 @@ async def test_demoted_writer_cannot_backdate_a_change(tmp_path: Path, make_home
         [result] = owner.ingest_batch([late])
         assert result.status == "rejected" and result.reason == "change by demoted member"
         assert early.id in owner.change_ids()  # what it wrote as a writer stays valid
+        demotion = acl.parse_record(raw).kind  # because the demotion names it
+        assert isinstance(demotion, acl.RoleChange) and demotion.last_changes == [early.id]
 
 
 async def test_join_racing_an_admin_record_is_refused_then_reapplied(tmp_path: Path, make_home,
