@@ -217,7 +217,10 @@ def cmd_role(ctx: Context) -> int:
     replica = open_replica(unlocked, ctx.args.space)
     if replica.role_of(member) == role:
         raise UsageError(f"{ctx.args.member} is a {role.name.lower()} already")
-    push = _apply(replica, role_builder(member, role))[1]
+    # A reduction below writer names the member's last changes, like a removal: sync first (unless mounted).
+    current = replica.role_of(member)
+    demotes = current is not None and role < acl_mod.Role.WRITER <= current
+    push = _apply(replica, role_builder(member, role), presync=demotes and not _is_mounted(ctx, replica.space_id))[1]
     _report_push(push)
     print(f"{ids.space_text(replica.space_id)}: {ids.account_text(member)} is now a {role.name.lower()}")
     return 0

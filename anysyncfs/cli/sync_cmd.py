@@ -299,6 +299,7 @@ def cmd_sync(ctx: Context) -> int:
 # ---------------------------------------------------------------------------------------------- status
 def cmd_status(ctx: Context) -> int:
     from ..fs.mount_sync import status_path
+    from ..replica.ledger import ACL_HISTORY_CHANGED
 
     store = ctx.home.store()
     rows = store.spaces()
@@ -333,6 +334,7 @@ def cmd_status(ctx: Context) -> int:
             # them with their reasons)
             "unreadable_changes": len(unreadable),
             "unreadable_change_ids": [ids.change_text(c) for c in unreadable[:UNREADABLE_IDS_SHOWN]],
+            "rejected_after_acl_change": store.count_rejected_with_reason(row.id, ACL_HISTORY_CHANGED),
         })
     if ctx.args.json:
         print(json.dumps(out, indent=1))
@@ -344,6 +346,9 @@ def cmd_status(ctx: Context) -> int:
             more = s["unreadable_changes"] - len(s["unreadable_change_ids"])
             print(f"  unreadable changes (skipped): {s['unreadable_changes']}: "
                   + ", ".join(s["unreadable_change_ids"]) + (f" and {more} more" if more else ""))
+        if s["rejected_after_acl_change"]:
+            print(f"  WARNING: ACL history changed: {s['rejected_after_acl_change']} change(s) accepted earlier are "
+                  "now rejected (see the mount log)")
         if not s["peers"]:
             print("  no peers (anysyncfs space add-peer SPACE ADDRESS)")
         for p in s["peers"]:

@@ -23,6 +23,7 @@ from .acl_fold import (
     check_step,
     epoch_keys,
     fold,
+    reduces_below_writer,
     unwrap_previous_key,
     wrap_previous_key,
 )
@@ -51,7 +52,7 @@ __all__ = [
     "EPOCH_CHAIN_CONTEXT", "MAX_LAST_CHANGES", "RECORD_MAX_BODY", "RECORD_VERSION", "ZERO_ID",
     "AclRecord", "AclState", "AclView", "Genesis", "Invite", "InviteState", "Join", "Kind", "RecordBody",
     "Remove", "RevokeInvite", "Role", "RoleChange", "SealedFor", "Rng",
-    "apply_step", "check_step", "encode_record", "epoch_keys", "fold", "parse_record",
+    "apply_step", "check_step", "encode_record", "epoch_keys", "fold", "parse_record", "reduces_below_writer",
     "unwrap_previous_key", "wrap_previous_key", "new_epoch_key",
     "make_genesis", "make_invite", "make_join", "make_role_change", "make_remove", "make_revoke_invite",
 ]  # fmt: skip
@@ -139,9 +140,22 @@ def make_join(
 
 
 def make_role_change(
-    author: crypto.SigningKey, view: AclView, member: bytes, role: Role, created_us: int
+    author: crypto.SigningKey,
+    view: AclView,
+    member: bytes,
+    role: Role,
+    created_us: int,
+    last_changes: Iterable[bytes] = (),
 ) -> bytes:
-    kind = RoleChange(member, int(role))
+    """Set ``member``'s role. A reduction below WRITER names ``last_changes``, the member's last accepted changes
+    (at most 1024; see :func:`make_remove`); they are ignored for any other change of role."""
+    changes: list[bytes] = []
+    current = view.current.role_of(member)
+    if role < Role.WRITER and current is not None and current >= Role.WRITER:
+        changes = sorted(set(last_changes))
+        if len(changes) > MAX_LAST_CHANGES:
+            raise PermissionDenied(f"a role reduction names at most {MAX_LAST_CHANGES} last changes")
+    kind = RoleChange(member, int(role), changes)
     return _finish(view, encode_record(author, _body(author, view, created_us, kind)))
 
 

@@ -16,7 +16,8 @@ Kinds (tag: fields)::
                    sealed_key (bin 0 or 80: the current epoch key sealed to invite_public; empty = no offline join)
     3 Join         invite_id (bin 32), invite_public (bin 32, must equal the invite's), sealed_self (bin 80: the
                    current epoch key sealed to the joiner's own account key)
-    4 RoleChange   member (bin 32), role (1..3)
+    4 RoleChange   member (bin 32), role (1..3), last_changes ([bin 32...], strictly ascending, at most 1024: the
+                   member's last accepted changes when the role drops below WRITER; empty otherwise)
     5 Remove       member (bin 32), new_epoch (uint >= 1), sealed_keys ([[recipient bin 32, sealed bin 80]...],
                    strictly ascending by recipient), prev_key (bin 48: previous epoch key, AES-256-GCM under
                    derive_key(EPOCH_CHAIN_CONTEXT, new key), nonce = new_epoch as 12-byte big-endian,
@@ -97,8 +98,12 @@ class Join(encoding.Strict, tag=3):
 
 
 class RoleChange(encoding.Strict, tag=4):
+    """Sets ``member``'s role. A reduction below WRITER names the member's last accepted changes, as a Remove
+    does, so it cannot go on writing by citing an older ACL head."""
+
     member: Id32
     role: GrantableRole
+    last_changes: Annotated[list[Id32], msgspec.Meta(max_length=MAX_LAST_CHANGES)]
 
 
 class SealedFor(encoding.Strict):
@@ -218,6 +223,9 @@ def _check_self_contained(body: RecordBody) -> SpaceHeader | None:
             raise DecodeError("ACL remove: sealed keys not strictly ascending by recipient")
         if not _strictly_ascending(kind.last_changes):
             raise DecodeError("ACL remove: last changes not strictly ascending")
+    elif isinstance(kind, RoleChange):
+        if not _strictly_ascending(kind.last_changes):
+            raise DecodeError("ACL role change: last changes not strictly ascending")
     return None
 
 

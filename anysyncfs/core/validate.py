@@ -5,12 +5,16 @@ A change that decoded, matched its ID and carries a valid signature (:mod:`.chan
 1. it belongs to this space;
 2. all its parents are in the DAG (otherwise :class:`NotFound`: the caller fetches them and retries);
 3. its lamport is exactly one more than its parents' maximum (1 without parents), as :mod:`.dag` requires;
-4. its ACL head is on the canonical ACL chain;
+4. its ACL head is on the canonical ACL chain, or is a valid record of a branch that lost a fork and the author
+   neither joined nor was promoted on that branch nor was reduced on the canonical chain after the fork point,
+   and no removal on that branch changed the epoch (:meth:`AclView.citable_state`: an honest change accepted
+   before a reorganization of the ACL stays accepted);
 5. its author is a member at that head, with role WRITER or above;
 6. its key epoch is the epoch at that head;
-7. removal rule: for every removal of the author that comes after the cited head on the chain, the change is one
-   of that removal's ``last_changes`` or a strict ancestor of one. This stops a removed member from backdating
-   new changes by citing an ACL head from before its removal.
+7. reduction rule: for every reduction of the author below WRITER (a Remove, or a RoleChange to READER) that
+   comes after the cited head (or fork point) on the chain, the change is one of that reduction's
+   ``last_changes`` or a strict ancestor of one. This stops a removed or demoted member from backdating new
+   changes by citing an ACL head from before its reduction.
 
 Rule 7 needs the removal's last changes. A receiver usually gets a removed member's earlier changes before the
 last ones (parents first), so the ancestry walk also goes through changes that are received but not yet accepted,
@@ -64,9 +68,10 @@ def check_change(
         raise Rejected("lamport not greater than its parents'")
     if header.lamport != top + 1:
         raise Rejected("lamport is not one more than its parents' maximum")
-    state = acl.state_at(header.acl_head)
-    if state is None:
+    citable = acl.citable_state(header.acl_head, header.author)
+    if citable is None:
         raise Rejected("unknown ACL head")
+    state, anchor = citable
     role = state.role_of(header.author)
     if role is None:
         raise Rejected("not a member")
@@ -75,20 +80,23 @@ def check_change(
     if header.epoch != state.epoch:
         raise Rejected("unknown key epoch")
     lookup = pending_parents or getattr(dag, "pending_parents", None) or _no_pending
-    for allowed in acl.removals_after(header.acl_head, header.author):
+    for what, allowed in acl.reductions_after(anchor, header.author):
         verdict = _within(change.id, allowed, dag, lookup)
         if verdict is None:
-            raise NotFound("the last changes named by the author's removal are not known yet")
+            reduction = "removal" if what == "removed" else "demotion"
+            raise NotFound(f"the last changes named by the author's {reduction} are not known yet")
         if not verdict:
-            raise Rejected("change by removed member")
+            raise Rejected(f"change by {what} member")
 
 
 def removal_targets(change: Change, acl: AclView) -> frozenset[bytes]:
-    """The change IDs rule 7 needs to judge ``change`` (empty unless its author was removed after its ACL head)."""
-    if acl.position(change.header.acl_head) is None:
+    """The change IDs rule 7 needs to judge ``change`` (empty unless its author was removed or demoted below
+    writer after its ACL head)."""
+    citable = acl.citable_state(change.header.acl_head, change.header.author)
+    if citable is None:
         return frozenset()
     out: frozenset[bytes] = frozenset()
-    for allowed in acl.removals_after(change.header.acl_head, change.header.author):
+    for _what, allowed in acl.reductions_after(citable[1], change.header.author):
         out |= allowed
     return out
 

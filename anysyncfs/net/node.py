@@ -32,7 +32,7 @@ from ..core.reconcile import IdSet, Reconciler
 from ..errors import DecodeError, IntegrityError, KeyringCorrupt, NotFound, ProtocolError
 from ..protocol import messages as m
 from ..replica import blob_gc, heads_board
-from ..replica.ledger import Ledger, QuotaExceeded, load_quota_book
+from ..replica.ledger import ForkRefused, Ledger, QuotaExceeded, load_quota_book
 from ..replica.quota import QuotaBook, QuotaPolicy
 from ..store.blobfiles import BlobFiles
 from ..store.db import Store
@@ -305,6 +305,8 @@ class Node:
                 added = await self.run(ledger.add_acl_records, body.records)
             except QuotaExceeded as e:
                 raise ServiceError(m.ErrorCode.QUOTA, str(e)) from None
+            except ForkRefused as e:  # a fork by a non-admin (replica/ledger.py refuse_forks)
+                raise ServiceError(m.ErrorCode.FORBIDDEN, str(e)) from None
             if added:
                 self._bump(body.space)
                 await self._announce(body.space, ledger, conn)  # members pick up role and key changes at once

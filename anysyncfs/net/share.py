@@ -88,7 +88,10 @@ async def _exchange_with(conn: Connection, replica: Replica, run: Runner) -> tup
     theirs = [bytes(r) for r in info.acl]
     received = await run(replica.add_acl_records, theirs) if theirs else 0
     have = set(theirs)
-    missing = [raw for _rid, raw in await run(replica.acl_raws) if raw not in have]
+    # Only our canonical records: one that lost a fork here is of no use to the peer (a node refuses a
+    # non-admin's), and its author re-applies it on the new head.
+    missing = [raw for rid, raw in await run(replica.acl_raws)
+               if raw not in have and replica.acl.position(rid) is not None]
     for i in range(0, len(missing), m.MAX_BATCH):
         reply = await conn.request(m.PutAcl(replica.space_id, missing[i : i + m.MAX_BATCH]))
         if not isinstance(reply, m.Accepted):
@@ -220,10 +223,16 @@ def revoke_builder(invite_id: bytes) -> Build:
 
 
 def role_builder(member: bytes, role: acl_mod.Role) -> Build:
+    """A role change; a reduction below writer names the member's last accepted changes, as a removal does, so
+    nothing it signs later counts (whatever ACL head it cites)."""
+
     def build(replica: Replica) -> bytes:
         require_admin(replica, "change roles")
         _require_member(replica, member)
-        return acl_mod.make_role_change(replica.identity.account, replica.acl, member, role, now_us())
+        current = replica.role_of(member)
+        reduces = current is not None and role < acl_mod.Role.WRITER <= current
+        last = last_changes_of(replica, member) if reduces else []
+        return acl_mod.make_role_change(replica.identity.account, replica.acl, member, role, now_us(), last)
 
     return build
 
@@ -418,10 +427,20 @@ async def _join_through(conn: Connection, addr: PeerAddress, unlocked: Unlocked,
         if key is None:
             raise PermissionDenied("the invite carries no key for the space's current epoch: ask for a new invite")
         join = acl_mod.make_join(identity.account, ticket.invite_key, view, invite_id, key, now_us())
-        reply = await conn.request(m.PutAcl(ticket.space_id, [join]))
-        if not isinstance(reply, m.Accepted):
-            raise ProtocolError(f"expected Accepted, got {type(reply).__name__}")
-        header, raws, view = _fold_info(await conn.request(m.OpenSpace(ticket.space_id)), ticket.space_id)
+        try:
+            reply = await conn.request(m.PutAcl(ticket.space_id, [join]))
+        except RemoteError as e:
+            if e.code != m.ErrorCode.FORBIDDEN:
+                raise
+            # Another record took the head first (the node refuses a fork by a non-admin): build it again on
+            # the new head.
+            log.info("join refused by %s (%s); building it again on the new head", peer, e.remote_message)
+            info = await conn.request(m.OpenSpace(ticket.space_id, proof))  # still no member: prove the invite
+        else:
+            if not isinstance(reply, m.Accepted):
+                raise ProtocolError(f"expected Accepted, got {type(reply).__name__}")
+            info = await conn.request(m.OpenSpace(ticket.space_id))
+        header, raws, view = _fold_info(info, ticket.space_id)
         if me in view.current.members:
             return header, raws, rejoined
         # Our join lost a fork to a concurrent ACL record: build it again on the new head.

@@ -243,9 +243,15 @@ class SpaceSync:
         await fetch_then_send(fetch_failures, self._fetch_acl(conn, need), None)
         if have:
             raws = dict(await self.run(self.replica.acl_raws))
-            send = [raws[rid] for rid in sorted(have) if rid in raws]
+            # Only canonical records: a fork loser is of no use to the peer, and a node refuses a non-admin's.
+            send = [raws[rid] for rid in sorted(have) if rid in raws and self.replica.acl.position(rid) is not None]
             for i in range(0, len(send), m.MAX_BATCH):
-                await conn.request(m.PutAcl(self.space_id, send[i:i + m.MAX_BATCH]))
+                try:
+                    await conn.request(m.PutAcl(self.space_id, send[i:i + m.MAX_BATCH]))
+                except RemoteError as e:
+                    if e.code != m.ErrorCode.FORBIDDEN:
+                        raise
+                    log.warning("%s: refused ACL records: %s", conn.label, e.remote_message)
 
     async def _fetch_acl(self, conn: Connection, need: set[bytes]) -> None:
         if need:

@@ -50,6 +50,7 @@ KNOWN = "known"
 MISSING_PARENTS = "missing-parents"
 MISSING_ACL = "missing-acl"
 REJECTED = "rejected"
+ACL_HISTORY_CHANGED = "ACL history changed: "  # reason prefix of a change rejected after it was accepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,10 @@ def load_quota_book(store: Store, book: QuotaBook) -> QuotaBook:
         owner = space.parse_space_header(row.header, row.id).owner
         book.record(row.id, owner, measure_usage(store, row.id).total_bytes)
     return book
+
+
+class ForkRefused(Rejected):
+    """A provider refuses an ACL record that forks the chain when its author is no admin (:func:`refuse_forks`)."""
 
 
 @runtime_checkable
@@ -164,6 +169,34 @@ def store_acl_records(store: Store, space_id: bytes, records: Sequence[acl_mod.A
         if store.add_acl_record(space_id, r.id, r.raw):
             added += 1
     return added
+
+
+def refuse_forks(space_id: bytes, held: Sequence[acl_mod.AclRecord], offered: Sequence[acl_mod.AclRecord]) -> None:
+    """A provider takes a record whose previous record already has a valid child only from an admin or the owner
+    at that previous record who still is one (:class:`Rejected` otherwise, nothing stored): the fork rule settles
+    forks between admins, and nobody else has a reason to make one. Honest members whose record lost a race re-apply it on the
+    new head (net/share.py)."""
+    known = {r.id for r in held}
+    new = [r for r in offered if r.id not in known and r.space_id == space_id]
+    if not new:
+        return
+    view = acl_mod.fold(space_id, [*held, *new])
+    children: dict[bytes, set[bytes]] = {}
+    for r in held:
+        if view.tree_state(r.id) is not None:
+            children.setdefault(r.prev, set()).add(r.id)
+    for r in new:
+        if view.tree_state(r.id) is None:
+            continue  # not allowed where it is: the fold drops it whatever else arrives
+        siblings = children.setdefault(r.prev, set())
+        if siblings - {r.id}:
+            before = view.tree_state(r.prev)
+            role = None if before is None else before.role_of(r.author)
+            now = view.current.role_of(r.author)  # a removed or demoted admin forks no more (each fork costs folds)
+            if role is None or role < acl_mod.Role.ADMIN or now is None or now < acl_mod.Role.ADMIN:
+                raise ForkRefused(f"ACL record {r.id.hex()[:16]} forks the ACL at {r.prev.hex()[:16]}, which has a "
+                               "record already; only a current admin or the owner may add another: rebuild it on the head")
+        siblings.add(r.id)
 
 
 def select_changes(store: Store, space_id: bytes, change_ids: Sequence[bytes], max_bytes: int) -> list[bytes]:
@@ -317,10 +350,11 @@ def revalidate(store: Store, space_id: bytes, acl: acl_mod.AclView) -> Dag:
     if not rejected:
         return dag
     for cid, reason in rejected.items():
-        store.reject_change(cid, reason)
+        # The prefix marks a change that was accepted once: `anysyncfs status` counts them.
+        store.reject_change(cid, ACL_HISTORY_CHANGED + reason)
     cid, reason = next(iter(rejected.items()))
-    log.warning("space %s: %d accepted change(s) no longer valid, e.g. %s: %s", ids.space_text(space_id)[:20],
-                len(rejected), ids.change_text(cid)[:20], reason)
+    log.warning("space %s: %s%d accepted change(s) no longer valid, e.g. %s: %s", ids.space_text(space_id)[:20],
+                ACL_HISTORY_CHANGED, len(rejected), ids.change_text(cid)[:20], reason)
     return load_dag(store, space_id)
 
 
@@ -400,12 +434,15 @@ class Ledger:
         return [rid for rid, _raw in self.store.acl_records(self._space_id)]
 
     def add_acl_records(self, raws: Sequence[bytes]) -> int:
-        """Verify every record (:class:`IntegrityError` on forged bytes, nothing stored), store the new ones and
-        refold the ACL; if its canonical head moved, re-validate the accepted changes. Returns how many were new."""
+        """Verify every record (:class:`IntegrityError` on forged bytes, nothing stored), refuse forks by
+        non-admins (:class:`Rejected`, nothing stored: :func:`refuse_forks`), store the new ones and refold the
+        ACL; if its canonical head moved, re-validate the accepted changes. Returns how many were new."""
         return self._add_records([acl_mod.parse_record(raw) for raw in raws])
 
     def _add_records(self, records: Sequence[acl_mod.AclRecord]) -> int:
         usage = self.usage()
+        held = [acl_mod.parse_record(raw, rid) for rid, raw in self.store.acl_records(self._space_id)]
+        refuse_forks(self._space_id, held, records)
         try:
             with self.store.transaction():
                 new_bytes = self._new_acl_bytes(records)

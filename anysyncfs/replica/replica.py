@@ -142,18 +142,19 @@ class Replica:
         """Whether accepted changes must be re-validated and the tree refolded after the ACL moved from ``old``.
 
         Records appended to the chain leave every accepted change valid (each was judged at the head it cites),
-        except a removal (its last-changes rule can invalidate backdated changes); a fork switch can drop the
-        records changes cite; new epoch keys can reveal changes that could not be read before. Anything else —
-        an invite, a join, a role change — needs no refold (measured: a refold costs ~0.26 ms per change)."""
+        except a removal or a demotion below writer (their last-changes rule can invalidate backdated changes); a
+        fork switch can drop the records changes cite; new epoch keys can reveal changes that could not be read
+        before. Anything else — an invite, a join, a role change — needs no refold (measured: a refold costs ~0.26 ms per change)."""
         new = self.acl
         if new.head == old.head:
             return False
         pos = new.position(old.head)
         if pos is None:
             return True
-        for rid in new.chain[pos + 1:]:
-            record = new.record(rid)
-            if record is not None and isinstance(record.kind, acl_mod.Remove):
+        for i in range(pos + 1, len(new.chain)):  # a removal, or a demotion below writer (reduction rule)
+            before = new.state_at(new.chain[i - 1])
+            assert before is not None
+            if acl_mod.reduces_below_writer(new.records[i].kind, before) is not None:
                 return True
         return set(self.keys) != set(old_keys)
 

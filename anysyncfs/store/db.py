@@ -264,6 +264,14 @@ class Store(SyncQueries, HeadsQueries, GcQueries):
         """IDs of the stored, rejected changes of a space, in ID order."""
         return self._change_ids(space_id, S.CHANGE_REJECTED)
 
+    def count_rejected_with_reason(self, space_id: bytes, prefix: str) -> int:
+        """How many stored changes of a space are rejected with a reason starting with ``prefix``."""
+        c = S.changes.c
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        q = select(func.count()).where(c.space == space_id, c.status == S.CHANGE_REJECTED,
+                                        c.reason.like(pattern, escape="\\"))
+        return int(self._run(q).scalar_one())
+
     def _change_ids(self, space_id: bytes, status: int) -> list[bytes]:
         c = S.changes.c
         q = select(c.id).where(c.space == space_id, c.status == status).order_by(c.id)

@@ -366,7 +366,7 @@ def test_matrix_role_change(author: str, target: str, new_role: Role) -> None:
         and current != new_role
         and (author == "owner" or (current <= Role.WRITER and new_role <= Role.WRITER))
     )
-    rec = MATRIX.forge(PEOPLE[author], RoleChange(PEOPLE[target].public, int(new_role)))
+    rec = MATRIX.forge(PEOPLE[author], RoleChange(PEOPLE[target].public, int(new_role), []))
     assert MATRIX.accepts(rec) == expected
     if not expected:
         with pytest.raises(PermissionDenied):
@@ -406,7 +406,7 @@ def test_matrix_revoke(author: str, role: Role) -> None:
 
 def test_nobody_grants_owner() -> None:
     with pytest.raises(DecodeError):
-        MATRIX.forge(MATRIX.owner, RoleChange(PEOPLE["admin"].public, int(Role.OWNER)))
+        MATRIX.forge(MATRIX.owner, RoleChange(PEOPLE["admin"].public, int(Role.OWNER), []))
     with pytest.raises(DecodeError):
         MATRIX.forge(MATRIX.owner, Invite(key(98).public, int(Role.OWNER), 0, b""))
 
@@ -591,6 +591,7 @@ def vector_inputs() -> dict[str, object]:
         "rng": "n bytes = BLAKE3 derive_key('anysyncfs 2026 test rng', rng_seed || counter u64 BE), counter from 1",
         "t0_us": T0,
         "last_changes": [("44" * 32)],
+        "role_change_last_changes": [("33" * 32)],
     }
 
 
@@ -601,7 +602,8 @@ def build_vector(inputs: dict[str, object]) -> tuple[Space, dict[str, AclRecord]
     out = {"genesis": sp.records[0]}
     out["invite"], ik = sp.invite(Role.WRITER, expires_us=T0 + 86_400_000_000)
     out["join"] = sp.join(joiner, out["invite"], ik)
-    out["role_change"] = sp.add(make_role_change(owner, sp.view, joiner.public, Role.READER, sp.now()))
+    demoted_last = [bytes.fromhex(x) for x in inputs["role_change_last_changes"]]  # type: ignore[attr-defined]
+    out["role_change"] = sp.add(make_role_change(owner, sp.view, joiner.public, Role.READER, sp.now(), demoted_last))
     out["invite_2"], _ = sp.invite(Role.READER, offline=False)
     out["revoke_invite"] = sp.add(make_revoke_invite(owner, sp.view, out["invite_2"].id, sp.now()))
     last = [bytes.fromhex(x) for x in inputs["last_changes"]]  # type: ignore[attr-defined]

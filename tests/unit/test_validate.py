@@ -15,6 +15,7 @@ from anysyncfs.core.acl import (
     make_invite,
     make_join,
     make_remove,
+    make_role_change,
     parse_record,
 )
 from anysyncfs.core.change import Change, make_change
@@ -217,3 +218,28 @@ def test_other_members_unaffected_by_removal(world: World) -> None:
     world.remove(LEAVER, [])
     world.check(world.change(WRITER, [world.root], acl_head=head_before, epoch=0))
     world.check(world.change(WRITER, [world.root]))
+
+
+def test_demoted_member_cannot_backdate(world: World) -> None:
+    """A writer demoted to reader: what it wrote (named by the demotion) stays valid; nothing new counts, whatever
+    ACL head it cites (issue 10, item 2)."""
+    head_before = world.acl.head
+    c1 = world.change(WRITER, [world.root])
+    c2 = world.change(WRITER, [c1])
+    world.accept(c1)
+    world.accept(c2)
+    world.records.append(parse_record(make_role_change(OWNER, world.acl, WRITER.public, Role.READER, world.now(),
+                                                       [c2.id])))
+    world.check(c1)
+    world.check(c2)
+    assert removal_targets(world.change(WRITER, [c2], acl_head=head_before), world.acl) == frozenset({c2.id})
+    with pytest.raises(Rejected, match="^change by demoted member$"):
+        world.check(world.change(WRITER, [c2], acl_head=head_before))
+    with pytest.raises(Rejected, match="^reader may not write$"):
+        world.check(world.change(WRITER, [c2]))
+    # Promoted again, it writes at the new head; a demotion of an admin to writer restricts nothing.
+    world.records.append(parse_record(make_role_change(OWNER, world.acl, WRITER.public, Role.ADMIN, world.now())))
+    world.accept(world.change(WRITER, [c2]))
+    admin_head = world.acl.head
+    world.records.append(parse_record(make_role_change(OWNER, world.acl, WRITER.public, Role.WRITER, world.now())))
+    world.check(world.change(WRITER, [c2], acl_head=admin_head))
