@@ -5,12 +5,14 @@ Ed25519 signature by the author's *account* key. Its body is a two-element msgpa
 
     body = [header, ciphertext]
     header = [space, parents, author, device, lamport, wall_us, acl_head, epoch]      (a msgpack array, inline)
-    ciphertext = nonce (12 random bytes) || AES-256-GCM(payload, key, aad = header bytes)
+    ciphertext = nonce (12 random bytes) || AES-256-GCM(padded payload, key, aad = header bytes)
     key = BLAKE3-derive_key("anysyncfs 2026 change payload v1", epoch key)
 
 The header is decoded as ``msgspec.Raw`` first, so its exact bytes (as signed and hashed) serve as the AEAD
 associated data: nothing is ever re-encoded to verify or open a change. The change ID is BLAKE3 of the whole
-encoded change. The payload (after decryption) is :func:`anysyncfs.core.ops.decode_payload` input.
+encoded change. The payload is padded to a Padmé bucket before encryption (:mod:`.padding`: payload || 0x80 ||
+zeros), so a provider learns only the bucket of its length; after decryption and unpadding it is
+:func:`anysyncfs.core.ops.decode_payload` input.
 
 Acceptance checks made here: size bound, strict decoding (tag, version, lengths, field types and ranges, parents
 strictly ascending), ID (when the caller knows which ID it asked for) and signature. The DAG checks (parents known,
@@ -26,7 +28,7 @@ from typing import Annotated
 import msgspec
 
 from ..errors import DecodeError, IdMismatch
-from . import crypto, encoding
+from . import crypto, encoding, padding
 from .encoding import Strict
 
 CHANGE_VERSION = 1
@@ -39,9 +41,10 @@ MIN_CIPHERTEXT = crypto.NONCE_LEN + crypto.TAG_LEN  # 28: nonce + tag of an empt
 
 # Largest encoded header (64 parents, every integer at its widest) plus the body array, the ciphertext's bin32
 # length prefix, nonce, tag, record prefix and signature: 2444 bytes. Rounded up, so any payload up to
-# MAX_PAYLOAD_SIZE always fits in a change (callers split larger sets of ops over several changes).
+# MAX_PAYLOAD_SIZE always fits in a change once padded (callers split larger sets of ops over several changes):
+# its padded length is at most the largest bucket that leaves room for the overhead (3.9375 MiB).
 _MAX_OVERHEAD = 4096
-MAX_PAYLOAD_SIZE = MAX_CHANGE_SIZE - _MAX_OVERHEAD
+MAX_PAYLOAD_SIZE = padding.bucket_at_most(MAX_CHANGE_SIZE - _MAX_OVERHEAD) - 1
 
 Hash = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 
@@ -149,7 +152,7 @@ def make_change(
 
     header = ChangeHeader(space_id, parent_ids, author.public, device_public, lamport, wall_us, acl_head, epoch)
     header_raw = encoding.encode(header)
-    ciphertext = nonce + crypto.Aead(payload_key(epoch_key)).encrypt(nonce, payload, header_raw)
+    ciphertext = nonce + crypto.Aead(payload_key(epoch_key)).encrypt(nonce, padding.pad(payload), header_raw)
     raw = _assemble(author, header_raw, ciphertext)
     return Change(crypto.blake3(raw), raw, header, header_raw, ciphertext)
 
@@ -183,9 +186,14 @@ def parse_change(raw: bytes | bytearray | memoryview, expected_id: bytes | None 
 
 
 def open_payload(change: Change, epoch_key: bytes) -> bytes:
-    """Decrypt the payload with the key of the change's epoch; :class:`AuthenticationFailed` if it does not open."""
+    """Decrypt and unpad the payload with the key of the change's epoch; :class:`AuthenticationFailed` if it does
+    not open, :class:`DecodeError` if its padding is not the canonical form."""
     nonce, sealed = change.ciphertext[:NONCE_LEN], change.ciphertext[NONCE_LEN:]
-    return crypto.Aead(payload_key(epoch_key)).decrypt(nonce, sealed, change.header_raw)
+    padded = crypto.Aead(payload_key(epoch_key)).decrypt(nonce, sealed, change.header_raw)
+    try:
+        return padding.unpad(padded)
+    except DecodeError as e:
+        raise DecodeError(f"change payload: {e}") from None
 
 
 __all__ = [
