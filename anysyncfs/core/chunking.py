@@ -79,8 +79,8 @@ class GearSecret:
 def gear_secret(key: bytes) -> GearSecret:
     """Derive the gear secret of a chunker key (cached: 256 sort keys and one BLAKE3 XOF call).
 
-    The permutation lists the byte values ascending by their 8-byte word of keyed material (ties, which have
-    probability 2**-56, broken by the byte value); the seed is the last 8 bytes as a big-endian integer shifted
+    The permutation lists the byte values ascending by their 8-byte word of keyed material (a tie, probability
+    below 2**-48, is broken by the byte value); the seed is the last 8 bytes as a big-endian integer shifted
     right by one (pyfastcdc needs it below 2**63), and 1 if that is 0 (pyfastcdc treats seed 0 as "no seed")."""
     if len(key) != crypto.KEY_LEN:
         raise ValueError("a chunker key is 32 bytes")

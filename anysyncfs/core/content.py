@@ -52,7 +52,8 @@ class ContentBuilder:
     ``key_base`` is :func:`blob.chunk_key_base` of the current epoch key. ``workers`` > 0 seals chunks on that
     many threads while the calling thread reads and cuts. Measured on a 2-core VM with both cores free, 1 GiB
     from the page cache: random data ~620 MB/s with 0 workers, ~875 MB/s with 2; half-compressible ~370 vs
-    ~575-715 MB/s. With only one core free, 0 workers is slightly faster (no hand-off cost).
+    ~575-715 MB/s. With only one core free, 0 workers is slightly faster (no hand-off cost). (Measured with the
+    public gear table; the keyed chunker of a space costs ~0.65 ns more per byte: docs/benchmarks.md.)
     Use one builder for one build at a time.
     """
 
