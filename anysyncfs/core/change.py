@@ -5,12 +5,12 @@ Ed25519 signature by the author's *account* key. Its body is a two-element msgpa
 
     body = [header, ciphertext]
     header = [space, parents, author, device, lamport, wall_us, acl_head, epoch]      (a msgpack array, inline)
-    ciphertext = nonce (12 random bytes) || AES-256-GCM(padded payload, key, aad = header bytes)
+    ciphertext = nonce (12 random bytes) || AES-256-GCM(payload, key, aad = header bytes)
     key = BLAKE3-derive_key("anysyncfs 2026 change payload v1", epoch key)
 
 The header is decoded as ``msgspec.Raw`` first, so its exact bytes (as signed and hashed) serve as the AEAD
 associated data: nothing is ever re-encoded to verify or open a change. The change ID is BLAKE3 of the whole
-encoded change. The payload is padded to a Padmé bucket before encryption (:mod:`.padding`: payload || 0x80 ||
+encoded change. The payload is padded to a Padmé bucket inside the AEAD (:mod:`.padding`: payload || 0x80 ||
 zeros), so a provider learns only the bucket of its length; after decryption and unpadding it is
 :func:`anysyncfs.core.ops.decode_payload` input.
 
@@ -41,10 +41,9 @@ MIN_CIPHERTEXT = crypto.NONCE_LEN + crypto.TAG_LEN  # 28: nonce + tag of an empt
 
 # Largest encoded header (64 parents, every integer at its widest) plus the body array, the ciphertext's bin32
 # length prefix, nonce, tag, record prefix and signature: 2444 bytes. Rounded up, so any payload up to
-# MAX_PAYLOAD_SIZE always fits in a change once padded (callers split larger sets of ops over several changes):
-# its padded length is at most the largest bucket that leaves room for the overhead (3.9375 MiB).
+# MAX_PAYLOAD_SIZE always fits in a change (callers split larger sets of ops over several changes).
 _MAX_OVERHEAD = 4096
-MAX_PAYLOAD_SIZE = padding.bucket_at_most(MAX_CHANGE_SIZE - _MAX_OVERHEAD) - 1
+MAX_PAYLOAD_SIZE = padding.bucket_at_most(MAX_CHANGE_SIZE - _MAX_OVERHEAD) - 1  # padded: <= that bucket (4 128 767)
 
 Hash = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 

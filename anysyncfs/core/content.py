@@ -3,8 +3,8 @@
 - Up to ``INLINE_MAX`` bytes: the bytes travel inline in the change.
 - Larger: FastCDC chunks (sizes and chunker key of the space, :mod:`.chunking`; unkeyed parameters cut with
   the public gear table, which only tests and benchmarks do), each sealed as a padded blob (:mod:`.blob`); the
-  content is the list of extents ``(offset, ChunkRef)``. A chunk of only zero bytes is left out: it becomes a hole, and holes
-  (gaps between extents, and anything past the last extent up to ``size``) read as zeros.
+  content is the list of extents ``(offset, ChunkRef)``. A chunk of only zero bytes is left out: it becomes a
+  hole, and holes (gaps between extents, and anything past the last extent up to ``size``) read as zeros.
 - More than ``MANIFEST_INLINE_EXTENTS`` extents: the msgpack-encoded extents list (a msgpack array of
   ``Extent`` arrays) is itself sealed as a chunk blob and ``Content.manifest`` points at it.
 
