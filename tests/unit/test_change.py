@@ -176,7 +176,7 @@ def test_ciphertext_length_is_a_bucket(size: int) -> None:
 
 def test_payloads_in_one_bucket_give_equal_lengths() -> None:
     lengths = {len(small_change(payload=bytes(n)).raw) for n in range(3000, 3071)}
-    assert len(lengths) == 1  # padme(3001..3072) = 3072: 71 exact sizes, one observable length
+    assert len(lengths) == 1  # payloads of 2944..3071 bytes are all padded to 3072: one observable length
 
 
 def test_malformed_payload_padding_is_rejected() -> None:
