@@ -4,16 +4,17 @@ Blob layout (all integers big-endian)::
 
     offset  size  field
     0       1     format tag: ASCII "B" (0x42)
-    1       1     format version: 1
+    1       1     format version: 2
     2       1     flags: bit 0 = the stored plaintext is a zstd frame; bits 1..7 must be 0
-    3       4     stored length L (u32): bytes of the stored plaintext (after compression), <= 16 MiB
+    3       4     padded length P (u32): a Padmé bucket, P = padme(L + 1) for the stored length L (bytes of
+                  the stored plaintext, after compression, <= 16 MiB)
     7       16    key salt: all zero when not compressed; when compressed, the first 16 bytes of
                   BLAKE3-keyed(chunk key, stored plaintext)
-    23      ...   segments: the stored plaintext cut into 64 KiB pieces (the last one shorter; an empty
-                  plaintext is one empty segment), each sealed on its own with AES-256-GCM as
-                  ciphertext || 16-byte tag
+    23      ...   segments: the padded plaintext (stored plaintext || 0x80 || zero bytes, P bytes in all; see
+                  :mod:`.padding`) cut into 64 KiB pieces (the last one shorter), each sealed on its own with
+                  AES-256-GCM as ciphertext || 16-byte tag
 
-    segment count n = max(1, ceil(L / 65536)); total length = 23 + L + 16 * n exactly
+    segment count n = ceil(P / 65536); total length = 23 + P + 16 * n exactly
     segment key     = BLAKE3 derive_key("anysyncfs 2026 blob segment key v1", chunk key || key salt)
     nonce (12 B)    = segment index (u64) || 3 zero bytes || 1 for the last segment, else 0
     associated data = the 23 header bytes
@@ -21,6 +22,12 @@ Blob layout (all integers big-endian)::
 The blob ID is BLAKE3 of the whole blob, so anyone (a provider too) checks a blob without keys. The chunk key is
 convergent inside a space epoch: ``BLAKE3-keyed(derive_key("anysyncfs 2026 chunk key v1", epoch key), plaintext)``,
 so equal chunks give equal blobs (dedup) without revealing equality to anyone outside the space epoch.
+
+Why padding: a provider sees blob lengths; exact lengths let it match the sizes of a guessed file's chunks. The
+padded length reveals only a Padmé bucket (<= 12 % larger), and the exact length lives inside the AEAD. The
+padding of an uncompressed blob starts at the chunk length (from the ChunkRef), so a segment is still opened on
+its own: the data of segment i is chunk bytes [i * 64 KiB, ...), whatever padding follows is checked when a
+segment holding it is opened.
 
 Why a key salt: the compressed bytes depend on the zstd library version, so two devices could compress the same
 chunk differently. Sealing two different stored plaintexts under the same key and nonces would be AES-GCM nonce
@@ -36,14 +43,14 @@ import threading
 import zstandard
 
 from ..errors import DecodeError, IdMismatch, IntegrityError
-from . import crypto
+from . import crypto, padding
 from .ops import ChunkRef
 
 BLOB_TAG = ord("B")
-BLOB_VERSION = 1
+BLOB_VERSION = 2  # 2: padded to a Padmé bucket (version 1, exact lengths, is no longer read)
 FLAG_ZSTD = 0x01  # the stored plaintext is one zstd frame (with its content size) of the chunk
 KNOWN_FLAGS = FLAG_ZSTD
-HEADER = struct.Struct(">BBBI16s")  # tag, version, flags, stored length, key salt
+HEADER = struct.Struct(">BBBI16s")  # tag, version, flags, padded length, key salt
 HEADER_LEN = HEADER.size  # 23
 SALT_LEN = 16
 ZERO_SALT = bytes(SALT_LEN)
@@ -53,8 +60,9 @@ NONCE = struct.Struct(">Q3xB")  # segment index, 3 zero bytes, last-segment flag
 
 MAX_CHUNK_LENGTH = 16 << 20  # plaintext of one chunk (FastCDC max_size bound; manifests too)
 MAX_STORED_LENGTH = MAX_CHUNK_LENGTH
-MAX_SEGMENTS = -(-MAX_STORED_LENGTH // SEGMENT_SIZE)
-MAX_BLOB_LEN = HEADER_LEN + MAX_STORED_LENGTH + MAX_SEGMENTS * TAG_LEN
+MAX_PADDED_LENGTH = padding.padded_length(MAX_STORED_LENGTH)  # 16.5 MiB
+MAX_SEGMENTS = -(-MAX_PADDED_LENGTH // SEGMENT_SIZE)  # 264
+MAX_BLOB_LEN = HEADER_LEN + MAX_PADDED_LENGTH + MAX_SEGMENTS * TAG_LEN
 
 CHUNK_KEY_CONTEXT = "anysyncfs 2026 chunk key v1"
 SEGMENT_KEY_CONTEXT = "anysyncfs 2026 blob segment key v1"
@@ -109,8 +117,9 @@ def _segment_aead(key: bytes, salt: bytes) -> crypto.Aead:
     return crypto.Aead(crypto.derive_key(SEGMENT_KEY_CONTEXT, key + salt))
 
 
-def _segment_count(stored_length: int) -> int:
-    return max(1, -(-stored_length // SEGMENT_SIZE))
+def _segment_count(length: int) -> int:
+    """Segments that hold ``length`` bytes of (padded) plaintext; a length of 0 still has one."""
+    return max(1, -(-length // SEGMENT_SIZE))
 
 
 def _saves_enough(packed_length: int, length: int) -> bool:
@@ -149,65 +158,93 @@ def seal_chunk(
         packed = _compressor().compress(view)
         if _saves_enough(len(packed), length):
             stored, flags, salt = packed, FLAG_ZSTD, crypto.blake3_keyed(key, packed)[:SALT_LEN]
-    header = HEADER.pack(BLOB_TAG, BLOB_VERSION, flags, len(stored), salt)
+    padded_length = padding.padded_length(len(stored))
+    header = HEADER.pack(BLOB_TAG, BLOB_VERSION, flags, padded_length, salt)
     aead = _segment_aead(key, salt)
-    count = _segment_count(len(stored))
+    count = _segment_count(padded_length)
+    # Whole segments of stored bytes are sealed straight from ``stored``; the rest (the segment the data ends
+    # in and any after it) from one padded copy of that tail.
+    tail_from = len(stored) // SEGMENT_SIZE * SEGMENT_SIZE
+    tail = padding.pad_to(stored[tail_from:], padded_length - tail_from)
     parts = [header]
     for index in range(count):
-        segment = stored[index * SEGMENT_SIZE : (index + 1) * SEGMENT_SIZE]
+        lo = index * SEGMENT_SIZE
+        hi = min(lo + SEGMENT_SIZE, padded_length)
+        segment = stored[lo:hi] if lo < tail_from else tail[lo - tail_from : hi - tail_from]
         parts.append(aead.encrypt(NONCE.pack(index, index == count - 1), segment, header))
     blob = b"".join(parts)
     return ChunkRef(blob=crypto.blake3(blob), key=key, length=length), blob
 
 
 def _check_header(blob: bytes | memoryview, ref: ChunkRef) -> tuple[int, int, bytes]:
-    """Validate the envelope against ``ref`` before any decryption; return (flags, stored length, salt)."""
+    """Validate the envelope against ``ref`` before any decryption; return (flags, padded length, salt)."""
     if ref.length > MAX_CHUNK_LENGTH:
         raise DecodeError(f"blob: chunk length {ref.length} exceeds the limit of {MAX_CHUNK_LENGTH}")
     if len(blob) < HEADER_LEN:
         raise DecodeError(f"blob: truncated ({len(blob)} bytes)")
-    tag, version, flags, stored_length, salt = HEADER.unpack_from(blob)
+    tag, version, flags, padded_length, salt = HEADER.unpack_from(blob)
     if tag != BLOB_TAG:
         raise DecodeError(f"blob: wrong format tag 0x{tag:02x}")
     if version != BLOB_VERSION:
         raise DecodeError(f"blob: unsupported version {version}")
     if flags & ~KNOWN_FLAGS:
         raise DecodeError(f"blob: unknown flags 0x{flags:02x}")
-    if stored_length > MAX_STORED_LENGTH:
-        raise DecodeError(f"blob: stored length {stored_length} exceeds the limit")
-    if len(blob) != HEADER_LEN + stored_length + _segment_count(stored_length) * TAG_LEN:
-        raise DecodeError("blob: length does not match its stored length")
+    if padded_length > MAX_PADDED_LENGTH:
+        raise DecodeError(f"blob: padded length {padded_length} exceeds the limit")
+    if padded_length == 0 or not padding.is_bucket(padded_length):
+        raise DecodeError(f"blob: {padded_length} is not a padded length")
+    if len(blob) != HEADER_LEN + padded_length + _segment_count(padded_length) * TAG_LEN:
+        raise DecodeError("blob: length does not match its padded length")
     if flags & FLAG_ZSTD:
-        if stored_length >= ref.length:
+        # the stored frame is shorter than the chunk, so its padded length is at most that of length - 1
+        if ref.length == 0 or padded_length > padding.padded_length(ref.length - 1):
             raise DecodeError("blob: compressed form is not smaller than the chunk")
     else:
-        if stored_length != ref.length:
-            raise DecodeError(f"blob: holds {stored_length} bytes, the reference says {ref.length}")
+        if padded_length != padding.padded_length(ref.length):
+            raise DecodeError(f"blob: padded length {padded_length} does not fit a chunk of {ref.length} bytes")
         if salt != ZERO_SALT:
             raise DecodeError("blob: an uncompressed blob has a zero key salt")
-    return flags, stored_length, salt
+    return flags, padded_length, salt
 
 
-def _open_segments(
-    blob: bytes | memoryview, ref: ChunkRef, stored_length: int, salt: bytes, start: int, end: int
-) -> bytes:
-    """Decrypt and authenticate the segments holding stored bytes ``start:end``; return exactly those bytes."""
+def _decrypt_segments(
+    blob: bytes | memoryview, ref: ChunkRef, padded_length: int, salt: bytes, first: int, stop: int
+) -> list[bytes]:
+    """Decrypt and authenticate segments ``first:stop`` of the padded plaintext (each tag checked on its own)."""
     view = memoryview(blob)
     header = bytes(view[:HEADER_LEN])
     aead = _segment_aead(ref.key, salt)
-    count = _segment_count(stored_length)
-    first, last = start // SEGMENT_SIZE, max(start, end - 1) // SEGMENT_SIZE
-    parts: list[bytes | memoryview] = []
-    for index in range(first, last + 1):
+    count = _segment_count(padded_length)
+    plaintexts: list[bytes] = []
+    for index in range(first, stop):
         at = HEADER_LEN + index * (SEGMENT_SIZE + TAG_LEN)
-        size = min(SEGMENT_SIZE, stored_length - index * SEGMENT_SIZE) + TAG_LEN
-        plain = aead.decrypt(NONCE.pack(index, index == count - 1), view[at : at + size], header)
-        lo = start - index * SEGMENT_SIZE if index == first else 0
-        hi = end - index * SEGMENT_SIZE if index == last else len(plain)
-        parts.append(plain if lo == 0 and hi == len(plain) else memoryview(plain)[lo:hi])
-    if len(parts) == 1:
-        return parts[0] if isinstance(parts[0], bytes) else bytes(parts[0])
-    return b"".join(parts)
+        size = min(SEGMENT_SIZE, padded_length - index * SEGMENT_SIZE) + TAG_LEN
+        plaintexts.append(aead.decrypt(NONCE.pack(index, index == count - 1), view[at : at + size], header))
+    return plaintexts
+
+
+def _data_of(plaintexts: list[bytes], first: int, length: int) -> list[bytes]:
+    """The chunk bytes (below ``length``) of each of the consecutive padded segments from ``first`` on (b"" for a
+    segment of padding only), checking every padding byte they hold: the marker at ``length``, zeros after it
+    (:class:`DecodeError` otherwise)."""
+    parts: list[bytes] = []
+    for index, plain in enumerate(plaintexts, first):
+        keep = max(0, min(len(plain), length - index * SEGMENT_SIZE))
+        if keep == len(plain):
+            parts.append(plain)
+            continue
+        padding.check_padding(memoryview(plain)[keep:], starts_at_marker=index * SEGMENT_SIZE + keep == length)
+        parts.append(plain[:keep])
+    return parts
+
+
+def _open_range(blob: bytes | memoryview, ref: ChunkRef, padded_length: int, start: int, end: int) -> bytes:
+    """Bytes ``start:end`` (``start < end``) of an uncompressed chunk: only the segments holding them are opened."""
+    first, stop = start // SEGMENT_SIZE, (end - 1) // SEGMENT_SIZE + 1
+    parts = _data_of(_decrypt_segments(blob, ref, padded_length, ZERO_SALT, first, stop), first, ref.length)
+    joined = parts[0] if len(parts) == 1 else b"".join(parts)
+    lo = start - first * SEGMENT_SIZE
+    return joined if lo == 0 and end - start == len(joined) else joined[lo : lo + end - start]
 
 
 def _check_id(blob: bytes | memoryview, ref: ChunkRef) -> None:
@@ -223,15 +260,24 @@ def open_chunk(
     """Verify and decrypt a whole blob; return the chunk plaintext (exactly ``ref.length`` bytes).
 
     Order: blob ID (:class:`IdMismatch`, skipped only with ``verify_id=False`` when the caller has just checked
-    it), envelope (:class:`DecodeError`), every segment (:class:`AuthenticationFailed`), decompression under a
-    hard bound (:class:`DecodeError`), then — when ``key_base`` (the chunk key base of the epoch the chunk was
-    written in) is given — that the plaintext's keyed hash is the chunk key (:class:`IntegrityError`).
+    it), envelope (:class:`DecodeError`), every segment (:class:`AuthenticationFailed`), the padding (canonical:
+    marker then zeros, :class:`DecodeError`), decompression under a hard bound (:class:`DecodeError`), then — when
+    ``key_base`` (the chunk key base of the epoch the chunk was written in) is given — that the plaintext's keyed
+    hash is the chunk key (:class:`IntegrityError`).
     """
     if verify_id:
         _check_id(blob, ref)
-    flags, stored_length, salt = _check_header(blob, ref)
-    stored = _open_segments(blob, ref, stored_length, salt, 0, stored_length)
-    plaintext = _decompress(stored, ref.length) if flags & FLAG_ZSTD else stored
+    flags, padded_length, salt = _check_header(blob, ref)
+    segments = _decrypt_segments(blob, ref, padded_length, salt, 0, _segment_count(padded_length))
+    if flags & FLAG_ZSTD:
+        padded = segments[0] if len(segments) == 1 else b"".join(segments)
+        stored_length = padding.unpadded_length(padded)
+        if stored_length >= ref.length:
+            raise DecodeError("blob: compressed form is not smaller than the chunk")
+        plaintext = _decompress(memoryview(padded)[:stored_length], ref.length)
+    else:
+        parts = [part for part in _data_of(segments, 0, ref.length) if part]
+        plaintext = parts[0] if len(parts) == 1 else b"".join(parts)
     if len(plaintext) != ref.length:
         raise DecodeError("blob: plaintext length differs from the reference")
     if key_base is not None and not crypto.ct_equal(chunk_key(key_base, plaintext), ref.key):
@@ -239,7 +285,7 @@ def open_chunk(
     return plaintext
 
 
-def _decompress(stored: bytes, length: int) -> bytes:
+def _decompress(stored: bytes | memoryview, length: int) -> bytes:
     """One zstd frame that declares exactly ``length`` bytes; nothing may follow it."""
     try:
         declared = zstandard.frame_content_size(stored)
@@ -255,17 +301,18 @@ def _decompress(stored: bytes, length: int) -> bytes:
 
 def open_chunk_range(blob: bytes | memoryview, ref: ChunkRef, start: int, end: int, *, verify_id: bool = True) -> bytes:
     """Bytes ``start:end`` of the chunk. For an uncompressed blob only the segments covering the range are
-    decrypted (and authenticated); a compressed blob is opened whole. Errors as :func:`open_chunk`."""
+    decrypted (and authenticated, and the padding they hold checked); a compressed blob is opened whole. Errors
+    as :func:`open_chunk`."""
     if not 0 <= start <= end <= ref.length:
         raise ValueError(f"range {start}:{end} is outside the chunk of {ref.length} bytes")
     if verify_id:
         _check_id(blob, ref)
-    flags, stored_length, salt = _check_header(blob, ref)
+    flags, padded_length, _ = _check_header(blob, ref)
     if flags & FLAG_ZSTD:
         return open_chunk(blob, ref, verify_id=False)[start:end]
     if start == end:
         return b""
-    return _open_segments(blob, ref, stored_length, salt, start, end)
+    return _open_range(blob, ref, padded_length, start, end)
 
 
 # ---------------------------------------------------------------------------------------------------- segment access
@@ -274,9 +321,10 @@ def open_chunk_range(blob: bytes | memoryview, ref: ChunkRef, start: int, end: i
 # [i * SEGMENT_SIZE, min((i + 1) * SEGMENT_SIZE, length)).
 
 
-def segment_count(stored_length: int) -> int:
-    """Segments of a blob whose stored plaintext is ``stored_length`` bytes (an empty one still has one)."""
-    return _segment_count(stored_length)
+def segment_count(length: int) -> int:
+    """Segments holding the data of an uncompressed chunk of ``length`` bytes (an empty one still has one); the
+    blob may have more, holding only padding, which segment reads never need."""
+    return _segment_count(length)
 
 
 def is_compressed(blob: bytes | memoryview, ref: ChunkRef) -> bool:
@@ -289,22 +337,16 @@ def is_compressed(blob: bytes | memoryview, ref: ChunkRef) -> bool:
 def open_segments(
     blob: bytes | memoryview, ref: ChunkRef, first: int, stop: int, *, verify_id: bool = True
 ) -> list[bytes]:
-    """The plaintexts of segments ``first:stop`` of an uncompressed blob, each authenticated on its own (the
-    others are not touched). Errors as :func:`open_chunk`; ``ValueError`` for a compressed blob or a bad range."""
+    """The chunk bytes held by data segments ``first:stop`` of an uncompressed blob (segment i holds bytes
+    [i * SEGMENT_SIZE, min((i + 1) * SEGMENT_SIZE, length))), each authenticated on its own (the others are not
+    touched), with the padding they hold checked. Errors as :func:`open_chunk`; ``ValueError`` for a compressed
+    blob or a bad range."""
     if verify_id:
         _check_id(blob, ref)
-    flags, stored_length, salt = _check_header(blob, ref)
+    flags, padded_length, salt = _check_header(blob, ref)
     if flags & FLAG_ZSTD:
         raise ValueError("a compressed blob is opened whole, not by segments")
-    count = _segment_count(stored_length)
+    count = _segment_count(ref.length)
     if not 0 <= first <= stop <= count:
-        raise ValueError(f"segments {first}:{stop} are outside the blob's {count}")
-    view = memoryview(blob)
-    header = bytes(view[:HEADER_LEN])
-    aead = _segment_aead(ref.key, salt)
-    plaintexts: list[bytes] = []
-    for index in range(first, stop):
-        at = HEADER_LEN + index * (SEGMENT_SIZE + TAG_LEN)
-        size = min(SEGMENT_SIZE, stored_length - index * SEGMENT_SIZE) + TAG_LEN
-        plaintexts.append(aead.decrypt(NONCE.pack(index, index == count - 1), view[at : at + size], header))
-    return plaintexts
+        raise ValueError(f"segments {first}:{stop} are outside the chunk's {count}")
+    return _data_of(_decrypt_segments(blob, ref, padded_length, salt, first, stop), first, ref.length)

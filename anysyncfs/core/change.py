@@ -10,7 +10,9 @@ Ed25519 signature by the author's *account* key. Its body is a two-element msgpa
 
 The header is decoded as ``msgspec.Raw`` first, so its exact bytes (as signed and hashed) serve as the AEAD
 associated data: nothing is ever re-encoded to verify or open a change. The change ID is BLAKE3 of the whole
-encoded change. The payload (after decryption) is :func:`anysyncfs.core.ops.decode_payload` input.
+encoded change. The payload is padded to a Padmé bucket inside the AEAD (:mod:`.padding`: payload || 0x80 ||
+zeros), so a provider learns only the bucket of its length; after decryption and unpadding it is
+:func:`anysyncfs.core.ops.decode_payload` input.
 
 ``blob_refs`` lists, in clear, every blob the payload's file contents depend on (see :mod:`.blob_refs`): a keyless
 provider learns from it which of a space's blobs are still referenced and collects the others.
@@ -29,7 +31,7 @@ from typing import Annotated
 import msgspec
 
 from ..errors import DecodeError, IdMismatch
-from . import crypto, encoding
+from . import crypto, encoding, padding
 from .encoding import Strict
 
 CHANGE_VERSION = 2  # 2: the header carries blob_refs (version 1 changes are refused)
@@ -44,10 +46,15 @@ MIN_CIPHERTEXT = crypto.NONCE_LEN + crypto.TAG_LEN  # 28: nonce + tag of an empt
 
 # Largest encoded header without blob refs (64 parents, every integer at its widest, the refs array's own 5-byte
 # prefix) plus the body array, the ciphertext's bin32 length prefix, nonce, tag, record prefix and signature:
-# 2449 bytes. Rounded up, so any payload of at most MAX_PAYLOAD_SIZE - BLOB_REF_COST * len(blob_refs) bytes
-# always fits in a change (callers split larger sets of ops over several changes).
+# 2449 bytes. Rounded up, so any payload of at most payload_room(len(blob_refs)) bytes always fits in a change (callers split larger sets of ops over several changes).
 _MAX_OVERHEAD = 4096
-MAX_PAYLOAD_SIZE = MAX_CHANGE_SIZE - _MAX_OVERHEAD
+MAX_PAYLOAD_SIZE = padding.bucket_at_most(MAX_CHANGE_SIZE - _MAX_OVERHEAD) - 1  # padded: <= that bucket (4 128 767)
+
+
+def payload_room(n_refs: int) -> int:
+    """The largest payload a change listing ``n_refs`` blobs can carry: its padded form (a Padmé bucket) and the
+    header with the refs must fit in :data:`MAX_CHANGE_SIZE` together."""
+    return padding.bucket_at_most(MAX_CHANGE_SIZE - _MAX_OVERHEAD - BLOB_REF_COST * n_refs) - 1
 
 Hash = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 
@@ -158,7 +165,7 @@ def make_change(
         _check_len("blob ref", r, crypto.HASH_LEN)
     if len(refs) > MAX_BLOB_REFS:
         raise ValueError(f"a change lists at most {MAX_BLOB_REFS} blobs, got {len(refs)}")
-    room = MAX_PAYLOAD_SIZE - BLOB_REF_COST * len(refs)
+    room = payload_room(len(refs))
     if len(payload) > room:
         raise ValueError(f"payload of {len(payload)} bytes exceeds the limit of {room}; split the ops")
     if nonce is None:
@@ -167,7 +174,7 @@ def make_change(
 
     header = ChangeHeader(space_id, parent_ids, author.public, device_public, lamport, wall_us, acl_head, epoch, refs)
     header_raw = encoding.encode(header)
-    ciphertext = nonce + crypto.Aead(payload_key(epoch_key)).encrypt(nonce, payload, header_raw)
+    ciphertext = nonce + crypto.Aead(payload_key(epoch_key)).encrypt(nonce, padding.pad(payload), header_raw)
     raw = _assemble(author, header_raw, ciphertext)
     return Change(crypto.blake3(raw), raw, header, header_raw, ciphertext)
 
@@ -203,9 +210,14 @@ def parse_change(raw: bytes | bytearray | memoryview, expected_id: bytes | None 
 
 
 def open_payload(change: Change, epoch_key: bytes) -> bytes:
-    """Decrypt the payload with the key of the change's epoch; :class:`AuthenticationFailed` if it does not open."""
+    """Decrypt and unpad the payload with the key of the change's epoch; :class:`AuthenticationFailed` if it does
+    not open, :class:`DecodeError` if its padding is not the canonical form."""
     nonce, sealed = change.ciphertext[:NONCE_LEN], change.ciphertext[NONCE_LEN:]
-    return crypto.Aead(payload_key(epoch_key)).decrypt(nonce, sealed, change.header_raw)
+    padded = crypto.Aead(payload_key(epoch_key)).decrypt(nonce, sealed, change.header_raw)
+    try:
+        return padding.unpad(padded)
+    except DecodeError as e:
+        raise DecodeError(f"change payload: {e}") from None
 
 
 __all__ = [
@@ -215,6 +227,7 @@ __all__ = [
     "MAX_CHANGE_SIZE",
     "MAX_PARENTS",
     "MAX_PAYLOAD_SIZE",
+    "payload_room",
     "PAYLOAD_KEY_CONTEXT",
     "Change",
     "ChangeHeader",

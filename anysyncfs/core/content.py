@@ -1,9 +1,10 @@
 """File content: bytes -> :class:`ops.Content` (inline, extents or a manifest blob) and back, by byte ranges.
 
 - Up to ``INLINE_MAX`` bytes: the bytes travel inline in the change.
-- Larger: FastCDC chunks (parameters of the space), each sealed as a blob (:mod:`.blob`); the content is the
-  list of extents ``(offset, ChunkRef)``. A chunk of only zero bytes is left out: it becomes a hole, and holes
-  (gaps between extents, and anything past the last extent up to ``size``) read as zeros.
+- Larger: FastCDC chunks (sizes and chunker key of the space, :mod:`.chunking`; unkeyed parameters cut with
+  the public gear table, which only tests and benchmarks do), each sealed as a padded blob (:mod:`.blob`); the
+  content is the list of extents ``(offset, ChunkRef)``. A chunk of only zero bytes is left out: it becomes a
+  hole, and holes (gaps between extents, and anything past the last extent up to ``size``) read as zeros.
 - More than ``MANIFEST_INLINE_EXTENTS`` extents: the msgpack-encoded extents list (a msgpack array of
   ``Extent`` arrays) is itself sealed as a chunk blob and ``Content.manifest`` points at it.
 
@@ -51,7 +52,8 @@ class ContentBuilder:
     ``key_base`` is :func:`blob.chunk_key_base` of the current epoch key. ``workers`` > 0 seals chunks on that
     many threads while the calling thread reads and cuts. Measured on a 2-core VM with both cores free, 1 GiB
     from the page cache: random data ~620 MB/s with 0 workers, ~875 MB/s with 2; half-compressible ~370 vs
-    ~575-715 MB/s. With only one core free, 0 workers is slightly faster (no hand-off cost).
+    ~575-715 MB/s. With only one core free, 0 workers is slightly faster (no hand-off cost). (Measured with the
+    public gear table; the keyed chunker of a space costs ~0.65 ns more per byte: docs/benchmarks.md.)
     Use one builder for one build at a time.
     """
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from ..core import acl as acl_mod
 from ..core import blob, blob_refs, crypto, ids, ops, space, tree, validate
 from ..core.change import MAX_PARENTS, Change, make_change, parse_change
-from ..core.chunking import ChunkParams
+from ..core.chunking import ChunkParams, chunker_key
 from ..core.dag import Dag
 from ..errors import BlobMissing, DecodeError, IntegrityError, NotFound, PermissionDenied, UsageError
 from ..store import schema
@@ -341,8 +341,16 @@ class Replica:
 
     @property
     def chunk_params(self) -> ChunkParams:
+        """The header's sizes, keyed with the space's chunker key (from the epoch-0 key, which every member can
+        open: issue 10 item 5). A device that cannot open epoch 0 (a damaged key chain) keys with its oldest
+        epoch: still secret, it only loses dedup against the other devices."""
         c = self.header.chunking
-        return ChunkParams(c.min_size, c.avg_size, c.max_size)
+        if not self.keys:
+            raise PermissionDenied("this device holds no key of the space")
+        oldest = min(self.keys)
+        if oldest != 0:
+            log.warning("no key for epoch 0: chunking keyed with epoch %d (less dedup with other devices)", oldest)
+        return ChunkParams(c.min_size, c.avg_size, c.max_size, key=chunker_key(self.keys[oldest]))
 
     def commit(self, payload_ops: list[ops.Op], *, wall_us: int | None = None) -> Change:
         """Sign, encrypt, verify, store and apply one change made of ``payload_ops`` (atomically).

@@ -37,6 +37,8 @@ def read_ops(change: Change, epoch_key: bytes) -> tuple[list[ops.Op] | None, str
         plaintext = open_payload(change, epoch_key)
     except IntegrityError:
         return None, UNOPENABLE
+    except DecodeError:  # the tag verified, but the padding inside it is malformed (core/padding.py)
+        return None, UNDECODABLE
     try:
         op_list = ops.decode_payload(plaintext)
     except DecodeError:

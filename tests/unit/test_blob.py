@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anysyncfs.core import blob, crypto
+from anysyncfs.core import blob, crypto, padding
 from anysyncfs.core.ops import ChunkRef
 from anysyncfs.errors import AuthenticationFailed, DecodeError, IdMismatch, IntegrityError
 
@@ -30,15 +30,23 @@ def text(n: int) -> bytes:
     return (line * (n // len(line) + 1))[:n]
 
 
-def seal_stored(key: bytes, stored: bytes, flags: int, salt: bytes) -> bytes:
-    """Seal arbitrary stored bytes exactly as seal_chunk would (to build well-encrypted but malformed blobs)."""
-    header = blob.HEADER.pack(blob.BLOB_TAG, blob.BLOB_VERSION, flags, len(stored), salt)
+def seal_stored(key: bytes, stored: bytes, flags: int, salt: bytes, *, padded: bytes | None = None) -> bytes:
+    """Seal arbitrary stored bytes exactly as seal_chunk would (to build well-encrypted but malformed blobs);
+    ``padded`` replaces the canonical padded form (stored || 0x80 || zeros) with arbitrary bytes."""
+    if padded is None:
+        padded = padding.pad(stored)
+    header = blob.HEADER.pack(blob.BLOB_TAG, blob.BLOB_VERSION, flags, len(padded), salt)
     aead = blob._segment_aead(key, salt)
-    count = max(1, -(-len(stored) // SEG))
+    count = max(1, -(-len(padded) // SEG))
     parts = [header]
     for i in range(count):
-        parts.append(aead.encrypt(blob.NONCE.pack(i, i == count - 1), stored[i * SEG : (i + 1) * SEG], header))
+        parts.append(aead.encrypt(blob.NONCE.pack(i, i == count - 1), padded[i * SEG : (i + 1) * SEG], header))
     return b"".join(parts)
+
+
+def blob_len_for(stored_length: int) -> int:
+    padded = padding.padded_length(stored_length)
+    return blob.HEADER_LEN + padded + 16 * max(1, -(-padded // SEG))
 
 
 def ref_for(data: bytes, key: bytes, length: int) -> ChunkRef:
@@ -75,16 +83,19 @@ def test_round_trip(plaintext: bytes) -> None:
     assert blob.open_chunk(memoryview(data), ref, verify_id=False) == plaintext
     assert blob.open_chunk_range(data, ref, 0, len(plaintext)) == plaintext
     flags = data[2]
+    padded_length = int.from_bytes(data[3:7], "big")
+    assert padding.is_bucket(padded_length)  # a provider sees only the bucket
+    assert len(data) == blob.HEADER_LEN + padded_length + 16 * max(1, -(-padded_length // SEG))
     if plaintext[:1] == b"x" or len(set(plaintext[:4096])) > 200:  # random data is stored as is
-        assert flags == 0 and len(data) == blob.HEADER_LEN + len(plaintext) + 16 * max(1, -(-len(plaintext) // SEG))
+        assert flags == 0 and len(data) == blob_len_for(len(plaintext))
     if len(plaintext) > 4096 and len(set(plaintext)) < 60:  # text and zeros compress
         assert flags == blob.FLAG_ZSTD and len(data) < len(plaintext) // 4
 
 
-def test_empty_chunk_is_one_empty_segment() -> None:
+def test_empty_chunk_is_one_segment_of_padding() -> None:
     ref, data = blob.seal_chunk(b"", KEY_BASE)
-    assert len(data) == blob.HEADER_LEN + 16
-    assert data[:7] == b"B\x01\x00\x00\x00\x00\x00"
+    assert len(data) == blob.HEADER_LEN + 1 + 16  # the marker byte alone
+    assert data[:7] == b"B\x02\x00\x00\x00\x00\x01"
 
 
 def test_no_compression_when_disabled_or_not_worth_it() -> None:
@@ -128,8 +139,8 @@ def test_compressed_blob_follows_the_documented_construction() -> None:
 
     p = text(300_000)
     ref, data = blob.seal_chunk(p, KEY_BASE)
-    assert data[:3] == b"B\x01\x01"
-    stored_len = int.from_bytes(data[3:7], "big")
+    assert data[:3] == b"B\x02\x01"
+    stored_len = int.from_bytes(data[3:7], "big")  # the padded length
     salt = data[7:23]
     aead = crypto.Aead(crypto.derive_key("anysyncfs 2026 blob segment key v1", ref.key + salt))
     count = max(1, -(-stored_len // SEG))
@@ -140,7 +151,10 @@ def test_compressed_blob_follows_the_documented_construction() -> None:
         parts.append(aead.decrypt(nonce, data[pos : pos + size], data[:23]))
         pos += size
     assert pos == len(data)
-    stored = b"".join(parts)
+    padded = b"".join(parts)
+    stored = padded.rstrip(b"\x00")[:-1]
+    assert padded == stored + b"\x80" + bytes(len(padded) - len(stored) - 1)
+    assert len(padded) == padding.padme(len(stored) + 1)
     assert salt == crypto.blake3_keyed(ref.key, stored)[:16]
     assert zstandard.ZstdDecompressor().decompress(stored) == p
 
@@ -172,13 +186,14 @@ def test_truncated_or_extended_blob_is_rejected() -> None:
 
 
 def test_dropping_the_last_segment_is_rejected() -> None:
-    """A shorter stored length with the last segment removed: the header (AAD) and the last-flag both change."""
+    """A shorter padded length with the last segment removed: the header (AAD) and the last-flag both change."""
     p = rand(SEG * 2)
     ref, data = blob.seal_chunk(p, KEY_BASE)
+    assert int.from_bytes(data[3:7], "big") > 2 * SEG  # the marker starts a third segment
     header = bytearray(data[: blob.HEADER_LEN])
-    header[3:7] = SEG.to_bytes(4, "big")
-    bad = bytes(header) + data[blob.HEADER_LEN : blob.HEADER_LEN + SEG + 16]
-    short_ref = ChunkRef(blob=crypto.blake3(bad), key=ref.key, length=SEG)
+    header[3:7] = (2 * SEG).to_bytes(4, "big")  # the padded length of a chunk of 2 * SEG - 1 bytes
+    bad = bytes(header) + data[blob.HEADER_LEN : blob.HEADER_LEN + 2 * (SEG + 16)]
+    short_ref = ChunkRef(blob=crypto.blake3(bad), key=ref.key, length=2 * SEG - 1)
     with pytest.raises(AuthenticationFailed):
         blob.open_chunk(bad, short_ref)
 
@@ -256,17 +271,54 @@ def test_frame_without_declared_size_is_rejected() -> None:
         blob.open_chunk(data, ref_for(data, KEY, len(p)))
 
 
+def test_malformed_padding_is_rejected() -> None:
+    """Well-encrypted blobs (a member could make them) whose padding is not the canonical form: no marker, a
+    non-zero byte after it, or a padded length larger than the data's bucket. Each is refused when opened
+    whole, and by a segment read of the segment holding the bad padding."""
+    p = rand(3 * SEG + 10, seed=21)
+    packed = blob._compressor().compress(text(10_000))
+    salt = b"s" * 16
+    p_bucket = padding.padded_length(len(p))
+    cases = {
+        "no marker": (p + bytes(p_bucket - len(p)), 0, blob.ZERO_SALT, len(p)),
+        "byte after the marker": (p + b"\x80" + b"\x01" + bytes(p_bucket - len(p) - 2), 0, blob.ZERO_SALT, len(p)),
+        "last byte set": (p + b"\x80" + bytes(p_bucket - len(p) - 2) + b"\x01", 0, blob.ZERO_SALT, len(p)),
+        "bucket too large": (padding.pad_to(p, padding.padme(p_bucket + 1)), 0, blob.ZERO_SALT, len(p)),
+        "compressed, no marker": (packed + bytes(padding.padded_length(len(packed)) - len(packed)),
+                                  blob.FLAG_ZSTD, salt, 10_000),  # fmt: skip
+        "compressed, bucket too large": (padding.pad_to(packed, padding.padme(2 * len(packed))),
+                                         blob.FLAG_ZSTD, salt, 10_000),  # fmt: skip
+        "compressed, byte after the marker": (padding.pad_to(packed, padding.padded_length(len(packed)))[:-1] + b"\x01",
+                                              blob.FLAG_ZSTD, salt, 10_000),  # fmt: skip
+    }
+    for name, (padded, flags, salt_, length) in cases.items():
+        assert padding.is_bucket(len(padded)), name
+        data = seal_stored(KEY, b"", flags, salt_, padded=padded)
+        ref = ref_for(data, KEY, length)
+        with pytest.raises(DecodeError):
+            blob.open_chunk(data, ref)
+            pytest.fail(name)
+        if not flags and name != "bucket too large":
+            with pytest.raises(DecodeError):
+                blob.open_segments(data, ref, 3, 4)
+                pytest.fail(name)
+            assert blob.open_segments(data, ref, 0, 3) == [p[:SEG], p[SEG : 2 * SEG], p[2 * SEG : 3 * SEG]]
+    good = seal_stored(KEY, p, 0, blob.ZERO_SALT)
+    assert blob.open_chunk(good, ref_for(good, KEY, len(p))) == p
+
+
 def test_header_checks() -> None:
     ref, data = blob.seal_chunk(rand(100), KEY_BASE)
-    for index, value in ((0, ord("C")), (1, 2)):
+    for index, value in ((0, ord("C")), (1, 1), (1, 3)):  # version 1 (unpadded) is no longer read
         bad = bytearray(data)
         bad[index] = value
         with pytest.raises(DecodeError):
             blob.open_chunk(bytes(bad), ref, verify_id=False)
     big = bytearray(data)
-    big[3:7] = (blob.MAX_STORED_LENGTH + 1).to_bytes(4, "big")
-    with pytest.raises(DecodeError):
-        blob.open_chunk(bytes(big), ref, verify_id=False)
+    for padded_length in (blob.MAX_PADDED_LENGTH + 1, 2 * blob.MAX_PADDED_LENGTH, 0, 129):  # too big, not a bucket
+        big[3:7] = padded_length.to_bytes(4, "big")
+        with pytest.raises(DecodeError):
+            blob.open_chunk(bytes(big), ref, verify_id=False)
     with pytest.raises(ValueError):
         blob.seal_chunk(bytes(blob.MAX_CHUNK_LENGTH + 1), KEY_BASE)
     with pytest.raises(ValueError):
@@ -316,8 +368,8 @@ def test_is_compressed_checks_the_envelope() -> None:
     assert blob.is_compressed(TEXT_BLOB, TEXT_REF)
     with pytest.raises(DecodeError):
         blob.is_compressed(RANGE_BLOB[:-1], RANGE_REF)
-    with pytest.raises(DecodeError):
-        blob.is_compressed(RANGE_BLOB, ChunkRef(blob=RANGE_REF.blob, key=RANGE_REF.key, length=RANGE_REF.length - 1))
+    with pytest.raises(DecodeError):  # a length in another bucket: caught by the envelope check
+        blob.is_compressed(RANGE_BLOB, ChunkRef(blob=RANGE_REF.blob, key=RANGE_REF.key, length=RANGE_REF.length // 2))
     bad_salt = bytearray(RANGE_BLOB)
     bad_salt[10] ^= 1
     with pytest.raises(DecodeError):
@@ -350,6 +402,20 @@ def test_open_segments_authenticates_only_what_it_opens() -> None:
             blob.open_segments(corrupt, RANGE_REF, first, stop, verify_id=False)
     with pytest.raises(IdMismatch):
         blob.open_segments(corrupt, RANGE_REF, 0, 1)
+
+
+def test_a_wrong_length_in_the_same_bucket_is_caught_by_the_padding() -> None:
+    """The header only fixes the bucket; the marker right after the referenced length catches the rest."""
+    wrong = ChunkRef(blob=RANGE_REF.blob, key=RANGE_REF.key, length=RANGE_REF.length + 1)
+    assert padding.padded_length(wrong.length) == padding.padded_length(RANGE_REF.length)
+    assert not blob.is_compressed(RANGE_BLOB, wrong)
+    with pytest.raises(DecodeError):
+        blob.open_chunk(RANGE_BLOB, wrong)
+    with pytest.raises(DecodeError):
+        blob.open_segments(RANGE_BLOB, wrong, 3, 4)
+    with pytest.raises(DecodeError):
+        blob.open_chunk_range(RANGE_BLOB, wrong, 0, wrong.length)
+    assert blob.open_segments(RANGE_BLOB, wrong, 0, 3) == blob.open_segments(RANGE_BLOB, RANGE_REF, 0, 3)
 
 
 def test_open_segments_rejects_compressed_blobs_and_bad_ranges() -> None:
@@ -403,7 +469,7 @@ def test_vector() -> None:
             entry["blob_hex"] = data.hex()
         computed[name] = entry
     doc = {
-        "format": "chunk blob (tag 'B', version 1)",
+        "format": "chunk blob (tag 'B', version 2, padded to a Padme bucket)",
         "epoch_key_hex": epoch_key.hex(),
         "chunk_key_base_hex": key_base.hex(),
         "multi_segment_plaintext": "BLAKE3 derive_key('anysyncfs 2026 test vector data', b'blob multi-segment'), "

@@ -12,13 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anysyncfs.core import change as ch
-from anysyncfs.core import blob_refs, crypto, encoding, ops
+from anysyncfs.core import blob_refs, crypto, encoding, ops, padding
 from anysyncfs.core.change import (
     BLOB_REF_COST,
     MAX_BLOB_REFS,
     MAX_CHANGE_SIZE,
     MAX_PARENTS,
     MAX_PAYLOAD_SIZE,
+    payload_room,
     ChangeHeader,
     make_change,
     open_payload,
@@ -124,7 +125,7 @@ def test_blob_refs_are_sorted_deduplicated_and_signed() -> None:
 def test_most_blob_refs_fit_with_the_room_left_for_the_payload() -> None:
     refs = [crypto.blake3(i.to_bytes(4, "big")) for i in range(MAX_BLOB_REFS)]
     parents = [crypto.blake3(bytes([i])) for i in range(MAX_PARENTS)]
-    room = MAX_PAYLOAD_SIZE - BLOB_REF_COST * MAX_BLOB_REFS
+    room = payload_room(MAX_BLOB_REFS)
     c = make_change(AUTHOR, DEVICE.public, SPACE, parents, 2**63 - 1, -(2**63), ACL_HEAD, 2**32 - 1, EPOCH_KEY,
                     bytes(room), blob_refs=refs)
     assert len(c.raw) <= MAX_CHANGE_SIZE
@@ -191,6 +192,48 @@ def test_round_trip_property(
     assert list(parsed.header.parents) == sorted(parents)
     assert list(parsed.header.blob_refs) == sorted(set(refs))
     assert open_payload(parsed, key) == payload
+
+
+# ---------------------------------------------------------------------------------------------------- padding
+def sealed_with_padded(padded: bytes, nonce: bytes = bytes(12)) -> ch.Change:
+    """A correctly signed and encrypted change whose plaintext is ``padded`` as given (a member could make it)."""
+    h = small_change().header_raw
+    ciphertext = nonce + crypto.Aead(ch.payload_key(EPOCH_KEY)).encrypt(nonce, padded, h)
+    return parse_change(ch._assemble(AUTHOR, h, ciphertext))
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(0, 300_000))
+def test_ciphertext_length_is_a_bucket(size: int) -> None:
+    """A provider sees the ciphertext length: it reveals only the Padmé bucket of the payload's length."""
+    payload = bytes(size)
+    c = small_change(payload=payload)
+    sealed_length = len(c.ciphertext) - ch.NONCE_LEN - crypto.TAG_LEN
+    assert padding.is_bucket(sealed_length)
+    assert sealed_length == padding.padded_length(size) and sealed_length - size <= size // 8 + 2
+    assert open_payload(c, EPOCH_KEY) == payload
+
+
+def test_payloads_in_one_bucket_give_equal_lengths() -> None:
+    lengths = {len(small_change(payload=bytes(n)).raw) for n in range(3000, 3071)}
+    assert len(lengths) == 1  # payloads of 2944..3071 bytes are all padded to 3072: one observable length
+
+
+def test_malformed_payload_padding_is_rejected() -> None:
+    data = small_payload()
+    bucket = padding.padded_length(len(data))
+    assert open_payload(sealed_with_padded(padding.pad(data)), EPOCH_KEY) == data  # the helper is faithful
+    bad = {
+        "no padding at all": data,
+        "no marker": data + bytes(bucket - len(data)),
+        "marker not last non-zero": padding.pad_to(data, bucket)[:-1] + b"\x01",
+        "larger bucket than needed": padding.pad_to(data, padding.padme(bucket + 1)),
+        "empty": b"",
+    }
+    for name, padded in bad.items():
+        with pytest.raises(DecodeError):
+            open_payload(sealed_with_padded(padded), EPOCH_KEY)
+            pytest.fail(name)
 
 
 # ---------------------------------------------------------------------------------------------------- corruption

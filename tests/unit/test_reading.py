@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anysyncfs.core import blob, crypto
+from anysyncfs.core import blob, crypto, padding
 from anysyncfs.core.encoding import encode
 from anysyncfs.core.ops import ChunkRef, Content, Extent
 from anysyncfs.errors import BlobMissing, FsError, IdMismatch, NotFound
@@ -281,6 +281,31 @@ def test_a_corrupted_segment_gives_eio_and_never_wrong_bytes(caplog: pytest.LogC
             assert e.value.errno == errno.EIO
     assert len(caplog.records) == 3 and all("integrity" in r.getMessage() for r in caplog.records)
     assert reads.read(content, 4 * SEG, 5) == model[4 * SEG :]
+
+
+def test_malformed_padding_gives_eio_only_where_it_lies() -> None:
+    """A blob a member sealed correctly but padded wrongly (a non-zero byte after the marker, in the segment the
+    chunk ends in): the segments before it still read, the one holding the bad padding is EIO."""
+    data = random_bytes(4 * SEG + 5, seed=3)
+    key = crypto.blake3_keyed(KEY_BASE, data)
+    total = padding.padded_length(len(data))
+    padded = data + b"\x80" + b"\x07" + bytes(total - len(data) - 2)
+    header = blob.HEADER.pack(blob.BLOB_TAG, blob.BLOB_VERSION, 0, total, blob.ZERO_SALT)
+    aead = blob._segment_aead(key, blob.ZERO_SALT)
+    count = blob.segment_count(total)
+    sealed = header + b"".join(
+        aead.encrypt(blob.NONCE.pack(i, i == count - 1), padded[i * SEG : (i + 1) * SEG], header) for i in range(count)
+    )
+    ref = ChunkRef(blob=crypto.blake3(sealed), key=key, length=len(data))
+    store = Store()
+    store.put(ref.blob, sealed)
+    content = Content(size=len(data), extents=[Extent(offset=0, chunk=ref)])
+    reads = ContentReads(store.get)
+    assert reads.read(content, SEG + 7, 3 * SEG - 7) == data[SEG + 7 : 4 * SEG]  # segments 1..3: fine
+    for offset, size in ((4 * SEG, 5), (4 * SEG + 1, 1), (0, len(data))):
+        with pytest.raises(FsError) as e:
+            reads.read(content, offset, size)
+        assert e.value.errno == errno.EIO
 
 
 def test_a_corrupted_header_fails_every_read() -> None:
