@@ -8,6 +8,7 @@ change, its heads and its tree rows land atomically, or not at all.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +23,7 @@ from sqlalchemy.schema import CreateColumn
 
 from ..errors import NotFound, StoreError
 from . import schema as S
+from .files import PRIVATE_FILE_MODE, tighten
 from .db_sync import IN_BATCH, BlobRow, PeerRow, SyncQueries, _batches, now_us
 
 __all__ = ["BlobRow", "ChangeRow", "IN_BATCH", "PeerRow", "SpaceRow", "Store", "split_ids"]
@@ -78,6 +80,7 @@ class Store(SyncQueries):
 
     def __init__(self, path: str) -> None:
         self.path = path
+        _private_database_files(path)
         self._engine: Engine = create_engine(f"sqlite:///{path}", future=True)
         event.listen(self._engine, "connect", _on_connect)
         self._conn: Connection | None = None
@@ -479,6 +482,17 @@ class _Buffered:
 
     def scalar_one(self) -> Any:
         return self._rows[0][0]
+
+
+def _private_database_files(path: str) -> None:
+    """Create the database file 0600 before SQLite does (SQLite gives a new database the umask's mode, typically
+    0644, and its -wal and -shm files the database's mode), and narrow an older install's files to 0600."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE))
+    except OSError as e:
+        raise StoreError(f"cannot open store {path}: {e.strerror or e}") from None
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        tighten(name, PRIVATE_FILE_MODE)
 
 
 def _on_connect(dbapi_conn: Any, _record: Any) -> None:

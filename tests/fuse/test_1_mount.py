@@ -282,3 +282,24 @@ def test_mount_helper_for_mount_t_and_fstab(fuse_space: Mount, tmp_path: Path) -
     p = subprocess.run([str(HELPER), m.space, str(m.mountpoint), "-o", f"home={m.home},anysyncfs=/nonexistent"],
                        env=env, capture_output=True)
     assert p.returncode != 0
+
+
+def test_store_and_staging_are_private_while_mounted(fuse_space: Mount) -> None:
+    """Issue 10 item 8b: store.db, its -wal and -shm, the staging folders and files: owner only (the mount runs
+    under the usual umask 022, which gave 0644 and 0755 before)."""
+    old = os.umask(0o022)
+    try:
+        fuse_space.mount()
+    finally:
+        os.umask(old)
+    home = fuse_space.home
+    with open(fuse_space.path("open.bin"), "wb") as f:
+        f.write(b"x" * 100_000)
+        f.flush()  # staged, not committed before close... flush commits: write more after it
+        f.write(b"y" * 100_000)
+        staged = [p for p in (home / "staging").rglob("*") if p.is_file()]
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in
+                 [home, home / "staging", *(home / "staging").iterdir(), *staged,
+                  *(home / n for n in ("store.db", "store.db-wal", "store.db-shm"))]}
+    assert staged, "no staging file while a file is being written"
+    assert all(m == (0o600 if "store.db" in n or n.endswith(".stage") else 0o700) for n, m in modes.items()), modes
