@@ -309,12 +309,27 @@ class Store(SyncQueries):
         self._run(update(S.nodes).where(S.nodes.c.space == space_id).values(state=None))
         self._run(delete(S.tree_meta).where(S.tree_meta.c.space == space_id))
 
-    def tree_rows(self, space_id: bytes) -> tuple[list[tuple[int, bytes]], list[bytes]]:
-        """([(inode, node state)], [entry state]) of the cached tree."""
+    def tree_rows(self, space_id: bytes) -> tuple[list[tuple[int, bytes, bytes]], list[tuple[bytes, bytes]]]:
+        """([(inode, node id, node state)], [(entry id, entry state)]) of the cached tree."""
         n, e = S.nodes.c, S.entries.c
-        nodes_ = self._run(select(n.inode, n.state).where(n.space == space_id, n.state.is_not(None))).fetchall()
-        entries_ = self._run(select(e.state).where(e.space == space_id)).fetchall()
-        return [(r[0], r[1]) for r in nodes_], [r[0] for r in entries_]
+        q = select(n.inode, n.node, n.state).where(n.space == space_id, n.state.is_not(None))
+        nodes_ = self._run(q).fetchall()
+        entries_ = self._run(select(e.entry, e.state).where(e.space == space_id)).fetchall()
+        return [(r[0], r[1], r[2]) for r in nodes_], [(r[0], r[1]) for r in entries_]
+
+    def tree_row_states(self, space_id: bytes, node_ids: Sequence[bytes],
+                        entry_ids: Sequence[bytes]) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+        """The stored states of those nodes and entries that have one: ({node id: state}, {entry id: state})."""
+        n, e = S.nodes.c, S.entries.c
+        nodes_: dict[bytes, bytes] = {}
+        for part in _batches(node_ids):
+            q = select(n.node, n.state).where(n.space == space_id, n.node.in_(part), n.state.is_not(None))
+            nodes_.update({r[0]: r[1] for r in self._run(q).fetchall()})
+        entries_: dict[bytes, bytes] = {}
+        for part in _batches(entry_ids):
+            q = select(e.entry, e.state).where(e.space == space_id, e.entry.in_(part))
+            entries_.update({r[0]: r[1] for r in self._run(q).fetchall()})
+        return nodes_, entries_
 
     def inode_of(self, space_id: bytes, node_id: bytes) -> int:
         """The stable inode number of a node, reserving one if the node has none yet."""
