@@ -121,7 +121,8 @@ def _os_error(e: OSError, what: str) -> FsError:
     return FsError(errno.EIO, f"staging {what}: {e.strerror or e}")
 
 
-def seal_block(aead: crypto.Aead, node: bytes, index: int, counter: int, plain: bytes | bytearray | memoryview) -> bytes:
+def seal_block(aead: crypto.Aead, node: bytes, index: int, counter: int,
+               plain: bytes | bytearray | memoryview) -> bytes:
     """One slot: ``nonce || AES-256-GCM(plain) || tag`` with nonce = ``counter`` (96-bit big-endian) and associated
     data ``STAGING_AAD || node || index (u64 big-endian)``. ``counter`` must never repeat under ``aead``'s key."""
     if len(plain) != BLOCK_SIZE or not 0 < counter < 1 << 96 or not 0 <= index < 1 << 64:
@@ -202,7 +203,10 @@ class SegmentFiles:
             # One run of slots per segment file: sealed into one buffer, written with one pwrite.
             segment, slot = divmod(index, BLOCKS_PER_SEGMENT)
             run_last = min(last, (segment + 1) * BLOCKS_PER_SEGMENT - 1)
+            fd = self._fd(segment, True)
+            assert fd is not None
             sealed = bytearray()
+            before = {i: self._sealed.get(i) for i in range(index, run_last + 1)}
             for i in range(index, run_last + 1):
                 start = i * BLOCK_SIZE
                 lo, hi = max(offset, start), min(end, start + BLOCK_SIZE)
@@ -212,16 +216,19 @@ class SegmentFiles:
                     plain = bytearray(self._open_block(i))
                     plain[lo - start : hi - start] = view[lo - offset : hi - offset]
                 sealed += self._seal(i, plain)
-            fd = self._fd(segment, True)
-            assert fd is not None
             out, at = memoryview(sealed), slot * SLOT_SIZE
             try:
                 while len(out):
                     written = os.pwrite(fd, out, at)
                     out, at = out[written:], at + written
             except OSError as e:
-                for i in range(index, run_last + 1):
-                    self._sealed.pop(i, None)  # what the slot holds now is unknown: never trust it
+                # The write did not happen (it is not added to the dirty ranges): expect each slot's previous seal
+                # again. A slot the failed pwrite did overwrite in part then reads as EIO, never as wrong bytes.
+                for i, counter in before.items():
+                    if counter is None:
+                        self._sealed.pop(i, None)
+                    else:
+                        self._sealed[i] = counter
                 raise _os_error(e, "write") from None
             index = run_last + 1
 

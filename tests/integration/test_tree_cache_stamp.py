@@ -14,7 +14,8 @@ from pathlib import Path
 from tests.conftest import CLI
 
 
-def run(env: dict[str, str], *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+def run(env: dict[str, str], *args: str, input: bytes | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[bytes]:
     p = subprocess.run([*CLI, *args], input=input, env=env, capture_output=True, timeout=120)
     if check:
         assert p.returncode == 0, p.stderr.decode()

@@ -187,3 +187,22 @@ def test_staging_vector(tmp_path: Path) -> None:
     assert crypto.blake3(slot).hex() == computed["expected"]["slot_blake3_hex"]  # type: ignore[index]
     assert raw[: V_INDEX * SLOT_SIZE] == bytes(V_INDEX * SLOT_SIZE)  # earlier slots: a hole
     files.close()
+
+
+def test_a_failed_write_keeps_the_earlier_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails (disk full) leaves the block as it was before, readable, and never as zeros."""
+    files = SegmentFiles(tmp_path, "f", b"\x03" * 16)
+    files.write(0, b"a" * BLOCK_SIZE)
+
+    def full(*_args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(FsError) as e:
+        files.write(10, b"b" * 20)
+    assert e.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    out = memoryview(bytearray(BLOCK_SIZE))
+    files.read_into(out, 0)
+    assert bytes(out) == b"a" * BLOCK_SIZE
+    files.close()
