@@ -42,12 +42,12 @@ def locate_mounted(home_root: Path, path: str) -> tuple[str, Path, str]:
         candidate = candidate.parent
 
 
-def _open(ctx: "Context") -> tuple[Replica, str, tuple[Path, str] | None]:
-    """The replica, the path inside the space, and (mountpoint, path inside it) when mounted (else None)."""
+def _open(ctx: "Context") -> tuple[Replica, str, Path | None]:
+    """The replica, the path inside the space, and the mountpoint serving it (None without a mount)."""
     unlocked = ctx.home.unlock(ctx.passphrase())
     if ctx.args.path is None:
         space, mountpoint, rel = locate_mounted(ctx.home.root, ctx.args.target)
-        return _read_only(unlocked, space), rel, (mountpoint, rel)
+        return _read_only(unlocked, space), rel, mountpoint
     return open_replica(unlocked, ctx.args.target), ctx.args.path, None
 
 
@@ -86,7 +86,7 @@ def parse_when(replica: Replica, text: str) -> bytes:
 
 
 def cmd_revert(ctx: "Context") -> int:
-    replica, rel, mounted = _open(ctx)
+    replica, rel, mountpoint = _open(ctx)
     at = parse_when(replica, ctx.args.at)
     old_state = replica.materialise([at])
     try:
@@ -96,8 +96,8 @@ def cmd_revert(ctx: "Context") -> int:
     if old.kind != ops.KIND_FILE:
         raise UsageError(f"{rel} was not a regular file at {ctx.args.at}; revert restores files")
     data = b"".join(files.read_file(replica, old))
-    if mounted is not None:  # through the mount (the running mount commits it), never following a link
-        write_in_mount(mounted[0], rel, data, old.mode)
+    if mountpoint is not None:  # through the mount (the running mount commits it), never following a link
+        write_in_mount(mountpoint, rel, data, old.mode)
     else:
         files.put_file(replica, rel, data, mode=old.mode)
         node = files.resolve(replica.tree, rel)

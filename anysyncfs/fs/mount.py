@@ -47,8 +47,8 @@ import trio
 from ..core import acl, ids
 from ..errors import AnysyncError, BlobMissing, FsError, NotFound, UsageError
 from ..replica.home import Unlocked
-from ..store.files import private_dir
 from ..replica.replica import Replica, resolve_space
+from ..store.files import private_dir
 from .fuse import Operations
 from .mount_sync import run_sync
 from .vfs import Vfs

@@ -23,8 +23,8 @@ from sqlalchemy.schema import CreateColumn
 
 from ..errors import NotFound, StoreError
 from . import schema as S
-from .files import PRIVATE_FILE_MODE, tighten
 from .db_sync import IN_BATCH, BlobRow, PeerRow, SyncQueries, _batches, now_us
+from .files import PRIVATE_FILE_MODE, tighten
 
 __all__ = ["BlobRow", "ChangeRow", "IN_BATCH", "PeerRow", "SpaceRow", "Store", "split_ids"]
 
