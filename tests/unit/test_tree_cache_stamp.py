@@ -1,7 +1,7 @@
 """The keyed stamp of the cached tree (docs/protocol.md 60.3): row digests, incremental upkeep, the vector.
 
 The attack itself (an older row copied back into store.db) runs through the CLI in
-tests/integration/test_tree_cache_stamp.py.
+tests/integration/test_tree_cache_swap.py.
 """
 
 from __future__ import annotations
