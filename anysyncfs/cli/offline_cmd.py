@@ -70,9 +70,14 @@ def human(n: int) -> str:
 
 
 def _check_mounted(path: str) -> None:
-    """UsageError unless ``path`` exists inside an anysyncfs mount (outside its .anysync folder)."""
+    """UsageError unless ``path`` exists inside an anysyncfs mount (outside its .anysync folder) and is not a
+    symbolic link: any member can turn a path of the space into a link to a file of this device, so these commands
+    never follow one (every xattr call and open below is no-follow)."""
     try:
-        os.getxattr(path, PINNED)
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise UsageError(f"{path} is a symbolic link: pin, unpin and evict act on the files and folders of a "
+                             f"space, never through a link (give the path it points to)")
+        os.getxattr(path, PINNED, follow_symlinks=False)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file or directory") from None
     except OSError as e:
@@ -83,7 +88,7 @@ def _check_mounted(path: str) -> None:
 
 def _set(path: str, name: str, value: bytes, what: str) -> None:
     try:
-        os.setxattr(path, name, value)
+        os.setxattr(path, name, value, follow_symlinks=False)
     except OSError as e:
         if e.errno == errno.EROFS:
             raise PermissionDenied(f"cannot {what} {path}: the space is mounted read-only (-o ro)") from None
@@ -95,7 +100,7 @@ def _set(path: str, name: str, value: bytes, what: str) -> None:
 
 def _get(path: str, name: str) -> bytes:
     try:
-        return os.getxattr(path, name)
+        return os.getxattr(path, name, follow_symlinks=False)
     except OSError as e:
         raise AnysyncError(f"{path}: {e.strerror}") from None
 
@@ -103,7 +108,7 @@ def _get(path: str, name: str) -> bytes:
 def _files(top: str) -> Iterator[tuple[str, int]]:
     """(path, size) of the regular files at or below ``top`` (symlinks not followed; the .anysync folder, whose
     nodes have no offline attributes, skipped)."""
-    st = os.stat(top)
+    st = os.lstat(top)
     if stat.S_ISREG(st.st_mode):
         yield top, st.st_size
         return
@@ -123,7 +128,7 @@ def _is_space_dir(path: str) -> bool:
     if os.path.islink(path):
         return False
     try:
-        os.getxattr(path, PINNED)
+        os.getxattr(path, PINNED, follow_symlinks=False)
     except OSError:
         return False  # the .anysync folder (or something that is not part of the space)
     return True
@@ -175,7 +180,7 @@ def pin_contents(path: str, *, progress: TextIO | None = None, readers: int = RE
         report.files += 1
         report.total += size
         try:
-            state = os.getxattr(file_path, STATE)
+            state = os.getxattr(file_path, STATE, follow_symlinks=False)
         except OSError as e:
             report.failed[file_path] = e.strerror or str(e)
             continue
@@ -195,7 +200,7 @@ def pin_contents(path: str, *, progress: TextIO | None = None, readers: int = RE
         if file_path in report.failed:
             continue
         try:
-            state = os.getxattr(file_path, STATE)
+            state = os.getxattr(file_path, STATE, follow_symlinks=False)
         except OSError as e:
             report.failed[file_path] = e.strerror or str(e)
             continue
@@ -206,7 +211,7 @@ def pin_contents(path: str, *, progress: TextIO | None = None, readers: int = RE
 
 def _read_piece(path: str, start: int, length: int, report: PinReport) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         with report.lock:
             report.failed.setdefault(path, e.strerror or str(e))

@@ -3,7 +3,8 @@
 A mounted path is resolved to its space through the mount's lock file in the home (the mount records its
 mountpoint there). Reading history from the store while the mount runs is safe (SQLite WAL readers never block
 the writer). A revert of a mounted file writes the old bytes *through the mount*, so the running mount makes the
-change like any other write; a revert without a mount commits the change directly.
+change like any other write — from the mountpoint down, never following a symbolic link (another member may have
+made the path one: see :mod:`.mounted_write`); a revert without a mount commits the change directly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..errors import NotFound, UsageError
 from ..replica import files
 from ..replica.home import Unlocked
 from ..replica.replica import Replica, open_replica, resolve_space
+from .mounted_write import write_in_mount
 
 if TYPE_CHECKING:
     from .main import Context
@@ -41,11 +43,11 @@ def locate_mounted(home_root: Path, path: str) -> tuple[str, Path, str]:
 
 
 def _open(ctx: "Context") -> tuple[Replica, str, Path | None]:
-    """The replica, the path inside the space, and the mounted path (None without a mount)."""
+    """The replica, the path inside the space, and the mountpoint serving it (None without a mount)."""
     unlocked = ctx.home.unlock(ctx.passphrase())
     if ctx.args.path is None:
-        space, _mountpoint, rel = locate_mounted(ctx.home.root, ctx.args.target)
-        return _read_only(unlocked, space), rel, Path(os.path.abspath(ctx.args.target))
+        space, mountpoint, rel = locate_mounted(ctx.home.root, ctx.args.target)
+        return _read_only(unlocked, space), rel, mountpoint
     return open_replica(unlocked, ctx.args.target), ctx.args.path, None
 
 
@@ -84,7 +86,7 @@ def parse_when(replica: Replica, text: str) -> bytes:
 
 
 def cmd_revert(ctx: "Context") -> int:
-    replica, rel, mounted = _open(ctx)
+    replica, rel, mountpoint = _open(ctx)
     at = parse_when(replica, ctx.args.at)
     old_state = replica.materialise([at])
     try:
@@ -94,13 +96,8 @@ def cmd_revert(ctx: "Context") -> int:
     if old.kind != ops.KIND_FILE:
         raise UsageError(f"{rel} was not a regular file at {ctx.args.at}; revert restores files")
     data = b"".join(files.read_file(replica, old))
-    if mounted is not None:
-        with open(mounted, "wb") as f:  # through the mount: the running mount commits it
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if os.stat(mounted).st_mode & 0o7777 != old.mode:
-            os.chmod(mounted, old.mode)
+    if mountpoint is not None:  # through the mount (the running mount commits it), never following a link
+        write_in_mount(mountpoint, rel, data, old.mode)
     else:
         files.put_file(replica, rel, data, mode=old.mode)
         node = files.resolve(replica.tree, rel)

@@ -15,9 +15,6 @@ import nacl.exceptions as _nacl_exc
 import nacl.public as _nacl_public
 import nacl.signing as _nacl_signing
 from cryptography.exceptions import InvalidTag as _InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher as _Cipher
-from cryptography.hazmat.primitives.ciphers import algorithms as _algorithms
-from cryptography.hazmat.primitives.ciphers import modes as _modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM as _AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt as _Scrypt
 
@@ -197,21 +194,3 @@ def seal_with_ephemeral(recipient_signing_public: bytes, plaintext: bytes, ephem
     nonce = _nacl_hash.blake2b(eph_public + recipient, digest_size=24, encoder=_nacl_encoding.RawEncoder)
     return eph_public + _nacl_bindings.crypto_box(plaintext, nonce, recipient, bytes(eph_secret))
 
-
-# ---------------------------------------------------------------------------------------------------- AES-CTR
-CTR_NONCE_LEN = 8  # high half of the counter block; the low half counts 16-byte blocks from offset 0
-
-
-def ctr_at(key: bytes, nonce: bytes, offset: int, data: bytes | bytearray | memoryview) -> bytes:
-    """AES-256-CTR keystream XOR ``data`` as if it sat at byte ``offset`` of one long stream (encrypts and decrypts).
-
-    For local scratch data only (the mount's staging files, under a key that never leaves memory): it hides
-    content from whoever reads the disk later; it does not authenticate, and rewriting an offset reuses its
-    keystream, as sector-level disk encryption does. Offsets up to 2**63 fit the 64-bit block counter."""
-    if len(key) != KEY_LEN or len(nonce) != CTR_NONCE_LEN or not 0 <= offset < 2**63:
-        raise ValueError("ctr_at: bad key, nonce or offset")
-    block, skip = divmod(offset, 16)
-    enc = _Cipher(_algorithms.AES(key), _modes.CTR(nonce + block.to_bytes(8, "big"))).encryptor()
-    if skip:
-        enc.update(bytes(skip))
-    return enc.update(data)

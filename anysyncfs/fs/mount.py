@@ -48,6 +48,7 @@ from ..core import acl, ids
 from ..errors import AnysyncError, BlobMissing, FsError, NotFound, UsageError
 from ..replica.home import Unlocked
 from ..replica.replica import Replica, resolve_space
+from ..store.files import private_dir
 from .fuse import Operations
 from .mount_sync import run_sync
 from .vfs import Vfs
@@ -371,8 +372,8 @@ def serve(unlocked: Unlocked, space: str, mp: Path, opts: MountOptions, *, ready
     code = 0
     try:
         replica = Replica(unlocked, store, home.blobs(), space_id)
-        staging = home.root / STAGING_DIR / name
-        staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(home.root / STAGING_DIR)  # 0700 too, not the umask's mode mkdir(parents=True) would give it
+        staging = private_dir(home.root / STAGING_DIR / name)
         why_ro = _why_read_only(replica)
         if why_ro and not opts.read_only:
             log.warning("mounting read-only: %s", why_ro)

@@ -6,20 +6,25 @@ offsets. A read merges the three: dirty ranges from the staging files, other byt
 ``base_limit`` (the smallest size the file was truncated to since staging began; base bytes past it were cut off
 and read as zeros), zeros elsewhere. Truncation and holes cost nothing: nothing is written for them.
 
-The staging bytes live in files of 1 TiB segments (``<node hex>.<segment>``), so any offset a file may have
-(up to 2**63 - 1) maps to a file the local file system can hold (ext4 stops at 16 TiB per file).
+The staging bytes live in files of 1 TiB segments (``<node hex>.<segment>``; a segment file is slightly larger,
+by the seal of each block), so any offset a file may have (up to 2**63 - 1) maps to a file the local file system
+can hold (ext4 stops at 16 TiB per file).
 
 Staging is a cache, not a journal: what is not committed when the process dies is lost, exactly like dirty
 pages of a local disk that were never fsynced. Staging files left by a crash are removed at start.
 
-The staged bytes are encrypted on disk (AES-256-CTR by file offset, ``crypto.ctr_at``) under a random key and
-nonce per node that live only in this process's memory: plaintext never reaches the disk, and staging files a
-crash leaves behind are unreadable (they are deleted at the next start anyway).
+The staged bytes are sealed on disk in blocks of BLOCK_SIZE plaintext bytes, each with AES-256-GCM under a random
+key per staged node that lives only in this process's memory, a nonce that is a counter (so each write of a
+block uses a new one: two snapshots of the disk never share keystream) and associated data binding the block to
+its node and index (docs/protocol.md 60.4). Plaintext never reaches the disk, a modified, swapped or stale
+block reads as EIO rather than as wrong bytes, and staging files a crash leaves behind are unreadable (they are
+deleted at the next start anyway). Holes stay holes: a block nobody wrote has no slot on disk.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
@@ -27,11 +32,17 @@ from pathlib import Path
 
 from ..core import crypto
 from ..core.ops import Content
-from ..errors import FsError
+from ..errors import FsError, IntegrityError
+
+log = logging.getLogger(__name__)
 
 SEGMENT_BITS = 40
-SEGMENT_SIZE = 1 << SEGMENT_BITS
+SEGMENT_SIZE = 1 << SEGMENT_BITS  # plaintext bytes per segment file
+BLOCK_SIZE = 4 << 10  # plaintext bytes per sealed block: a page, so page-aligned writes never read a block back
+SLOT_SIZE = crypto.NONCE_LEN + BLOCK_SIZE + crypto.TAG_LEN  # bytes of one sealed block on disk
+BLOCKS_PER_SEGMENT = SEGMENT_SIZE // BLOCK_SIZE
 STAGING_SUFFIX = ".stage"
+STAGING_AAD = b"anysyncfs staging block v1\x00"  # || node id (16) || block index (u64 big-endian)
 
 ReadBase = Callable[[Content, int, int], bytes]
 
@@ -97,6 +108,11 @@ class Intervals:
         return sum(e - s for s, e in zip(self.starts, self.ends))
 
 
+def _tampered(index: int) -> FsError:
+    log.error("a staging block (%d) failed its integrity check: the staging folder was modified", index)
+    return FsError(errno.EIO, "staging read: a staged block does not authenticate (the staging file was modified)")
+
+
 def _os_error(e: OSError, what: str) -> FsError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return FsError(errno.ENOSPC, f"staging {what}: disk full")
@@ -105,15 +121,42 @@ def _os_error(e: OSError, what: str) -> FsError:
     return FsError(errno.EIO, f"staging {what}: {e.strerror or e}")
 
 
-class SegmentFiles:
-    """The sparse local files holding one node's dirty bytes at their own offsets."""
+def seal_block(aead: crypto.Aead, node: bytes, index: int, counter: int,
+               plain: bytes | bytearray | memoryview) -> bytes:
+    """One slot: ``nonce || AES-256-GCM(plain) || tag`` with nonce = ``counter`` (96-bit big-endian) and associated
+    data ``STAGING_AAD || node || index (u64 big-endian)``. ``counter`` must never repeat under ``aead``'s key."""
+    if len(plain) != BLOCK_SIZE or not 0 < counter < 1 << 96 or not 0 <= index < 1 << 64:
+        raise ValueError("seal_block: bad block, counter or index")
+    nonce = counter.to_bytes(crypto.NONCE_LEN, "big")
+    return nonce + aead.encrypt(nonce, plain, STAGING_AAD + node + index.to_bytes(8, "big"))
 
-    def __init__(self, directory: Path, stem: str) -> None:
+
+def open_block(aead: crypto.Aead, node: bytes, index: int, counter: int, slot: bytes) -> bytes:
+    """The plaintext of a slot sealed by :func:`seal_block` with exactly these arguments; IntegrityError for a
+    slot of the wrong size, with another nonce (an older version of the block), or that does not authenticate."""
+    nonce = counter.to_bytes(crypto.NONCE_LEN, "big")
+    if len(slot) != SLOT_SIZE or not crypto.ct_equal(slot[: crypto.NONCE_LEN], nonce):
+        raise IntegrityError("staging block has another size or nonce than the one last written")
+    return aead.decrypt(nonce, memoryview(slot)[crypto.NONCE_LEN :], STAGING_AAD + node + index.to_bytes(8, "big"))
+
+
+class SegmentFiles:
+    """The sparse local files holding one node's dirty bytes, sealed block by block (see the module doc).
+
+    Block ``i`` (plaintext bytes ``i*BLOCK_SIZE`` up to the next block) lives in slot ``i`` of the segment files:
+    ``nonce (12) || AES-256-GCM ciphertext (BLOCK_SIZE) || tag (16)``. Every write of a block seals the whole block
+    again under the next value of a counter (the nonce), so no key/nonce pair is ever used twice; the counter value
+    of each written block is kept in memory, so a block swapped for an older one of the same slot, zeroed or
+    cut off fails the check as surely as a modified one."""
+
+    def __init__(self, directory: Path, stem: str, node: bytes) -> None:
         self._dir = directory
         self._stem = stem
         self._fds: dict[int, int] = {}
-        self._key = crypto.random_bytes(crypto.KEY_LEN)  # in memory only: see the module doc
-        self._nonce = crypto.random_bytes(crypto.CTR_NONCE_LEN)
+        self._aead = crypto.Aead(crypto.random_bytes(crypto.KEY_LEN))  # in memory only: see the module doc
+        self._node = node
+        self._counter = 0  # nonce of the last sealed block; the key is fresh, so counting from 0 is safe
+        self._sealed: dict[int, int] = {}  # block index -> counter value it was last sealed with
 
     def _path(self, segment: int) -> Path:
         return self._dir / f"{self._stem}.{segment}{STAGING_SUFFIX}"
@@ -128,56 +171,92 @@ class SegmentFiles:
             self._fds[segment] = fd
         return fd
 
+    def _seal(self, index: int, plain: bytes | bytearray | memoryview) -> bytes:
+        self._counter += 1
+        self._sealed[index] = self._counter
+        return seal_block(self._aead, self._node, index, self._counter, plain)
+
+    def _open_block(self, index: int) -> bytes:
+        """The plaintext of block ``index`` (zeros if it was never written); EIO if the slot fails its check."""
+        counter = self._sealed.get(index)
+        if counter is None:
+            return bytes(BLOCK_SIZE)
+        segment, slot = divmod(index, BLOCKS_PER_SEGMENT)
+        fd = self._fd(segment, False)
+        raw = b""
+        if fd is not None:
+            try:
+                raw = os.pread(fd, SLOT_SIZE, slot * SLOT_SIZE)
+            except OSError as e:
+                raise _os_error(e, "read") from None
+        try:
+            return open_block(self._aead, self._node, index, counter, raw)
+        except IntegrityError:
+            raise _tampered(index) from None
+
     def write(self, offset: int, data: bytes | memoryview) -> None:
-        view = memoryview(crypto.ctr_at(self._key, self._nonce, offset, memoryview(data).cast("B")))
-        while len(view):
-            segment, inner = divmod(offset, SEGMENT_SIZE)
-            n = min(len(view), SEGMENT_SIZE - inner)
+        view = memoryview(data).cast("B")
+        end = offset + len(view)
+        first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        index = first
+        while index <= last:
+            # One run of slots per segment file: sealed into one buffer, written with one pwrite.
+            segment, slot = divmod(index, BLOCKS_PER_SEGMENT)
+            run_last = min(last, (segment + 1) * BLOCKS_PER_SEGMENT - 1)
             fd = self._fd(segment, True)
             assert fd is not None
-            part = view[:n]
+            sealed = bytearray()
+            before = {i: self._sealed.get(i) for i in range(index, run_last + 1)}
+            for i in range(index, run_last + 1):
+                start = i * BLOCK_SIZE
+                lo, hi = max(offset, start), min(end, start + BLOCK_SIZE)
+                if hi - lo == BLOCK_SIZE:
+                    plain: bytes | bytearray | memoryview = view[lo - offset : hi - offset]
+                else:  # a partial block: merge with what the block holds (read-modify-write)
+                    plain = bytearray(self._open_block(i))
+                    plain[lo - start : hi - start] = view[lo - offset : hi - offset]
+                sealed += self._seal(i, plain)
+            out, at = memoryview(sealed), slot * SLOT_SIZE
             try:
-                while len(part):
-                    written = os.pwrite(fd, part, inner)
-                    part, inner = part[written:], inner + written
+                while len(out):
+                    written = os.pwrite(fd, out, at)
+                    out, at = out[written:], at + written
             except OSError as e:
+                # The write did not happen (it is not added to the dirty ranges): expect each slot's previous seal
+                # again. A slot the failed pwrite did overwrite in part then reads as EIO, never as wrong bytes.
+                for i, counter in before.items():
+                    if counter is None:
+                        self._sealed.pop(i, None)
+                    else:
+                        self._sealed[i] = counter
                 raise _os_error(e, "write") from None
-            view, offset = view[n:], offset + n
+            index = run_last + 1
 
     def read_into(self, out: memoryview, offset: int) -> None:
-        """Fill ``out`` with the bytes at ``offset`` (zeros where nothing was written)."""
-        done = 0
-        while done < len(out):
-            segment, inner = divmod(offset + done, SEGMENT_SIZE)
-            n = min(len(out) - done, SEGMENT_SIZE - inner)
-            fd = self._fd(segment, False)
-            if fd is not None:
-                got = 0
-                try:
-                    while got < n:
-                        k = os.preadv(fd, [out[done + got : done + n]], inner + got)
-                        if k == 0:
-                            break
-                        got += k
-                except OSError as e:
-                    raise _os_error(e, "read") from None
-                if got:
-                    piece = out[done : done + got]
-                    piece[:] = crypto.ctr_at(self._key, self._nonce, offset + done, piece)
-                out[done + got : done + n] = bytes(n - got)
-            else:
-                out[done : done + n] = bytes(n)
-            done += n
+        """Fill ``out`` with the bytes at ``offset`` (zeros where nothing was written); EIO if a block read back
+        does not authenticate."""
+        end = offset + len(out)
+        index = offset // BLOCK_SIZE
+        while index * BLOCK_SIZE < end:
+            start = index * BLOCK_SIZE
+            lo, hi = max(offset, start), min(end, start + BLOCK_SIZE)
+            block = self._open_block(index)
+            out[lo - offset : hi - offset] = memoryview(block)[lo - start : hi - start]
+            index += 1
 
     def truncate(self, size: int) -> None:
-        """Drop the staged bytes at or after ``size``."""
+        """Drop the staged blocks wholly at or after ``size`` (the block holding ``size`` keeps its bytes past it:
+        they are outside every dirty range, so nothing reads them)."""
+        keep = -(-size // BLOCK_SIZE)  # blocks [0, keep) stay
+        for index in [i for i in self._sealed if i >= keep]:
+            del self._sealed[index]
         for segment in sorted(self._fds):
-            start = segment * SEGMENT_SIZE
-            if start >= size:
+            first = segment * BLOCKS_PER_SEGMENT
+            if first >= keep:
                 self._drop(segment)
-            elif start + SEGMENT_SIZE > size:
+            elif first + BLOCKS_PER_SEGMENT > keep:
                 try:
-                    os.ftruncate(self._fds[segment], size - start)
+                    os.ftruncate(self._fds[segment], (keep - first) * SLOT_SIZE)
                 except OSError as e:
                     raise _os_error(e, "truncate") from None
 
@@ -193,6 +272,7 @@ class SegmentFiles:
         """Close and remove every staging file of this node."""
         for segment in list(self._fds):
             self._drop(segment)
+        self._sealed.clear()
 
 
 class Staged:
@@ -205,7 +285,7 @@ class Staged:
         self.size = base.size
         self.base_limit = base.size  # base bytes at or after this offset were truncated away (read as zeros)
         self.dirty = Intervals()
-        self.files = SegmentFiles(directory, node.hex())
+        self.files = SegmentFiles(directory, node.hex(), node)
         self.mtime_ns = mtime_ns
         self.ctime_ns = ctime_ns
         self.data_changed = False  # writes or truncation happened (else only attributes are pending)

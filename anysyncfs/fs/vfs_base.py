@@ -26,6 +26,7 @@ from ..core import acl, ops, tree
 from ..core.ids import NODE_ID_LEN, ROOT_NODE
 from ..errors import FsError, IntegrityError, NotFound, PermissionDenied, Rejected, StoreError
 from ..replica.replica import Replica
+from ..store.files import private_dir
 from . import perms
 from .attrs import (
     DIR_SIZE,
@@ -131,7 +132,7 @@ class VfsCore:
     ) -> None:
         self.replica = replica
         self.staging_dir = Path(staging_dir)
-        self.staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self.staging_dir)
         left = clear_leftovers(self.staging_dir)
         if left:  # after a crash: like dirty pages never fsynced, those writes are gone (INFO, not a fault)
             log.info("removed %d staging files left by an earlier run (writes that were never committed)", left)

@@ -150,6 +150,13 @@ def _check_tree(replica: Replica, report: FsckReport, repair: bool) -> None:
     except AnysyncError as e:
         report.problems.append(f"the DAG does not fold: {e}")
         return
+    if replica.tree_cache_problem is not None:  # found when the replica opened (and refolded, in memory or stored)
+        if repair:
+            report.repaired.append(f"cached tree rebuilt from the DAG (it {replica.tree_cache_problem})")
+        else:
+            report.problems.append(f"the cached tree differs from a fresh fold: it {replica.tree_cache_problem} "
+                                   f"(run fsck --repair to rebuild it)")
+        return
     differs = fresh.canonical() != replica.tree.canonical()
     if repair and (differs or report.stale_marks):
         replica.refold()  # rewrites the tree rows and the unreadable marks

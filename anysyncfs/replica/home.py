@@ -6,6 +6,9 @@ Layout::
     <home>/store.db        SQLite store (WAL) for every space of this device
     <home>/blobs/ab/cd…    content-addressed blob files
 
+The home and its folders are 0700 and store.db (with its -wal and -shm files) 0600; opening the store narrows
+the modes an older install left wider.
+
 The default home is ``$XDG_DATA_HOME/anysyncfs`` (platformdirs); ``--home`` or ``ANYSYNCFS_HOME`` override it.
 """
 
@@ -23,11 +26,15 @@ from ..core.keys import Identity
 from ..errors import AlreadyExists, KeyringCorrupt, KeyringError, NotFound, StoreError
 from ..store.blobfiles import BlobFiles
 from ..store.db import Store
-from ..store.files import atomic_write, read_bounded
+from ..store.files import PRIVATE_DIR_MODE, atomic_write, private_dir, read_bounded, tighten
 
 KEYRING_FILE = "master.keys"
 STORE_FILE = "store.db"
 BLOBS_DIR = "blobs"
+# Folders of a home that hold secrets-adjacent data (blob files, staged writes, locks, logs, sync status): 0700.
+# Their names are owned by fs/mount.py and fs/mount_sync.py; they are listed here so opening the store narrows the
+# folders of installs made before that rule.
+PRIVATE_SUBDIRS = (BLOBS_DIR, "staging", "locks", "logs", "run")
 KEYRING_MAX_SIZE = 16 << 20
 
 
@@ -80,7 +87,7 @@ class Home:
     def create_identity(self, phrase: str, device_name: str, passphrase: bytes) -> Unlocked:
         if self.has_identity():
             raise AlreadyExists(f"an identity already exists in {self.root}")
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.root)
         identity = Identity.create(phrase, device_name, time.time_ns() // 1000)
         contents = kr.contents_from_identity(identity)
         self.write_keyring(contents, passphrase)
@@ -103,7 +110,9 @@ class Home:
     # ------------------------------------------------------------------------------------------ storage
     def store(self) -> Store:
         if self._store is None:
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self.root)
+            for name in PRIVATE_SUBDIRS:
+                tighten(self.root / name, PRIVATE_DIR_MODE)
             self._store = Store(str(self.root / STORE_FILE))
         return self._store
 

@@ -11,6 +11,7 @@ layer the same interface as a :class:`~.ledger.Ledger` (:class:`~.ledger.SpaceDa
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import time
@@ -32,7 +33,8 @@ from .unreadable import UnreadableChanges
 
 log = logging.getLogger(__name__)
 
-FOLD_VERSION = 1  # bump when fold rules or the node/entry serialisation change: cached trees are rebuilt
+FOLD_VERSION = 2  # bump when fold rules or the node/entry serialisation change: cached trees are rebuilt
+# (2: rows sealed under their own ID and covered by a keyed stamp, docs/protocol.md 60.3)
 
 
 def now_us() -> int:
@@ -41,6 +43,12 @@ def now_us() -> int:
 
 def heads_digest(heads: Iterable[bytes]) -> bytes:
     return crypto.blake3(b"".join(sorted(heads)))
+
+
+def _empty_tree_stamp(unlocked: Unlocked, space_id: bytes) -> bytes:
+    """The stamp of the empty cached tree of a new space (no heads, no rows)."""
+    codec = treecache.TreeCodec(unlocked.identity.account.seed, space_id)
+    return codec.stamp(heads_digest(()), 0, FOLD_VERSION, treecache.RowSet())
 
 
 def create_space(unlocked: Unlocked, name: str, *, chunking: space.Chunking | None = None) -> "Replica":
@@ -59,7 +67,7 @@ def create_space(unlocked: Unlocked, name: str, *, chunking: space.Chunking | No
     with store.transaction():
         store.add_space(parsed.id, name, header)
         store.add_acl_record(parsed.id, record.id, genesis)
-        store.set_tree_meta(parsed.id, heads_digest(()), 0, FOLD_VERSION)
+        store.set_tree_meta(parsed.id, _empty_tree_stamp(unlocked, parsed.id), 0, FOLD_VERSION)
     return Replica(unlocked, store, unlocked.home.blobs(), parsed.id)
 
 
@@ -78,7 +86,7 @@ def adopt_space(unlocked: Unlocked, name: str, header_raw: bytes, acl_raws: Sequ
         store.add_space(parsed.id, name, header_raw)
         for r in records:
             store.add_acl_record(parsed.id, r.id, r.raw)
-        store.set_tree_meta(parsed.id, heads_digest(()), 0, FOLD_VERSION)
+        store.set_tree_meta(parsed.id, _empty_tree_stamp(unlocked, parsed.id), 0, FOLD_VERSION)
     return Replica(unlocked, store, unlocked.home.blobs(), parsed.id)
 
 
@@ -114,6 +122,8 @@ class Replica:
         self.keys = self._epoch_keys()
         self._dag: Dag | None = None
         self._codec = treecache.TreeCodec(self.identity.account.seed, space_id)
+        self._rows = treecache.RowSet()  # what the stamp covers of the stored rows (kept current by _persist)
+        self.tree_cache_problem: str | None = None  # why the cached tree was not used at open (fsck reports it)
         self.heads: tuple[bytes, ...] = store.heads(space_id)
         self.unreadable = UnreadableChanges(store, space_id)
         self.tree = self._load_tree()
@@ -241,45 +251,69 @@ class Replica:
 
     # ------------------------------------------------------------------------------------------ tree cache
     def _load_tree(self) -> tree.TreeState:
-        meta = self.store.tree_meta(self.space_id)
-        if meta is not None and meta[2] == FOLD_VERSION and crypto.ct_equal(meta[0], heads_digest(self.heads)):
+        for _attempt in range(3):  # the mount may commit between these reads (another process): then read again
+            meta = self.store.tree_meta(self.space_id)
+            if meta is None or meta[2] != FOLD_VERSION:
+                break  # no cache, or one of an older build: rebuilt without a word
             try:
-                return self._tree_from_rows()
+                state, rows = self._tree_from_rows()
             except DecodeError as e:
-                log.warning("space %s: cached tree unreadable (%s); refolding", ids.space_text(self.space_id), e)
+                self.tree_cache_problem = f"is unreadable ({e})"
+            else:
+                stamp = self._codec.stamp(heads_digest(self.heads), meta[1], FOLD_VERSION, rows)
+                if crypto.ct_equal(meta[0], stamp):
+                    self._rows, self.tree_cache_problem = rows, None
+                    return state
+                self.tree_cache_problem = "does not match its keyed stamp (stale or modified rows)"
+            heads = self.store.heads(self.space_id)
+            if heads == self.heads and self.store.tree_meta(self.space_id) == meta:
+                break  # nothing moved meanwhile: the rows themselves are wrong
+            self.heads = heads
+        if self.tree_cache_problem is not None:
+            log.warning("space %s: cached tree %s; refolding", ids.space_text(self.space_id), self.tree_cache_problem)
         if self.read_only:
             return self.fresh_fold()
         return self.refold()
 
-    def _tree_from_rows(self) -> tree.TreeState:
+    def _tree_from_rows(self) -> tuple[tree.TreeState, treecache.RowSet]:
         # Loading allocates hundreds of thousands of objects with no cycles: pausing the cyclic GC meanwhile
         # avoids repeated full collections (measured: a large share of the reopen time of a big tree).
         enabled = gc.isenabled()
         gc.disable()
         try:
             node_rows, entry_rows = self.store.tree_rows(self.space_id)
-            return self._codec.decode_tree([state for _inode, state in node_rows], entry_rows)
+            return self._codec.decode_tree([(node, state) for _inode, node, state in node_rows], entry_rows)
         finally:
             if enabled:
                 gc.enable()
 
     def _persist(self, state: tree.TreeState, touched: set[bytes] | None) -> None:
         """Write the folded tree rows (all of them, or those of ``touched`` nodes) and the cache stamp."""
+        codec = self._codec
         if touched is None:
             self.store.clear_tree(self.space_id)
             node_list = list(state.nodes.values())
             entry_list = list(state.entries.values())
+            rows, old_nodes, old_entries = treecache.RowSet(), {}, {}
         else:
             node_list = [state.nodes[n] for n in touched if n in state.nodes]
-            entry_list = [e for n in touched for e in state.entries_of(n)]
-        self.store.upsert_nodes(self.space_id, [
-            (n.id, n.kind, n.content.size, n.version, self._codec.encode_node(n)) for n in node_list
-        ])
-        self.store.upsert_entries(self.space_id, [
-            (e.id, e.parent, e.node, e.live, self._codec.encode_entry(e)) for e in entry_list
-        ])
-        self.store.set_tree_meta(self.space_id, heads_digest(self.heads), len(self.dag), FOLD_VERSION)
+            entry_list = list({e.id: e for n in touched for e in state.entries_of(n)}.values())  # each row once
+            rows = dataclasses.replace(self._rows)  # adopted below, once the rows and the stamp are written
+            old_nodes, old_entries = self.store.tree_row_states(
+                self.space_id, [n.id for n in node_list], [e.id for e in entry_list])
+        node_rows = [(n.id, n.kind, n.content.size, n.version, codec.encode_node(n)) for n in node_list]
+        entry_rows = [(e.id, e.parent, e.node, e.live, codec.encode_entry(e)) for e in entry_list]
+        for r in node_rows:
+            codec.replace(rows, treecache.KIND_NODE, r[0], old_nodes.get(r[0]), r[4])
+        for r in entry_rows:
+            codec.replace(rows, treecache.KIND_ENTRY, r[0], old_entries.get(r[0]), r[4])
+        self.store.upsert_nodes(self.space_id, node_rows)
+        self.store.upsert_entries(self.space_id, entry_rows)
+        count = len(self.dag)
+        self.store.set_tree_meta(self.space_id, codec.stamp(heads_digest(self.heads), count, FOLD_VERSION, rows),
+                                 count, FOLD_VERSION)
         self.unreadable.flush()
+        self._rows = rows
 
     def fresh_fold(self, heads: Sequence[bytes] | None = None) -> tree.TreeState:
         """Fold the accepted changes (all, or the ancestors of ``heads``) from scratch, verifying each one."""

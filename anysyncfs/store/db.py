@@ -9,6 +9,7 @@ change, its heads and its tree rows land atomically, or not at all.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,6 +27,7 @@ from . import schema as S
 from .db_gc import GcQueries
 from .db_heads import HeadsQueries
 from .db_sync import IN_BATCH, BlobRow, PeerRow, SyncQueries, _batches, now_us
+from .files import PRIVATE_FILE_MODE, tighten
 
 __all__ = ["BlobRow", "ChangeRow", "IN_BATCH", "PeerRow", "SpaceRow", "Store", "split_ids"]
 
@@ -82,6 +84,7 @@ class Store(SyncQueries, HeadsQueries, GcQueries):
 
     def __init__(self, path: str) -> None:
         self.path = path
+        _private_database_files(path)
         self._engine: Engine = create_engine(f"sqlite:///{path}", future=True)
         event.listen(self._engine, "connect", _on_connect)
         self._conn: Connection | None = None
@@ -338,12 +341,27 @@ class Store(SyncQueries, HeadsQueries, GcQueries):
         self._run(update(S.nodes).where(S.nodes.c.space == space_id).values(state=None))
         self._run(delete(S.tree_meta).where(S.tree_meta.c.space == space_id))
 
-    def tree_rows(self, space_id: bytes) -> tuple[list[tuple[int, bytes]], list[bytes]]:
-        """([(inode, node state)], [entry state]) of the cached tree."""
+    def tree_rows(self, space_id: bytes) -> tuple[list[tuple[int, bytes, bytes]], list[tuple[bytes, bytes]]]:
+        """([(inode, node id, node state)], [(entry id, entry state)]) of the cached tree."""
         n, e = S.nodes.c, S.entries.c
-        nodes_ = self._run(select(n.inode, n.state).where(n.space == space_id, n.state.is_not(None))).fetchall()
-        entries_ = self._run(select(e.state).where(e.space == space_id)).fetchall()
-        return [(r[0], r[1]) for r in nodes_], [r[0] for r in entries_]
+        q = select(n.inode, n.node, n.state).where(n.space == space_id, n.state.is_not(None))
+        nodes_ = self._run(q).fetchall()
+        entries_ = self._run(select(e.entry, e.state).where(e.space == space_id)).fetchall()
+        return [(r[0], r[1], r[2]) for r in nodes_], [(r[0], r[1]) for r in entries_]
+
+    def tree_row_states(self, space_id: bytes, node_ids: Sequence[bytes],
+                        entry_ids: Sequence[bytes]) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+        """The stored states of those nodes and entries that have one: ({node id: state}, {entry id: state})."""
+        n, e = S.nodes.c, S.entries.c
+        nodes_: dict[bytes, bytes] = {}
+        for part in _batches(node_ids):
+            q = select(n.node, n.state).where(n.space == space_id, n.node.in_(part), n.state.is_not(None))
+            nodes_.update({r[0]: r[1] for r in self._run(q).fetchall()})
+        entries_: dict[bytes, bytes] = {}
+        for part in _batches(entry_ids):
+            q = select(e.entry, e.state).where(e.space == space_id, e.entry.in_(part))
+            entries_.update({r[0]: r[1] for r in self._run(q).fetchall()})
+        return nodes_, entries_
 
     def inode_of(self, space_id: bytes, node_id: bytes) -> int:
         """The stable inode number of a node, reserving one if the node has none yet."""
@@ -512,6 +530,17 @@ class _Buffered:
 
     def scalar_one(self) -> Any:
         return self._rows[0][0]
+
+
+def _private_database_files(path: str) -> None:
+    """Create the database file 0600 before SQLite does (SQLite gives a new database the umask's mode, typically
+    0644, and its -wal and -shm files the database's mode), and narrow an older install's files to 0600."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE))
+    except OSError as e:
+        raise StoreError(f"cannot open store {path}: {e.strerror or e}") from None
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        tighten(name, PRIVATE_FILE_MODE)
 
 
 def _on_connect(dbapi_conn: Any, _record: Any) -> None:

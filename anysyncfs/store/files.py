@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from ..errors import NotFound, StoreError
@@ -69,6 +70,48 @@ def atomic_write(path: StrPath, data: bytes | bytearray | memoryview, mode: int 
         _remove_quietly(temp)
         raise
     fsync_dir(directory)
+
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def private_dir(path: StrPath) -> Path:
+    """Make ``path`` a directory only its owner can enter: each missing component is created 0700 (``mkdir
+    parents=True`` would create the parents with the umask's mode, typically 0755), and an existing directory we
+    own whose mode lets group or others in is narrowed to 0700 (installs made by older versions)."""
+    target = Path(path)
+    missing: list[Path] = []
+    at = target
+    while not at.exists():
+        missing.append(at)
+        if at.parent == at:
+            break
+        at = at.parent
+    for component in reversed(missing):
+        try:
+            os.mkdir(component, PRIVATE_DIR_MODE)
+        except FileExistsError:
+            pass  # made meanwhile by another process
+        except OSError as e:
+            raise _store_error("create directory", component, e) from None
+    tighten(target, PRIVATE_DIR_MODE)
+    return target
+
+
+def tighten(path: StrPath, mode: int) -> None:
+    """Narrow the mode of ``path`` (a file or directory we own; symlinks are left alone) to ``mode`` if it grants
+    more; a missing path is fine."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & ~mode == 0:
+        return
+    try:
+        os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
+    except OSError as e:
+        raise _store_error("restrict the mode of", path, e) from None
 
 
 def _remove_quietly(path: Path) -> None:

@@ -101,7 +101,8 @@ tree_meta = Table(
     "tree_meta",
     metadata,
     Column("space", LargeBinary(32), ForeignKey("spaces.id"), primary_key=True, doc="space"),
-    Column("heads_digest", LargeBinary(32), nullable=False, doc="BLAKE3 of the sorted heads the tree was folded at"),
+    Column("heads_digest", LargeBinary(32), nullable=False, doc="keyed stamp of the cached tree: a MAC over the "
+           "sorted heads it was folded at, the change count, the fold version and every node/entry row (60.3)"),
     Column("change_count", BigInteger, nullable=False, doc="number of accepted changes folded into the tree"),
     Column("fold_version", Integer, nullable=False, doc="version of the fold rules/serialisation that built it"),
 )

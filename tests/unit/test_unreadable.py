@@ -162,6 +162,6 @@ def test_ops_that_decode_never_break_the_fold(changes: list[list[ops.Op]], wall:
         if node.kind == ops.KIND_DIR:
             state.children(node.id)  # the names a listing shows (conflict names included)
     codec = TreeCodec(b"\x01" * 32, b"\x02" * 32)
-    back = codec.decode_tree([codec.encode_node(n) for n in state.nodes.values()],
-                             [codec.encode_entry(e) for e in state.entries.values()])
+    back, _rows = codec.decode_tree([(n.id, codec.encode_node(n)) for n in state.nodes.values()],
+                                    [(e.id, codec.encode_entry(e)) for e in state.entries.values()])
     assert back.canonical() == state.canonical()
