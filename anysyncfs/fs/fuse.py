@@ -396,7 +396,9 @@ class Operations(pyfuse3.Operations):
         await self.call("releasedir", self.vfs.releasedir, fh, inline=True)
 
     async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
-        # Namespace changes are committed when they happen; fsync of a directory makes them durable.
+        # Commits the open batch (group commit) and makes it durable. (syncfs(2) never reaches a FUSE file system
+        # that is not virtiofs: pyfuse3 has no handler for it, and the kernel sends nothing. fsync a file or a
+        # directory of the mount instead.)
         await self.call("fsyncdir", self.vfs.fsyncdir, fh, bool(datasync))
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

@@ -40,6 +40,7 @@ from .attrs import (
     blocks_for,
     rdev_of,
 )
+from .batch import HARD_MAX_OPS, SOFT_MAX_OPS, Batch, is_provisional, provisional_id, split_payloads
 from .commit import build_content
 from .reading import ContentReads
 from .staging import Staged, clear_leftovers
@@ -67,6 +68,11 @@ def now_ns() -> int:
 
 def new_id() -> bytes:
     return os.urandom(NODE_ID_LEN)
+
+
+def _all_seen(_change: bytes, _than: bytes) -> bool:
+    """Ancestry as a batch sees it: its change will have every known change as an ancestor."""
+    return True
 
 
 class View(Protocol):
@@ -127,8 +133,16 @@ class VfsCore:
     """Shared state and helpers of the VFS (see the module doc)."""
 
     def __init__(
-        self, replica: Replica, *, staging_dir: Path, read_only: bool = False, commit_interval: float = 5.0
+        self,
+        replica: Replica,
+        *,
+        staging_dir: Path,
+        read_only: bool = False,
+        commit_interval: float = 5.0,
+        batch_interval: float | None = None,
     ) -> None:
+        """``batch_interval``: seconds an open batch may wait before :meth:`flush_due` commits it (group commit,
+        see :mod:`.batch`); ``None`` commits every operation as its own change at once (tests, tools)."""
         self.replica = replica
         self.staging_dir = Path(staging_dir)
         self.staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -137,6 +151,8 @@ class VfsCore:
             log.info("removed %d staging files left by an earlier run (writes that were never committed)", left)
         self._mounted_read_only = read_only or replica.read_only
         self.commit_interval = commit_interval
+        self.batch_interval = batch_interval
+        self._batch: Batch | None = None
         self.reads = ContentReads(replica.get_blob)
         self.live = LiveView(self)
         self._root_owner = (os.getuid(), os.getgid())
@@ -340,20 +356,134 @@ class VfsCore:
         return out
 
     def commit(self, op_list: list[ops.Op]) -> None:
-        """Commit ops as one signed change (the caller has checked that they make sense)."""
+        """Add ops to the open batch (the caller has checked that they make sense): applied to the tree at once,
+        so every reader sees them, and committed as part of one signed change by :meth:`flush_batch`. Without
+        group commit (``batch_interval`` None) that happens before this returns."""
         self.check_writable()
-        touched = self._touched(op_list)
-        before = self.replica.heads
-        with self.translated("commit"):
-            self.replica.commit(op_list)
+        self._stage(op_list)
+        batch = self._batch
+        assert batch is not None
+        if self.batch_interval is None:
+            self.flush_batch(keep_on_failure=False)
+        elif batch.count >= HARD_MAX_OPS or (batch.count >= SOFT_MAX_OPS and not self._batch_held()):
+            try:
+                self.flush_batch()
+            except FsError as e:  # the ops stay in the open batch: the next commit (fsync, timer) retries
+                log.warning("group commit at the size bound failed: %s", e)
+
+    def _open_batch(self) -> Batch:
+        if self._batch is None:
+            replica = self.replica
+            with self.translated("commit"):
+                self._batch = Batch(replica.dag.next_lamport(replica.heads))
+        return self._batch
+
+    def _stage(self, op_list: list[ops.Op]) -> None:
+        """Apply ops provisionally (see :mod:`.batch`) and add them to the open batch."""
+        batch = self._open_batch()
         state = self.replica.tree
-        touched |= self._touched(op_list)
+        batch.remember(state, op_list)
+        batch.applied += 1
+        info = tree.ChangeInfo(provisional_id(batch.applied), batch.lamport, self.replica.identity.account_id,
+                               time.time_ns() // 1000)  # fmt: skip
+        touched = state.apply(info, op_list, _all_seen)
+        batch.add(op_list, touched)
+
+    def _put_blob(self, blob_id: bytes, data: bytes) -> None:
+        """A blob of the open batch: written now, made durable and indexed when the batch is committed."""
+        batch = self._open_batch()
+        self.replica.blobs.put(blob_id, data, verified=True, durable=False)
+        batch.blobs[blob_id] = len(data)
+
+    def _batch_held(self) -> bool:
+        """A file created in the open batch is still open: committing now would store its name without its
+        content (a crash would then leave an empty or partial file that was never closed)."""
+        batch = self._batch
+        return batch is not None and any(node in batch.created for node in self._opens)
+
+    def _rollback(self, batch: Batch) -> None:
+        """Undo the provisional application of ``batch``: the tree is the committed one again."""
+        if batch.exact:
+            self.replica.tree.restore(batch.nodes_before, batch.entries_before)
+        else:  # an op touched something no snapshot covers (never expected): reload the committed tree
+            log.warning("group commit: reloading the committed tree to undo a provisional application")
+            self.replica.tree = self.replica._load_tree()  # noqa: SLF001 - the committed rows, never provisional ones
+
+    @locked
+    def flush_batch(self, *, keep_on_failure: bool = True) -> None:
+        """Commit the open batch: its blobs made durable, then its folded ops as one change (a few when they
+        exceed a change's payload limit) in ONE store transaction. On failure the tree is the committed one; with
+        ``keep_on_failure`` the batch is applied again and stays open (to be retried), else it is dropped."""
+        batch = self._batch
+        if batch is None:
+            return
+        self._batch = None
+        self._rollback(batch)
+        op_list = batch.all_ops()
+        before = self.replica.heads
+        try:
+            with self.translated("commit"):
+                self._commit_batch(batch, op_list)
+        except FsError:
+            if keep_on_failure:
+                for staged_ops in batch.op_lists:
+                    self._stage(staged_ops)
+                self._open_batch().blobs.update(batch.blobs)
+            raise
+        state = self.replica.tree
+        touched = set(batch.nodes_before) | self._touched(op_list)
         if before == self._known_heads:  # nothing arrived from elsewhere meanwhile: these are all ours
             self._known_heads = self.replica.heads
             for node_id in touched:
                 node = state.nodes.get(node_id)
                 if node is not None:
                     self._versions[node_id] = node.version
+        for node_id in touched:  # what the kernel saw through a handle in this batch is what was committed
+            inode = self._ino_of.get(node_id)
+            seen = self._seen_content.get(inode) if inode is not None else None
+            node = state.nodes.get(node_id)
+            if seen is not None and node is not None and is_provisional(seen[0]):
+                self._seen_content[inode] = self.content_key(node)  # type: ignore[index]
+
+    def _commit_batch(self, batch: Batch, op_list: list[ops.Op]) -> None:
+        replica = self.replica
+        store = replica.store
+        blob_ids = list(batch.blobs)
+        if blob_ids:
+            replica.blobs.make_durable(blob_ids)  # before any change that references them can be durable
+        parts = split_payloads(op_list) if op_list else []
+        if not parts and not blob_ids:
+            return
+        try:
+            with store.transaction():
+                for blob_id in blob_ids:
+                    store.index_blob(blob_id, batch.blobs[blob_id])
+                if blob_ids:
+                    store.queue_upload(replica.space_id, blob_ids)
+                for part in parts:
+                    replica.commit(part)
+        except BaseException:
+            # The transaction is gone, but the replica may have applied parts of it in memory.
+            replica._reload()  # noqa: SLF001
+            raise
+
+    @locked
+    def flush_due(self) -> bool:
+        """For the mount's timer: commit the open batch if it is older than ``batch_interval`` and no file
+        created in it is still open. True if it committed."""
+        batch = self._batch
+        if batch is None or self.batch_interval is None or self._closed:
+            return False
+        if time.monotonic() - batch.opened < self.batch_interval or self._batch_held():
+            return False
+        self.flush_batch()
+        return True
+
+    @property
+    def batch_age(self) -> float | None:
+        """Seconds the open batch has been open (None: no batch). Read without the lock (a hint for timers)."""
+        batch = self._batch
+        return None if batch is None else time.monotonic() - batch.opened
 
     # ------------------------------------------------------------------------------------------ staging
     def staged_for(self, node: tree.Node) -> Staged:
@@ -390,11 +520,9 @@ class VfsCore:
             with self.translated("commit"):
                 key_base = self.replica.chunk_key_base()
                 base_extents = self.reads.extents(staged.base)
-                # One store transaction for the blob index rows (each blob file is fsynced on its own): far
-                # fewer SQLite commits. The change itself commits afterwards, in its own transaction.
-                with self.replica.store.transaction():
-                    content = build_content(staged, base_extents, self.reads.read, key_base,
-                                            self.replica.chunk_params, self.replica.store_blob)  # fmt: skip
+                # Blobs are written without fsync; the batch makes them durable and indexes them at its commit.
+                content = build_content(staged, base_extents, self.reads.read, key_base,
+                                        self.replica.chunk_params, self._put_blob)  # fmt: skip
             op_list.append(ops.Write(node_id, content, staged.mtime_ns))
         if staged.attrs:
             op_list.append(ops.SetAttr(node_id, **staged.attrs))  # type: ignore[arg-type]
@@ -465,8 +593,11 @@ class VfsCore:
 
     @locked
     def fsyncdir(self, fh: int, datasync: bool) -> None:
-        """fsync of a directory: its namespace changes were committed when they happened; make them durable."""
+        """fsync of a directory: commit the open batch (every pending change of the space, like a journaling
+        file system's commit) and make it durable."""
+        self.flush_batch()
         self.sync()
+
 
     @locked
     def commit_all(self) -> None:
@@ -488,6 +619,7 @@ class VfsCore:
             return
         try:
             self.commit_all()
+            self.flush_batch()
             self.replica.sync()  # an unmount leaves everything durable
         except FsError as e:
             log.error("closing with uncommitted writes lost: %s", e)

@@ -146,11 +146,12 @@ class FilesMixin(NamesMixin):
 
     @locked
     def fsync(self, fh: int, datasync: bool) -> None:
-        """Returns when the file's change and its blobs are durable (blob files are fsynced before the change
-        is committed; then the store's log is fsynced)."""
+        """Returns when the file's change and its blobs are durable: the file's staged writes join the open batch,
+        which is committed (blob files fsynced first), then the store's log is fsynced."""
         handle = self.file_handle(fh)
         if handle.view is self.live:
             self.commit_staged(handle.node)
+            self.flush_batch()
             self.sync()
 
     @locked

@@ -117,6 +117,7 @@ class NamesMixin(VfsCore):
             elif name == b"..":
                 inode = self.virtual.parent_of(parent)
             else:
+                self.flush_batch()  # history shows committed changes: the open batch becomes one now
                 with self.translated("history"):
                     found = self.virtual.lookup(parent, name)
                 if found is None:
@@ -308,6 +309,7 @@ class NamesMixin(VfsCore):
             if not stat.S_ISDIR(attr.mode):
                 raise FsError(errno.ENOTDIR, "not a directory")
             perms.check(ctx, attr.mode, attr.uid, attr.gid, perms.R)
+            self.flush_batch()  # history shows committed changes: the open batch becomes one now
             with self.translated("history"):
                 return self.virtual.listing(inode)
         view, node = self._dir_view(inode)

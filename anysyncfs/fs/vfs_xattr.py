@@ -41,6 +41,7 @@ from ..replica.cache import BlobCache, EvictResult
 from ..replica.replica import Replica
 from . import perms
 from .attrs import XATTR_CREATE, XATTR_REPLACE, Ctx
+from .batch import is_provisional
 from .reading import ContentReads
 from .vfs_base import View, locked
 from .vfs_files import FilesMixin
@@ -62,9 +63,16 @@ OFFLINE_SETTABLE = (PINNED_NAME, EVICT_NAME)
 
 class XattrMixin(FilesMixin):
     def __init__(
-        self, replica: Replica, *, staging_dir: Path, read_only: bool = False, commit_interval: float = 5.0
+        self,
+        replica: Replica,
+        *,
+        staging_dir: Path,
+        read_only: bool = False,
+        commit_interval: float = 5.0,
+        batch_interval: float | None = None,
     ) -> None:
-        super().__init__(replica, staging_dir=staging_dir, read_only=read_only, commit_interval=commit_interval)
+        super().__init__(replica, staging_dir=staging_dir, read_only=read_only, commit_interval=commit_interval,
+                         batch_interval=batch_interval)
         self.cache = BlobCache(replica)
         # The same verified reads, through a getter that also notes each blob read (the cache's LRU order).
         self.reads = ContentReads(self._get_blob_noting_access)
@@ -98,6 +106,9 @@ class XattrMixin(FilesMixin):
 
     def _sync_value(self, view: View, node: tree.Node, name: bytes) -> bytes:
         if name == VERSION_NAME:
+            if view is self.live and is_provisional(node.version):
+                self.flush_batch()  # the version of a node changed in the open batch is its commit's ID
+                node = self.replica.tree.nodes[node.id]
             return ids.change_text(node.version).encode("ascii")
         if name == AUTHOR_NAME:
             return ids.account_text(node.author).encode("ascii")
