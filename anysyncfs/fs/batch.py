@@ -17,10 +17,13 @@ ctime of the nodes the batch touched (the commit's wall time).
 Crash semantics (those of a journaling file system): the open batch lives only in memory, and the blobs it
 references are written without fsync. A commit fsyncs those blobs first, then stores the batch in ONE SQLite
 transaction (several changes when the ops exceed a change's payload limit, still one transaction). So a kill or
-a power loss loses at most the open batch, as a whole: the tree is always a prefix of what was done. fsync,
-fsyncdir and unmount commit the batch and sync the store; the mount also commits it every ``interval`` (200 ms
-by default), but not while a file created in the batch is still open (its name would be committed without its
-content), up to ``MAX_HOLD_S``.
+a power loss loses at most the open batch, as a whole: the tree is always a prefix of what was done, where a
+file created in the batch counts as done when it is closed. A commit leaves such a file in the batch while it is
+still open (its name would be committed without its content) unless the commit is forced (unmount, fsync of
+its directory, the periodic commit of long writers) or something else names it (a rename, a link, an unlink):
+the committed tree never holds a file that was being written for the first time, half written. fsync of a file
+commits the batch with that file in it and syncs the store; the mount also commits every ``interval`` (200 ms
+by default) and when the batch grows past ``SOFT_MAX_OPS``.
 """
 
 from __future__ import annotations
@@ -34,9 +37,8 @@ from ..core.change import MAX_PAYLOAD_SIZE
 from ..core.encoding import encode
 
 PROVISIONAL_MARK = b"\xff" * 24  # real change IDs are BLAKE3 hashes: never 24 bytes of 0xff
-MAX_HOLD_S = 5.0  # the interval commit waits at most this long for a file created in the batch to be closed
-SOFT_MAX_OPS = 4096  # a batch this large is committed as soon as no file created in it is open
-HARD_MAX_OPS = 32768  # ... and at this size in any case
+SOFT_MAX_OPS = 4096  # a batch this large is committed at once
+HARD_MAX_OPS = 32768  # ... and at this size files still being written go with it
 PAYLOAD_BUDGET = MAX_PAYLOAD_SIZE - 64 * 1024  # bytes of encoded ops per change (headroom for the array framing)
 
 
@@ -102,9 +104,6 @@ class Batch:
         self.count += len(op_list)
         if any(n not in self.nodes_before for n in touched):
             self.exact = False
-
-    def all_ops(self) -> list[ops.Op]:
-        return fold_ops([op for op_list in self.op_lists for op in op_list])
 
 
 # ---------------------------------------------------------------------------------------------- folding

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -480,7 +481,7 @@ async def _commit_periodically(ops: Operations, interval: float) -> None:
         await trio.sleep(interval)
         await _commit_all(ops, "periodic")
         try:
-            await ops.run_blocking("flush_batch", ops.vfs.flush_batch)
+            await ops.run_blocking("flush_batch", functools.partial(ops.vfs.flush_batch, force=True))
         except FsError as e:
             log.warning("periodic commit failed: %s", os.strerror(e.errno))
         except Exception:  # noqa: BLE001 - the mount must stay up; the batch stays open

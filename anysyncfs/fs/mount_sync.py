@@ -83,17 +83,17 @@ async def run_sync(ops: Operations, replica: Replica, interval: float, fetch_tim
 
 
 class BatchFirstRunner(Runner):
-    """The sync engine's calls, under the mount's lock, each after the open batch is committed: received changes,
-    ACL records and refolds must meet the committed tree, never one with provisional ops applied (see
-    :mod:`.batch`). If that commit fails the call fails too (and is retried by the engine later)."""
+    """The sync engine's calls, under the mount's lock, each with the open batch set aside
+    (:meth:`~.vfs_base.VfsCore.batch_aside`): received changes, ACL records and refolds must meet the committed
+    tree, never one with provisional ops applied (see :mod:`.batch`). If that commit fails the call fails too (and
+    is retried by the engine later)."""
 
     def __init__(self, lock: threading.Lock, vfs: Vfs) -> None:
         super().__init__(lock)
         self.vfs = vfs
 
     def _locked(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        with self.lock:
-            self.vfs.flush_batch()
+        with self.lock, self.vfs.batch_aside():
             return fn(*args)
 
 

@@ -17,7 +17,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -40,7 +40,7 @@ from .attrs import (
     blocks_for,
     rdev_of,
 )
-from .batch import HARD_MAX_OPS, SOFT_MAX_OPS, Batch, is_provisional, provisional_id, split_payloads
+from .batch import HARD_MAX_OPS, SOFT_MAX_OPS, Batch, fold_ops, is_provisional, provisional_id, split_payloads
 from .commit import build_content
 from .reading import ContentReads
 from .staging import Staged, clear_leftovers
@@ -68,6 +68,11 @@ def now_ns() -> int:
 
 def new_id() -> bytes:
     return os.urandom(NODE_ID_LEN)
+
+
+def _op_node(op: ops.Op) -> bytes | None:
+    """The node a Create, Write or SetAttr is about (what :meth:`VfsCore._held` can hold back)."""
+    return op.node if isinstance(op, (ops.Create, ops.Write, ops.SetAttr)) else None
 
 
 def _all_seen(_change: bytes, _than: bytes) -> bool:
@@ -126,6 +131,7 @@ class DirHandle:
     ctx: Ctx
 
 
+ID_POOL = 256  # node IDs drawn (and inodes reserved) at a time; unused ones leave empty inode rows behind
 READDIR_BATCH = 1024  # entries per readdir answer: the kernel asks again from the last next_id
 
 
@@ -153,6 +159,7 @@ class VfsCore:
         self.commit_interval = commit_interval
         self.batch_interval = batch_interval
         self._batch: Batch | None = None
+        self._id_pool: list[bytes] = []  # node IDs with reserved inodes (see new_node_id)
         self.reads = ContentReads(replica.get_blob)
         self.live = LiveView(self)
         self._root_owner = (os.getuid(), os.getgid())
@@ -181,6 +188,19 @@ class VfsCore:
         return role is None or role < acl.Role.WRITER
 
     # ------------------------------------------------------------------------------------------ inodes
+    def new_node_id(self) -> bytes:
+        """A fresh random node ID whose inode number is reserved already: IDs are drawn in advance, and their
+        inodes reserved together in one transaction (a create then needs no store write of its own)."""
+        if not self._id_pool:
+            fresh = [new_id() for _ in range(ID_POOL)]
+            with self.translated("inode"):
+                found = self.replica.store.reserve_inodes(self.replica.space_id, fresh)
+            for node, row in found.items():
+                self._ino_of[node] = row + NODE_INODE_SHIFT
+                self._node_of[row + NODE_INODE_SHIFT] = node
+            self._id_pool = fresh[::-1]
+        return self._id_pool.pop()
+
     def live_inode(self, node: bytes) -> int:
         inode = self._ino_of.get(node)
         if inode is None:
@@ -364,10 +384,10 @@ class VfsCore:
         batch = self._batch
         assert batch is not None
         if self.batch_interval is None:
-            self.flush_batch(keep_on_failure=False)
-        elif batch.count >= HARD_MAX_OPS or (batch.count >= SOFT_MAX_OPS and not self._batch_held()):
+            self.flush_batch(force=True, keep_on_failure=False)
+        elif batch.count >= SOFT_MAX_OPS:
             try:
-                self.flush_batch()
+                self.flush_batch(force=batch.count >= HARD_MAX_OPS)
             except FsError as e:  # the ops stay in the open batch: the next commit (fsync, timer) retries
                 log.warning("group commit at the size bound failed: %s", e)
 
@@ -395,43 +415,82 @@ class VfsCore:
         self.replica.blobs.put(blob_id, data, verified=True, durable=False)
         batch.blobs[blob_id] = len(data)
 
-    def _batch_held(self) -> bool:
-        """A file created in the open batch is still open: committing now would store its name without its
-        content (a crash would then leave an empty or partial file that was never closed)."""
-        batch = self._batch
-        return batch is not None and any(node in batch.created for node in self._opens)
+    def _held(self, batch: Batch, exclude: Collection[bytes] = ()) -> set[bytes]:
+        """Files created in ``batch`` and still open, whose batched ops are only their own Create, Writes and
+        SetAttrs (nothing else names them): a commit leaves them in the batch, so that a crash never finds a
+        name whose content was not written yet. Any other use of such a file commits it as it is."""
+        candidates = {node for node in self._opens if node in batch.created and node not in exclude}
+        if not candidates:
+            return candidates
+        entry_node: dict[bytes, bytes] = {}
+        for op_list in batch.op_lists:
+            for op in op_list:
+                if isinstance(op, ops.Create) and op.node in candidates:
+                    entry_node[op.entry] = op.node
+        for op_list in batch.op_lists:
+            for op in op_list:
+                if isinstance(op, ops.Link) and op.node in candidates:
+                    candidates.discard(op.node)
+                elif isinstance(op, (ops.Rename, ops.Unlink)) and op.entry in entry_node:
+                    candidates.discard(entry_node[op.entry])
+        return candidates
 
     def _rollback(self, batch: Batch) -> None:
         """Undo the provisional application of ``batch``: the tree is the committed one again."""
         if batch.exact:
             self.replica.tree.restore(batch.nodes_before, batch.entries_before)
-        else:  # an op touched something no snapshot covers (never expected): reload the committed tree
-            log.warning("group commit: reloading the committed tree to undo a provisional application")
+        else:  # an op touched something no snapshot covers (a remote change came in between): reload
+            log.info("group commit: reloading the committed tree to undo a provisional application")
             self.replica.tree = self.replica._load_tree()  # noqa: SLF001 - the committed rows, never provisional ones
 
+    def _restage(self, op_lists: Sequence[list[ops.Op]], blobs: dict[bytes, int]) -> None:
+        for op_list in op_lists:
+            self._stage(op_list)
+        if blobs:
+            self._open_batch().blobs.update(blobs)
+
     @locked
-    def flush_batch(self, *, keep_on_failure: bool = True) -> None:
+    def flush_batch(self, *, force: bool = False, exclude: Collection[bytes] = (),
+                    keep_on_failure: bool = True) -> None:  # fmt: skip
         """Commit the open batch: its blobs made durable, then its folded ops as one change (a few when they
-        exceed a change's payload limit) in ONE store transaction. On failure the tree is the committed one; with
-        ``keep_on_failure`` the batch is applied again and stays open (to be retried), else it is dropped."""
+        exceed a change's payload limit) in ONE store transaction. Unless ``force``, files created in the batch
+        and still open (:meth:`_held`; those in ``exclude`` excepted) stay in a new open batch. On failure the
+        tree is the committed one; with ``keep_on_failure`` the batch is applied again and stays open (to be
+        retried), else it is dropped."""
         batch = self._batch
         if batch is None:
             return
+        held = set() if force else self._held(batch, exclude)
+        commit_lists: list[list[ops.Op]] = []
+        held_lists: list[list[ops.Op]] = []
+        for op_list in batch.op_lists:
+            if not held:
+                commit_lists.append(op_list)
+                continue
+            keep = [op for op in op_list if _op_node(op) in held]
+            rest = [op for op in op_list if _op_node(op) not in held]
+            if keep:
+                held_lists.append(keep)
+            if rest:
+                commit_lists.append(rest)
+        if not commit_lists and not batch.blobs:
+            return  # only files still being written: nothing to commit yet
         self._batch = None
         self._rollback(batch)
-        op_list = batch.all_ops()
+        op_list = fold_ops([op for ops_ in commit_lists for op in ops_])
         before = self.replica.heads
         try:
             with self.translated("commit"):
                 self._commit_batch(batch, op_list)
         except FsError:
             if keep_on_failure:
-                for staged_ops in batch.op_lists:
-                    self._stage(staged_ops)
-                self._open_batch().blobs.update(batch.blobs)
+                self._restage(batch.op_lists, batch.blobs)
             raise
+        finally:
+            if held_lists and self._batch is None:
+                self._restage(held_lists, {})
         state = self.replica.tree
-        touched = set(batch.nodes_before) | self._touched(op_list)
+        touched = self._touched(op_list) | {n for n in batch.nodes_before if n not in held}
         if before == self._known_heads:  # nothing arrived from elsewhere meanwhile: these are all ours
             self._known_heads = self.replica.heads
             for node_id in touched:
@@ -445,6 +504,23 @@ class VfsCore:
             if seen is not None and node is not None and is_provisional(seen[0]):
                 self._seen_content[inode] = self.content_key(node)  # type: ignore[index]
 
+    @contextlib.contextmanager
+    def batch_aside(self) -> Iterator[None]:
+        """Run something that changes the replica from outside (received changes, ACL records) on the committed
+        tree: the batch is committed, what it holds back is undone meanwhile and applied again afterwards (on
+        top of whatever arrived; the fold rules then decide, as for any change)."""
+        with self._lock:
+            self.flush_batch()
+            held = self._batch
+            self._batch = None
+            if held is not None:
+                self._rollback(held)
+            try:
+                yield
+            finally:
+                if held is not None:
+                    self._restage(held.op_lists, held.blobs)
+
     def _commit_batch(self, batch: Batch, op_list: list[ops.Op]) -> None:
         replica = self.replica
         store = replica.store
@@ -456,10 +532,7 @@ class VfsCore:
             return
         try:
             with store.transaction():
-                for blob_id in blob_ids:
-                    store.index_blob(blob_id, batch.blobs[blob_id])
-                if blob_ids:
-                    store.queue_upload(replica.space_id, blob_ids)
+                store.index_new_blobs(replica.space_id, list(batch.blobs.items()))
                 for part in parts:
                     replica.commit(part)
         except BaseException:
@@ -469,15 +542,15 @@ class VfsCore:
 
     @locked
     def flush_due(self) -> bool:
-        """For the mount's timer: commit the open batch if it is older than ``batch_interval`` and no file
-        created in it is still open. True if it committed."""
+        """For the mount's timer: commit the open batch if it is older than ``batch_interval`` (files created in it
+        and still open stay in the batch). True if it committed."""
         batch = self._batch
         if batch is None or self.batch_interval is None or self._closed:
             return False
-        if time.monotonic() - batch.opened < self.batch_interval or self._batch_held():
+        if time.monotonic() - batch.opened < self.batch_interval:
             return False
         self.flush_batch()
-        return True
+        return self._batch is not batch
 
     @property
     def batch_age(self) -> float | None:
@@ -619,7 +692,7 @@ class VfsCore:
             return
         try:
             self.commit_all()
-            self.flush_batch()
+            self.flush_batch(force=True)
             self.replica.sync()  # an unmount leaves everything durable
         except FsError as e:
             log.error("closing with uncommitted writes lost: %s", e)

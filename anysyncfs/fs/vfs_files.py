@@ -151,7 +151,7 @@ class FilesMixin(NamesMixin):
         handle = self.file_handle(fh)
         if handle.view is self.live:
             self.commit_staged(handle.node)
-            self.flush_batch()
+            self.flush_batch(exclude=(handle.node,))
             self.sync()
 
     @locked

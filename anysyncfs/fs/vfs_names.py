@@ -72,7 +72,7 @@ class NamesMixin(VfsCore):
             # A non-member may not create a setgid executable in a group it does not belong to.
             if bits & stat.S_ISGID and bits & stat.S_IXGRP and ctx.uid != 0 and not perms.in_group(ctx, gid):
                 bits &= ~stat.S_ISGID
-        node_id = new_id()
+        node_id = self.new_node_id()
         self.commit([ops.Create(node_id, new_id(), parent.id, name, kind, bits, uid, gid, now_ns(), target)])
         attr = self.node_attr(self.live, node_id)
         self.count_lookup(attr.inode)

@@ -99,11 +99,23 @@ def fsync_paths(paths: Sequence[Path], *, threads: int = 8) -> None:
         sync_one(paths[0], False)
         sync_one(directories[0], True)
         return
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for _ in pool.map(lambda p: sync_one(p, False), paths):
-            pass
-        for _ in pool.map(lambda d: sync_one(d, True), directories):
-            pass
+    pool = _fsync_pool(threads)
+    for _ in pool.map(lambda p: sync_one(p, False), paths):
+        pass
+    for _ in pool.map(lambda d: sync_one(d, True), directories):
+        pass
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _fsync_pool(threads: int) -> ThreadPoolExecutor:
+    """One pool per size for the life of the process (starting threads for every batch costs more than the
+    fsyncs of a small one)."""
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fsync")
+    return pool
 
 
 def _remove_quietly(path: Path) -> None:
