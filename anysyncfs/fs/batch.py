@@ -11,8 +11,11 @@ they would be without batching: conflict and history rules do not change, a batc
 
 Provisional application uses change IDs that can never be real (:func:`provisional_id`), the lamport the
 commit will use, and treats every known change as seen (the batch's change will have every head as a parent),
-so it takes no conflict branch: what readers see is what the commit produces, up to the change ID and the
-ctime of the nodes the batch touched (the commit's wall time).
+so it takes no conflict branch: what readers see is what the commit produces, up to the change ID and one
+time. Ops that carry no time of their own (chmod, chown, utimens, link, rename, unlink) set ctime (and a
+directory's mtime) to their change's wall time; the commit's change carries the time of the batch's LAST op, so
+a ctime shown while the batch was open may move forward by up to the batch interval when it is committed,
+never backward.
 
 Crash semantics (those of a journaling file system): the open batch lives only in memory, and the blobs it
 references are written without fsync. A commit fsyncs those blobs first, then stores the batch in ONE SQLite
@@ -65,6 +68,7 @@ class Batch:
     created: set[bytes] = field(default_factory=set)  # nodes created in this batch
     blobs: dict[bytes, None] = field(default_factory=dict)  # blobs written (not yet durable) for its ops, in order
     applied: int = 0  # provisional applications so far (numbers their IDs)
+    wall_us: int = 0  # wall time of the last application: its change carries it
     exact: bool = True  # False if an application touched something not snapshotted (undo by reloading)
 
     def remember(self, state: tree.TreeState, op_list: Sequence[ops.Op]) -> None:

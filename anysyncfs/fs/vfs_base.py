@@ -404,8 +404,10 @@ class VfsCore:
         state = self.replica.tree
         batch.remember(state, op_list)
         batch.applied += 1
+        wall_us = max(time.time_ns() // 1000, batch.wall_us)
+        batch.wall_us = wall_us  # the commit carries the time of the last op: the ctimes shown only move forward
         info = tree.ChangeInfo(provisional_id(batch.applied), batch.lamport, self.replica.identity.account_id,
-                               time.time_ns() // 1000)  # fmt: skip
+                               wall_us)  # fmt: skip
         touched = state.apply(info, op_list, _all_seen)
         batch.add(op_list, touched)
 
@@ -534,7 +536,7 @@ class VfsCore:
             with store.transaction():
                 store.index_new_blobs(replica.space_id, list(batch.blobs.items()))
                 for part in parts:
-                    replica.commit(part)
+                    replica.commit(part, wall_us=batch.wall_us or None)
         except BaseException:
             # The transaction is gone, but the replica may have applied parts of it in memory.
             replica._reload()  # noqa: SLF001
