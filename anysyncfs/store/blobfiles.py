@@ -58,12 +58,13 @@ class BlobFiles:
                 directory.mkdir(mode=0o700, exist_ok=True)
             except OSError as e:
                 raise StoreError(f"cannot create {directory}: {e.strerror or e}") from None
-            fsync_dir(self.root)
+            if durable:
+                fsync_dir(self.root)  # else make_durable does it
         atomic_write(path, data, 0o600, durable=durable)
 
     def make_durable(self, blob_ids: Sequence[bytes]) -> None:
         """fsync the files of blobs written with ``durable=False`` (and their directories)."""
-        fsync_paths([self.path_of(b) for b in blob_ids])
+        fsync_paths([self.path_of(b) for b in blob_ids], also=[self.root])  # the root: new subdirectories
 
     def _intact(self, path: Path, blob_id: bytes) -> bool:
         try:

@@ -77,9 +77,10 @@ def atomic_write(path: StrPath, data: bytes | bytearray | memoryview, mode: int 
         fsync_dir(directory)
 
 
-def fsync_paths(paths: Sequence[Path], *, threads: int = 8) -> None:
+def fsync_paths(paths: Sequence[Path], *, also: Sequence[Path] = (), threads: int = 8) -> None:
     """fsync many files, then their directories once each: what :func:`atomic_write` with ``durable=False``
-    left undone. The calls run in parallel (the file system's journal then commits many of them at once)."""
+    left undone, and the directories ``also`` (after those). The calls run in parallel (the file system's journal
+    then commits many of them at once)."""
     def sync_one(path: Path, directory: bool) -> None:
         try:
             fd = os.open(path, (os.O_RDONLY | os.O_DIRECTORY) if directory else os.O_RDONLY)
@@ -98,12 +99,14 @@ def fsync_paths(paths: Sequence[Path], *, threads: int = 8) -> None:
     if len(paths) == 1:
         sync_one(paths[0], False)
         sync_one(directories[0], True)
-        return
-    pool = _fsync_pool(threads)
-    for _ in pool.map(lambda p: sync_one(p, False), paths):
-        pass
-    for _ in pool.map(lambda d: sync_one(d, True), directories):
-        pass
+    else:
+        pool = _fsync_pool(threads)
+        for _ in pool.map(lambda p: sync_one(p, False), paths):
+            pass
+        for _ in pool.map(lambda d: sync_one(d, True), directories):
+            pass
+    for d in also:
+        sync_one(d, True)
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
