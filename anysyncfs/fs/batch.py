@@ -25,8 +25,9 @@ file created in the batch counts as done when it is closed. A commit leaves such
 still open (its name would be committed without its content) unless the commit is forced (unmount, fsync of
 its directory, the periodic commit of long writers) or something else names it (a rename, a link, an unlink):
 the committed tree never holds a file that was being written for the first time, half written. fsync of a file
-commits the batch with that file in it and syncs the store; the mount also commits every ``interval`` (200 ms
-by default) and when the batch grows past ``SOFT_MAX_OPS``.
+commits the batch with that file in it and syncs the store; the mount also commits when the batch is ``interval``
+old (200 ms by default), when nothing was added to it for a tenth of that (a lone save goes out at once; a burst
+of operations shares one change), and when it grows past ``SOFT_MAX_OPS``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Batch:
 
     lamport: int  # the lamport its change will carry (nothing else is applied while it is open)
     opened: float = field(default_factory=time.monotonic)
+    last_op: float = field(default_factory=time.monotonic)  # when ops were last added
     op_lists: list[list[ops.Op]] = field(default_factory=list)
     count: int = 0  # ops
     nodes_before: dict[bytes, tree.Node | None] = field(default_factory=dict)
@@ -134,25 +136,28 @@ def _merge_attrs(a: ops.SetAttr, b: ops.SetAttr) -> ops.SetAttr:
 
 
 def fold_ops(op_list: list[ops.Op]) -> list[ops.Op]:
-    """The fewest ops with the same effect, applied as one change: of two ops on one node with no other op on
-    that node between them, two SetAttrs become one, and a Write replaced by the next Write goes (the content is
-    replaced whole). Nothing moves across an op on the same node, and other nodes' ops never depend on these."""
+    """The fewest ops with the same effect, applied as one change: a Write goes when a later Write of the same
+    node replaces it (content, size and mtime are replaced whole, and nothing in a fold reads a node's content
+    except the conflict copy a later Write would make the same way), and two SetAttrs of one node with no other op
+    on that node between them become one. Other nodes' ops never depend on these."""
     out: list[ops.Op | None] = []
     last: dict[bytes, int] = {}  # node -> index in out of the last op on it
+    last_write: dict[bytes, int] = {}  # node -> index in out of its last Write
     for op in op_list:
         node = _node_of(op)
-        touches = _touched_nodes(op)
         if node is not None:
             i = last.get(node)
             prev = out[i] if i is not None else None
             if isinstance(op, ops.SetAttr) and isinstance(prev, ops.SetAttr):
                 out[i] = None  # type: ignore[index]
                 op = _merge_attrs(prev, op)
-            elif isinstance(op, ops.Write) and isinstance(prev, ops.Write):
-                out[i] = None  # type: ignore[index]
+            elif isinstance(op, ops.Write) and node in last_write:
+                out[last_write[node]] = None
         out.append(op)
-        for n in touches:
+        for n in _touched_nodes(op):
             last[n] = len(out) - 1
+        if isinstance(op, ops.Write):
+            last_write[op.node] = len(out) - 1
     return [op for op in out if op is not None]
 
 

@@ -139,8 +139,8 @@ def parse_options(option_args: list[str], *, read_only: bool = False, foreground
                     ms = float(value.removesuffix("ms"))
                 except ValueError:
                     raise UsageError(f"batch_interval must be a number of milliseconds, not {value!r}") from None
-                if not 1 <= ms <= 60_000:
-                    raise UsageError("batch_interval must be between 1 and 60000 milliseconds")
+                if not 1 <= ms <= 3_600_000:
+                    raise UsageError("batch_interval must be between 1 and 3600000 milliseconds")
                 opts.batch_interval = ms / 1000
             elif key in ("sync_interval", "fetch_timeout") and value:
                 setattr(opts, key, _seconds(key, value, 0.1, 86400))
@@ -490,13 +490,13 @@ async def _commit_periodically(ops: Operations, interval: float) -> None:
 
 
 async def _commit_batches(ops: Operations, interval: float) -> None:
-    """Group commit: the open batch is committed once it is ``interval`` old (and no file created in it is
-    still open); looked at every quarter interval, without a thread hop while there is nothing to do."""
+    """Group commit: the open batch is committed once it is ``interval`` old or has been idle for a tenth of that
+    (:meth:`~.vfs_base.VfsCore.flush_due`); looked at every twentieth of the interval, without a thread hop while
+    there is nothing to do."""
     vfs = ops.vfs
     while True:
-        await trio.sleep(interval / 4)
-        age = vfs.batch_age
-        if age is None or age < interval:
+        await trio.sleep(interval / 20)
+        if not vfs.batch_due():
             continue
         try:
             await ops.run_blocking("flush_due", vfs.flush_due)

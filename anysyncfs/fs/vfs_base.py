@@ -131,6 +131,7 @@ class DirHandle:
     ctx: Ctx
 
 
+IDLE_SHARE = 0.1  # a batch idle for this share of the batch interval is committed without waiting for the rest
 ID_POOL = 256  # node IDs drawn (and inodes reserved) at a time; unused ones leave empty inode rows behind
 READDIR_BATCH = 1024  # entries per readdir answer: the kernel asks again from the last next_id
 
@@ -410,6 +411,7 @@ class VfsCore:
                                wall_us)  # fmt: skip
         touched = state.apply(info, op_list, _all_seen)
         batch.add(op_list, touched)
+        batch.last_op = time.monotonic()
 
     def _put_blob(self, blob_id: bytes, data: bytes) -> None:
         """A blob of the open batch: written now, made durable and indexed when the batch is committed."""
@@ -544,21 +546,25 @@ class VfsCore:
 
     @locked
     def flush_due(self) -> bool:
-        """For the mount's timer: commit the open batch if it is older than ``batch_interval`` (files created in it
-        and still open stay in the batch). True if it committed."""
+        """For the mount's timer: commit the open batch once it is ``batch_interval`` old, or sooner when nothing
+        was added for a tenth of that (a burst has ended: a lone save reaches other devices at once). Files created
+        in it and still open stay in the batch. True if it committed."""
         batch = self._batch
         if batch is None or self.batch_interval is None or self._closed:
             return False
-        if time.monotonic() - batch.opened < self.batch_interval:
+        now = time.monotonic()
+        if now - batch.opened < self.batch_interval and now - batch.last_op < self.batch_interval * IDLE_SHARE:
             return False
         self.flush_batch()
         return self._batch is not batch
 
-    @property
-    def batch_age(self) -> float | None:
-        """Seconds the open batch has been open (None: no batch). Read without the lock (a hint for timers)."""
+    def batch_due(self) -> bool:
+        """Whether :meth:`flush_due` would commit now (read without the lock: a cheap hint for the timer)."""
         batch = self._batch
-        return None if batch is None else time.monotonic() - batch.opened
+        if batch is None or self.batch_interval is None:
+            return False
+        now = time.monotonic()
+        return now - batch.opened >= self.batch_interval or now - batch.last_op >= self.batch_interval * IDLE_SHARE
 
     # ------------------------------------------------------------------------------------------ staging
     def staged_for(self, node: tree.Node) -> Staged:
@@ -669,10 +675,9 @@ class VfsCore:
     @locked
     def fsyncdir(self, fh: int, datasync: bool) -> None:
         """fsync of a directory: commit the open batch (every pending change of the space, like a journaling
-        file system's commit) and make it durable."""
-        self.flush_batch()
+        file system's commit, files still being written included, as they are) and make it durable."""
+        self.flush_batch(force=True)
         self.sync()
-
 
     @locked
     def commit_all(self) -> None:

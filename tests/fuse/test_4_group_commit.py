@@ -217,7 +217,7 @@ print(json.dumps({
 
 def test_a_second_process_reads_pending_writes(fuse_space: Mount) -> None:
     m = fuse_space
-    m.mount("-o", "batch_interval=60000,commit_interval=3600")  # nothing commits until we fsync
+    m.mount("-o", "batch_interval=3600000,commit_interval=3600")  # nothing commits until we fsync
     d = m.path("d")
     d.mkdir()
     (d / "a.txt").write_bytes(b"pending bytes\n")
