@@ -26,7 +26,7 @@ still open (its name would be committed without its content) unless the commit i
 its directory, the periodic commit of long writers) or something else names it (a rename, a link, an unlink):
 the committed tree never holds a file that was being written for the first time, half written. fsync of a file
 commits the batch with that file in it and syncs the store; the mount also commits when the batch is ``interval``
-old (200 ms by default), when nothing was added to it for a tenth of that (a lone save goes out at once; a burst
+old (200 ms by default), when nothing was added to it for a twentieth of that (10 ms) (a lone save goes out at once; a burst
 of operations shares one change), and when it grows past ``SOFT_MAX_OPS``.
 """
 
@@ -68,7 +68,8 @@ class Batch:
     nodes_before: dict[bytes, tree.Node | None] = field(default_factory=dict)
     entries_before: dict[bytes, tree.Entry | None] = field(default_factory=dict)
     created: set[bytes] = field(default_factory=set)  # nodes created in this batch
-    blobs: dict[bytes, None] = field(default_factory=dict)  # blobs written (not yet durable) for its ops, in order
+    blobs: dict[bytes, int] = field(default_factory=dict)  # blobs written for its ops (id -> size), in order
+    durable: set[bytes] = field(default_factory=set)  # those of them fsynced already
     applied: int = 0  # provisional applications so far (numbers their IDs)
     wall_us: int = 0  # wall time of the last application: its change carries it
     exact: bool = True  # False if an application touched something not snapshotted (undo by reloading)

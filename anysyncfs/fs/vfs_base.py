@@ -131,7 +131,7 @@ class DirHandle:
     ctx: Ctx
 
 
-IDLE_SHARE = 0.1  # a batch idle for this share of the batch interval is committed without waiting for the rest
+IDLE_SHARE = 0.05  # a batch idle for this share of the batch interval is committed without waiting for the rest
 ID_POOL = 256  # node IDs drawn (and inodes reserved) at a time; unused ones leave empty inode rows behind
 READDIR_BATCH = 1024  # entries per readdir answer: the kernel asks again from the last next_id
 
@@ -529,8 +529,9 @@ class VfsCore:
         replica = self.replica
         store = replica.store
         blob_ids = list(batch.blobs)
-        if blob_ids:
-            replica.blobs.make_durable(blob_ids)  # before any change that references them can be durable
+        unsynced = [b for b in blob_ids if b not in batch.durable]
+        if unsynced:
+            replica.blobs.make_durable(unsynced)  # before any change that references them can be durable
         parts = split_payloads(op_list) if op_list else []
         if not parts and not blob_ids:
             return
@@ -545,9 +546,16 @@ class VfsCore:
             raise
 
     @locked
-    def flush_due(self) -> bool:
+    def blobs_to_sync(self) -> list[bytes]:
+        """For the mount's timer: blobs of the open batch not yet made durable. The timer fsyncs them WITHOUT the
+        lock (file system calls go on meanwhile), then hands them to :meth:`flush_due`."""
+        batch = self._batch
+        return [] if batch is None else [b for b in batch.blobs if b not in batch.durable]
+
+    @locked
+    def flush_due(self, synced: Collection[bytes] = ()) -> bool:
         """For the mount's timer: commit the open batch once it is ``batch_interval`` old, or sooner when nothing
-        was added for a tenth of that (a burst has ended: a lone save reaches other devices at once). Files created
+        was added for a twentieth of that (a burst has ended: a lone save reaches other devices at once). Files created
         in it and still open stay in the batch. True if it committed."""
         batch = self._batch
         if batch is None or self.batch_interval is None or self._closed:
@@ -555,6 +563,7 @@ class VfsCore:
         now = time.monotonic()
         if now - batch.opened < self.batch_interval and now - batch.last_op < self.batch_interval * IDLE_SHARE:
             return False
+        batch.durable.update(b for b in synced if b in batch.blobs)  # blob files are immutable once written
         self.flush_batch()
         return self._batch is not batch
 
