@@ -26,8 +26,8 @@ still open (its name would be committed without its content) unless the commit i
 its directory, the periodic commit of long writers) or something else names it (a rename, a link, an unlink):
 the committed tree never holds a file that was being written for the first time, half written. fsync of a file
 commits the batch with that file in it and syncs the store; the mount also commits when the batch is ``interval``
-old (200 ms by default), when nothing was added to it for a twentieth of that (10 ms) (a lone save goes out at once; a burst
-of operations shares one change), and when it grows past ``SOFT_MAX_OPS``.
+old (200 ms by default), when nothing was added to it for a twentieth of that (10 ms: a lone save goes out at
+once, a burst of operations shares one change), and when it grows past ``SOFT_MAX_OPS``.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class Batch:
     """The ops since the last commit, and what is needed to undo their provisional application."""
 
     lamport: int  # the lamport its change will carry (nothing else is applied while it is open)
+    heads: tuple[bytes, ...]  # the replica's heads when it opened ...
+    state: tree.TreeState  # ... and its tree object: both must be unchanged when it is undone
     opened: float = field(default_factory=time.monotonic)
     last_op: float = field(default_factory=time.monotonic)  # when ops were last added
     op_lists: list[list[ops.Op]] = field(default_factory=list)

@@ -83,18 +83,25 @@ async def run_sync(ops: Operations, replica: Replica, interval: float, fetch_tim
 
 
 class BatchFirstRunner(Runner):
-    """The sync engine's calls, under the mount's lock, each with the open batch set aside
-    (:meth:`~.vfs_base.VfsCore.batch_aside`): received changes, ACL records and refolds must meet the committed
-    tree, never one with provisional ops applied (see :mod:`.batch`). If that commit fails the call fails too (and
-    is retried by the engine later)."""
+    """The sync engine's calls, under the mount's lock. Those that change the replica from outside (received
+    changes, ACL records, refolds: :data:`REPLICA_MUTATORS`) run with the open batch set aside
+    (:meth:`~.vfs_base.VfsCore.batch_aside`): they must meet the committed tree, never one with provisional ops
+    applied (see :mod:`.batch`). If that commit fails the call fails too (and is retried by the engine later).
+    Every other call (store queries, blob reads and writes, cache work) leaves the batch alone."""
 
     def __init__(self, lock: threading.Lock, vfs: Vfs) -> None:
         super().__init__(lock)
         self.vfs = vfs
 
     def _locked(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        with self.lock, self.vfs.batch_aside():
+        with self.lock:
+            if getattr(fn, "__self__", None) is self.vfs.replica and getattr(fn, "__name__", "") in REPLICA_MUTATORS:
+                with self.vfs.batch_aside():
+                    return fn(*args)
             return fn(*args)
+
+
+REPLICA_MUTATORS = frozenset({"ingest", "ingest_batch", "add_acl_record", "add_acl_records", "refresh_acl", "refold"})
 
 
 async def _after_fetch(ops: Operations, runner: Runner, blob_id: bytes) -> None:

@@ -396,7 +396,7 @@ class VfsCore:
         if self._batch is None:
             replica = self.replica
             with self.translated("commit"):
-                self._batch = Batch(replica.dag.next_lamport(replica.heads))
+                self._batch = Batch(replica.dag.next_lamport(replica.heads), replica.heads, replica.tree)
         return self._batch
 
     def _stage(self, op_list: list[ops.Op]) -> None:
@@ -441,11 +441,18 @@ class VfsCore:
 
     def _rollback(self, batch: Batch) -> None:
         """Undo the provisional application of ``batch``: the tree is the committed one again."""
-        if batch.exact:
-            self.replica.tree.restore(batch.nodes_before, batch.entries_before)
-        else:  # an op touched something no snapshot covers (a remote change came in between): reload
+        replica = self.replica
+        if replica.heads != batch.heads or replica.tree is not batch.state:
+            # Something changed the replica under the batch without setting it aside (see mount_sync): its tree
+            # rows may hold provisional state. Never expected; a refold from the changes makes it right.
+            log.warning("group commit: the replica changed under the open batch; refolding the tree")
+            with self.translated("commit"):
+                replica.refold()
+        elif batch.exact:
+            replica.tree.restore(batch.nodes_before, batch.entries_before)
+        else:  # an op touched something no snapshot covers (never expected either): reload the committed rows
             log.info("group commit: reloading the committed tree to undo a provisional application")
-            self.replica.tree = self.replica._load_tree()  # noqa: SLF001 - the committed rows, never provisional ones
+            replica.tree = replica._load_tree()  # noqa: SLF001 - the committed rows, never provisional ones
 
     def _restage(self, op_lists: Sequence[list[ops.Op]], blobs: dict[bytes, int]) -> None:
         for op_list in op_lists:
@@ -555,8 +562,8 @@ class VfsCore:
     @locked
     def flush_due(self, synced: Collection[bytes] = ()) -> bool:
         """For the mount's timer: commit the open batch once it is ``batch_interval`` old, or sooner when nothing
-        was added for a twentieth of that (a burst has ended: a lone save reaches other devices at once). Files created
-        in it and still open stay in the batch. True if it committed."""
+        was added for a twentieth of that (a burst has ended: a lone save reaches other devices at once). Files
+        created in it and still open stay in the batch. True if it committed."""
         batch = self._batch
         if batch is None or self.batch_interval is None or self._closed:
             return False

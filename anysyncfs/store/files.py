@@ -43,7 +43,9 @@ def fsync_dir(path: StrPath) -> None:
         os.close(fd)
 
 
-def atomic_write(path: StrPath, data: bytes | bytearray | memoryview, mode: int = 0o600, *, durable: bool = True) -> None:
+def atomic_write(
+    path: StrPath, data: bytes | bytearray | memoryview, mode: int = 0o600, *, durable: bool = True
+) -> None:
     """Durably replace ``path`` with ``data`` (file mode ``mode``); :class:`StoreError` on failure, with the
     message "disk full ..." when the disk or quota is full. The old file, if any, stays intact on failure.
     ``durable=False`` skips both fsyncs: the caller makes the file durable later (:func:`fsync_paths`), before

@@ -193,7 +193,8 @@ def test_kill_9_during_untar_and_fsync_loop_leaves_a_prefix(
     assert len(data) >= length, f"{length - len(data)} fsync-confirmed bytes lost (kill after {delay:.2f} s)"
     assert data == record_stream(len(data))[: len(data)], "the log is not a prefix of its record stream"
     k = check_prefix(m.path("t"), members)
-    print(f"seed {seed}: kill after {delay:.2f} s, {k} of {len(members)} members, {len(data)} log bytes ({length} confirmed)")
+    print(f"seed {seed}: kill after {delay:.2f} s, {k} of {len(members)} members, {len(data)} log bytes "
+          f"({length} confirmed)")
     m.unmount()
     m.cli("fsck")
 
@@ -217,7 +218,7 @@ print(json.dumps({
 
 def test_a_second_process_reads_pending_writes(fuse_space: Mount) -> None:
     m = fuse_space
-    m.mount("-o", "batch_interval=3600000,commit_interval=3600")  # nothing commits until we fsync
+    m.mount("-o", "batch_interval=3600000,commit_interval=3600,offline")  # nothing commits until we fsync
     d = m.path("d")
     d.mkdir()
     (d / "a.txt").write_bytes(b"pending bytes\n")

@@ -167,3 +167,17 @@ def test_a_large_batch_is_split_into_changes_in_one_transaction(benv: Env, monke
     assert benv.changes() == before + len(parts)
     assert len(listing(vfs, ROOT_INODE)) == 30
     assert benv.replica.tree.canonical() == fresh_canonical(benv)
+
+
+def test_a_change_made_under_the_open_batch_is_caught(benv: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever changes the replica must set the batch aside (mount_sync does for the sync engine). If something
+    does not, the commit notices (heads moved under the batch), refolds instead of undoing, and loses nothing."""
+    vfs = benv.vfs
+    write_file(vfs, ROOT_INODE, b"pending", b"in the batch")
+    outside = ops.Create(os.urandom(16), os.urandom(16), bytes(16), b"outside", ops.KIND_FILE, 0o644, 0, 0, 1)
+    benv.replica.commit([outside])  # behind the Vfs's back, while the batch is open
+    vfs.flush_batch()
+    assert "changed under the open batch" in caplog.text
+    assert benv.replica.tree.canonical() == fresh_canonical(benv)
+    assert sorted(listing(vfs, ROOT_INODE)) == [b"outside", b"pending"]
+    assert read_all(vfs, path_inode(vfs, b"pending")) == b"in the batch"
