@@ -376,10 +376,10 @@ class Operations(pyfuse3.Operations):
         return await self.call("write", self.vfs.write, fh, off, buf, inline=True)
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
-        await self.call("flush", self.vfs.flush, fh, inline=True)
+        await self.call("flush", self.vfs.flush, fh, inline=self.vfs.commit_is_small(fh))
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        await self.call("release", self.vfs.release, fh, inline=True)
+        await self.call("release", self.vfs.release, fh, inline=self.vfs.commit_is_small(fh))
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         await self.call("fsync", self.vfs.fsync, fh, bool(datasync))

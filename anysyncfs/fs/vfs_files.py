@@ -17,6 +17,8 @@ from ..errors import FsError
 from . import perms
 from .attrs import MAX_FILE_SIZE, Attr, Ctx, SetAttrRequest
 from .vfs_base import FileHandle, locked, now_ns
+
+SMALL_COMMIT = 1 << 20  # bytes: closing a file with at most this much staged may run on the adapter's event loop
 from .vfs_names import NamesMixin
 from .virtual import CONFLICTS_INO
 
@@ -137,6 +139,13 @@ class FilesMixin(NamesMixin):
             return  # nothing changes: no staging, no change
         self._kill_priv(node, ctx)
         self.staged_for(node).truncate(size, now_ns())
+
+    def commit_is_small(self, fh: int) -> bool:
+        """Whether closing ``fh`` commits little (nothing staged, or a small file): the adapter then runs flush and
+        release inline. Read without the lock: a hint, never a decision about the data."""
+        handle = self._files.get(fh)
+        staged = self._staged.get(handle.node) if handle is not None else None
+        return staged is None or (staged.size <= SMALL_COMMIT and staged.dirty.total() <= SMALL_COMMIT)
 
     @locked
     def flush(self, fh: int) -> None:
