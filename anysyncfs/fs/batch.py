@@ -17,8 +17,9 @@ directory's mtime) to their change's wall time; the commit's change carries the 
 a ctime shown while the batch was open may move forward by up to the batch interval when it is committed,
 never backward.
 
-Crash semantics (those of a journaling file system): the open batch lives only in memory, and the blobs it
-references are written without fsync. A commit fsyncs those blobs first, then stores the batch in ONE SQLite
+Crash semantics (those of a journaling file system): the open batch lives only in memory, and so do the blobs
+it references when they are small (those of large files are written at once, without fsync). A commit writes and fsyncs those blobs
+first (the mount's timer does that without holding the lock), then stores the batch in ONE SQLite
 transaction (several changes when the ops exceed a change's payload limit, still one transaction). So a kill or
 a power loss loses at most the open batch, as a whole: the tree is always a prefix of what was done, where a
 file created in the batch counts as done when it is closed. A commit leaves such a file in the batch while it is
@@ -72,6 +73,8 @@ class Batch:
     created: set[bytes] = field(default_factory=set)  # nodes created in this batch
     blobs: dict[bytes, int] = field(default_factory=dict)  # blobs written for its ops (id -> size), in order
     durable: set[bytes] = field(default_factory=set)  # those of them fsynced already
+    pending: dict[bytes, bytes] = field(default_factory=dict)  # those of them not written yet: their bytes
+    pending_bytes: int = 0
     applied: int = 0  # provisional applications so far (numbers their IDs)
     wall_us: int = 0  # wall time of the last application: its change carries it
     exact: bool = True  # False if an application touched something not snapshotted (undo by reloading)

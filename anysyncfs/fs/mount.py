@@ -499,15 +499,23 @@ async def _commit_batches(ops: Operations, interval: float) -> None:
         if not vfs.batch_due():
             continue
         try:
-            # The slow part first, without the lock: fsync the batch's blob files (immutable once written).
-            blob_ids = await ops.run_blocking("blobs_to_sync", vfs.blobs_to_sync)
-            if blob_ids:
-                await trio.to_thread.run_sync(vfs.replica.blobs.make_durable, blob_ids)
+            # The slow part first, without the lock: write and fsync the batch's blob files (immutable).
+            work = await ops.run_blocking("blobs_to_sync", vfs.blobs_to_sync)
+            blob_ids = [blob_id for blob_id, _data in work]
+            if work:
+                await trio.to_thread.run_sync(_write_durably, vfs, work)
             await ops.run_blocking("flush_due", vfs.flush_due, blob_ids)
         except FsError as e:
             log.warning("group commit failed: %s", os.strerror(e.errno))
         except Exception:  # noqa: BLE001 - the mount must stay up; the batch stays open to be retried
             log.exception("group commit failed")
+
+
+def _write_durably(vfs: Vfs, work: list[tuple[bytes, bytes | None]]) -> None:
+    unwritten = [(blob_id, data) for blob_id, data in work if data is not None]
+    if unwritten:
+        vfs.replica.blobs.put_many(unwritten)
+    vfs.replica.blobs.make_durable([blob_id for blob_id, _data in work])
 
 
 async def _watch_signals(ops: Operations) -> None:

@@ -132,6 +132,11 @@ class DirHandle:
 
 
 IDLE_SHARE = 0.05  # a batch idle for this share of the batch interval is committed without waiting for the rest
+# Blobs of small files (an untar) stay in memory until their batch is committed, where they are written and fsynced
+# in parallel, without the lock; larger ones are written at once (without fsync), while the staging file still
+# holds the same bytes (a full disk then refuses the close or fsync of the file that filled it).
+PENDING_BLOB_MAX = 256 << 10
+PENDING_BLOB_BYTES = 32 << 20  # per batch
 ID_POOL = 256  # node IDs drawn (and inodes reserved) at a time; unused ones leave empty inode rows behind
 READDIR_BATCH = 1024  # entries per readdir answer: the kernel asks again from the last next_id
 
@@ -161,7 +166,7 @@ class VfsCore:
         self.batch_interval = batch_interval
         self._batch: Batch | None = None
         self._id_pool: list[bytes] = []  # node IDs with reserved inodes (see new_node_id)
-        self.reads = ContentReads(replica.get_blob)
+        self.reads = ContentReads(self._get_blob)
         self.live = LiveView(self)
         self._root_owner = (os.getuid(), os.getgid())
         self.virtual = Virtual(replica, lambda: self.owner_of(self.replica.tree.nodes[ROOT_NODE]))
@@ -414,10 +419,30 @@ class VfsCore:
         batch.last_op = time.monotonic()
 
     def _put_blob(self, blob_id: bytes, data: bytes) -> None:
-        """A blob of the open batch: written now, made durable and indexed when the batch is committed."""
+        """A blob of the open batch: kept in memory when small (see ``PENDING_BLOB_MAX``), else written at once
+        without fsync; written, made durable and indexed when the batch is committed."""
         batch = self._open_batch()
-        self.replica.blobs.put(blob_id, data, verified=True, durable=False)
+        if blob_id in batch.blobs:
+            return
+        if len(data) <= PENDING_BLOB_MAX and batch.pending_bytes + len(data) <= PENDING_BLOB_BYTES:
+            batch.pending[blob_id] = bytes(data)
+            batch.pending_bytes += len(data)
+        else:
+            self.replica.blobs.put(blob_id, data, verified=True, durable=False)
         batch.blobs[blob_id] = len(data)
+
+    def pending_blob(self, blob_id: bytes) -> bytes | None:
+        """The bytes of a blob the open batch holds in memory (not written yet), else None."""
+        batch = self._batch
+        return None if batch is None else batch.pending.get(blob_id)
+
+    def _get_blob(self, blob_id: bytes) -> bytes:
+        """Verified blob bytes for reads: the open batch's own first (its ID was computed from them here)."""
+        data = self.pending_blob(blob_id)
+        return data if data is not None else self.replica.get_blob(blob_id)
+
+    def blob_here(self, blob_id: bytes) -> bool:
+        return self.pending_blob(blob_id) is not None or self.replica.blobs.has(blob_id)
 
     def _held(self, batch: Batch, exclude: Collection[bytes] = ()) -> set[bytes]:
         """Files created in ``batch`` and still open, whose batched ops are only their own Create, Writes and
@@ -454,11 +479,16 @@ class VfsCore:
             log.info("group commit: reloading the committed tree to undo a provisional application")
             replica.tree = replica._load_tree()  # noqa: SLF001 - the committed rows, never provisional ones
 
-    def _restage(self, op_lists: Sequence[list[ops.Op]], blobs: dict[bytes, int]) -> None:
+    def _restage(self, op_lists: Sequence[list[ops.Op]], carry: Batch | None) -> None:
+        """Apply ``op_lists`` again into the open batch (after an undo), with the blobs of ``carry``."""
         for op_list in op_lists:
             self._stage(op_list)
-        if blobs:
-            self._open_batch().blobs.update(blobs)
+        if carry is not None and carry.blobs:
+            batch = self._open_batch()
+            batch.blobs.update(carry.blobs)
+            batch.durable.update(carry.durable)
+            batch.pending.update(carry.pending)
+            batch.pending_bytes += carry.pending_bytes
 
     @locked
     def flush_batch(self, *, force: bool = False, exclude: Collection[bytes] = (),
@@ -495,11 +525,11 @@ class VfsCore:
                 self._commit_batch(batch, op_list)
         except FsError:
             if keep_on_failure:
-                self._restage(batch.op_lists, batch.blobs)
+                self._restage(batch.op_lists, batch)
             raise
         finally:
             if held_lists and self._batch is None:
-                self._restage(held_lists, {})
+                self._restage(held_lists, None)
         state = self.replica.tree
         touched = self._touched(op_list) | {n for n in batch.nodes_before if n not in held}
         if before == self._known_heads:  # nothing arrived from elsewhere meanwhile: these are all ours
@@ -530,13 +560,15 @@ class VfsCore:
                 yield
             finally:
                 if held is not None:
-                    self._restage(held.op_lists, held.blobs)
+                    self._restage(held.op_lists, held)
 
     def _commit_batch(self, batch: Batch, op_list: list[ops.Op]) -> None:
         replica = self.replica
         store = replica.store
         blob_ids = list(batch.blobs)
         unsynced = [b for b in blob_ids if b not in batch.durable]
+        if batch.pending:
+            replica.blobs.put_many(list(batch.pending.items()))
         if unsynced:
             replica.blobs.make_durable(unsynced)  # before any change that references them can be durable
         parts = split_payloads(op_list) if op_list else []
@@ -553,11 +585,14 @@ class VfsCore:
             raise
 
     @locked
-    def blobs_to_sync(self) -> list[bytes]:
-        """For the mount's timer: blobs of the open batch not yet made durable. The timer fsyncs them WITHOUT the
-        lock (file system calls go on meanwhile), then hands them to :meth:`flush_due`."""
+    def blobs_to_sync(self) -> list[tuple[bytes, bytes | None]]:
+        """For the mount's timer: blobs of the open batch not yet made durable, with their bytes when they are
+        not written yet. The timer writes and fsyncs them WITHOUT the lock (file system calls go on meanwhile),
+        then hands their IDs to :meth:`flush_due`."""
         batch = self._batch
-        return [] if batch is None else [b for b in batch.blobs if b not in batch.durable]
+        if batch is None:
+            return []
+        return [(b, batch.pending.get(b)) for b in batch.blobs if b not in batch.durable]
 
     @locked
     def flush_due(self, synced: Collection[bytes] = ()) -> bool:
@@ -570,7 +605,12 @@ class VfsCore:
         now = time.monotonic()
         if now - batch.opened < self.batch_interval and now - batch.last_op < self.batch_interval * IDLE_SHARE:
             return False
-        batch.durable.update(b for b in synced if b in batch.blobs)  # blob files are immutable once written
+        for blob_id in synced:  # written and fsynced by the timer: blob files are immutable once written
+            if blob_id in batch.blobs:
+                batch.durable.add(blob_id)
+                data = batch.pending.pop(blob_id, None)
+                if data is not None:
+                    batch.pending_bytes -= len(data)
         self.flush_batch()
         return self._batch is not batch
 

@@ -78,6 +78,9 @@ class XattrMixin(FilesMixin):
         self.reads = ContentReads(self._get_blob_noting_access)
 
     def _get_blob_noting_access(self, blob_id: bytes) -> bytes:
+        pending = self.pending_blob(blob_id)  # the open batch's own, not written yet
+        if pending is not None:
+            return pending
         data = self.replica.get_blob(blob_id)
         self.cache.touch(blob_id)
         return data
@@ -116,13 +119,13 @@ class XattrMixin(FilesMixin):
             return b"conflict"
         pinned = view is self.live and self.cache.is_pinned(node.id)
         if node.kind == ops.KIND_FILE:
-            if not self.reads.all_local(node.content, self.replica.blobs.has):
+            if not self.reads.all_local(node.content, self.blob_here):
                 return b"remote-only"
             return b"pinned" if pinned else b"local"
         if node.kind == ops.KIND_DIR and pinned:
             nodes = self.replica.tree.nodes
             for file_id in self.cache.files_below(node.id):
-                if not self.reads.all_local(nodes[file_id].content, self.replica.blobs.has):
+                if not self.reads.all_local(nodes[file_id].content, self.blob_here):
                     return b"remote-only"
             return b"pinned"
         return b"local"

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..core import crypto
 from ..core.blob import MAX_BLOB_LEN
 from ..errors import IdMismatch, NotFound, StoreError
-from .files import StrPath, atomic_write, fsync_dir, fsync_paths, read_bounded
+from .files import StrPath, atomic_write, fsync_dir, fsync_paths, io_pool, read_bounded
 
 BLOB_ID_LEN = crypto.HASH_LEN
 _HEX = frozenset("0123456789abcdef")
@@ -61,6 +61,14 @@ class BlobFiles:
             if durable:
                 fsync_dir(self.root)  # else make_durable does it
         atomic_write(path, data, 0o600, durable=durable)
+
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """:meth:`put` with ``verified`` and ``durable=False`` for many blobs, written in parallel threads."""
+        if len(items) == 1:
+            self.put(items[0][0], items[0][1], verified=True, durable=False)
+            return
+        for _ in io_pool().map(lambda item: self.put(item[0], item[1], verified=True, durable=False), items):
+            pass
 
     def make_durable(self, blob_ids: Sequence[bytes]) -> None:
         """fsync the files of blobs written with ``durable=False`` (and their directories)."""

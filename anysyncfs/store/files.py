@@ -102,7 +102,7 @@ def fsync_paths(paths: Sequence[Path], *, also: Sequence[Path] = (), threads: in
         sync_one(paths[0], False)
         sync_one(directories[0], True)
     else:
-        pool = _fsync_pool(threads)
+        pool = io_pool(threads)
         for _ in pool.map(lambda p: sync_one(p, False), paths):
             pass
         for _ in pool.map(lambda d: sync_one(d, True), directories):
@@ -114,9 +114,9 @@ def fsync_paths(paths: Sequence[Path], *, also: Sequence[Path] = (), threads: in
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
-def _fsync_pool(threads: int) -> ThreadPoolExecutor:
-    """One pool per size for the life of the process (starting threads for every batch costs more than the
-    fsyncs of a small one)."""
+def io_pool(threads: int = 8) -> ThreadPoolExecutor:
+    """Threads for parallel file writes and fsyncs; one pool per size for the life of the process (starting
+    threads for every batch costs more than the I/O of a small one)."""
     pool = _POOLS.get(threads)
     if pool is None:
         pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fsync")
