@@ -18,9 +18,9 @@ a ctime shown while the batch was open may move forward by up to the batch inter
 never backward.
 
 Crash semantics (those of a journaling file system): the open batch lives only in memory, and so do the blobs
-it references when they are small (those of large files are written at once, without fsync). A commit writes and fsyncs those blobs
-first (the mount's timer does that without holding the lock), then stores the batch in ONE SQLite
-transaction (several changes when the ops exceed a change's payload limit, still one transaction). So a kill or
+it references when they are small (those of large files are written at once, without fsync). A commit writes and
+fsyncs those blobs first (the mount's timer does that without holding the lock), then stores the batch in ONE
+SQLite transaction (several changes when the ops exceed a change's payload limit, still one transaction). So a kill or
 a power loss loses at most the open batch, as a whole: the tree is always a prefix of what was done, where a
 file created in the batch counts as done when it is closed. A commit leaves such a file in the batch while it is
 still open (its name would be committed without its content) unless the commit is forced (unmount, fsync of
