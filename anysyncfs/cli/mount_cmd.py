@@ -24,7 +24,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s.add_argument("mountpoint", type=Path, help="an existing directory")
     s.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
     s.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT…]",
-                   help="ro, cache_size=SIZE, allow_other, commit_interval=SECONDS, nosuid, nodev, noexec, noatime")
+                   help="ro, cache_size=SIZE, allow_other, batch_interval=MS, commit_interval=SECONDS, nosuid, nodev, "
+                        "noexec, noatime")
     s.add_argument("--read-only", action="store_true", help="mount read-only (same as -o ro)")
     s.add_argument("--cache-size", metavar="SIZE",
                    help="keep at most SIZE of file contents on this device (e.g. 2G; same as -o cache_size=SIZE): "

@@ -354,6 +354,31 @@ class TreeIndex:
         view.subdirs -= self.nodes[entry.node].kind == ops.KIND_DIR
         view.listing = None
 
+    def restore(self, nodes: Mapping[bytes, Node | None], entries: Mapping[bytes, Entry | None]) -> None:
+        """Put nodes and entries back as they were (``None``: did not exist), with every index: the undo of a
+        provisional application (the mount's open batch, see :mod:`anysyncfs.fs.batch`). The given objects are
+        adopted; the caller must name every node and entry that changed since they were taken."""
+        for entry_id in entries:
+            current = self.entries.pop(entry_id, None)
+            if current is None:
+                continue
+            if current.live:
+                self._remove_live(current)
+            siblings = self._of_node.get(current.node)
+            if siblings is not None:
+                siblings.pop(entry_id, None)
+                if not siblings:
+                    del self._of_node[current.node]
+        for node_id, node in nodes.items():
+            if node is None:
+                self.nodes.pop(node_id, None)
+                self._views.pop(node_id, None)
+            else:
+                self.nodes[node_id] = node
+        for entry in entries.values():
+            if entry is not None:
+                self.put_entry(entry)
+
     def has_live_children(self, directory: bytes) -> bool:
         return bool(self._live_in.get(directory))
 

@@ -45,9 +45,10 @@ MAX_FETCHES_PER_CALL = 64  # distinct blobs one request may wait for (a read spa
 ENTRY_TIMEOUT = 1.0  # seconds the kernel may cache a name -> inode (explicit invalidation covers remote changes)
 ATTR_TIMEOUT = 1.0  # seconds the kernel may cache attributes
 # A hop to a worker thread costs ~0.1-0.3 ms (measured: trio.to_thread.run_sync of a no-op). Calls that usually
-# take well under that (lookup, getattr, readdir, xattrs, writes into the staging file) run inline while the lock
-# is free and their recent mean stays below this budget; commits, fsync and reads (blob decryption, later network
-# fetches) always go to a thread.
+# take well under that (lookup, getattr, readdir, xattrs, writes into the staging file, and with group commit every
+# namespace change, setattr, create, flush and release: they only add ops to the open batch) run inline while the
+# lock is free and their recent mean stays below this budget; fsync and reads (blob decryption, network fetches)
+# always go to a thread, and so does the batch's commit.
 INLINE_BUDGET_S = 0.0005
 EWMA_WEIGHT = 0.1
 BLKSIZE = 128 * 1024  # st_blksize: the preferred I/O size (tools like cp size their buffers by it)
@@ -271,9 +272,10 @@ class Operations(pyfuse3.Operations):
             if req.mode | dropped == old and not dropped & ~(stat.S_ISUID | stat.S_ISGID):
                 if dropped:
                     kill = SetAttrRequest(mode=req.mode)
-                    await self.call("setattr", self.vfs.setattr, inode, kill, fh, Ctx(0, 0, c.pid, c.umask))
+                    await self.call("setattr", self.vfs.setattr, inode, kill, fh, Ctx(0, 0, c.pid, c.umask),
+                                    inline=True)
                 req = dataclasses.replace(req, mode=None)
-        return entry_of(await self.call("setattr", self.vfs.setattr, inode, req, fh, c))
+        return entry_of(await self.call("setattr", self.vfs.setattr, inode, req, fh, c, inline=True))
 
     async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileNameT:
         return cast(pyfuse3.FileNameT, await self.call("readlink", self.vfs.readlink, inode, ctx_of(ctx), inline=True))
@@ -292,20 +294,21 @@ class Operations(pyfuse3.Operations):
         rdev: int,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        return entry_of(await self.call("mknod", self.vfs.mknod, parent_inode, name, mode, rdev, ctx_of(ctx)))
+        return entry_of(await self.call("mknod", self.vfs.mknod, parent_inode, name, mode, rdev, ctx_of(ctx),
+                                        inline=True))
 
     async def mkdir(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: pyfuse3.ModeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return entry_of(await self.call("mkdir", self.vfs.mkdir, parent_inode, name, mode, ctx_of(ctx)))
+        return entry_of(await self.call("mkdir", self.vfs.mkdir, parent_inode, name, mode, ctx_of(ctx), inline=True))
 
     async def unlink(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        await self.call("unlink", self.vfs.unlink, parent_inode, name, ctx_of(ctx))
+        await self.call("unlink", self.vfs.unlink, parent_inode, name, ctx_of(ctx), inline=True)
 
     async def rmdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext) -> None:
-        await self.call("rmdir", self.vfs.rmdir, parent_inode, name, ctx_of(ctx))
+        await self.call("rmdir", self.vfs.rmdir, parent_inode, name, ctx_of(ctx), inline=True)
 
     async def symlink(
         self,
@@ -314,7 +317,8 @@ class Operations(pyfuse3.Operations):
         target: pyfuse3.FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        return entry_of(await self.call("symlink", self.vfs.symlink, parent_inode, name, target, ctx_of(ctx)))
+        return entry_of(await self.call("symlink", self.vfs.symlink, parent_inode, name, target, ctx_of(ctx),
+                                        inline=True))
 
     async def rename(
         self,
@@ -326,7 +330,8 @@ class Operations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> None:
         await self.call(
-            "rename", self.vfs.rename, parent_inode_old, name_old, parent_inode_new, name_new, int(flags), ctx_of(ctx)
+            "rename", self.vfs.rename, parent_inode_old, name_old, parent_inode_new, name_new, int(flags), ctx_of(ctx),
+            inline=True,
         )
 
     async def link(
@@ -336,7 +341,8 @@ class Operations(pyfuse3.Operations):
         new_name: pyfuse3.FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        return entry_of(await self.call("link", self.vfs.link, inode, new_parent_inode, new_name, ctx_of(ctx)))
+        return entry_of(await self.call("link", self.vfs.link, inode, new_parent_inode, new_name, ctx_of(ctx),
+                                        inline=True))
 
     # ------------------------------------------------------------------------------------------ files
     async def open(self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -351,7 +357,8 @@ class Operations(pyfuse3.Operations):
         flags: pyfuse3.FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        fh, attr = await self.call("create", self.vfs.create, parent_inode, name, mode, int(flags), ctx_of(ctx))
+        fh, attr = await self.call("create", self.vfs.create, parent_inode, name, mode, int(flags), ctx_of(ctx),
+                                   inline=True)
         return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=False), entry_of(attr)
 
     async def _file_info(self, what: str, fh: int) -> pyfuse3.FileInfo:
@@ -369,10 +376,10 @@ class Operations(pyfuse3.Operations):
         return await self.call("write", self.vfs.write, fh, off, buf, inline=True)
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
-        await self.call("flush", self.vfs.flush, fh)
+        await self.call("flush", self.vfs.flush, fh, inline=self.vfs.commit_is_small(fh))
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        await self.call("release", self.vfs.release, fh)
+        await self.call("release", self.vfs.release, fh, inline=self.vfs.commit_is_small(fh))
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         await self.call("fsync", self.vfs.fsync, fh, bool(datasync))
@@ -396,7 +403,9 @@ class Operations(pyfuse3.Operations):
         await self.call("releasedir", self.vfs.releasedir, fh, inline=True)
 
     async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
-        # Namespace changes are committed when they happen; fsync of a directory makes them durable.
+        # Commits the open batch (group commit) and makes it durable. (syncfs(2) never reaches a FUSE file system
+        # that is not virtiofs: pyfuse3 has no handler for it, and the kernel sends nothing. fsync a file or a
+        # directory of the mount instead.)
         await self.call("fsyncdir", self.vfs.fsyncdir, fh, bool(datasync))
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

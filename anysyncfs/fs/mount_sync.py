@@ -16,8 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import trio
 
@@ -30,6 +33,9 @@ from ..net.tls import make_tls_identity
 from ..replica.replica import Replica
 from ..store.files import atomic_write
 from .fuse import Operations
+from .vfs import Vfs
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +58,7 @@ async def run_sync(ops: Operations, replica: Replica, interval: float, fetch_tim
 
     vfs = ops.vfs
     vfs.cache.limit = cache_size
-    runner = Runner(ops.lock)
+    runner = BatchFirstRunner(ops.lock, vfs)
     sync = SpaceSync(replica, endpoint, runner, on_changed=invalidate, interval=interval,
                      fetch_timeout=fetch_timeout)
 
@@ -74,6 +80,28 @@ async def run_sync(ops: Operations, replica: Replica, interval: float, fetch_tim
             path.unlink()
         except OSError:
             pass
+
+
+class BatchFirstRunner(Runner):
+    """The sync engine's calls, under the mount's lock. Those that change the replica from outside (received
+    changes, ACL records, refolds: :data:`REPLICA_MUTATORS`) run with the open batch set aside
+    (:meth:`~.vfs_base.VfsCore.batch_aside`): they must meet the committed tree, never one with provisional ops
+    applied (see :mod:`.batch`). If that commit fails the call fails too (and is retried by the engine later).
+    Every other call (store queries, blob reads and writes, cache work) leaves the batch alone."""
+
+    def __init__(self, lock: threading.Lock, vfs: Vfs) -> None:
+        super().__init__(lock)
+        self.vfs = vfs
+
+    def _locked(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        with self.lock:
+            if getattr(fn, "__self__", None) is self.vfs.replica and getattr(fn, "__name__", "") in REPLICA_MUTATORS:
+                with self.vfs.batch_aside():
+                    return fn(*args)
+            return fn(*args)
+
+
+REPLICA_MUTATORS = frozenset({"ingest", "ingest_batch", "add_acl_record", "add_acl_records", "refresh_acl", "refold"})
 
 
 async def _after_fetch(ops: Operations, runner: Runner, blob_id: bytes) -> None:

@@ -62,6 +62,13 @@ class Vfs(XattrMixin):
     """POSIX file system semantics over ``replica`` (see the module doc)."""
 
     def __init__(
-        self, replica: Replica, *, staging_dir: Path, read_only: bool = False, commit_interval: float = 5.0
+        self,
+        replica: Replica,
+        *,
+        staging_dir: Path,
+        read_only: bool = False,
+        commit_interval: float = 5.0,
+        batch_interval: float | None = None,
     ) -> None:
-        super().__init__(replica, staging_dir=staging_dir, read_only=read_only, commit_interval=commit_interval)
+        super().__init__(replica, staging_dir=staging_dir, read_only=read_only, commit_interval=commit_interval,
+                         batch_interval=batch_interval)

@@ -17,7 +17,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -41,6 +41,7 @@ from .attrs import (
     blocks_for,
     rdev_of,
 )
+from .batch import HARD_MAX_OPS, SOFT_MAX_OPS, Batch, fold_ops, is_provisional, provisional_id, split_payloads
 from .commit import build_content
 from .reading import ContentReads
 from .staging import Staged, clear_leftovers
@@ -68,6 +69,16 @@ def now_ns() -> int:
 
 def new_id() -> bytes:
     return os.urandom(NODE_ID_LEN)
+
+
+def _op_node(op: ops.Op) -> bytes | None:
+    """The node a Create, Write or SetAttr is about (what :meth:`VfsCore._held` can hold back)."""
+    return op.node if isinstance(op, (ops.Create, ops.Write, ops.SetAttr)) else None
+
+
+def _all_seen(_change: bytes, _than: bytes) -> bool:
+    """Ancestry as a batch sees it: its change will have every known change as an ancestor."""
+    return True
 
 
 class View(Protocol):
@@ -121,6 +132,13 @@ class DirHandle:
     ctx: Ctx
 
 
+IDLE_SHARE = 0.05  # a batch idle for this share of the batch interval is committed without waiting for the rest
+# Blobs of small files (an untar) stay in memory until their batch is committed, where they are written and fsynced
+# in parallel, without the lock; larger ones are written at once (without fsync), while the staging file still
+# holds the same bytes (a full disk then refuses the close or fsync of the file that filled it).
+PENDING_BLOB_MAX = 256 << 10
+PENDING_BLOB_BYTES = 32 << 20  # per batch
+ID_POOL = 256  # node IDs drawn (and inodes reserved) at a time; unused ones leave empty inode rows behind
 READDIR_BATCH = 1024  # entries per readdir answer: the kernel asks again from the last next_id
 
 
@@ -128,8 +146,16 @@ class VfsCore:
     """Shared state and helpers of the VFS (see the module doc)."""
 
     def __init__(
-        self, replica: Replica, *, staging_dir: Path, read_only: bool = False, commit_interval: float = 5.0
+        self,
+        replica: Replica,
+        *,
+        staging_dir: Path,
+        read_only: bool = False,
+        commit_interval: float = 5.0,
+        batch_interval: float | None = None,
     ) -> None:
+        """``batch_interval``: seconds an open batch may wait before :meth:`flush_due` commits it (group commit,
+        see :mod:`.batch`); ``None`` commits every operation as its own change at once (tests, tools)."""
         self.replica = replica
         self.staging_dir = Path(staging_dir)
         private_dir(self.staging_dir)
@@ -138,7 +164,10 @@ class VfsCore:
             log.info("removed %d staging files left by an earlier run (writes that were never committed)", left)
         self._mounted_read_only = read_only or replica.read_only
         self.commit_interval = commit_interval
-        self.reads = ContentReads(replica.get_blob)
+        self.batch_interval = batch_interval
+        self._batch: Batch | None = None
+        self._id_pool: list[bytes] = []  # node IDs with reserved inodes (see new_node_id)
+        self.reads = ContentReads(self._get_blob)
         self.live = LiveView(self)
         self._root_owner = (os.getuid(), os.getgid())
         self.virtual = Virtual(replica, lambda: self.owner_of(self.replica.tree.nodes[ROOT_NODE]))
@@ -166,6 +195,19 @@ class VfsCore:
         return role is None or role < acl.Role.WRITER
 
     # ------------------------------------------------------------------------------------------ inodes
+    def new_node_id(self) -> bytes:
+        """A fresh random node ID whose inode number is reserved already: IDs are drawn in advance, and their
+        inodes reserved together in one transaction (a create then needs no store write of its own)."""
+        if not self._id_pool:
+            fresh = [new_id() for _ in range(ID_POOL)]
+            with self.translated("inode"):
+                found = self.replica.store.reserve_inodes(self.replica.space_id, fresh)
+            for node, row in found.items():
+                self._ino_of[node] = row + NODE_INODE_SHIFT
+                self._node_of[row + NODE_INODE_SHIFT] = node
+            self._id_pool = fresh[::-1]
+        return self._id_pool.pop()
+
     def live_inode(self, node: bytes) -> int:
         inode = self._ino_of.get(node)
         if inode is None:
@@ -341,20 +383,245 @@ class VfsCore:
         return out
 
     def commit(self, op_list: list[ops.Op]) -> None:
-        """Commit ops as one signed change (the caller has checked that they make sense)."""
+        """Add ops to the open batch (the caller has checked that they make sense): applied to the tree at once,
+        so every reader sees them, and committed as part of one signed change by :meth:`flush_batch`. Without
+        group commit (``batch_interval`` None) that happens before this returns."""
         self.check_writable()
-        touched = self._touched(op_list)
-        before = self.replica.heads
-        with self.translated("commit"):
-            self.replica.commit(op_list)
+        self._stage(op_list)
+        batch = self._batch
+        assert batch is not None
+        if self.batch_interval is None:
+            self.flush_batch(force=True, keep_on_failure=False)
+        elif batch.count >= SOFT_MAX_OPS:
+            try:
+                self.flush_batch(force=batch.count >= HARD_MAX_OPS)
+            except FsError as e:  # the ops stay in the open batch: the next commit (fsync, timer) retries
+                log.warning("group commit at the size bound failed: %s", e)
+
+    def _open_batch(self) -> Batch:
+        if self._batch is None:
+            replica = self.replica
+            with self.translated("commit"):
+                self._batch = Batch(replica.dag.next_lamport(replica.heads), replica.heads, replica.tree)
+        return self._batch
+
+    def _stage(self, op_list: list[ops.Op]) -> None:
+        """Apply ops provisionally (see :mod:`.batch`) and add them to the open batch."""
+        batch = self._open_batch()
         state = self.replica.tree
-        touched |= self._touched(op_list)
+        batch.remember(state, op_list)
+        batch.applied += 1
+        wall_us = max(time.time_ns() // 1000, batch.wall_us)
+        batch.wall_us = wall_us  # the commit carries the time of the last op: the ctimes shown only move forward
+        info = tree.ChangeInfo(provisional_id(batch.applied), batch.lamport, self.replica.identity.account_id,
+                               wall_us)  # fmt: skip
+        touched = state.apply(info, op_list, _all_seen)
+        batch.add(op_list, touched)
+        batch.last_op = time.monotonic()
+
+    def _put_blob(self, blob_id: bytes, data: bytes) -> None:
+        """A blob of the open batch: kept in memory when small (see ``PENDING_BLOB_MAX``), else written at once
+        without fsync; written, made durable and indexed when the batch is committed."""
+        batch = self._open_batch()
+        if blob_id in batch.blobs:
+            return
+        if len(data) <= PENDING_BLOB_MAX and batch.pending_bytes + len(data) <= PENDING_BLOB_BYTES:
+            batch.pending[blob_id] = bytes(data)
+            batch.pending_bytes += len(data)
+        else:
+            self.replica.blobs.put(blob_id, data, verified=True, durable=False)
+        batch.blobs[blob_id] = len(data)
+
+    def pending_blob(self, blob_id: bytes) -> bytes | None:
+        """The bytes of a blob the open batch holds in memory (not written yet), else None."""
+        batch = self._batch
+        return None if batch is None else batch.pending.get(blob_id)
+
+    def _get_blob(self, blob_id: bytes) -> bytes:
+        """Verified blob bytes for reads: the open batch's own first (its ID was computed from them here)."""
+        data = self.pending_blob(blob_id)
+        return data if data is not None else self.replica.get_blob(blob_id)
+
+    def blob_here(self, blob_id: bytes) -> bool:
+        return self.pending_blob(blob_id) is not None or self.replica.blobs.has(blob_id)
+
+    def _held(self, batch: Batch, exclude: Collection[bytes] = ()) -> set[bytes]:
+        """Files created in ``batch`` and still open, whose batched ops are only their own Create, Writes and
+        SetAttrs (nothing else names them): a commit leaves them in the batch, so that a crash never finds a
+        name whose content was not written yet. Any other use of such a file commits it as it is."""
+        candidates = {node for node in self._opens if node in batch.created and node not in exclude}
+        if not candidates:
+            return candidates
+        entry_node: dict[bytes, bytes] = {}
+        for op_list in batch.op_lists:
+            for op in op_list:
+                if isinstance(op, ops.Create) and op.node in candidates:
+                    entry_node[op.entry] = op.node
+        for op_list in batch.op_lists:
+            for op in op_list:
+                if isinstance(op, ops.Link) and op.node in candidates:
+                    candidates.discard(op.node)
+                elif isinstance(op, (ops.Rename, ops.Unlink)) and op.entry in entry_node:
+                    candidates.discard(entry_node[op.entry])
+        return candidates
+
+    def _rollback(self, batch: Batch) -> None:
+        """Undo the provisional application of ``batch``: the tree is the committed one again."""
+        replica = self.replica
+        if replica.heads != batch.heads or replica.tree is not batch.state:
+            # Something changed the replica under the batch without setting it aside (see mount_sync): its tree
+            # rows may hold provisional state. Never expected; a refold from the changes makes it right.
+            log.warning("group commit: the replica changed under the open batch; refolding the tree")
+            with self.translated("commit"):
+                replica.refold()
+        elif batch.exact:
+            replica.tree.restore(batch.nodes_before, batch.entries_before)
+        else:  # an op touched something no snapshot covers (never expected either): reload the committed rows
+            log.info("group commit: reloading the committed tree to undo a provisional application")
+            replica.tree = replica._load_tree()  # noqa: SLF001 - the committed rows, never provisional ones
+
+    def _restage(self, op_lists: Sequence[list[ops.Op]], carry: Batch | None) -> None:
+        """Apply ``op_lists`` again into the open batch (after an undo), with the blobs of ``carry``."""
+        for op_list in op_lists:
+            self._stage(op_list)
+        if carry is not None and carry.blobs:
+            batch = self._open_batch()
+            batch.blobs.update(carry.blobs)
+            batch.durable.update(carry.durable)
+            batch.pending.update(carry.pending)
+            batch.pending_bytes += carry.pending_bytes
+
+    @locked
+    def flush_batch(self, *, force: bool = False, exclude: Collection[bytes] = (),
+                    keep_on_failure: bool = True) -> None:  # fmt: skip
+        """Commit the open batch: its blobs made durable, then its folded ops as one change (a few when they
+        exceed a change's payload limit) in ONE store transaction. Unless ``force``, files created in the batch
+        and still open (:meth:`_held`; those in ``exclude`` excepted) stay in a new open batch. On failure the
+        tree is the committed one; with ``keep_on_failure`` the batch is applied again and stays open (to be
+        retried), else it is dropped."""
+        batch = self._batch
+        if batch is None:
+            return
+        held = set() if force else self._held(batch, exclude)
+        commit_lists: list[list[ops.Op]] = []
+        held_lists: list[list[ops.Op]] = []
+        for op_list in batch.op_lists:
+            if not held:
+                commit_lists.append(op_list)
+                continue
+            keep = [op for op in op_list if _op_node(op) in held]
+            rest = [op for op in op_list if _op_node(op) not in held]
+            if keep:
+                held_lists.append(keep)
+            if rest:
+                commit_lists.append(rest)
+        if not commit_lists and not batch.blobs:
+            return  # only files still being written: nothing to commit yet
+        self._batch = None
+        self._rollback(batch)
+        op_list = fold_ops([op for ops_ in commit_lists for op in ops_])
+        before = self.replica.heads
+        try:
+            with self.translated("commit"):
+                self._commit_batch(batch, op_list)
+        except FsError:
+            if keep_on_failure:
+                self._restage(batch.op_lists, batch)
+            raise
+        finally:
+            if held_lists and self._batch is None:
+                self._restage(held_lists, None)
+        state = self.replica.tree
+        touched = self._touched(op_list) | {n for n in batch.nodes_before if n not in held}
         if before == self._known_heads:  # nothing arrived from elsewhere meanwhile: these are all ours
             self._known_heads = self.replica.heads
             for node_id in touched:
                 node = state.nodes.get(node_id)
                 if node is not None:
                     self._versions[node_id] = node.version
+        for node_id in touched:  # what the kernel saw through a handle in this batch is what was committed
+            inode = self._ino_of.get(node_id)
+            seen = self._seen_content.get(inode) if inode is not None else None
+            node = state.nodes.get(node_id)
+            if seen is not None and node is not None and is_provisional(seen[0]):
+                self._seen_content[inode] = self.content_key(node)  # type: ignore[index]
+
+    @contextlib.contextmanager
+    def batch_aside(self) -> Iterator[None]:
+        """Run something that changes the replica from outside (received changes, ACL records) on the committed
+        tree: the batch is committed, what it holds back is undone meanwhile and applied again afterwards (on
+        top of whatever arrived; the fold rules then decide, as for any change)."""
+        with self._lock:
+            self.flush_batch()
+            held = self._batch
+            self._batch = None
+            if held is not None:
+                self._rollback(held)
+            try:
+                yield
+            finally:
+                if held is not None:
+                    self._restage(held.op_lists, held)
+
+    def _commit_batch(self, batch: Batch, op_list: list[ops.Op]) -> None:
+        replica = self.replica
+        store = replica.store
+        blob_ids = list(batch.blobs)
+        unsynced = [b for b in blob_ids if b not in batch.durable]
+        if batch.pending:
+            replica.blobs.put_many(list(batch.pending.items()))
+        if unsynced:
+            replica.blobs.make_durable(unsynced)  # before any change that references them can be durable
+        parts = split_payloads(op_list) if op_list else []
+        if not parts and not blob_ids:
+            return
+        try:
+            with store.transaction():
+                store.index_new_blobs(replica.space_id, list(batch.blobs.items()))
+                for part in parts:
+                    replica.commit(part, wall_us=batch.wall_us or None)
+        except BaseException:
+            # The transaction is gone, but the replica may have applied parts of it in memory.
+            replica._reload()  # noqa: SLF001
+            raise
+
+    @locked
+    def blobs_to_sync(self) -> list[tuple[bytes, bytes | None]]:
+        """For the mount's timer: blobs of the open batch not yet made durable, with their bytes when they are
+        not written yet. The timer writes and fsyncs them WITHOUT the lock (file system calls go on meanwhile),
+        then hands their IDs to :meth:`flush_due`."""
+        batch = self._batch
+        if batch is None:
+            return []
+        return [(b, batch.pending.get(b)) for b in batch.blobs if b not in batch.durable]
+
+    @locked
+    def flush_due(self, synced: Collection[bytes] = ()) -> bool:
+        """For the mount's timer: commit the open batch once it is ``batch_interval`` old, or sooner when nothing
+        was added for a twentieth of that (a burst has ended: a lone save reaches other devices at once). Files
+        created in it and still open stay in the batch. True if it committed."""
+        batch = self._batch
+        if batch is None or self.batch_interval is None or self._closed:
+            return False
+        now = time.monotonic()
+        if now - batch.opened < self.batch_interval and now - batch.last_op < self.batch_interval * IDLE_SHARE:
+            return False
+        for blob_id in synced:  # written and fsynced by the timer: blob files are immutable once written
+            if blob_id in batch.blobs:
+                batch.durable.add(blob_id)
+                data = batch.pending.pop(blob_id, None)
+                if data is not None:
+                    batch.pending_bytes -= len(data)
+        self.flush_batch()
+        return self._batch is not batch
+
+    def batch_due(self) -> bool:
+        """Whether :meth:`flush_due` would commit now (read without the lock: a cheap hint for the timer)."""
+        batch = self._batch
+        if batch is None or self.batch_interval is None:
+            return False
+        now = time.monotonic()
+        return now - batch.opened >= self.batch_interval or now - batch.last_op >= self.batch_interval * IDLE_SHARE
 
     # ------------------------------------------------------------------------------------------ staging
     def staged_for(self, node: tree.Node) -> Staged:
@@ -391,11 +658,9 @@ class VfsCore:
             with self.translated("commit"):
                 key_base = self.replica.chunk_key_base()
                 base_extents = self.reads.extents(staged.base)
-                # One store transaction for the blob index rows (each blob file is fsynced on its own): far
-                # fewer SQLite commits. The change itself commits afterwards, in its own transaction.
-                with self.replica.store.transaction():
-                    content = build_content(staged, base_extents, self.reads.read, key_base,
-                                            self.replica.chunk_params, self.replica.store_blob)  # fmt: skip
+                # Blobs are written without fsync; the batch makes them durable and indexes them at its commit.
+                content = build_content(staged, base_extents, self.reads.read, key_base,
+                                        self.replica.chunk_params, self._put_blob)  # fmt: skip
             op_list.append(ops.Write(node_id, content, staged.mtime_ns))
         if staged.attrs:
             op_list.append(ops.SetAttr(node_id, **staged.attrs))  # type: ignore[arg-type]
@@ -466,7 +731,9 @@ class VfsCore:
 
     @locked
     def fsyncdir(self, fh: int, datasync: bool) -> None:
-        """fsync of a directory: its namespace changes were committed when they happened; make them durable."""
+        """fsync of a directory: commit the open batch (every pending change of the space, like a journaling
+        file system's commit, files still being written included, as they are) and make it durable."""
+        self.flush_batch(force=True)
         self.sync()
 
     @locked
@@ -489,6 +756,7 @@ class VfsCore:
             return
         try:
             self.commit_all()
+            self.flush_batch(force=True)
             self.replica.sync()  # an unmount leaves everything durable
         except FsError as e:
             log.error("closing with uncommitted writes lost: %s", e)

@@ -17,6 +17,8 @@ from ..errors import FsError
 from . import perms
 from .attrs import MAX_FILE_SIZE, Attr, Ctx, SetAttrRequest
 from .vfs_base import FileHandle, locked, now_ns
+
+SMALL_COMMIT = 1 << 20  # bytes: closing a file with at most this much staged may run on the adapter's event loop
 from .vfs_names import NamesMixin
 from .virtual import CONFLICTS_INO
 
@@ -138,6 +140,13 @@ class FilesMixin(NamesMixin):
         self._kill_priv(node, ctx)
         self.staged_for(node).truncate(size, now_ns())
 
+    def commit_is_small(self, fh: int) -> bool:
+        """Whether closing ``fh`` commits little (nothing staged, or a small file): the adapter then runs flush and
+        release inline. Read without the lock: a hint, never a decision about the data."""
+        handle = self._files.get(fh)
+        staged = self._staged.get(handle.node) if handle is not None else None
+        return staged is None or (staged.size <= SMALL_COMMIT and staged.dirty.total() <= SMALL_COMMIT)
+
     @locked
     def flush(self, fh: int) -> None:
         handle = self.file_handle(fh)
@@ -146,11 +155,12 @@ class FilesMixin(NamesMixin):
 
     @locked
     def fsync(self, fh: int, datasync: bool) -> None:
-        """Returns when the file's change and its blobs are durable (blob files are fsynced before the change
-        is committed; then the store's log is fsynced)."""
+        """Returns when the file's change and its blobs are durable: the file's staged writes join the open batch,
+        which is committed (blob files fsynced first), then the store's log is fsynced."""
         handle = self.file_handle(fh)
         if handle.view is self.live:
             self.commit_staged(handle.node)
+            self.flush_batch(exclude=(handle.node,))
             self.sync()
 
     @locked

@@ -72,7 +72,7 @@ class NamesMixin(VfsCore):
             # A non-member may not create a setgid executable in a group it does not belong to.
             if bits & stat.S_ISGID and bits & stat.S_IXGRP and ctx.uid != 0 and not perms.in_group(ctx, gid):
                 bits &= ~stat.S_ISGID
-        node_id = new_id()
+        node_id = self.new_node_id()
         self.commit([ops.Create(node_id, new_id(), parent.id, name, kind, bits, uid, gid, now_ns(), target)])
         attr = self.node_attr(self.live, node_id)
         self.count_lookup(attr.inode)
@@ -117,6 +117,7 @@ class NamesMixin(VfsCore):
             elif name == b"..":
                 inode = self.virtual.parent_of(parent)
             else:
+                self.flush_batch()  # history shows committed changes: the open batch becomes one now
                 with self.translated("history"):
                     found = self.virtual.lookup(parent, name)
                 if found is None:
@@ -308,6 +309,7 @@ class NamesMixin(VfsCore):
             if not stat.S_ISDIR(attr.mode):
                 raise FsError(errno.ENOTDIR, "not a directory")
             perms.check(ctx, attr.mode, attr.uid, attr.gid, perms.R)
+            self.flush_batch()  # history shows committed changes: the open batch becomes one now
             with self.translated("history"):
                 return self.virtual.listing(inode)
         view, node = self._dir_view(inode)

@@ -41,6 +41,7 @@ from ..replica.cache import BlobCache, EvictResult
 from ..replica.replica import Replica
 from . import perms
 from .attrs import XATTR_CREATE, XATTR_REPLACE, Ctx
+from .batch import is_provisional
 from .reading import ContentReads
 from .vfs_base import View, locked
 from .vfs_files import FilesMixin
@@ -62,14 +63,24 @@ OFFLINE_SETTABLE = (PINNED_NAME, EVICT_NAME)
 
 class XattrMixin(FilesMixin):
     def __init__(
-        self, replica: Replica, *, staging_dir: Path, read_only: bool = False, commit_interval: float = 5.0
+        self,
+        replica: Replica,
+        *,
+        staging_dir: Path,
+        read_only: bool = False,
+        commit_interval: float = 5.0,
+        batch_interval: float | None = None,
     ) -> None:
-        super().__init__(replica, staging_dir=staging_dir, read_only=read_only, commit_interval=commit_interval)
+        super().__init__(replica, staging_dir=staging_dir, read_only=read_only, commit_interval=commit_interval,
+                         batch_interval=batch_interval)
         self.cache = BlobCache(replica)
         # The same verified reads, through a getter that also notes each blob read (the cache's LRU order).
         self.reads = ContentReads(self._get_blob_noting_access)
 
     def _get_blob_noting_access(self, blob_id: bytes) -> bytes:
+        pending = self.pending_blob(blob_id)  # the open batch's own, not written yet
+        if pending is not None:
+            return pending
         data = self.replica.get_blob(blob_id)
         self.cache.touch(blob_id)
         return data
@@ -98,6 +109,9 @@ class XattrMixin(FilesMixin):
 
     def _sync_value(self, view: View, node: tree.Node, name: bytes) -> bytes:
         if name == VERSION_NAME:
+            if view is self.live and is_provisional(node.version):
+                self.flush_batch()  # the version of a node changed in the open batch is its commit's ID
+                node = self.replica.tree.nodes[node.id]
             return ids.change_text(node.version).encode("ascii")
         if name == AUTHOR_NAME:
             return ids.account_text(node.author).encode("ascii")
@@ -105,13 +119,13 @@ class XattrMixin(FilesMixin):
             return b"conflict"
         pinned = view is self.live and self.cache.is_pinned(node.id)
         if node.kind == ops.KIND_FILE:
-            if not self.reads.all_local(node.content, self.replica.blobs.has):
+            if not self.reads.all_local(node.content, self.blob_here):
                 return b"remote-only"
             return b"pinned" if pinned else b"local"
         if node.kind == ops.KIND_DIR and pinned:
             nodes = self.replica.tree.nodes
             for file_id in self.cache.files_below(node.id):
-                if not self.reads.all_local(nodes[file_id].content, self.replica.blobs.has):
+                if not self.reads.all_local(nodes[file_id].content, self.blob_here):
                     return b"remote-only"
             return b"pinned"
         return b"local"

@@ -10,13 +10,13 @@ Temporary files start with a dot and are skipped by listings.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..core import crypto
 from ..core.blob import MAX_BLOB_LEN
 from ..errors import IdMismatch, NotFound, StoreError
-from .files import StrPath, atomic_write, fsync_dir, read_bounded
+from .files import StrPath, atomic_write, fsync_dir, fsync_paths, io_pool, read_bounded
 
 BLOB_ID_LEN = crypto.HASH_LEN
 _HEX = frozenset("0123456789abcdef")
@@ -39,10 +39,12 @@ class BlobFiles:
         text = blob_id.hex()
         return self.root / text[:2] / text[2:]
 
-    def put(self, blob_id: bytes, data: bytes | bytearray | memoryview, *, verified: bool = False) -> None:
+    def put(self, blob_id: bytes, data: bytes | bytearray | memoryview, *, verified: bool = False,
+            durable: bool = True) -> None:
         """Store ``data`` under ``blob_id`` after checking that it hashes to it (:class:`IdMismatch`; skipped
         when the caller has just checked it: ``verified``). Idempotent; a damaged existing copy is replaced.
-        Safe to call from several threads (each write is a temporary file renamed into place)."""
+        Safe to call from several threads (each write is a temporary file renamed into place). ``durable=False``
+        leaves the fsyncs to a later :meth:`make_durable` (a mount's group commit does many at once)."""
         path = self.path_of(blob_id)
         if len(data) > self.max_blob_len:
             raise StoreError(f"blob of {len(data)} bytes exceeds the limit of {self.max_blob_len}")
@@ -56,8 +58,21 @@ class BlobFiles:
                 directory.mkdir(mode=0o700, exist_ok=True)
             except OSError as e:
                 raise StoreError(f"cannot create {directory}: {e.strerror or e}") from None
-            fsync_dir(self.root)
-        atomic_write(path, data, 0o600)
+            if durable:
+                fsync_dir(self.root)  # else make_durable does it
+        atomic_write(path, data, 0o600, durable=durable)
+
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """:meth:`put` with ``verified`` and ``durable=False`` for many blobs, written in parallel threads."""
+        if len(items) == 1:
+            self.put(items[0][0], items[0][1], verified=True, durable=False)
+            return
+        for _ in io_pool().map(lambda item: self.put(item[0], item[1], verified=True, durable=False), items):
+            pass
+
+    def make_durable(self, blob_ids: Sequence[bytes]) -> None:
+        """fsync the files of blobs written with ``durable=False`` (and their directories)."""
+        fsync_paths([self.path_of(b) for b in blob_ids], also=[self.root])  # the root: new subdirectories
 
     def _intact(self, path: Path, blob_id: bytes) -> bool:
         try:

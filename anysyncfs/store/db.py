@@ -384,7 +384,40 @@ class Store(SyncQueries, HeadsQueries, GcQueries):
             out.update({r[0]: r[1] for r in self._run(q).fetchall()})
         return out
 
+    def reserve_inodes(self, space_id: bytes, node_ids: Sequence[bytes]) -> dict[bytes, int]:
+        """:meth:`inode_of` for many nodes at once (new node IDs a mount will hand out): one transaction."""
+        with self.transaction():
+            found = self._inodes_for(space_id, node_ids)
+            missing = [{"space": space_id, "node": n} for n in node_ids if n not in found]
+            if missing:
+                self._run(_RESERVE_INODE, missing)
+                found.update(self._inodes_for(space_id, [m["node"] for m in missing]))
+        return found
+
     # ------------------------------------------------------------------------------------------ blobs
+    def index_new_blobs(self, space_id: bytes, items: Sequence[tuple[bytes, int]]) -> None:
+        """:meth:`index_blob` and :meth:`queue_upload` for many blobs made here, in a few statements."""
+        if not items:
+            return
+        b, u = S.blobs.c, S.upload_queue.c
+        ids_ = [blob_id for blob_id, _size in items]
+        known: set[bytes] = set()
+        queued: set[bytes] = set()
+        for part in _batches(ids_):
+            known.update(r[0] for r in self._run(select(b.id).where(b.id.in_(part))).fetchall())
+            queued.update(r[0] for r in self._run(select(u.blob).where(u.space == space_id, u.blob.in_(part))))
+        now = now_us()
+        new = [{"id": i, "size": n, "location": S.BLOB_LOCAL, "pinned": 0, "last_access_us": now,
+                "remote_confirmed": 0} for i, n in items if i not in known]  # fmt: skip
+        if new:
+            self._run(insert(S.blobs), new)
+        if known:
+            self._run(update(S.blobs).where(b.id == bindparam("bid")).values(location=S.BLOB_LOCAL, last_access_us=now),
+                      [{"bid": i} for i in known])
+        fresh = [{"space": space_id, "blob": i, "queued_us": now} for i in dict.fromkeys(ids_) if i not in queued]
+        if fresh:
+            self._run(insert(S.upload_queue), fresh)
+
     def index_blob(self, blob_id: bytes, size: int, pinned: bool = False, *, remote_confirmed: bool = False) -> None:
         """Record that the blob file is here. ``remote_confirmed`` marks it as stored by a provider too (it is
         never unmarked here)."""

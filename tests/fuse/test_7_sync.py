@@ -191,3 +191,77 @@ def test_status_shows_the_connected_node_and_nothing_to_upload(cluster: Cluster)
     text = a.cli("status", a.space).stdout.decode()
     assert "mounted (syncing)" in text and "blobs not yet uploaded: 0" in text, text
     assert f"{cluster.node.address}: connected" in text, text
+
+
+# ---------------------------------------------------------------------------------------------- group commit
+def test_unsynced_bursts_on_both_mounts_converge(cluster: Cluster) -> None:
+    """Group commit with batches in flight on both sides: files created, renamed and removed without any fsync
+    travel as batches (each a change) while the other side's batches arrive; both trees end identical. A file
+    that B keeps open (created in its open batch, so held back from commits) stays visible to B while A's
+    changes land, and reaches A whole once closed."""
+    a, b = cluster.a, cluster.b
+    held = open(b.path("held-open.txt"), "wb")  # noqa: SIM115 - stays open across the bursts
+    try:
+        held.write(b"first half, ")
+        held.flush()
+        expected: dict[str, bytes] = {}
+        for m, tag in ((a, "a"), (b, "b")):
+            m.path(f"burst-{tag}").mkdir()
+        for i in range(40):
+            for m, tag in ((a, "a"), (b, "b")):
+                body = f"{tag}{i} ".encode() * (1 + i * 37 % 400)
+                p = m.path(f"burst-{tag}", f"f{i:02d}")
+                p.write_bytes(body)
+                if i % 5 == 0:
+                    p.rename(m.path(f"burst-{tag}", f"r{i:02d}"))
+                    expected[f"burst-{tag}/r{i:02d}"] = body
+                elif i % 7 == 0:
+                    p.unlink()
+                else:
+                    expected[f"burst-{tag}/f{i:02d}"] = body
+        assert b.path("held-open.txt").stat().st_size == len(b"first half, ")
+
+        def tree_of(m: Mount) -> dict[str, bytes]:
+            return {f"{d}/{n}": m.path(d, n).read_bytes() for d in ("burst-a", "burst-b") if m.path(d).is_dir()
+                    for n in os.listdir(m.path(d))}
+
+        for m in (a, b):
+            eventually(lambda m=m: tree_of(m) == expected, f"both bursts on {m.root.name}")
+        held.write(b"second half")
+    finally:
+        held.close()
+    eventually(lambda: has_bytes(a.path("held-open.txt"), b"first half, second half"), "the held file on A, whole")
+    assert visible_names(a) == visible_names(b)
+    for path, data in expected.items():
+        cluster.written["/" + path] = data
+    cluster.written["/held-open.txt"] = b"first half, second half"
+
+
+def test_unsynced_concurrent_edits_still_leave_one_conflict_copy(cluster: Cluster) -> None:
+    """The conflict rules see batches as changes: two edits made without fsync on both sides while the node is
+    down (each in its device's batch, committed by the timer) give the same single conflict copy as before."""
+    a, b = cluster.a, cluster.b
+    original = b"the batched original\n"
+    write(a.path("batched.txt"), original)
+    eventually(lambda: has_bytes(b.path("batched.txt"), original), "batched.txt on B")
+    cluster.node.stop()
+    from_a, from_b = b"A's unsynced edit\n", b"B's unsynced edit, longer\n"
+    a.path("batched.txt").write_bytes(from_a)
+    b.path("batched.txt").write_bytes(from_b)
+    cluster.node.start()
+
+    def converged() -> tuple[list[str], bytes, bytes] | None:
+        names = [visible_names(m) for m in (a, b)]
+        copies = [n for n in names[0] if n.startswith("batched.") and ".sync-conflict-" in n]
+        if names[0] != names[1] or not copies:
+            return None
+        kept = [m.path("batched.txt").read_bytes() for m in (a, b)]
+        other = [m.path(copies[0]).read_bytes() for m in (a, b)]
+        if kept[0] != kept[1] or other[0] != other[1]:
+            return None
+        return copies, kept[0], other[0]
+
+    copies, kept, other = eventually(converged, "the same batched.txt and conflict copy on both mounts")
+    assert len(copies) == 1, copies
+    assert {kept, other} == {from_a, from_b}
+    cluster.written |= {"/batched.txt": kept, "/" + copies[0]: other}

@@ -412,7 +412,7 @@ def test_enospc_from_the_blob_store_reaches_the_writer(env: Env, monkeypatch: py
     f = write_file(vfs, ROOT_INODE, b"f", original)
     committed = node_of(env, b"f")
 
-    def full(*_: object) -> None:
+    def full(*_: object, **__: object) -> None:
         raise StoreError("disk full while write /blobs/xx")
 
     fh = vfs.open(f.inode, os.O_WRONLY, ROOT)
