@@ -453,10 +453,16 @@ class VfsCore:
         if not candidates:
             return candidates
         entry_node: dict[bytes, bytes] = {}
+        created_in: dict[bytes, set[bytes]] = {}  # parent directory -> candidates created in it so far
         for op_list in batch.op_lists:
             for op in op_list:
                 if isinstance(op, ops.Create) and op.node in candidates:
                     entry_node[op.entry] = op.node
+                    created_in.setdefault(op.parent, set()).add(op.node)
+                elif isinstance(op, ops.SetAttr) and op.node in created_in:
+                    # The parent's attributes were set after the Create (cp -a, tar and rsync restore a folder's
+                    # times last): holding the Create back would apply it after them and move the folder's mtime.
+                    candidates -= created_in.pop(op.node)
         for op_list in batch.op_lists:
             for op in op_list:
                 if isinstance(op, ops.Link) and op.node in candidates:

@@ -120,6 +120,23 @@ def test_a_file_still_being_written_is_held_back(benv: Env) -> None:
     assert benv.replica.tree.canonical() == fresh_canonical(benv)
 
 
+def test_a_folder_time_set_after_a_create_is_not_undone_by_holding_the_file_back(benv: Env) -> None:
+    """cp -a, tar and rsync set a folder's times after writing its files; the kernel may deliver a file's release
+    after that. Holding the file's Create back to a later change would apply it after the folder's SetAttr and move
+    the folder's mtime to the Create's time."""
+    vfs = benv.vfs
+    d = vfs.mkdir(ROOT_INODE, b"d", 0o755, ROOT)
+    fh, _attr = vfs.create(d.inode, b"f", 0o644, os.O_WRONLY | os.O_CREAT, ROOT)
+    vfs.write(fh, 0, b"content")
+    vfs.setattr(d.inode, SetAttrRequest(mtime_ns=1_000_000_000, atime_ns=1_000_000_000), None, ROOT)
+    vfs.flush_batch()  # the file is still open: without the parent's SetAttr it would be held back
+    vfs.release(fh)
+    vfs.flush_batch()
+    assert vfs.getattr(d.inode).mtime_ns == 1_000_000_000
+    assert benv.replica.fresh_fold().canonical() == benv.replica.tree.canonical()
+    assert read_all(vfs, path_inode(vfs, b"d/f")) == b"content"
+
+
 def test_fsync_commits_its_own_file_and_a_forced_commit_everything(benv: Env) -> None:
     vfs = benv.vfs
     fh_a, a = vfs.create(ROOT_INODE, b"a", 0o644, os.O_WRONLY | os.O_CREAT, ROOT)
