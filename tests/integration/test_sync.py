@@ -60,7 +60,7 @@ async def test_second_device_gets_the_whole_space_through_a_node(tmp_path: Path,
     a_home = make_home("a", phrase)
     b_home = make_home("b", phrase)
     a = create_space(a_home, "docs")
-    big = os.urandom(3_000_000)
+    big = os.urandom(4_500_000)  # > max chunk (4 MiB): always two blobs or more
     put_file(a, "/notes/hello.txt", b"hello from a")
     put_file(a, "/big.bin", big)
     async with running_node(tmp_path / "node") as (node, addr):

@@ -85,7 +85,7 @@ def test_writer_refs_open_the_manifest_and_are_bounded(monkeypatch: pytest.Monke
 
 def test_commit_lists_exactly_the_blobs_of_the_content(tmp_path: Path) -> None:
     r = create_space(new_home(tmp_path, "alice"), "s")
-    change = put_file(r, "/f", os.urandom(3_000_000))
+    change = put_file(r, "/f", os.urandom(4_500_000))  # > max chunk (4 MiB): always two chunks or more
     extents = resolve(r.tree, "/f").content.extents
     assert len(extents) >= 2 and list(change.header.blob_refs) == sorted({e.chunk.blob for e in extents})
     assert parse_change(change.raw).header.blob_refs == change.header.blob_refs
