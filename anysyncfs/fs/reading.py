@@ -44,6 +44,9 @@ from .attrs import blocks_for
 log = logging.getLogger(__name__)
 
 CHUNK_CACHE_BYTES = 64 << 20  # verified blobs plus decrypted plaintext, together
+# Segments (64 KiB) decrypted ahead of a sequential reader of a local blob: 512 KiB, one pread with the segments
+# asked for. The kernel's own read-ahead asks for 128 KiB at a time; this halves the opens, preads and key set-ups.
+READ_AHEAD_SEGMENTS = 8
 READER_CACHE = 256  # contents whose (manifest-loaded) extent lists are kept
 
 GetBlob = Callable[[bytes], bytes]
@@ -212,9 +215,17 @@ class ContentReads:
             return wanted
         assert raw is not None or header is not None  # the invariant: both are dropped only when nothing is missing
         needed = _runs([i for i in range(first, stop) if parts[i] is None])
-        # A chunk read a second time: the rest of it too (a bounded read-ahead of at most one chunk).
-        rest = (_runs([i for i, part in enumerate(parts) if part is None and not first <= i < stop])
-                if any(part is not None for part in parts) else [])
+        if raw is not None:
+            # A chunk read a second time: the rest of it too, and its blob dropped (at most one chunk).
+            rest = (_runs([i for i, part in enumerate(parts) if part is None and not first <= i < stop])
+                    if any(part is not None for part in parts) else [])
+        else:
+            # Read by ranges: nothing is gained by opening segments nobody asked for, unless the reader is
+            # sequential (this read starts in or right after the segment where the last one ended): then a bounded
+            # read-ahead of the next READ_AHEAD_SEGMENTS in the chunk, read with the same open.
+            ahead = first > 0 and parts[first - 1] is not None
+            rest = (_runs([i for i in range(stop, min(stop + READ_AHEAD_SEGMENTS, len(parts))) if parts[i] is None])
+                    if ahead else [])
         try:
             results = self._open_runs(ref, raw, header, needed + rest)
         except (NotFound, StoreError) as e:
