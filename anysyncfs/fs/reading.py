@@ -9,17 +9,18 @@ that is done when a blob enters the store (fetched from the network, or written 
 Any other blob (compressed, or held in memory by the open batch) comes whole from ``get_blob``, which checks its
 ID, and its segments' tags are checked when they are decrypted (``blob.open_segments`` / ``blob.open_chunk``).
 
-Why partial reads: a cold 4 KiB random read used to read and hash its whole ~1 MiB blob file (~0.6 ms of ~0.95 ms
-on the 2-core VM); now it reads and decrypts 64 KiB (or 128 KiB across a segment boundary).
+Why partial reads: a cold 4 KiB random read used to read and BLAKE3 its whole ~1 MiB blob file, then decrypt the
+segments it needed (~0.95 ms in process on the 2-core VM); read by ranges it preads ~64 KiB and decrypts one
+segment (~60 us in process, 256 MiB file of 1 MiB chunks; through FUSE 4 KiB random reads went from ~650 to ~2,600
+IOPS, docs/benchmarks.md).
 
-Why a cache of blobs and segments rather than of whole plaintexts: a 4 KiB random read that opened its whole ~1 MiB
-chunk cost ~0.95 ms on the 2-core VM (in process, 1 GiB file): ~0.6 ms for ``get_blob`` (read and BLAKE3 the
-blob) and ~0.35 ms decrypting and allocating the 15 segments nobody asked for. So for an uncompressed chunk the
-cache keeps the verified blob and the first read decrypts only the 64 KiB segments it needs (~0.6 ms a read).
-A chunk read a second time is being read sequentially or is hot: the rest is decrypted then and the blob dropped,
-leaving only the plaintext, as before (a sequential reader, served by the kernel in 128 KiB pieces, decrypts each
-segment once). A compressed chunk cannot be decrypted by ranges: its whole plaintext is cached as one piece.
-One LRU bounded in bytes holds all of it.
+The cache holds decrypted 64 KiB segments (and, for a blob read whole, the verified blob until every segment of it is
+decrypted). A chunk read by ranges is decrypted only where reads touch it, except that a sequential reader (a read
+starting in or right after a segment already decrypted) gets a bounded read-ahead of ``READ_AHEAD_SEGMENTS`` in the
+same pread; random readers never pay for segments nobody asked for. A chunk read whole from ``get_blob`` and read a
+second time is being read sequentially or is hot: the rest is decrypted then and the blob dropped, leaving only the
+plaintext. A compressed chunk cannot be decrypted by ranges: its whole plaintext is cached as one piece. One LRU
+bounded in bytes holds all of it.
 
 A blob that is not on this device raises :class:`BlobMissing` unchanged (the FUSE adapter waits for the sync layer to
 fetch it and retries); any other missing or unverifiable blob gives ``FsError(EIO)`` and one log line; never wrong
