@@ -34,6 +34,7 @@ import pyfuse3
 import trio
 
 from ..errors import BlobMissing, FsError, IntegrityError, NotFound, PermissionDenied, StoreError
+from . import readahead
 from .vfs import Attr, Ctx, SetAttrRequest, Vfs
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,7 @@ class Operations(pyfuse3.Operations):
         self.lock = threading.Lock()  # every Vfs call holds it, inline or in a worker thread
         self._logged: set[tuple[str, str]] = set()
         self.timing = Timing()
+        self.read_ahead_device: str | None = None  # MAJ:MIN of the mount, to widen its read-ahead on the first read
         self.fetcher: Fetcher | None = None  # set by the mount when a sync engine runs: fetches a missing blob
 
     # ------------------------------------------------------------------------------------------ plumbing
@@ -373,6 +375,9 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=keep)
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        if self.read_ahead_device is not None:  # FUSE_INIT is answered by now (see readahead.py)
+            device, self.read_ahead_device = self.read_ahead_device, None
+            readahead.widen(device)
         return await self.call("read", self.vfs.read, fh, off, size, inline=True)
 
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
