@@ -666,6 +666,19 @@ def test_a_flipped_byte_fails_only_its_segment_and_fsck_reports_the_blob(mounted
     assert e.value.errno == errno.EIO
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may widen a mount's read-ahead")
+def test_the_first_read_widens_the_mounts_read_ahead(mounted: Mount) -> None:
+    """pyfuse3 cannot set max_readahead, so the mount writes its bdi's read_ahead_kb (1 MiB) on the first read."""
+    data = os.urandom(300_000)
+    (mounted.mountpoint / "f").write_bytes(data)
+    mounted.remount()  # a fresh mount: its page cache is empty, so the read below reaches it
+    dev = os.stat(mounted.mountpoint).st_dev
+    knob = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    assert knob.read_text().strip() == "128"  # the kernel's default, until the mount has served a read
+    assert (mounted.mountpoint / "f").read_bytes() == data
+    assert knob.read_text().strip() == "1024"
+
+
 def _disk_usage(root: Path) -> int:
     total = 0
     for p in root.rglob("*"):
