@@ -10,9 +10,9 @@ Any other blob (compressed, or held in memory by the open batch) comes whole fro
 ID, and its segments' tags are checked when they are decrypted (``blob.open_segments`` / ``blob.open_chunk``).
 
 Why partial reads: a cold 4 KiB random read used to read and BLAKE3 its whole ~1 MiB blob file, then decrypt the
-segments it needed (~0.95 ms in process on the 2-core VM); read by ranges it preads ~64 KiB and decrypts one
-segment (~60 us in process, 256 MiB file of 1 MiB chunks; through FUSE 4 KiB random reads went from ~650 to ~2,600
-IOPS, docs/benchmarks.md).
+segments it needed (625 us a read in process on the 2-core VM, 256 MiB file of 1 MiB chunks); read by ranges it
+preads ~64 KiB and decrypts one segment (64 us). Through FUSE, 4 KiB random reads went from ~860 to ~3,480 IOPS
+(docs/benchmarks.md).
 
 The cache holds decrypted 64 KiB segments (and, for a blob read whole, the verified blob until every segment of it is
 decrypted). A chunk read by ranges is decrypted only where reads touch it, except that a sequential reader (a read
@@ -204,9 +204,10 @@ class ContentReads:
     def _parts(self, ref: ChunkRef, cached: _CachedChunk, first: int, stop: int) -> list[bytes]:
         """Parts ``first:stop`` of a chunk, decrypting (outside the lock) those not decrypted yet.
 
-        The first read of a chunk decrypts only the segments it needs, so a random read stays cheap. A chunk read
-        again is being read sequentially or is hot: the rest of it is decrypted too, and its blob dropped, so that
-        it costs no more than its plaintext in the cache and later reads only slice."""
+        A read decrypts only the segments it needs, so a random read stays cheap. Beyond them: a chunk held as a
+        verified blob and read again is being read sequentially or is hot, so the rest of it is decrypted too and
+        its blob dropped (it then costs no more than its plaintext in the cache); a chunk read by ranges gets the
+        next READ_AHEAD_SEGMENTS when this read follows on from segments already decrypted."""
         with self._lock:
             parts = list(cached.parts)
             raw = cached.raw
