@@ -397,7 +397,10 @@ def open_segments(
 
 def segments_span(ref: ChunkRef, first: int, stop: int) -> tuple[int, int]:
     """(offset, size) of the sealed data segments ``first:stop`` (``first < stop``) in the blob of an
-    uncompressed chunk of ``ref.length`` bytes: the only bytes besides the header that reading them needs."""
+    uncompressed chunk of ``ref.length`` bytes: the only bytes besides the header that reading them needs.
+    :class:`DecodeError` for a reference longer than any chunk (before anything is read for it)."""
+    if ref.length > MAX_CHUNK_LENGTH:
+        raise DecodeError(f"blob: chunk length {ref.length} exceeds the limit of {MAX_CHUNK_LENGTH}")
     count = _segment_count(ref.length)
     if not 0 <= first < stop <= count:
         raise ValueError(f"segments {first}:{stop} are outside the chunk's {count}")

@@ -282,3 +282,14 @@ def test_a_sequential_reader_gets_a_bounded_read_ahead(env: Env) -> None:
     covered = (4 + READ_AHEAD_SEGMENTS - 2) * SEG
     assert env.reads.read(content, 4 * SEG, covered - 4 * SEG) == data[4 * SEG : covered]
     assert env.pread_bytes == 0
+
+
+def test_a_reference_longer_than_any_chunk_reads_nothing(env: Env) -> None:
+    """A ChunkRef claiming more than 16 MiB (a bad or hostile op) gives EIO before any byte of the file is read."""
+    data = data_of(17)
+    ref, _ = env.add(data)
+    huge = ChunkRef(blob=ref.blob, key=ref.key, length=blob.MAX_CHUNK_LENGTH + 1)
+    content = Content(size=huge.length, extents=[Extent(offset=0, chunk=huge)])
+    env.fresh()
+    assert eio(env, content, blob.MAX_CHUNK_LENGTH - 10, 4096)
+    assert env.pread_bytes == 0
