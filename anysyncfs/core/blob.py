@@ -178,11 +178,18 @@ def seal_chunk(
 
 def _check_header(blob: bytes | memoryview, ref: ChunkRef) -> tuple[int, int, bytes]:
     """Validate the envelope against ``ref`` before any decryption; return (flags, padded length, salt)."""
+    return check_header(bytes(memoryview(blob)[:HEADER_LEN]), len(blob), ref)
+
+
+def check_header(header: bytes, blob_length: int, ref: ChunkRef) -> tuple[int, int, bytes]:
+    """Validate a blob's first :data:`HEADER_LEN` bytes and its total length against ``ref`` before any
+    decryption (:class:`DecodeError`); return (flags, padded length, key salt). A blob file that was cut short
+    (or grown) fails here, whatever its header says."""
     if ref.length > MAX_CHUNK_LENGTH:
         raise DecodeError(f"blob: chunk length {ref.length} exceeds the limit of {MAX_CHUNK_LENGTH}")
-    if len(blob) < HEADER_LEN:
-        raise DecodeError(f"blob: truncated ({len(blob)} bytes)")
-    tag, version, flags, padded_length, salt = HEADER.unpack_from(blob)
+    if len(header) < HEADER_LEN or blob_length < HEADER_LEN:
+        raise DecodeError(f"blob: truncated ({min(len(header), blob_length)} bytes)")
+    tag, version, flags, padded_length, salt = HEADER.unpack_from(header)
     if tag != BLOB_TAG:
         raise DecodeError(f"blob: wrong format tag 0x{tag:02x}")
     if version != BLOB_VERSION:
@@ -193,7 +200,7 @@ def _check_header(blob: bytes | memoryview, ref: ChunkRef) -> tuple[int, int, by
         raise DecodeError(f"blob: padded length {padded_length} exceeds the limit")
     if padded_length == 0 or not padding.is_bucket(padded_length):
         raise DecodeError(f"blob: {padded_length} is not a padded length")
-    if len(blob) != HEADER_LEN + padded_length + _segment_count(padded_length) * TAG_LEN:
+    if blob_length != HEADER_LEN + padded_length + _segment_count(padded_length) * TAG_LEN:
         raise DecodeError("blob: length does not match its padded length")
     if flags & FLAG_ZSTD:
         # the stored frame is shorter than the chunk, so its padded length is at most that of length - 1
@@ -212,14 +219,31 @@ def _decrypt_segments(
 ) -> list[bytes]:
     """Decrypt and authenticate segments ``first:stop`` of the padded plaintext (each tag checked on its own)."""
     view = memoryview(blob)
-    header = bytes(view[:HEADER_LEN])
+    at, size = _segments_span(padded_length, first, stop)
+    return _decrypt_run(bytes(view[:HEADER_LEN]), view[at : at + size], ref, padded_length, salt, first, stop)
+
+
+def _segments_span(padded_length: int, first: int, stop: int) -> tuple[int, int]:
+    """(offset, size) in the blob of the sealed segments ``first:stop`` (``first < stop``)."""
+    at = HEADER_LEN + first * (SEGMENT_SIZE + TAG_LEN)
+    end_plain = min(stop * SEGMENT_SIZE, padded_length)
+    return at, end_plain - first * SEGMENT_SIZE + (stop - first) * TAG_LEN
+
+
+def _decrypt_run(
+    header: bytes, sealed: bytes | memoryview, ref: ChunkRef, padded_length: int, salt: bytes, first: int, stop: int
+) -> list[bytes]:
+    """Open the consecutive sealed segments ``first:stop`` held in ``sealed`` (exactly their bytes), each under
+    the segment key of (chunk key, salt), its own nonce (index, last flag) and the header as associated data."""
+    view = memoryview(sealed)
     aead = _segment_aead(ref.key, salt)
     count = _segment_count(padded_length)
     plaintexts: list[bytes] = []
+    at = 0
     for index in range(first, stop):
-        at = HEADER_LEN + index * (SEGMENT_SIZE + TAG_LEN)
         size = min(SEGMENT_SIZE, padded_length - index * SEGMENT_SIZE) + TAG_LEN
         plaintexts.append(aead.decrypt(NONCE.pack(index, index == count - 1), view[at : at + size], header))
+        at += size
     return plaintexts
 
 
@@ -350,3 +374,57 @@ def open_segments(
     if not 0 <= first <= stop <= count:
         raise ValueError(f"segments {first}:{stop} are outside the chunk's {count}")
     return _data_of(_decrypt_segments(blob, ref, padded_length, salt, first, stop), first, ref.length)
+
+
+# ------------------------------------------------------------------------------------------------ partial blob reads
+# For a reader that holds the blob in a local file and reads (pread) only the bytes it needs: the header, then the
+# sealed segments of the range. The blob ID is NOT checked on this path (that would need every byte); what makes
+# it safe is that each segment is authenticated on its own and bound to everything that could be swapped:
+#
+# - to this chunk: the segment key is derived from the chunk key (from the signed ChunkRef; it is the keyed hash
+#   of the chunk's plaintext). A segment of another blob was sealed under another key and fails its tag; a blob
+#   of the same chunk key is the same plaintext sealed the same way (sealing is deterministic), so the same bytes.
+# - to its position: the nonce is the segment index and a last-segment flag, so a segment moved to another index
+#   fails, and so does a last segment presented as an inner one or the reverse.
+# - to the header: the header is every segment's associated data, and for an uncompressed chunk it is fixed by
+#   ``ref.length`` (flags 0, zero salt, padded length padme(length + 1)) and checked against it exactly.
+# - to the file's length: :func:`check_header` checks the file size against the padded length, so a truncated
+#   (or extended) file fails before any segment is read, and a short read of a segment is an error.
+#
+# The whole-blob BLAKE3 ID is still checked whenever a blob enters the store (from the network, and when written
+# locally) and by ``fsck``; the local read path relies on the per-segment tags.
+
+
+def segments_span(ref: ChunkRef, first: int, stop: int) -> tuple[int, int]:
+    """(offset, size) of the sealed data segments ``first:stop`` (``first < stop``) in the blob of an
+    uncompressed chunk of ``ref.length`` bytes: the only bytes besides the header that reading them needs.
+    :class:`DecodeError` for a reference longer than any chunk (before anything is read for it)."""
+    if ref.length > MAX_CHUNK_LENGTH:
+        raise DecodeError(f"blob: chunk length {ref.length} exceeds the limit of {MAX_CHUNK_LENGTH}")
+    count = _segment_count(ref.length)
+    if not 0 <= first < stop <= count:
+        raise ValueError(f"segments {first}:{stop} are outside the chunk's {count}")
+    return _segments_span(padding.padded_length(ref.length), first, stop)
+
+
+def uncompressed_blob_length(ref: ChunkRef) -> int:
+    """The exact length of the blob of ``ref`` if it is stored uncompressed."""
+    padded_length = padding.padded_length(ref.length)
+    return HEADER_LEN + padded_length + _segment_count(padded_length) * TAG_LEN
+
+
+def open_sealed_segments(
+    header: bytes, blob_length: int, sealed: bytes | memoryview, ref: ChunkRef, first: int, stop: int
+) -> list[bytes]:
+    """The chunk bytes of data segments ``first:stop`` of an uncompressed blob, from its ``header``, the blob
+    file's length and ``sealed``, exactly the blob bytes :func:`segments_span` names. The header and length are
+    checked first (:func:`check_header`), then each segment's tag (:class:`AuthenticationFailed`), then the
+    padding it holds (:class:`DecodeError`); fewer or more bytes than the span is a :class:`DecodeError` (a file
+    cut short while read)."""
+    flags, padded_length, salt = check_header(header, blob_length, ref)
+    if flags & FLAG_ZSTD:
+        raise ValueError("a compressed blob is opened whole, not by segments")
+    _, size = segments_span(ref, first, stop)
+    if len(sealed) != size:
+        raise DecodeError(f"blob: {len(sealed)} bytes of segments {first}:{stop}, expected {size}")
+    return _data_of(_decrypt_run(header, sealed, ref, padded_length, salt, first, stop), first, ref.length)

@@ -50,6 +50,7 @@ from ..errors import AnysyncError, BlobMissing, FsError, NotFound, UsageError
 from ..replica.home import Unlocked
 from ..replica.replica import Replica, resolve_space
 from ..store.files import private_dir
+from . import readahead
 from .fuse import Operations
 from .mount_sync import run_sync
 from .vfs import Vfs
@@ -393,6 +394,7 @@ def serve(unlocked: Unlocked, space: str, mp: Path, opts: MountOptions, *, ready
         ops = Operations(vfs, read_only=opts.read_only)
         _fuse_init(ops, mp, opts.fuse_options())
         mounted = True
+        ops.read_ahead_device = readahead.mount_device(mp)
         log.info("mounted space %s (%s) at %s%s", name, replica.name, mp, " read-only" if opts.read_only else "")
         if ready is not None:
             ready.send(f"ok {why_ro}" if why_ro and not opts.read_only else "ok")

@@ -1,16 +1,26 @@
 """Verified reads of committed file content, with a cache of verified blobs and of what was decrypted from them.
 
-Every byte handed out comes from a blob that was verified: ``get_blob`` checks its BLAKE3 ID, and each AES-GCM
-segment's tag is checked when the segment is decrypted (``blob.open_segments`` / ``blob.open_chunk``).
+Every byte handed out was authenticated. An uncompressed chunk whose blob is a local file is read by ranges
+(``read_ranges``: one open, a pread of the 23-byte header and of the sealed 64 KiB segments the read touches) and
+each segment's AES-GCM tag is checked before a byte of it is used; the tag binds the segment to its chunk key, its
+index, the header and (through the header) the blob's length (see :mod:`..core.blob`, "partial blob reads"), so a
+damaged, swapped or truncated blob file gives EIO, never wrong bytes. Its whole-blob BLAKE3 ID is not checked here:
+that is done when a blob enters the store (fetched from the network, or written locally) and by ``fsck``.
+Any other blob (compressed, or held in memory by the open batch) comes whole from ``get_blob``, which checks its
+ID, and its segments' tags are checked when they are decrypted (``blob.open_segments`` / ``blob.open_chunk``).
 
-Why a cache of blobs and segments rather than of whole plaintexts: a 4 KiB random read that opened its whole ~1 MiB
-chunk cost ~0.95 ms on the 2-core VM (in process, 1 GiB file): ~0.6 ms for ``get_blob`` (read and BLAKE3 the
-blob) and ~0.35 ms decrypting and allocating the 15 segments nobody asked for. So for an uncompressed chunk the
-cache keeps the verified blob and the first read decrypts only the 64 KiB segments it needs (~0.6 ms a read).
-A chunk read a second time is being read sequentially or is hot: the rest is decrypted then and the blob dropped,
-leaving only the plaintext, as before (a sequential reader, served by the kernel in 128 KiB pieces, decrypts each
-segment once). A compressed chunk cannot be decrypted by ranges: its whole plaintext is cached as one piece.
-One LRU bounded in bytes holds all of it.
+Why partial reads: a cold 4 KiB random read used to read and BLAKE3 its whole ~1 MiB blob file, then decrypt the
+segments it needed (625 us a read in process on the 2-core VM, 256 MiB file of 1 MiB chunks); read by ranges it
+preads ~64 KiB and decrypts one segment (64 us). Through FUSE, 4 KiB random reads went from ~860 to ~3,480 IOPS
+(docs/benchmarks.md).
+
+The cache holds decrypted 64 KiB segments (and, for a blob read whole, the verified blob until every segment of it is
+decrypted). A chunk read by ranges is decrypted only where reads touch it, except that a sequential reader (a read
+starting in or right after a segment already decrypted) gets a bounded read-ahead of ``READ_AHEAD_SEGMENTS`` in the
+same pread; random readers never pay for segments nobody asked for. A chunk read whole from ``get_blob`` and read a
+second time is being read sequentially or is hot: the rest is decrypted then and the blob dropped, leaving only the
+plaintext. A compressed chunk cannot be decrypted by ranges: its whole plaintext is cached as one piece. One LRU
+bounded in bytes holds all of it.
 
 A blob that is not on this device raises :class:`BlobMissing` unchanged (the FUSE adapter waits for the sync layer to
 fetch it and retries); any other missing or unverifiable blob gives ``FsError(EIO)`` and one log line; never wrong
@@ -23,21 +33,27 @@ import errno
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..core import blob as blobs
 from ..core import content as content_mod
 from ..core import ids
 from ..core.ops import ChunkRef, Content, Extent
-from ..errors import BlobMissing, FsError, IntegrityError, NotFound
+from ..errors import BlobMissing, FsError, IntegrityError, NotFound, StoreError
 from .attrs import blocks_for
 
 log = logging.getLogger(__name__)
 
 CHUNK_CACHE_BYTES = 64 << 20  # verified blobs plus decrypted plaintext, together
+# Segments (64 KiB) decrypted ahead of a sequential reader of a local blob: 512 KiB, one pread with the segments
+# asked for. The kernel's own read-ahead asks for 128 KiB at a time; this halves the opens, preads and key set-ups.
+READ_AHEAD_SEGMENTS = 8
 READER_CACHE = 256  # contents whose (manifest-loaded) extent lists are kept
 
 GetBlob = Callable[[bytes], bytes]
+# (blob ID, [(offset, size), ...]) -> (file size, the bytes of each range, unverified and short at EOF), or None
+# when the blob is not a local file (the open batch's own): then it is read whole through GetBlob.
+ReadRanges = Callable[[bytes, Sequence[tuple[int, int]]], "tuple[int, list[bytes]] | None"]
 Slice = bytes | memoryview
 
 
@@ -47,19 +63,24 @@ def _blob_label(blob_id: bytes) -> str:
 
 class _CachedChunk:
     """What the cache holds of one chunk: its plaintext cut in ``parts`` of ``span`` bytes (``None`` where not
-    decrypted yet) and, while a part is missing, the verified blob to decrypt it from.
+    decrypted yet) and, while a part is missing, where to decrypt it from: the verified blob (``raw``) or, for a
+    blob read by ranges from its local file, the blob's checked ``header``.
 
     Uncompressed chunk: one part per 64 KiB segment. Compressed chunk: a single part, the whole plaintext, and no
-    blob. Invariant: ``raw is None`` exactly when ``missing == 0``. Mutated only under ``ContentReads._lock``."""
+    blob. Invariant: while ``missing > 0``, ``raw`` or ``header`` is set. Mutated only under
+    ``ContentReads._lock``."""
 
-    __slots__ = ("missing", "parts", "raw", "size", "span")
+    __slots__ = ("header", "missing", "parts", "raw", "size", "span")
 
-    def __init__(self, raw: bytes | None, parts: list[bytes | None], span: int) -> None:
+    def __init__(self, raw: bytes | None, parts: list[bytes | None], span: int, header: bytes | None = None) -> None:
         self.raw = raw
+        self.header = header
         self.parts = parts
         self.span = span
         self.missing = sum(1 for part in parts if part is None)
-        self.size = (len(raw) if raw is not None else 0) + sum(len(part) for part in parts if part is not None)
+        self.size = (len(raw) if raw is not None else 0) + (len(header) if header is not None else 0) + sum(
+            len(part) for part in parts if part is not None
+        )
 
 
 class ContentReads:
@@ -67,8 +88,11 @@ class ContentReads:
     ``Replica.get_blob`` does). Thread-safe: the caches are guarded by one lock; ``get_blob`` and decryption run
     outside it (two threads may then do the same work once; either result is verified and kept)."""
 
-    def __init__(self, get_blob: GetBlob, *, cache_bytes: int = CHUNK_CACHE_BYTES) -> None:
+    def __init__(
+        self, get_blob: GetBlob, *, read_ranges: ReadRanges | None = None, cache_bytes: int = CHUNK_CACHE_BYTES
+    ) -> None:
         self._get_blob = get_blob
+        self._read_ranges = read_ranges
         self._lock = threading.Lock()
         self._chunks: OrderedDict[bytes, _CachedChunk] = OrderedDict()  # blob ID -> chunk, least recent first
         self._chunk_bytes = 0
@@ -94,7 +118,7 @@ class ContentReads:
     def chunk_range(self, ref: ChunkRef, start: int, end: int) -> list[Slice]:
         """Verified plaintext of chunk bytes ``start:end`` (``0 <= start < end <= ref.length``), as consecutive
         slices of cached parts; decrypts only the segments not cached yet."""
-        cached = self._cached(ref)
+        cached = self._cached(ref, start // blobs.SEGMENT_SIZE, (end - 1) // blobs.SEGMENT_SIZE + 1)
         span = cached.span
         first, last = start // span, (end - 1) // span
         parts = self._parts(ref, cached, first, last + 1)
@@ -105,22 +129,26 @@ class ContentReads:
             slices.append(part if lo == 0 and hi == len(part) else memoryview(part)[lo:hi])
         return slices
 
-    def _cached(self, ref: ChunkRef) -> _CachedChunk:
-        """The cache entry of ``ref``'s chunk, fetched (and its envelope checked) on a miss."""
+    def _cached(self, ref: ChunkRef, first: int, stop: int) -> _CachedChunk:
+        """The cache entry of ``ref``'s chunk, fetched (and its envelope checked) on a miss. A local uncompressed
+        blob is read by ranges: the miss reads the header and the segments ``first:stop`` (those the read needs)
+        with one open, and the entry holds them decrypted."""
         with self._lock:
             hit = self._chunks.get(ref.blob)
             if hit is not None:
                 self._chunks.move_to_end(ref.blob)
                 return hit
         try:
-            raw = self._get_blob(ref.blob)  # has checked the blob ID already
-            if blobs.is_compressed(raw, ref):
-                entry = _CachedChunk(None, [blobs.open_chunk(raw, ref, verify_id=False)], max(1, ref.length))
-            else:
-                entry = _CachedChunk(raw, [None] * blobs.segment_count(ref.length), blobs.SEGMENT_SIZE)
+            entry = self._read_partially(ref, first, stop) if self._read_ranges is not None else None
+            if entry is None:
+                raw = self._get_blob(ref.blob)  # has checked the blob ID already
+                if blobs.is_compressed(raw, ref):
+                    entry = _CachedChunk(None, [blobs.open_chunk(raw, ref, verify_id=False)], max(1, ref.length))
+                else:
+                    entry = _CachedChunk(raw, [None] * blobs.segment_count(ref.length), blobs.SEGMENT_SIZE)
         except BlobMissing:
             raise  # not an error of the data: the FUSE adapter has the sync layer fetch it and retries
-        except (IntegrityError, NotFound) as e:
+        except (IntegrityError, NotFound, StoreError) as e:
             raise self._fail(f"blob {_blob_label(ref.blob)}", e) from None
         with self._lock:
             hit = self._chunks.get(ref.blob)
@@ -132,31 +160,87 @@ class ContentReads:
                 self._evict()
         return entry
 
+    def _read_partially(self, ref: ChunkRef, first: int, stop: int) -> _CachedChunk | None:
+        """A new cache entry holding segments ``first:stop`` of an uncompressed chunk, read by ranges from its
+        local blob file and authenticated; None if the blob is not a local file or is compressed (read whole)."""
+        assert self._read_ranges is not None
+        got = self._read_ranges(ref.blob, [(0, blobs.HEADER_LEN), blobs.segments_span(ref, first, stop)])
+        if got is None:
+            return None
+        file_size, (header, sealed) = got
+        flags, _, _ = blobs.check_header(header, file_size, ref)
+        if flags & blobs.FLAG_ZSTD:
+            return None  # whole-chunk zstd: only the whole blob can be opened
+        parts: list[bytes | None] = [None] * blobs.segment_count(ref.length)
+        parts[first:stop] = blobs.open_sealed_segments(header, file_size, sealed, ref, first, stop)
+        return _CachedChunk(None, parts, blobs.SEGMENT_SIZE, header=header)
+
+    def _open_runs(self, ref: ChunkRef, cached_raw: bytes | None, header: bytes | None,
+                   runs: list[tuple[int, int]]) -> list[tuple[int, list[bytes] | IntegrityError]]:
+        """Decrypt each run ``(lo, hi)`` of segments: from the verified blob, or read by ranges from the local file
+        (one open for all runs). A run that fails verification gives its error in place of its plaintexts."""
+        if not runs:
+            return []
+        out: list[tuple[int, list[bytes] | IntegrityError]] = []
+        if cached_raw is not None:
+            for lo, hi in runs:
+                try:
+                    out.append((lo, blobs.open_segments(cached_raw, ref, lo, hi, verify_id=False)))
+                except IntegrityError as e:
+                    out.append((lo, e))
+            return out
+        assert header is not None and self._read_ranges is not None
+        got = self._read_ranges(ref.blob, [blobs.segments_span(ref, lo, hi) for lo, hi in runs])
+        if got is None:  # cannot happen for a blob once read from its file (files are not un-written)
+            raise NotFound("blob file vanished")
+        file_size, sealed_runs = got
+        for (lo, hi), sealed in zip(runs, sealed_runs):
+            try:
+                out.append((lo, blobs.open_sealed_segments(header, file_size, sealed, ref, lo, hi)))
+            except IntegrityError as e:
+                out.append((lo, e))
+        return out
+
     def _parts(self, ref: ChunkRef, cached: _CachedChunk, first: int, stop: int) -> list[bytes]:
         """Parts ``first:stop`` of a chunk, decrypting (outside the lock) those not decrypted yet.
 
-        The first read of a chunk decrypts only the segments it needs, so a random read stays cheap. A chunk read
-        again is being read sequentially or is hot: the rest of it is decrypted too, and its blob dropped, so that
-        it costs no more than its plaintext in the cache and later reads only slice."""
+        A read decrypts only the segments it needs, so a random read stays cheap. Beyond them: a chunk held as a
+        verified blob and read again is being read sequentially or is hot, so the rest of it is decrypted too and
+        its blob dropped (it then costs no more than its plaintext in the cache); a chunk read by ranges gets the
+        next READ_AHEAD_SEGMENTS when this read follows on from segments already decrypted."""
         with self._lock:
             parts = list(cached.parts)
             raw = cached.raw
+            header = cached.header
         wanted = [part for part in parts[first:stop] if part is not None]
         if len(wanted) == stop - first:
             return wanted
-        assert raw is not None  # the invariant: the blob is dropped only when no part is missing
+        assert raw is not None or header is not None  # the invariant: both are dropped only when nothing is missing
+        needed = _runs([i for i in range(first, stop) if parts[i] is None])
+        if raw is not None:
+            # A chunk read a second time: the rest of it too, and its blob dropped (at most one chunk).
+            rest = (_runs([i for i, part in enumerate(parts) if part is None and not first <= i < stop])
+                    if any(part is not None for part in parts) else [])
+        else:
+            # Read by ranges: nothing is gained by opening segments nobody asked for, unless the reader is
+            # sequential (this read starts in or right after the segment where the last one ended): then a bounded
+            # read-ahead of the next READ_AHEAD_SEGMENTS in the chunk, read with the same open.
+            ahead = first > 0 and parts[first - 1] is not None
+            rest = (_runs([i for i in range(stop, min(stop + READ_AHEAD_SEGMENTS, len(parts))) if parts[i] is None])
+                    if ahead else [])
+        try:
+            results = self._open_runs(ref, raw, header, needed + rest)
+        except (NotFound, StoreError) as e:
+            if isinstance(e, BlobMissing):
+                raise
+            raise self._fail(f"blob {_blob_label(ref.blob)}", e) from None
         opened: list[tuple[int, list[bytes]]] = []
-        for lo, hi in _runs([i for i in range(first, stop) if parts[i] is None]):
-            try:
-                opened.append((lo, blobs.open_segments(raw, ref, lo, hi, verify_id=False)))
-            except IntegrityError as e:
-                raise self._fail(f"blob {_blob_label(ref.blob)}", e) from None
-        if any(part is not None for part in parts):
-            for lo, hi in _runs([i for i, part in enumerate(parts) if part is None and not first <= i < stop]):
-                try:
-                    opened.append((lo, blobs.open_segments(raw, ref, lo, hi, verify_id=False)))
-                except IntegrityError:
-                    pass  # not asked for: reported if and when a read needs these segments
+        for n, (lo, result) in enumerate(results):
+            if isinstance(result, IntegrityError):
+                if n < len(needed):
+                    raise self._fail(f"blob {_blob_label(ref.blob)}", result) from None
+                continue  # not asked for: reported if and when a read needs these segments
+            opened.append((lo, result))
         with self._lock:
             grown = 0
             for lo, plains in opened:
@@ -168,6 +252,9 @@ class ContentReads:
             if cached.missing == 0 and cached.raw is not None:
                 grown -= len(cached.raw)  # everything is decrypted: the blob is no longer needed
                 cached.raw = None
+            if cached.missing == 0 and cached.header is not None:
+                grown -= len(cached.header)
+                cached.header = None
             cached.size += grown
             if self._chunks.get(ref.blob) is cached:
                 self._chunk_bytes += grown

@@ -167,7 +167,7 @@ class VfsCore:
         self.batch_interval = batch_interval
         self._batch: Batch | None = None
         self._id_pool: list[bytes] = []  # node IDs with reserved inodes (see new_node_id)
-        self.reads = ContentReads(self._get_blob)
+        self.reads = ContentReads(self._get_blob, read_ranges=self._read_blob_ranges)
         self.live = LiveView(self)
         self._root_owner = (os.getuid(), os.getgid())
         self.virtual = Virtual(replica, lambda: self.owner_of(self.replica.tree.nodes[ROOT_NODE]))
@@ -441,6 +441,13 @@ class VfsCore:
         """Verified blob bytes for reads: the open batch's own first (its ID was computed from them here)."""
         data = self.pending_blob(blob_id)
         return data if data is not None else self.replica.get_blob(blob_id)
+
+    def _read_blob_ranges(self, blob_id: bytes, ranges: Sequence[tuple[int, int]]) -> tuple[int, list[bytes]] | None:
+        """Unverified byte ranges of a local blob file, for reads that authenticate each segment they open (None
+        for a blob the open batch holds in memory: it is read whole through :meth:`_get_blob`)."""
+        if self.pending_blob(blob_id) is not None:
+            return None
+        return self.replica.read_blob_ranges(blob_id, ranges)
 
     def blob_here(self, blob_id: bytes) -> bool:
         return self.pending_blob(blob_id) is not None or self.replica.blobs.has(blob_id)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..core import ids, ops, tree
@@ -75,7 +76,7 @@ class XattrMixin(FilesMixin):
                          batch_interval=batch_interval)
         self.cache = BlobCache(replica)
         # The same verified reads, through a getter that also notes each blob read (the cache's LRU order).
-        self.reads = ContentReads(self._get_blob_noting_access)
+        self.reads = ContentReads(self._get_blob_noting_access, read_ranges=self._read_blob_ranges_noting_access)
 
     def _get_blob_noting_access(self, blob_id: bytes) -> bytes:
         pending = self.pending_blob(blob_id)  # the open batch's own, not written yet
@@ -84,6 +85,14 @@ class XattrMixin(FilesMixin):
         data = self.replica.get_blob(blob_id)
         self.cache.touch(blob_id)
         return data
+
+    def _read_blob_ranges_noting_access(
+        self, blob_id: bytes, ranges: Sequence[tuple[int, int]]
+    ) -> tuple[int, list[bytes]] | None:
+        got = self._read_blob_ranges(blob_id, ranges)
+        if got is not None:
+            self.cache.touch(blob_id)
+        return got
 
     def _xattr_node(self, inode: int) -> tuple[View, tree.Node] | None:
         """The node behind ``inode`` (None for the special .anysync folders, which have no attributes)."""

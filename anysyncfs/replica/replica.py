@@ -532,6 +532,16 @@ class Replica:
                 blob_id, f"blob {ids.to_text(ids.PREFIX_BLOB, blob_id)[:20]}… is not on this device"
             ) from None
 
+    def read_blob_ranges(self, blob_id: bytes, ranges: Sequence[tuple[int, int]]) -> tuple[int, list[bytes]]:
+        """Some bytes of a local blob file, NOT verified (see :meth:`BlobFiles.read_ranges`): for the read path,
+        which authenticates each AES-GCM segment it opens from them. :class:`BlobMissing` as :meth:`get_blob`."""
+        try:
+            return self.blobs.read_ranges(blob_id, ranges)
+        except NotFound:
+            raise BlobMissing(
+                blob_id, f"blob {ids.to_text(ids.PREFIX_BLOB, blob_id)[:20]}… is not on this device"
+            ) from None
+
     def blob_ids(self) -> list[bytes]:
         """Blobs whose file is on this device, in ID order. Every local blob of this home, not only this space's:
         the blob index does not record spaces (blob IDs reveal nothing, and each blob is encrypted under its

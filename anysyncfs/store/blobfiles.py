@@ -3,7 +3,9 @@
 A blob with ID ``abcdef…`` (64 lowercase hex digits of its BLAKE3 hash) lives at ``<root>/ab/cdef…``: the first
 byte names a directory (so no directory holds more than 1/256 of the blobs), the other 31 bytes the file.
 Files are written atomically (temporary file, fsync, rename, fsync of the directory), mode 0o600, directories
-0o700. Every read re-hashes the bytes, so a corrupted file is reported (:class:`IdMismatch`) and never served.
+0o700. :meth:`BlobFiles.get` re-hashes the bytes, so a corrupted file is reported (:class:`IdMismatch`) and never
+served. :meth:`BlobFiles.read_ranges` reads only some bytes of a file and checks nothing: its caller (the read path
+of a mount) authenticates every AES-GCM segment it decrypts from them instead (see :mod:`..core.blob`).
 Temporary files start with a dot and are skipped by listings.
 """
 
@@ -16,7 +18,7 @@ from pathlib import Path
 from ..core import crypto
 from ..core.blob import MAX_BLOB_LEN
 from ..errors import IdMismatch, NotFound, StoreError
-from .files import StrPath, atomic_write, fsync_dir, fsync_paths, io_pool, read_bounded
+from .files import StrPath, _store_error, atomic_write, fsync_dir, fsync_paths, io_pool, read_bounded
 
 BLOB_ID_LEN = crypto.HASH_LEN
 _HEX = frozenset("0123456789abcdef")
@@ -27,6 +29,7 @@ class BlobFiles:
 
     def __init__(self, root: StrPath, *, max_blob_len: int = MAX_BLOB_LEN) -> None:
         self.root = Path(root)
+        self._root_text = os.fspath(self.root)
         self.max_blob_len = max_blob_len
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -86,6 +89,50 @@ class BlobFiles:
         if crypto.blake3(data) != blob_id:
             raise IdMismatch(f"blob file {blob_id.hex()} is corrupted")
         return data
+
+    def read_ranges(self, blob_id: bytes, ranges: Sequence[tuple[int, int]]) -> tuple[int, list[bytes]]:
+        """The file's size and the bytes at each ``(offset, size)`` of ``ranges``, read with one open and a pread
+        per range (adjacent ranges are read at once). NOT verified: a range runs short where the file ends, and
+        a damaged byte is returned as it is, so the caller must authenticate what it uses. :class:`NotFound` if
+        absent; :class:`StoreError` for a file larger than the limit or a read error."""
+        if len(blob_id) != BLOB_ID_LEN:
+            raise ValueError("a blob ID is 32 bytes")
+        text = blob_id.hex()
+        path = f"{self._root_text}/{text[:2]}/{text[2:]}"  # path_of without pathlib: this is every read's path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"blob {blob_id.hex()} is not stored here") from None
+        except OSError as e:
+            raise _store_error("open", path, e) from None
+        try:
+            size = os.fstat(fd).st_size
+            if size > self.max_blob_len:
+                raise StoreError(f"{path} is {size} bytes, more than the limit of {self.max_blob_len}")
+            out: list[bytes] = []
+            at = 0
+            while at < len(ranges):
+                offset, length = ranges[at]
+                group = at + 1  # merge the ranges that follow on directly
+                while group < len(ranges) and ranges[group][0] == offset + length:
+                    length += ranges[group][1]
+                    group += 1
+                data = os.pread(fd, length, offset) if length > 0 else b""
+                while 0 < len(data) < length:  # a short read before EOF (rare): go on until EOF or done
+                    more = os.pread(fd, length - len(data), offset + len(data))
+                    if not more:
+                        break
+                    data += more
+                cut = 0
+                for _, part_length in ranges[at:group]:
+                    out.append(data[cut : cut + part_length])
+                    cut += part_length
+                at = group
+            return size, out
+        except OSError as e:
+            raise _store_error("read", path, e) from None
+        finally:
+            os.close(fd)
 
     def has(self, blob_id: bytes) -> bool:
         """Whether a file exists for ``blob_id`` (its content is checked only by :meth:`get`)."""

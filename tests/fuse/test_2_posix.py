@@ -620,6 +620,65 @@ def test_corrupt_blob_gives_eio_and_the_mount_stays_up(mounted: Mount) -> None:
     assert mounted.proc is not None and mounted.proc.poll() is None
 
 
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+def test_a_flipped_byte_fails_only_its_segment_and_fsck_reports_the_blob(mounted: Mount) -> None:
+    """Reads of a local blob authenticate each 64 KiB segment they touch instead of hashing the whole blob: a
+    flipped byte in segment 2 gives EIO for reads touching it and the right bytes elsewhere; fsck (which hashes
+    every blob) still reports the file; a truncated blob file gives EIO, never wrong bytes."""
+    seg = 64 * 1024
+    blobs = mounted.home / "blobs"
+    before = {p for p in blobs.rglob("*") if p.is_file()}
+    data = os.urandom(300_000)  # random: stored uncompressed, one chunk, 5 segments
+    (mounted.mountpoint / "victim").write_bytes(data)
+    mounted.remount()
+    new = [p for p in blobs.rglob("*") if p.is_file() and p not in before]
+    (chunk_blob,) = [p for p in new if p.stat().st_size > len(data)]  # the chunk (any other blob is small)
+    raw = bytearray(chunk_blob.read_bytes())
+    raw[23 + 2 * (seg + 16) + 500] ^= 0x01  # header 23 bytes, then segments of 64 KiB + a 16-byte tag
+    chunk_blob.chmod(0o600)
+    chunk_blob.write_bytes(bytes(raw))
+    victim = mounted.mountpoint / "victim"
+    mounted.expect_log(r"(?i)corrupt|integrity|verif|mismatch|authentic|EIO")
+    with pytest.raises(OSError) as e:
+        _read_at(victim, 2 * seg + 4096, 4096)
+    assert e.value.errno == errno.EIO
+    assert _read_at(victim, 0, 4096) == data[:4096]
+    assert _read_at(victim, 4 * seg, 4096) == data[4 * seg : 4 * seg + 4096]
+    with pytest.raises(OSError) as e:
+        victim.read_bytes()
+    assert e.value.errno == errno.EIO
+    mounted.unmount()
+    report = mounted.cli("fsck", check=False)
+    assert report.returncode != 0
+    assert b"blob" in report.stdout + report.stderr
+    # cut short: EIO for every read, even of the segments that are still whole
+    chunk_blob.write_bytes(bytes(raw[: len(raw) - 100]))
+    mounted.mount(*mounted.mount_args)
+    with pytest.raises(OSError) as e:
+        _read_at(victim, 0, 4096)
+    assert e.value.errno == errno.EIO
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may widen a mount's read-ahead")
+def test_the_first_read_widens_the_mounts_read_ahead(mounted: Mount) -> None:
+    """pyfuse3 cannot set max_readahead, so the mount writes its bdi's read_ahead_kb (1 MiB) on the first read."""
+    data = os.urandom(300_000)
+    (mounted.mountpoint / "f").write_bytes(data)
+    mounted.remount()  # a fresh mount: its page cache is empty, so the read below reaches it
+    dev = os.stat(mounted.mountpoint).st_dev
+    knob = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    assert knob.read_text().strip() == "128"  # the kernel's default, until the mount has served a read
+    assert (mounted.mountpoint / "f").read_bytes() == data
+    assert knob.read_text().strip() == "1024"
+
+
 def _disk_usage(root: Path) -> int:
     total = 0
     for p in root.rglob("*"):

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from anysyncfs.core import blob
 from anysyncfs.core import content as content_mod
 from anysyncfs.core import ops
 from anysyncfs.errors import BlobMissing, StoreError
@@ -480,21 +481,40 @@ def test_enospc_on_a_really_full_disk(make_home, tmp_path: Path) -> None:  # typ
 
 
 def test_corrupt_blob_gives_eio_and_one_log_line(env: Env, caplog: pytest.LogCaptureFixture) -> None:
-    f = write_file(env.vfs, ROOT_INODE, b"f", os.urandom(300_000))
+    """A flipped byte in segment 2 of the (one) chunk's blob file: reads of that segment give EIO with one log line,
+    reads of the other segments still return the right bytes (each segment is authenticated on its own)."""
+    data = os.urandom(300_000)
+    f = write_file(env.vfs, ROOT_INODE, b"f", data)
     env.reopen()  # no cached plaintext
-    for blob_id in env.replica.blobs.iter_ids():
-        path = env.replica.blobs.path_of(blob_id)
-        raw = bytearray(path.read_bytes())
-        raw[len(raw) // 2] ^= 0x40
-        path.write_bytes(bytes(raw))
+    (extent,) = node_of(env, b"f").extents  # one chunk (random data: stored uncompressed)
+    path = env.replica.blobs.path_of(extent.chunk.blob)
+    raw = bytearray(path.read_bytes())
+    raw[blob.HEADER_LEN + 2 * (blob.SEGMENT_SIZE + blob.TAG_LEN) + 100] ^= 0x40
+    path.write_bytes(bytes(raw))
     fh = env.vfs.open(path_inode(env.vfs, b"f"), os.O_RDONLY, ROOT)
     caplog.clear()
     with caplog.at_level(logging.ERROR):
-        assert errno_of(env.vfs.read, fh, 0, 4096) == errno.EIO
+        assert errno_of(env.vfs.read, fh, 2 * blob.SEGMENT_SIZE + 4096, 4096) == errno.EIO
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "\n" not in errors[0].getMessage()
+    assert env.vfs.read(fh, 0, 4096) == data[:4096]
+    assert env.vfs.read(fh, 3 * blob.SEGMENT_SIZE, 4096) == data[3 * blob.SEGMENT_SIZE :][:4096]
+    assert errno_of(env.vfs.read, fh, 0, 300_000) == errno.EIO  # a read spanning it fails whole
     env.vfs.release(fh)
     assert f.size == 300_000
+
+
+def test_truncated_blob_file_gives_eio(env: Env) -> None:
+    """A blob file cut short (even after the segments a read needs) gives EIO, never wrong or short bytes."""
+    write_file(env.vfs, ROOT_INODE, b"f", os.urandom(300_000))
+    env.reopen()
+    (extent,) = node_of(env, b"f").extents
+    path = env.replica.blobs.path_of(extent.chunk.blob)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 1])
+    fh = env.vfs.open(path_inode(env.vfs, b"f"), os.O_RDONLY, ROOT)
+    assert errno_of(env.vfs.read, fh, 0, 4096) == errno.EIO
+    env.vfs.release(fh)
 
 
 def test_missing_blob_names_the_blob_to_fetch(env: Env) -> None:
