@@ -39,9 +39,9 @@ from anysyncfs.net.runner import Runner
 from anysyncfs.net.sync import SpaceSync
 from anysyncfs.net.tls import make_tls_identity, open_tls_stream, verify_cert_issuer
 from anysyncfs.protocol import messages as m
-from anysyncfs.protocol.frames import LENGTH, PRE_AUTH_MAX_FRAME, FrameType, encode_frame
+from anysyncfs.protocol.frames import LENGTH, PRE_AUTH_MAX_FRAME, FrameType
 from anysyncfs.protocol.session import ErrorReceived, Role, Session
-from anysyncfs.replica import Replica, create_space
+from anysyncfs.replica import create_space
 from anysyncfs.replica.home import Unlocked
 from tests.conftest import CLI
 
