@@ -9,7 +9,10 @@ waiting for them. Anything that breaks the protocol or fails verification closes
 Back-pressure: while the session is :attr:`~anysyncfs.protocol.session.Session.blocked` (the peer's requests in
 flight are at their bound) the connection reads nothing more until one of them is answered, so TCP flow control
 holds the peer back; the stall clock of the frame in progress restarts afterwards (we were the ones not reading).
-A request handler must therefore never wait for a request of its own on the same connection.
+A request handler must therefore never wait for a request of its own on the same connection. Replies are bounded
+too: a handler about to build a large reply (a blob, a batch of changes) first reserves its size
+(:meth:`Connection.reserve_reply`), and waits while the replies being built or sent on this connection would
+exceed ``max_reply_bytes`` — so small requests that ask for large answers cannot pin memory either.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class Connection:
         handler: Handler | None = None,
         on_notify: NotifyHandler | None = None,
         timeouts: Timeouts | None = None,
+        max_reply_bytes: int | None = None,
     ) -> None:
         self.stream = stream
         self.session = session
@@ -102,6 +106,11 @@ class Connection:
         self._waiters: dict[int, _Waiter] = {}
         self._nursery: trio.Nursery | None = None
         self._room = trio.Event()  # set when a reply frees room for a blocked request
+        self.max_reply_bytes = max_reply_bytes  # None: replies are not bounded
+        self._reply_bytes = 0  # reserved by handlers whose replies are being built or sent
+        self._reserved: dict[trio.lowlevel.Task, int] = {}
+        self._reply_freed = trio.Event()
+        self.peak_reply_bytes = 0
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -242,6 +251,23 @@ class Connection:
             if not answered:  # it never will be (the connection is ending): stop counting it all the same
                 self.session.release(event.id)
             self._room.set()  # room for a request the session held back
+            reserved = self._reserved.pop(trio.lowlevel.current_task(), 0)
+            if reserved:
+                self._reply_bytes -= reserved
+                self._reply_freed.set()
+                self._reply_freed = trio.Event()
+
+    async def reserve_reply(self, size: int) -> None:
+        """(In a request handler, before building a reply of about ``size`` bytes.) Wait until it fits the
+        connection's reply budget — or nothing else is reserved — and hold it until the reply has been sent."""
+        if self.max_reply_bytes is None or size <= 0:
+            return
+        while self._reply_bytes and self._reply_bytes + size > self.max_reply_bytes:
+            await self._reply_freed.wait()
+        task = trio.lowlevel.current_task()
+        self._reserved[task] = self._reserved.get(task, 0) + size
+        self._reply_bytes += size
+        self.peak_reply_bytes = max(self.peak_reply_bytes, self._reply_bytes)
 
     async def _send_error(self, request_id: int, code: m.ErrorCode, message: str) -> bool:
         """Answer with an error frame; whether the session made one (sending it may still fail)."""

@@ -53,7 +53,8 @@ class Endpoint:
         stream, peer_der = await open_tls_stream(address.host, address.port, self.tls, address.device,
                                                  timeout=self.timeouts.handshake)
         conn = Connection(stream, self._session(Role.DIALLER, pinned=address.device, observed=peer_der),
-                          label=str(address), handler=handler, on_notify=on_notify, timeouts=self.timeouts)
+                          label=str(address), handler=handler, on_notify=on_notify, timeouts=self.timeouts,
+                          max_reply_bytes=self.limits.max_in_flight_bytes)
         try:
             await conn.handshake()
         except BaseException:
@@ -72,7 +73,7 @@ class Endpoint:
             label = "peer"
         stream = server_stream(tcp, self.tls)
         conn = Connection(stream, self._session(Role.LISTENER), label=label, handler=handler, on_notify=on_notify,
-                          timeouts=self.timeouts)
+                          timeouts=self.timeouts, max_reply_bytes=self.limits.max_in_flight_bytes)
         try:
             with trio.fail_after(self.timeouts.handshake):
                 await stream.do_handshake()

@@ -8,7 +8,8 @@ address counts by its /64, which one host usually owns whole) and in total. A co
 closed at once, with a log line (at most one per address every :data:`LOG_EVERY_S` seconds, so a flood does not
 flood the log too).
 
-Memory a node's peers can pin is then at most about ``max_connections × (max_in_flight_bytes + one frame)``.
+Replies are bounded by the same figure (:meth:`~anysyncfs.net.connection.Connection.reserve_reply`), so the memory
+a node's peers can pin is at most about ``max_connections × 2 × (max_in_flight_bytes + one frame)``.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import trio
 from ..core import acl as acl_mod
 from ..core import crypto, ids, keys, space
 from ..core.address import PeerAddress
+from ..core.blob import MAX_BLOB_LEN
 from ..core.reconcile import IdSet, Reconciler
 from ..errors import DecodeError, IntegrityError, KeyringCorrupt, NotFound, ProtocolError
 from ..protocol import messages as m
@@ -268,11 +269,14 @@ class Node:
             else:
                 ledger = await self._member(conn, body.space)
                 self._subscribers.setdefault(body.space, set()).add(conn)
+            if body.with_acl or body.invite_proof:
+                await conn.reserve_reply((await self.run(ledger.usage)).acl_bytes)
             acl = await self.run(ledger.acl_raws) if body.with_acl or body.invite_proof else []
             return m.SpaceInfo(ledger.header_raw, [raw for _rid, raw in acl], list(ledger.heads)[: m.MAX_IDS])
         if isinstance(body, m.GetAcl):
             ledger = await self._member(conn, body.space)
             wanted = set(body.ids)
+            await conn.reserve_reply((await self.run(ledger.usage)).acl_bytes)
             held = await self.run(ledger.acl_raws)
             return m.AclRecords([raw for rid, raw in held if rid in wanted])
         if isinstance(body, m.Reconcile):
@@ -283,6 +287,7 @@ class Node:
             return m.ReconcileReply(reply or b"")
         if isinstance(body, m.GetChanges):
             ledger = await self._member(conn, body.space)
+            await conn.reserve_reply(m.MAX_BATCH_BYTES)  # replies are bounded per connection, like requests
             return m.Changes(await self.run(ledger.get_changes, body.ids, m.MAX_BATCH_BYTES))
         if isinstance(body, m.PutChanges):
             ledger = await self._member(conn, body.space)
@@ -315,6 +320,7 @@ class Node:
             ledger = await self._member(conn, body.space)
             if not await self.run(ledger.has_blob, body.blob):
                 raise ServiceError(m.ErrorCode.NOT_FOUND, "blob not held here")
+            await conn.reserve_reply(await self.run(ledger.store.blob_size, body.blob) or MAX_BLOB_LEN)
             return m.Blob(await self.run(ledger.get_blob, body.blob))
         if isinstance(body, m.PutBlob):
             ledger = await self._member(conn, body.space, acl_mod.Role.WRITER)

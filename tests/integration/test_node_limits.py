@@ -39,9 +39,9 @@ from anysyncfs.net.runner import Runner
 from anysyncfs.net.sync import SpaceSync
 from anysyncfs.net.tls import make_tls_identity, open_tls_stream, verify_cert_issuer
 from anysyncfs.protocol import messages as m
-from anysyncfs.protocol.frames import LENGTH, PRE_AUTH_MAX_FRAME, FrameType, encode_frame
+from anysyncfs.protocol.frames import LENGTH, PRE_AUTH_MAX_FRAME, FrameType
 from anysyncfs.protocol.session import ErrorReceived, Role, Session
-from anysyncfs.replica import Replica, create_space
+from anysyncfs.replica import create_space
 from anysyncfs.replica.home import Unlocked
 from tests.conftest import CLI
 
@@ -194,6 +194,46 @@ async def test_a_flood_of_large_requests_stays_within_the_bytes_in_flight(tmp_pa
         finally:
             if node.run.lock.locked():
                 node.run.lock.release()
+        await client.aclose()
+
+
+async def test_small_requests_for_large_replies_stay_within_the_reply_budget(tmp_path: Path) -> None:
+    """The attack: 40 tiny GetBlob requests for a 4 MiB blob, and never read the replies. Each handler used to
+    load its blob at once (40 × 4 MiB held while the sends wait); now handlers reserve their reply's size and wait
+    while 32 MiB of replies are being built or sent on the connection. Once the client reads, all are answered."""
+    owner = random_identity("owner")
+    push = stranger_space(owner)
+    space_id = space.parse_space_header(push.header).id
+    data = os.urandom(4 * MiB)
+    blob_id = crypto.blake3(data)
+    count = 40
+    async with running_node(tmp_path / "node") as (node, address):
+        async with connected(address, owner) as conn:
+            await conn.request(push)
+            await conn.request(m.PutBlob(space_id, blob_id, data))
+        client = await RawClient.connect(address, owner)
+        assert client.session is not None
+        session = client.session
+        for _ in range(count):
+            await client.send(session.send_request(m.GetBlob(space_id, blob_id))[1])
+        await eventually(lambda: len(node.connections) == 1, "the node has the connection")
+        [served] = node.connections
+        budget = node.endpoint.limits.max_in_flight_bytes
+        await eventually(lambda: served._reply_bytes + 4 * MiB > budget, "the reply budget is in use")
+        await trio.sleep(1.0)  # the node has had every chance to load more
+        assert served.peak_reply_bytes <= budget
+        # all were admitted (they are tiny); at most the budget's worth of replies has been built
+        assert count - served.session.incoming_requests <= budget // (4 * MiB)
+        replies = []
+        with trio.fail_after(60):
+            while len(replies) < count:
+                received = await client.stream.receive_some(256 * 1024)
+                assert received, "the node hung up"
+                session.receive_data(bytes(received))
+                while (event := session.next_event()) is not None:
+                    replies.append(event)
+        assert all(r.body == m.Blob(data) for r in replies)
+        assert served.peak_reply_bytes <= budget and served._reply_bytes == 0
         await client.aclose()
 
 
