@@ -30,18 +30,23 @@ def _store_error(action: str, path: StrPath, err: OSError) -> StoreError:
     return StoreError(f"cannot {action} {os.fspath(path)}: {err.strerror or err}")
 
 
-def fsync_dir(path: StrPath) -> None:
-    """Make a directory's entries (a new name, a rename) durable."""
+def _fsync(path: StrPath, *, directory: bool) -> None:
+    what = " directory" if directory else ""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(path, (os.O_RDONLY | os.O_DIRECTORY) if directory else os.O_RDONLY)
     except OSError as e:
-        raise _store_error("open directory", path, e) from None
+        raise _store_error(f"open{what}", path, e) from None
     try:
         os.fsync(fd)
     except OSError as e:
-        raise _store_error("fsync directory", path, e) from None
+        raise _store_error(f"fsync{what}", path, e) from None
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: StrPath) -> None:
+    """Make a directory's entries (a new name, a rename) durable."""
+    _fsync(path, directory=True)
 
 
 def atomic_write(
@@ -84,32 +89,20 @@ def fsync_paths(paths: Sequence[Path], *, also: Sequence[Path] = (), threads: in
     """fsync many files, then their directories once each: what :func:`atomic_write` with ``durable=False``
     left undone, and the directories ``also`` (after those). The calls run in parallel (the file system's journal
     then commits many of them at once)."""
-    def sync_one(path: Path, directory: bool) -> None:
-        try:
-            fd = os.open(path, (os.O_RDONLY | os.O_DIRECTORY) if directory else os.O_RDONLY)
-        except OSError as e:
-            raise _store_error("open", path, e) from None
-        try:
-            os.fsync(fd)
-        except OSError as e:
-            raise _store_error("fsync", path, e) from None
-        finally:
-            os.close(fd)
-
     if not paths:
         return
     directories = sorted({p.parent for p in paths})
     if len(paths) == 1:
-        sync_one(paths[0], False)
-        sync_one(directories[0], True)
+        _fsync(paths[0], directory=False)
+        fsync_dir(directories[0])
     else:
         pool = io_pool(threads)
-        for _ in pool.map(lambda p: sync_one(p, False), paths):
+        for _ in pool.map(lambda p: _fsync(p, directory=False), paths):
             pass
-        for _ in pool.map(lambda d: sync_one(d, True), directories):
+        for _ in pool.map(fsync_dir, directories):
             pass
     for d in also:
-        sync_one(d, True)
+        fsync_dir(d)
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from anysyncfs.core import ids
-from tests.integration.hostile import LOOPBACK, NodeThread
+from tests.integration.hostile import NodeThread
 from tests.integration.test_withholding import WithholdingNode
 
 from .conftest import Mount, _check_fuse, assert_clean_log, eventually, init_device
@@ -24,15 +24,8 @@ SYNC_OPTS = ("-o", "sync_interval=2,fetch_timeout=20")
 class WithholdingNodeThread(NodeThread):
     """:class:`NodeThread` serving a :class:`WithholdingNode`."""
 
-    async def _serve(self) -> None:
-        self.node = WithholdingNode(self.path)
-        self._token = trio.lowlevel.current_trio_token()
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            async with trio.open_nursery() as nursery:
-                listeners = await nursery.start(self.node.serve, LOOPBACK, 0)
-                self._address = self.node.address(LOOPBACK, listeners[0].socket.getsockname()[1])
-                self._ready.set()
+    def make_node(self) -> WithholdingNode:
+        return WithholdingNode(self.path)
 
 
 def status_file(m: Mount, space_id: str) -> dict[str, object] | None:

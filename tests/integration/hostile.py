@@ -440,8 +440,12 @@ class NodeThread:
             if self.node is not None:
                 self.node.close()
 
+    def make_node(self) -> Node:
+        """The node to serve (a subclass serves a hostile one)."""
+        return Node(self.path)
+
     async def _serve(self) -> None:
-        self.node = Node(self.path)
+        self.node = self.make_node()
         self._token = trio.lowlevel.current_trio_token()
         with trio.CancelScope() as scope:
             self._scope = scope
