@@ -18,6 +18,7 @@ from ..core import ids
 from ..core.address import parse_address
 from ..errors import AnysyncError, NetworkError, NotFound, UsageError
 from ..replica.unreadable import STATUS_IDS_MAX as UNREADABLE_IDS_SHOWN
+from .progress import ProgressBars
 
 if TYPE_CHECKING:
     from .main import Context
@@ -253,38 +254,14 @@ def _when(us: int | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- sync
-class _Bar:
-    """A one-line progress display on a terminal (nothing otherwise)."""
-
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
-        self._last = 0.0
-
-    def __call__(self, what: str, done: int, total: int) -> None:
-        if not self.enabled or (time.monotonic() - self._last < 0.1 and done < total):
-            return
-        self._last = time.monotonic()
-        width = 30
-        filled = width * done // total if total else width
-        print(f"\r{what:8} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr,
-              flush=True)
-
-    def done(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr)
-
-
 def cmd_sync(ctx: Context) -> int:
     from ..net.fetch_space import sync_space
 
     unlocked = ctx.home.unlock(ctx.passphrase())
     space_id = _space_id(ctx, ctx.args.space)
-    bar = _Bar()
-    try:
+    with ProgressBars() as bars:
         report = sync_space(unlocked, space_id, name=ctx.args.name, content=not ctx.args.metadata_only,
-                            progress=bar, timeout=ctx.args.timeout)
-    finally:
-        bar.done()
+                            progress=bars, timeout=ctx.args.timeout)
     print(f"{ids.space_text(space_id)}: {report.reached}/{report.peers} peers reached, {report.fetched} changes "
           f"fetched, {report.sent} sent, {report.blobs_uploaded} blobs uploaded, {report.blobs_fetched} fetched")
     for err in report.errors:
