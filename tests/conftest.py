@@ -43,6 +43,7 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     env["ANYSYNCFS_PASSPHRASE"] = PASSPHRASE.decode()
     env["ANYSYNCFS_INSECURE_TEST_SCRYPT_LOG2N"] = str(TEST_LOG2N)
     env["ANYSYNCFS_HOME"] = str(tmp_path / "clihome")
+    env["ANYSYNCFS_CONFIG"] = str(tmp_path / "config.toml")  # never the user's own config.toml
     env.pop("ANYSYNCFS_DEBUG", None)
     return env
 

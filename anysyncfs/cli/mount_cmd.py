@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import config
+
 if TYPE_CHECKING:
     from .main import Context
 
@@ -43,11 +45,16 @@ def cmd_mount(ctx: Context) -> int:
     from ..fs import mount
 
     args = ctx.args
-    opts = mount.parse_options(args.options, read_only=args.read_only, foreground=args.foreground)
+    cfg = config.load()  # config.toml: below the command line (its items come first; later -o items win)
+    space_id, names = config.space_names(ctx, args.space)
+    opts = mount.parse_options(cfg.mount_items(names) + args.options, read_only=args.read_only,
+                               foreground=args.foreground)
     opts.debug = bool(args.debug)
     if args.cache_size is not None:
         opts.cache_size = mount.parse_size(args.cache_size)
     unlocked = ctx.home.unlock(ctx.passphrase())  # before forking: a prompt needs the terminal
+    if space_id is not None:
+        config.record_peers(ctx, cfg, space_id, names)
     if opts.foreground:
         logging.basicConfig(
             level=logging.DEBUG if args.debug else logging.INFO,

@@ -18,6 +18,7 @@ from ..core import ids
 from ..core.address import parse_address
 from ..errors import AnysyncError, NetworkError, NotFound, UsageError
 from ..replica.unreadable import STATUS_IDS_MAX as UNREADABLE_IDS_SHOWN
+from . import config
 from .progress import ProgressBars
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                 space_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     node = sub.add_parser("node", help="run a provider node").add_subparsers(dest="node_cmd", required=True)
     s = node.add_parser("serve", help="serve spaces to their members (foreground; prints its address)")
-    s.add_argument("--listen", default="127.0.0.1:7733", metavar="HOST:PORT", help="default 127.0.0.1:7733")
+    s.add_argument("--listen", metavar="HOST:PORT", help="default: listen in config.toml, else 127.0.0.1:7733")
     s.add_argument("--data", type=Path, required=True, help="directory for the node's data")
     s.add_argument("--quota", default="10G", metavar="SIZE",
                    help="bytes of changes, ACL records and blobs per space (default 10G)")
@@ -152,7 +153,7 @@ def cmd_node_serve(ctx: Context) -> int:
     from ..net.node import Node
 
     a = ctx.args
-    host, port = _host_port(a.listen)
+    host, port = _host_port(a.listen or config.load().listen.value)
     limits = ConnectionLimits(max_in_flight_bytes=_size_option("--max-in-flight", a.max_in_flight),
                               max_in_flight_requests=a.max_requests_in_flight,
                               max_per_address=a.max_connections_per_address, max_connections=a.max_connections)
@@ -259,6 +260,8 @@ def cmd_sync(ctx: Context) -> int:
 
     unlocked = ctx.home.unlock(ctx.passphrase())
     space_id = _space_id(ctx, ctx.args.space)
+    names = config.space_names(ctx, ctx.args.space)[1] + ((ctx.args.name,) if ctx.args.name else ())
+    config.record_peers(ctx, config.load(), space_id, names)
     with ProgressBars() as bars:
         report = sync_space(unlocked, space_id, name=ctx.args.name, content=not ctx.args.metadata_only,
                             progress=bars, timeout=ctx.args.timeout)

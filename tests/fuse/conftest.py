@@ -48,6 +48,7 @@ def make_env(home: Path) -> dict[str, str]:
     env["ANYSYNCFS_PASSPHRASE"] = PASSPHRASE.decode()
     env["ANYSYNCFS_INSECURE_TEST_SCRYPT_LOG2N"] = str(TEST_LOG2N)
     env["ANYSYNCFS_HOME"] = str(home)
+    env["ANYSYNCFS_CONFIG"] = str(home.parent / "config.toml")  # never the user's own config.toml
     env.pop("ANYSYNCFS_DEBUG", None)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
