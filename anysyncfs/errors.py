@@ -123,3 +123,9 @@ class BlobMissing(NotFound):
     def __init__(self, blob_id: bytes, message: str = "") -> None:
         super().__init__(message or "blob is not on this device")
         self.blob_id = blob_id
+
+
+class ServiceError(AnysyncError):
+    """The service manager (systemd) is not running or refused: a unit was written but not enabled or disabled."""
+
+    exit_code = 16

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import AnysyncError, UsageError
 from ..replica.home import Home, default_home
-from . import commands, config, mount_cmd, offline_cmd, share_cmd, sync_cmd, versions
+from . import commands, config, mount_cmd, service, offline_cmd, share_cmd, sync_cmd, versions
 
 PASSPHRASE_ENV = "ANYSYNCFS_PASSPHRASE"
 # Test-only: lowers the scrypt cost of keyrings written by this process (never use for real keys).
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     share_cmd.add_parsers(sub, space_sub)
     offline_cmd.add_parsers(sub, space_sub)
     config.add_parsers(sub)
+    service.add_parsers(sub)
     return p
 
 
