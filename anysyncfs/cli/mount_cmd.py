@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import config
+from .progress import ProgressBars
 
 if TYPE_CHECKING:
     from .main import Context
@@ -56,13 +57,19 @@ def cmd_mount(ctx: Context) -> int:
     if space_id is not None:
         config.record_peers(ctx, cfg, space_id, names)
     if opts.foreground:
+        bars = ProgressBars()  # the first sync's progress, on a terminal only
+        opts.first_sync_progress = bars if bars.enabled else None
         logging.basicConfig(
             level=logging.DEBUG if args.debug else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
             force=True,
         )
-    return mount.mount_space(unlocked, args.space, args.mountpoint, opts)
+    try:
+        return mount.mount_space(unlocked, args.space, args.mountpoint, opts)
+    finally:
+        if opts.first_sync_progress is not None:
+            bars.close()
 
 
 def cmd_unmount(ctx: Context) -> int:

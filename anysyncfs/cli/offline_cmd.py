@@ -23,12 +23,13 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 from ..errors import AnysyncError, NetworkError, PermissionDenied, UsageError
+from .progress import Progress, ProgressBars
 
 if TYPE_CHECKING:
     from .main import Context
@@ -155,10 +156,10 @@ def cmd_pin(ctx: Context) -> int:
         _check_mounted(path)
     for path in paths:
         _set(path, PINNED, b"1", "pin")
-    show = sys.stderr.isatty() and not ctx.args.no_progress
     failures = 0
     for path in paths:
-        report = pin_contents(path, progress=sys.stderr if show else None)
+        with ProgressBars(enabled=False if ctx.args.no_progress else None, byte_counts={"pin"}) as bars:
+            report = pin_contents(path, progress=bars if bars.enabled else None)
         failures += len(report.failed)
         for bad, reason in sorted(report.failed.items()):
             print(f"anysyncfs: {bad}: {reason}", file=sys.stderr)
@@ -170,7 +171,7 @@ def cmd_pin(ctx: Context) -> int:
     return 0
 
 
-def pin_contents(path: str, *, progress: TextIO | None = None, readers: int = READERS) -> PinReport:
+def pin_contents(path: str, *, progress: Progress | None = None, readers: int = READERS) -> PinReport:
     """Read through the mount every file at or below ``path`` that is not all here (so the mount fetches it),
     ``readers`` pieces at a time; afterwards every file read must show the state ``pinned``."""
     report = PinReport()
@@ -193,7 +194,10 @@ def pin_contents(path: str, *, progress: TextIO | None = None, readers: int = RE
         with ThreadPoolExecutor(max_workers=readers) as pool:
             futures = [pool.submit(_read_piece, p, start, length, report) for p, start, length in pieces]
             if progress is not None:
-                _show_progress(progress, report, lambda: all(f.done() for f in futures))
+                while not all(f.done() for f in futures):
+                    progress("pin", report.done, report.to_read)
+                    time.sleep(PROGRESS_EVERY_S)
+                progress("pin", report.done, report.to_read)
             for f in futures:
                 f.result()
     for file_path in todo:
@@ -231,24 +235,6 @@ def _read_piece(path: str, start: int, length: int, report: PinReport) -> None:
             report.failed.setdefault(path, e.strerror or str(e))
     finally:
         os.close(fd)
-
-
-def _show_progress(out: TextIO, report: PinReport, finished: Callable[[], bool]) -> None:
-    started = time.monotonic()
-    total = max(report.to_read, 1)
-    while True:
-        done = finished()
-        elapsed = max(time.monotonic() - started, 1e-6)
-        width = 30
-        filled = min(width, report.done * width // total)
-        out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {human(report.done)} / {human(report.to_read)} "
-                  f"{report.done * 100 // total:3d}%  {report.done / elapsed / 1e6:6.1f} MB/s ")
-        out.flush()
-        if done:
-            out.write("\n")
-            out.flush()
-            return
-        time.sleep(PROGRESS_EVERY_S)
 
 
 # ---------------------------------------------------------------------------------------------- unpin, evict

@@ -16,6 +16,7 @@ from ..core import acl as acl_mod
 from ..core import ids
 from ..core.ticket import encode_ticket, parse_ticket
 from ..errors import UsageError
+from .progress import ProgressBars
 
 if TYPE_CHECKING:
     from ..net.share import AclPush, Build
@@ -259,7 +260,9 @@ def cmd_join(ctx: Context) -> int:
     text = sys.stdin.read(TICKET_STDIN_MAX) if ctx.args.ticket == "-" else ctx.args.ticket
     ticket = parse_ticket(text)
     unlocked = ctx.home.unlock(ctx.passphrase())
-    result = trio.run(functools.partial(join_space, unlocked, ticket, ctx.args.name, timeout=ctx.args.timeout))
+    with ProgressBars() as bars:  # on a terminal only
+        result = trio.run(functools.partial(join_space, unlocked, ticket, ctx.args.name, timeout=ctx.args.timeout,
+                                            progress=bars))
     for err in result.sync.errors:
         print(f"  {err}", file=sys.stderr)
     how = "joined (completing an earlier attempt)" if result.rejoined else "joined"

@@ -92,6 +92,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     s = sub.add_parser("status", help="peers, pending changes and blobs, last sync of each space")
     s.add_argument("space", nargs="?")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--watch", action="store_true", help="keep showing it, refreshed every --interval (Ctrl-C ends)")
+    s.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="refresh period of --watch "
+                                                                                  "(default 2)")
     s.set_defaults(func=cmd_status)
 
 
@@ -278,6 +281,45 @@ def cmd_sync(ctx: Context) -> int:
 
 # ---------------------------------------------------------------------------------------------- status
 def cmd_status(ctx: Context) -> int:
+    if not ctx.args.watch:
+        _print_status(ctx, _status(ctx))
+        return 0
+    if not 0.1 <= ctx.args.interval <= 3600:
+        raise UsageError("--interval must be between 0.1 and 3600 seconds")
+    return watch_status(ctx)
+
+
+def watch_status(ctx: Context) -> int:
+    """Redraw the status every ``--interval`` seconds until Ctrl-C (or SIGTERM), which ends it with exit code 0. On a
+    terminal the screen is cleared before each view; otherwise each view is printed after a time stamp line
+    (with --json: one JSON document per line)."""
+    tty = sys.stdout.isatty()
+    stop = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while True:
+            rows = _status(ctx)
+            if ctx.args.json:
+                print(json.dumps(rows), flush=True)
+                time.sleep(ctx.args.interval)
+                continue
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J")  # home, clear screen
+            print(f"anysyncfs status at {time.strftime('%H:%M:%S')} (every {ctx.args.interval:g} s; Ctrl-C ends)")
+            _print_status(ctx, rows)
+            sys.stdout.flush()
+            time.sleep(ctx.args.interval)
+    except KeyboardInterrupt:
+        print()
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, stop)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends --watch as Ctrl-C does
+
+
+def _status(ctx: Context) -> list[dict[str, Any]]:
     from ..fs.mount_sync import status_path
     from ..replica.ledger import ACL_HISTORY_CHANGED
 
@@ -316,9 +358,13 @@ def cmd_status(ctx: Context) -> int:
             "unreadable_change_ids": [ids.change_text(c) for c in unreadable[:UNREADABLE_IDS_SHOWN]],
             "rejected_after_acl_change": store.count_rejected_with_reason(row.id, ACL_HISTORY_CHANGED),
         })
+    return out
+
+
+def _print_status(ctx: Context, out: list[dict[str, Any]]) -> None:
     if ctx.args.json:
         print(json.dumps(out, indent=1))
-        return 0
+        return
     for s in out:
         print(f"{s['space']}  {s['name']}  {'mounted (syncing)' if s['mounted'] else 'not mounted'}")
         print(f"  blobs not yet uploaded: {s['blobs_to_upload']}")
@@ -338,7 +384,6 @@ def cmd_status(ctx: Context) -> int:
                   + (f", last error: {p['last_error']}" if p["last_error"] else ""))
         for w in s["warnings"]:  # a provider caught keeping changes back (signed heads, protocol.md 70.9)
             print(f"  WARNING: {w['message']} (first seen {_when(w['first_us'])}, last {_when(w['last_us'])})")
-    return 0
 
 
 def _read_status(path: Path) -> dict | None:

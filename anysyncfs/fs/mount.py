@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +94,7 @@ class MountOptions:
     offline: bool = False  # no sync engine: no connections at all
     kernel: list[str] = field(default_factory=list)
     debug: bool = False
+    first_sync_progress: Callable[[str, int, int], None] | None = None  # progress of the first sync (-f on a tty)
 
     def fuse_options(self) -> set[str]:
         """Options for pyfuse3.init. Large writes need none: libfuse 3 negotiates max_write = 1 MiB with the
@@ -456,7 +458,8 @@ async def _main_loop(ops: Operations, opts: MountOptions, replica: Replica) -> N
         nursery.start_soon(_commit_periodically, ops, opts.commit_interval)
         nursery.start_soon(_commit_batches, ops, opts.batch_interval)
         if not opts.offline:
-            nursery.start_soon(run_sync, ops, replica, opts.sync_interval, opts.fetch_timeout, opts.cache_size)
+            nursery.start_soon(run_sync, ops, replica, opts.sync_interval, opts.fetch_timeout, opts.cache_size,
+                               opts.first_sync_progress)
         await pyfuse3.main(max_tasks=MAX_TASKS)
         nursery.cancel_scope.cancel()
 

@@ -28,7 +28,7 @@ from ..core import ids
 from ..errors import AnysyncError
 from ..net.endpoint import Endpoint
 from ..net.runner import Runner
-from ..net.sync import SpaceSync
+from ..net.sync import Progress, SpaceSync
 from ..net.tls import make_tls_identity
 from ..replica.replica import Replica
 from ..store.files import atomic_write
@@ -50,7 +50,7 @@ def status_path(home_root: Path, space_id: bytes) -> Path:
 
 
 async def run_sync(ops: Operations, replica: Replica, interval: float, fetch_timeout: float,
-                   cache_size: int | None = None) -> None:
+                   cache_size: int | None = None, first_sync_progress: Progress | None = None) -> None:
     identity = replica.identity
     endpoint = Endpoint(identity, make_tls_identity(identity.device))
     async def invalidate() -> None:
@@ -61,6 +61,7 @@ async def run_sync(ops: Operations, replica: Replica, interval: float, fetch_tim
     runner = BatchFirstRunner(ops.lock, vfs)
     sync = SpaceSync(replica, endpoint, runner, on_changed=invalidate, interval=interval,
                      fetch_timeout=fetch_timeout)
+    sync.first_sync_progress = first_sync_progress
 
     async def fetch(blob_id: bytes) -> None:
         await sync.fetch_blob(blob_id)

@@ -43,7 +43,7 @@ from ..replica.replica import Replica, adopt_space, now_us
 from .connection import Connection, RemoteError, while_serving
 from .endpoint import Endpoint
 from .runner import Runner
-from .sync import SpaceSync, SyncReport
+from .sync import Progress, SpaceSync, SyncReport
 
 log = logging.getLogger(__name__)
 
@@ -460,7 +460,8 @@ def _local_name(unlocked: Unlocked, space_id: bytes, name: str | None) -> str:
 
 
 async def join_space(unlocked: Unlocked, ticket: Ticket, name: str | None = None, *,
-                     endpoint: Endpoint | None = None, timeout: float = PEER_TIMEOUT_S) -> JoinResult:
+                     endpoint: Endpoint | None = None, timeout: float = PEER_TIMEOUT_S,
+                     progress: Progress | None = None) -> JoinResult:
     """Join the space of ``ticket`` through the first of its peers that accepts, record its peers, and sync the
     space's changes once (file contents are fetched later, when read)."""
     now = now_us()
@@ -497,7 +498,7 @@ async def join_space(unlocked: Unlocked, ticket: Ticket, name: str | None = None
         role = replica.role
         if role is None:  # the peer showed us as a member; our own fold must agree
             raise IntegrityError("joined, but this device's copy of the ACL does not list you as a member")
-        report = await SpaceSync(replica, endpoint, run).sync_once(per_peer_timeout=timeout)
+        report = await SpaceSync(replica, endpoint, run).sync_once(progress, per_peer_timeout=timeout)
         return JoinResult(replica.space_id, label, role, str(addr), report, rejoined)
     if refusals:
         # The most telling refusal: the invite's own state (used, revoked, expired) before "not known here".

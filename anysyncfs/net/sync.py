@@ -93,6 +93,7 @@ class SpaceSync:
         self._known_heads = replica.heads
         self.pending_uploads = 0
         self.witness = HeadsWitness(replica, run)  # signed heads: catches a provider keeping changes back
+        self.first_sync_progress: Progress | None = None
 
     # ------------------------------------------------------------------------------------------ addresses
     async def addresses(self) -> list[PeerAddress]:
@@ -167,7 +168,9 @@ class SpaceSync:
             st.connected = True
             self._conn_changed.set()
             self._conn_changed = trio.Event()
-            await self.sync_with(conn, st)
+            # Only the engine's first round gets the progress callback (a foreground mount draws it on a terminal).
+            progress, self.first_sync_progress = self.first_sync_progress, None
+            await self.sync_with(conn, st, progress)
             while True:
                 with trio.move_on_after(self.interval):
                     await wake.wait()
