@@ -252,10 +252,28 @@ def record_peers(ctx: Context, cfg: Config, space_id: bytes, names: tuple[str, .
             store.add_peer(space_id, str(addr), addr.device)
 
 
+def with_command_line(settings: dict[str, list[Setting]], option_args: list[str]) -> None:
+    """Add a command line's ``-o`` items to ``settings`` as a mount would apply them: ``cache_size`` and
+    ``sync_interval`` replace the file's value, every other option joins ``mount_options`` (checked by the mount's
+    own parser, so an unknown option is the same error as in ``anysyncfs mount``)."""
+    from ..fs.mount import parse_options
+
+    parse_options(option_args)
+    for arg in option_args:
+        for item in filter(None, (s.strip() for s in arg.split(","))):
+            key, eq, value = item.partition("=")
+            if eq and key in ("cache_size", "sync_interval"):
+                settings[key] = [Setting(value, COMMAND_LINE)]
+            else:
+                settings["mount_options"].append(Setting(item, COMMAND_LINE))
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cfg = sub.add_parser("config", help="the configuration file").add_subparsers(dest="config_cmd", required=True)
     s = cfg.add_parser("show", help="print the settings in force (for a space, or global) and where each comes from")
     s.add_argument("space", nargs="?", help="a space name or ID: show what a mount of it would use")
+    s.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT…]",
+                   help="mount options as given to `anysyncfs mount -o`: shown as coming from the command line")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_config_show)
 
@@ -267,6 +285,7 @@ def cmd_config_show(ctx: Context) -> int:
         _, names = space_names(ctx, ctx.args.space)
         cfg.mount_items(names)  # the same checks a mount makes
     settings = cfg.settings(names)
+    with_command_line(settings, ctx.args.options)
     if ctx.args.json:
         doc = {"file": str(cfg.path), "exists": cfg.exists, "space": ctx.args.space,
                "settings": {k: [{"value": s.value, "source": s.source} for s in v] for k, v in settings.items()}}
@@ -274,7 +293,8 @@ def cmd_config_show(ctx: Context) -> int:
         return 0
     print(f"# {cfg.path}{'' if cfg.exists else ' (not present: built-in defaults)'}")
     if ctx.args.space:
-        print(f"# for space {ctx.args.space}; options given on the command line override these")
+        print(f"# for space {ctx.args.space}" + ("" if ctx.args.options else
+                                                 "; options given on the command line override these"))
     width = max(len(k) for k in settings)
     for key, values in settings.items():
         if not values:

@@ -38,6 +38,11 @@ def test_config_show_prints_values_in_force_and_their_source(cli_env: dict[str, 
     glob = run(cli_env, "config", "show").stdout.decode()  # no space: the global view, as text
     assert f"cache_size    = 20G  # {path} [defaults]" in glob
     assert "listen        = 127.0.0.1:7733  # default" in glob
+    # what a mount with these -o options would use: the command line over the space's table
+    doc = json.loads(run(cli_env, "config", "show", "notes", "-o", "sync_interval=5,noexec", "--json").stdout)
+    s = {k: [(v["value"], v["source"]) for v in vals] for k, vals in doc["settings"].items()}
+    assert s["sync_interval"] == [("5", "command line")] and s["cache_size"] == [("5G", f'{path} [spaces.{space}]')]
+    assert s["mount_options"][-1] == ("noexec", "command line")
 
 
 def test_malformed_config_is_one_line_with_the_line_number(cli_env: dict[str, str], tmp_path: Path) -> None:
