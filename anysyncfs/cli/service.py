@@ -113,6 +113,7 @@ ProtectHome={home_rule}
 PrivateTmp=yes
 PrivateDevices=yes
 PrivateUsers=yes
+PrivateMounts=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
@@ -126,6 +127,7 @@ RestrictNamespaces=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes
+# No MemoryDenyWriteExecute: libffi closures (cffi callbacks of the crypto libraries) may need W+X pages.
 RemoveIPC=yes
 SystemCallArchitectures=native
 SystemCallFilter=@system-service

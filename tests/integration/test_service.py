@@ -42,6 +42,10 @@ def test_unit_files_pass_systemd_analyze_verify(cli_env: dict[str, str], tmp_pat
     for rule in ("DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "CapabilityBoundingSet=\n",
                  "SystemCallFilter=@system-service", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX"):
         assert rule in text
+    # systemd's own rating of the sandbox, 0 (locked down) .. 10 (exposed): at most 2.0 ("OK")
+    p = subprocess.run([ANALYZE or "systemd-analyze", "security", "--offline=true", "--threshold=20", str(node)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr
     # the check can fail: a misspelt key is reported
     bad = tmp_path / "bad.service"
     bad.write_text(text.replace("ProtectSystem=", "ProtectSystm="))
