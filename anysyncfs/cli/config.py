@@ -21,8 +21,8 @@ options win, a space's options override global ones and the command line's ``-o`
 
 Mount settings become ``-o`` items (``cache_size=…``, ``sync_interval=…``, then ``mount_options``) handed to the
 mount's own option parser before the command line's, so the file accepts exactly the options ``-o`` accepts and
-refuses the same unknown ones. Peers of the file are recorded for the space (as ``space add-peer`` does) when a
-command that syncs it starts; removing one from the file does not forget it (``space remove-peer`` does).
+refuses the same unknown ones. Peers of the file are recorded for the space (as ``space add-peer`` does) when
+``mount``, ``sync`` or ``space invite`` starts; removing one from the file does not forget it (``space remove-peer`` does).
 
 Errors are one line naming the file: tomllib's own message for malformed TOML carries the line and column.
 """

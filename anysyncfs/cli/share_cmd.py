@@ -16,6 +16,7 @@ from ..core import acl as acl_mod
 from ..core import ids
 from ..core.ticket import encode_ticket, parse_ticket
 from ..errors import UsageError
+from . import config
 from .progress import ProgressBars
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ def cmd_invite(ctx: Context) -> int:
     unlocked = ctx.home.unlock(ctx.passphrase())
     replica = open_replica(unlocked, ctx.args.space)
     require_admin(replica, "invite")
+    config.record_peers(ctx, config.load(), replica.space_id, config.space_names(ctx, ctx.args.space)[1])
     if not replica.store.peers(replica.space_id):
         raise UsageError("no peers are recorded for this space, so a ticket could name none to join through: add "
                          "a node first (anysyncfs space add-peer SPACE ADDRESS)")

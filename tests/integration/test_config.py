@@ -73,6 +73,13 @@ def test_config_peers_are_recorded_for_the_space_a_command_syncs(cli_env: dict[s
     p = run(cli_env, "sync", "notes", "--timeout", "5", check=False)
     assert p.returncode == 14, p.stderr  # the config's peer was dialled (and is unreachable)
     assert peer in run(cli_env, "space", "peers", "notes").stdout.decode()
+    # a peer in [defaults] serves every space: an invite (which needs one to name in the ticket) finds it
+    run(cli_env, "space", "create", "other")
+    assert run(cli_env, "space", "invite", "other", check=False).returncode == 2  # no peer anywhere yet
+    write_config(cli_env, f'[defaults]\npeers = ["{peer}"]\n')
+    p = run(cli_env, "space", "invite", "other", "--role", "reader", check=False)
+    assert b"anysync:" in p.stdout, p.stderr
+    assert peer in run(cli_env, "space", "peers", "other").stdout.decode()
 
 
 def _node_address(env: dict[str, str], tmp_path: Path, *extra: str) -> str:
