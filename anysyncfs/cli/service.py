@@ -82,8 +82,15 @@ WantedBy=default.target
 """
 
 
-def node_unit(listen: str, data: str = "/var/lib/anysyncfs-node") -> str:
+NODE_STATE_DIR = "/var/lib/anysyncfs-node"  # StateDirectory=anysyncfs-node: made and owned for the dynamic user
+
+
+def node_unit(listen: str, data: str = NODE_STATE_DIR) -> str:
     words = [*command_line(), "node", "serve", "--listen", listen, "--data", data]
+    # ProtectSystem=strict leaves only the StateDirectory writable: another data directory must be named (and be
+    # writable by the service's user: with DynamicUser, give it to the unit's User= instead, or keep the default).
+    extra_rw = "" if data == NODE_STATE_DIR else f"ReadWritePaths={_exec([data])}\n"
+
     # A node run from an interpreter under /home or /root still needs to read it there.
     home_rule = "read-only" if command_line()[0].startswith(("/home/", "/root/")) else "yes"
     return f"""\
@@ -100,7 +107,7 @@ ExecStart={_exec(words)}
 DynamicUser=yes
 StateDirectory=anysyncfs-node
 StateDirectoryMode=0700
-UMask=0077
+{extra_rw}UMask=0077
 Restart=on-failure
 RestartSec=5
 TimeoutStopSec=30
@@ -201,8 +208,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s.add_argument("--node", action="store_true", help=f"print {NODE_UNIT_NAME} (a sandboxed `node serve`)")
     s.add_argument("--listen", metavar="HOST:PORT", help="the node's address (default: config.toml, else "
                                                           "0.0.0.0:7733)")
-    s.add_argument("--data", default="/var/lib/anysyncfs-node", help="the node's data directory (default "
-                                                                     "/var/lib/anysyncfs-node, its StateDirectory)")
+    s.add_argument("--data", default=NODE_STATE_DIR, help=f"the node's data directory (default {NODE_STATE_DIR}, "
+                                                          "its StateDirectory)")
     s.set_defaults(func=cmd_service_unit)
 
 

@@ -46,6 +46,12 @@ def test_unit_files_pass_systemd_analyze_verify(cli_env: dict[str, str], tmp_pat
     p = subprocess.run([ANALYZE or "systemd-analyze", "security", "--offline=true", "--threshold=20", str(node)],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr
+    # another data directory is named writable (ProtectSystem=strict leaves only the StateDirectory so)
+    other = tmp_path / "other" / "anysyncfs-node.service"
+    other.parent.mkdir()
+    other.write_bytes(run(cli_env, "service", "unit", "--node", "--data", "/srv/anysync node").stdout)
+    verify(other)
+    assert "ReadWritePaths='/srv/anysync node'\n" in other.read_text() and "ReadWritePaths" not in text
     # the check can fail: a misspelt key is reported
     bad = tmp_path / "bad.service"
     bad.write_text(text.replace("ProtectSystem=", "ProtectSystm="))
