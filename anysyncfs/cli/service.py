@@ -87,8 +87,8 @@ NODE_STATE_DIR = "/var/lib/anysyncfs-node"  # StateDirectory=anysyncfs-node: mad
 
 def node_unit(listen: str, data: str = NODE_STATE_DIR) -> str:
     words = [*command_line(), "node", "serve", "--listen", listen, "--data", data]
-    # ProtectSystem=strict leaves only the StateDirectory writable: another data directory must be named (and be
-    # writable by the service's user: with DynamicUser, give it to the unit's User= instead, or keep the default).
+    # ProtectSystem=strict leaves only the StateDirectory writable: another data directory must be listed (and be
+    # writable by the service's user).
     extra_rw = "" if data == NODE_STATE_DIR else f"ReadWritePaths={_exec([data])}\n"
 
     # A node run from an interpreter under /home or /root still needs to read it there.
