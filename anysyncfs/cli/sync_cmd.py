@@ -276,6 +276,7 @@ def cmd_sync(ctx: Context) -> int:
 # ---------------------------------------------------------------------------------------------- status
 def cmd_status(ctx: Context) -> int:
     from ..fs.mount_sync import status_path
+    from ..net.providers import backlog
     from ..replica.ledger import ACL_HISTORY_CHANGED
 
     store = ctx.home.store()
@@ -292,6 +293,8 @@ def cmd_status(ctx: Context) -> int:
         peers = []
         for p in store.peers(row.id):
             lp = live_peers.get(p.address, {})
+            synced = lp.get("last_sync_us") or p.last_sync_us
+            behind = backlog(store, row.id, p.device_key, synced)  # what this provider may still lack
             peers.append({
                 "address": p.address,
                 "connected": bool(lp.get("connected", False)),
@@ -299,6 +302,10 @@ def cmd_status(ctx: Context) -> int:
                 "last_error": lp.get("last_error") or p.last_error or "",
                 "changes_to_fetch": lp.get("to_fetch", 0),
                 "changes_to_send": lp.get("to_send", 0),
+                "changes_behind": behind.changes,
+                "blobs_behind": behind.blobs + int(lp.get("blobs_to_backfill", 0)),
+                "bytes_behind": behind.bytes + int(lp.get("bytes_to_backfill", 0)),
+                "never_synced": not synced,
             })
         warnings = [{"provider": ids.device_text(w.provider), "address": w.address, "kind": w.kind,
                      "device": ids.device_text(w.device), "counter": w.counter, "message": w.message,
@@ -333,9 +340,19 @@ def cmd_status(ctx: Context) -> int:
             print(f"  {p['address']}: {state}, last sync {_when(p['last_sync_us'])}, "
                   f"changes to fetch {p['changes_to_fetch']}, to send {p['changes_to_send']}"
                   + (f", last error: {p['last_error']}" if p["last_error"] else ""))
+            print(f"    behind: {p['changes_behind']} change(s), {p['blobs_behind']} blob(s), "
+                  f"{_bytes(p['bytes_behind'])}" + (" (never synced)" if p["never_synced"] else ""))
         for w in s["warnings"]:  # a provider caught keeping changes back (signed heads, protocol.md 70.9)
             print(f"  WARNING: {w['message']} (first seen {_when(w['first_us'])}, last {_when(w['last_us'])})")
     return 0
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
 
 
 def _read_status(path: Path) -> dict | None:
