@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core import ids
@@ -130,6 +131,21 @@ def parse_duration(text: str, option: str) -> float:
 
 
 LOCK_FILE = "node.lock"
+# Test-only: seconds added to the clock a node collects unreferenced blobs by (tests let a day pass this way).
+TEST_CLOCK_ENV = "ANYSYNCFS_INSECURE_TEST_CLOCK_OFFSET_S"
+
+
+def node_clock() -> Callable[[], int]:
+    """µs now for the node's blob collection: the wall clock, moved by :data:`TEST_CLOCK_ENV` when set."""
+    text = os.environ.get(TEST_CLOCK_ENV)
+    if not text:
+        return lambda: time.time_ns() // 1000
+    try:
+        offset_us = int(float(text) * 1e6)
+    except ValueError:
+        raise UsageError(f"{TEST_CLOCK_ENV} must be a number of seconds") from None
+    log.warning("test clock: collecting blobs as if it were %s s later", text)
+    return lambda: time.time_ns() // 1000 + offset_us
 
 
 def lock_node_data(data: Path) -> int:
@@ -167,7 +183,7 @@ def cmd_node_serve(ctx: Context) -> int:
     allowed = frozenset(ids.from_text(ids.PREFIX_ACCOUNT, acct) for acct in a.allow_account) or None
     lock = lock_node_data(a.data)
     node = Node(a.data, allowed_accounts=allowed, limits=limits, gc_grace_us=int(grace * 1e6),
-                gc_interval=interval, **quotas)
+                gc_interval=interval, clock=node_clock(), **quotas)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -200,7 +216,7 @@ def cmd_node_gc(ctx: Context) -> int:
         raise UsageError(f"{ctx.args.data} holds no node data")
     lock = lock_node_data(ctx.args.data)
     try:
-        node = Node(ctx.args.data, gc_grace_us=int(grace * 1e6))
+        node = Node(ctx.args.data, gc_grace_us=int(grace * 1e6), clock=node_clock())
         try:
             done = node.collect_garbage_now()
         finally:
