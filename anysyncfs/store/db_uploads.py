@@ -1,4 +1,4 @@
-"""Store queries of uploads to many providers per space (docs/protocol.md 60.9): a mixin of
+"""Store queries of uploads to many providers per space (docs/protocol.md 70.10): a mixin of
 :class:`~anysyncfs.store.db.Store`. Still the one place with SQL, with db.py and its other mixins.
 
 A blob made on this device is queued once (``upload_queue``). Each provider of the space that confirms storing it

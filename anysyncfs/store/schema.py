@@ -217,7 +217,7 @@ upload_queue = Table(
     Column("queued_us", BigInteger, nullable=False, doc="when it was queued, µs"),
 )
 
-# Many providers per space (docs/protocol.md 60.9): added within version 3 (created when a store opens, like pins).
+# Many providers per space (docs/protocol.md 70.10): added within version 3 (created when a store opens, like pins).
 upload_confirmations = Table(
     "upload_confirmations",
     metadata,
