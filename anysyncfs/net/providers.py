@@ -25,10 +25,13 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import trio
+
 from ..core import acl as acl_mod
+from ..core import ids
 from ..core.change import parse_change
 from ..core.reconcile import IdSet
-from ..errors import NotFound, ProtocolError
+from ..errors import IntegrityError, NotFound, ProtocolError
 from ..protocol import messages as m
 from ..replica import Replica
 from ..store.db import Store
@@ -47,33 +50,43 @@ RELAY_TIMEOUT_S = 30.0  # per blob fetched from another provider to back-fill th
 class ReferencedBlobs:
     """The blob IDs the accepted changes of a space list in their headers (``blob_refs``): what every provider
     of the space should hold. Kept in memory and brought up to date incrementally (only changes not seen yet are
-    read); rebuilt when a change left the accepted set (an ACL change can reject changes accepted before)."""
+    read, and verified again like anything read back from disk, outside the runner's lock); rebuilt when a change
+    left the accepted set (an ACL change can reject changes accepted before)."""
 
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self._seen: set[bytes] = set()
         self._blobs: set[bytes] = set()
         self._ids: IdSet | None = None
+        self._lock = trio.Lock()  # one refresh at a time (each provider's round asks)
 
-    def refresh(self) -> IdSet:
-        """(blocking, under the runner's lock) The current set, as an :class:`IdSet` for reconciliation."""
+    async def refresh(self, sync: SpaceSync) -> IdSet:
+        """The current set, as an :class:`IdSet` for reconciliation."""
+        async with self._lock:
+            new = await sync.run(self._unseen)
+            for i in range(0, len(new), SCAN_BATCH):
+                raws = await sync.run(self.replica.store.change_raws_by_ids, self.replica.space_id,
+                                      new[i:i + SCAN_BATCH])
+                await trio.to_thread.run_sync(self._add, raws)
+            if self._ids is None:
+                self._ids = await trio.to_thread.run_sync(IdSet, self._blobs)
+            return self._ids
+
+    def _unseen(self) -> list[bytes]:
         accepted = self.replica.change_ids()
-        current = set(accepted)
-        if self._seen - current:
+        if len(self._seen) > len(accepted) or not self._seen.issubset(accepted):
             self._seen, self._blobs, self._ids = set(), set(), None
-        new = [c for c in accepted if c not in self._seen]
-        while new:
-            raws = self.replica.get_changes(new[:SCAN_BATCH], m.MAX_BATCH_BYTES)
-            if not raws:
-                raise ProtocolError("a stored change could not be read back")  # never: they were just listed
-            for change_id, raw in zip(new, raws):
+        return [c for c in accepted if c not in self._seen]
+
+    def _add(self, raws: dict[bytes, bytes]) -> None:
+        for change_id, raw in raws.items():
+            try:
                 self._blobs.update(parse_change(raw, change_id).header.blob_refs)
-                self._seen.add(change_id)
-                self._ids = None
-            new = new[len(raws):]
-        if self._ids is None:
-            self._ids = IdSet(self._blobs)
-        return self._ids
+            except IntegrityError as e:  # damaged on this disk (not the peer's doing): fsck reports it
+                log.warning("stored change %s does not verify (%s); its blobs are not back-filled (run anysyncfs "
+                            "fsck)", ids.change_text(change_id), e)
+            self._seen.add(change_id)
+            self._ids = None
 
 
 @dataclass
@@ -137,8 +150,8 @@ async def upload_queued(sync: SpaceSync, conn: Connection, progress: Progress | 
         # Several in flight: reading, hashing and storing on both sides overlap with the transfer.
         await for_each_limited([b for b in pending if b not in held], upload, TRANSFERS_IN_FLIGHT)
         if progress:
-            left, _size = await sync.run(store.upload_backlog, sync.space_id, provider)
-            progress("upload", len(out.held), len(out.held) + left - len(gone))
+            left, _size = await sync.run(store.upload_backlog, sync.space_id, provider)  # this round's too
+            progress("upload", len(out.held), left - len(gone))
     if gone:
         await sync.run(store.mark_uploaded, sync.space_id, gone)
     return out
@@ -159,7 +172,7 @@ async def backfill(sync: SpaceSync, conn: Connection, st: PeerStatus | None, out
 
     if not may_upload(sync.replica):
         return
-    referenced = await sync.run(sync.referenced.refresh)
+    referenced = await sync.referenced.refresh(sync)
     lacking, _extra, _rounds = await sync.reconcile(conn, m.SetKind.BLOBS, referenced)
     if not lacking:
         return

@@ -75,8 +75,11 @@ class UploadQueries:
         provider recorded for the space lacks. Returns them."""
         u, c, p, b = S.upload_queue.c, S.upload_confirmations.c, S.peers.c, S.blobs.c
         someone = exists().where(c.space == space_id, c.blob == u.blob)
-        lacking = exists().where(p.space == space_id, ~exists().where(
-            and_(c.space == space_id, c.provider == p.device_key, c.blob == u.blob)))
+        # (correlated two levels up: SQLAlchemy's automatic correlation only reaches the enclosing query)
+        confirmed_by_peer = exists().where(
+            and_(c.space == space_id, c.provider == p.device_key, c.blob == u.blob)).correlate_except(
+            S.upload_confirmations)
+        lacking = exists().where(p.space == space_id, ~confirmed_by_peer)
         with self.transaction():  # type: ignore[attr-defined]
             done = [r[0] for r in self._run(select(u.blob).where(u.space == space_id, someone, ~lacking)).fetchall()]
             for part in _batches(done):
