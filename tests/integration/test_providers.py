@@ -5,6 +5,7 @@ the rules one at a time and fast."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from anysyncfs.core import keys
+from anysyncfs.core import acl, keys
 from anysyncfs.core.change import parse_change
 from anysyncfs.core.address import PeerAddress
 from anysyncfs.net.endpoint import Endpoint
@@ -22,8 +23,10 @@ from anysyncfs.net.fetch_space import _sync_space
 from anysyncfs.net.node import Node
 from anysyncfs.net.providers import backlog
 from anysyncfs.net.runner import Runner
+from anysyncfs.net.share import create_invite, join_space
 from anysyncfs.net.sync import SpaceSync
 from anysyncfs.replica import Replica, create_space
+from anysyncfs.replica.replica import open_replica
 from anysyncfs.errors import NotFound
 from anysyncfs.replica.files import put_file, read_file, resolve
 from anysyncfs.store.db import Store
@@ -157,6 +160,18 @@ async def test_a_provider_added_later_is_backfilled_and_alone_serves_a_restore(t
             b = Replica(b_home, b_home.home.store(), b_home.home.blobs(), a.space_id)
             for path, data in files.items():
                 assert b"".join(read_file(b, resolve(b.tree, path))) == data
+            # Another account joining with a ticket that names n3 alone gets every file too.
+            invite = await create_invite(a, acl.Role.READER, 0)
+            assert invite.push.reached == 2, invite.push
+            c_home = make_home("c")
+            joined = await join_space(c_home, dataclasses.replace(invite.ticket, peers=(addr3,)), "joined")
+            assert joined.sync.errors == [] and [p.address for p in c_home.home.store().peers(a.space_id)] == [
+                str(addr3)]
+            full = await _sync_space(c_home, a.space_id, None, True, None, 30.0)
+            assert full.reached == 1 and full.errors == [], full.errors
+            c = open_replica(c_home, "joined")
+            for path, data in files.items():
+                assert b"".join(read_file(c, resolve(c.tree, path))) == data
 
 
 def connections_of(node: Node, replica: Replica) -> int:
