@@ -25,8 +25,8 @@ from ..core.reconcile import IdSet, Reconciler
 from ..errors import AnysyncError, IdMismatch, IntegrityError, NetworkError, NotFound, ProtocolError, UsageError
 from ..protocol import messages as m
 from ..replica import Replica
-from .connection import Connection, RemoteError, while_serving
 from . import providers
+from .connection import Connection, RemoteError, while_serving
 from .endpoint import Endpoint
 from .runner import Runner
 from .withholding import HeadsWitness
