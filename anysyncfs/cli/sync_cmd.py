@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core import ids
@@ -134,6 +135,21 @@ def parse_duration(text: str, option: str) -> float:
 
 
 LOCK_FILE = "node.lock"
+# Test-only: seconds added to the clock a node collects unreferenced blobs by (tests let a day pass this way).
+TEST_CLOCK_ENV = "ANYSYNCFS_INSECURE_TEST_CLOCK_OFFSET_S"
+
+
+def node_clock() -> Callable[[], int]:
+    """µs now for the node's blob collection: the wall clock, moved by :data:`TEST_CLOCK_ENV` when set."""
+    text = os.environ.get(TEST_CLOCK_ENV)
+    if not text:
+        return lambda: time.time_ns() // 1000
+    try:
+        offset_us = int(float(text) * 1e6)
+    except ValueError:
+        raise UsageError(f"{TEST_CLOCK_ENV} must be a number of seconds") from None
+    log.warning("test clock: collecting blobs as if it were %s s later", text)
+    return lambda: time.time_ns() // 1000 + offset_us
 
 
 def lock_node_data(data: Path) -> int:
@@ -171,7 +187,7 @@ def cmd_node_serve(ctx: Context) -> int:
     allowed = frozenset(ids.from_text(ids.PREFIX_ACCOUNT, acct) for acct in a.allow_account) or None
     lock = lock_node_data(a.data)
     node = Node(a.data, allowed_accounts=allowed, limits=limits, gc_grace_us=int(grace * 1e6),
-                gc_interval=interval, **quotas)
+                gc_interval=interval, clock=node_clock(), **quotas)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -204,7 +220,7 @@ def cmd_node_gc(ctx: Context) -> int:
         raise UsageError(f"{ctx.args.data} holds no node data")
     lock = lock_node_data(ctx.args.data)
     try:
-        node = Node(ctx.args.data, gc_grace_us=int(grace * 1e6))
+        node = Node(ctx.args.data, gc_grace_us=int(grace * 1e6), clock=node_clock())
         try:
             done = node.collect_garbage_now()
         finally:
@@ -321,6 +337,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _status(ctx: Context) -> list[dict[str, Any]]:
     from ..fs.mount_sync import status_path
+    from ..net.providers import backlog
     from ..replica.ledger import ACL_HISTORY_CHANGED
 
     store = ctx.home.store()
@@ -337,6 +354,8 @@ def _status(ctx: Context) -> list[dict[str, Any]]:
         peers = []
         for p in store.peers(row.id):
             lp = live_peers.get(p.address, {})
+            synced = lp.get("last_sync_us") or p.last_sync_us
+            behind = backlog(store, row.id, p.device_key, synced)  # what this provider may still lack
             peers.append({
                 "address": p.address,
                 "connected": bool(lp.get("connected", False)),
@@ -344,6 +363,10 @@ def _status(ctx: Context) -> list[dict[str, Any]]:
                 "last_error": lp.get("last_error") or p.last_error or "",
                 "changes_to_fetch": lp.get("to_fetch", 0),
                 "changes_to_send": lp.get("to_send", 0),
+                "changes_behind": behind.changes,
+                "blobs_behind": behind.blobs + int(lp.get("blobs_to_backfill", 0)),
+                "bytes_behind": behind.bytes + int(lp.get("bytes_to_backfill", 0)),
+                "never_synced": not synced,
             })
         warnings = [{"provider": ids.device_text(w.provider), "address": w.address, "kind": w.kind,
                      "device": ids.device_text(w.device), "counter": w.counter, "message": w.message,
@@ -382,8 +405,18 @@ def _print_status(ctx: Context, out: list[dict[str, Any]]) -> None:
             print(f"  {p['address']}: {state}, last sync {_when(p['last_sync_us'])}, "
                   f"changes to fetch {p['changes_to_fetch']}, to send {p['changes_to_send']}"
                   + (f", last error: {p['last_error']}" if p["last_error"] else ""))
+            print(f"    behind: {p['changes_behind']} change(s), {p['blobs_behind']} blob(s), "
+                  f"{_bytes(p['bytes_behind'])}" + (" (never synced)" if p["never_synced"] else ""))
         for w in s["warnings"]:  # a provider caught keeping changes back (signed heads, protocol.md 70.9)
             print(f"  WARNING: {w['message']} (first seen {_when(w['first_us'])}, last {_when(w['last_us'])})")
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
 
 
 def _read_status(path: Path) -> dict | None:

@@ -25,6 +25,7 @@ from ..core.reconcile import IdSet, Reconciler
 from ..errors import AnysyncError, IdMismatch, IntegrityError, NetworkError, NotFound, ProtocolError, UsageError
 from ..protocol import messages as m
 from ..replica import Replica
+from . import providers
 from .connection import Connection, RemoteError, while_serving
 from .endpoint import Endpoint
 from .runner import Runner
@@ -38,7 +39,7 @@ POLL_S = 0.05  # how often the engine looks for local commits (a read of one att
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 HOSTILE_BACKOFF_S = 60.0  # after a peer sent invalid data
-UPLOAD_BATCH = 64
+PEERS_POLL_S = 0.5  # how often a running engine re-reads the space's peers (a removed one is dropped at once)
 TRANSFERS_IN_FLIGHT = 4  # concurrent blob uploads / content fetches per sync
 
 Changed = Callable[[], Awaitable[None]]
@@ -55,6 +56,8 @@ class PeerStatus:
     to_send: int = 0  # changes we had that the peer lacked
     rounds: int = 0  # reconciliation round trips of the last run
     next_attempt: float = 0.0
+    blobs_to_backfill: int = 0  # blobs of the space the provider lacks, still being back-filled (net/providers.py)
+    bytes_to_backfill: int = 0
 
 
 @dataclass
@@ -92,6 +95,7 @@ class SpaceSync:
         self._fetching: dict[bytes, trio.Event] = {}
         self._known_heads = replica.heads
         self.pending_uploads = 0
+        self.referenced = providers.ReferencedBlobs(replica)  # what every provider should hold (back-fill)
         self.witness = HeadsWitness(replica, run)  # signed heads: catches a provider keeping changes back
         self.first_sync_progress: Progress | None = None
 
@@ -108,17 +112,32 @@ class SpaceSync:
 
     # ------------------------------------------------------------------------------------------ long-running
     async def run_forever(self) -> None:
-        """Keep every known peer connected and in sync until cancelled (new peers are picked up on the go)."""
+        """Keep every known peer connected and in sync until cancelled. The peers table is read again every
+        :data:`PEERS_POLL_S`: a new peer is dialled, a removed one (``space remove-peer`` in another process) is
+        disconnected and no longer dialled, without a remount."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_local_commits)
-            running: set[str] = set()
+            running: dict[str, trio.CancelScope] = {}
             while True:
-                for addr in await self.addresses():
-                    key = str(addr)
+                try:
+                    wanted = {str(addr): addr for addr in await self.addresses()}
+                except AnysyncError as e:  # the store is busy or failing: keep the current peers, try again
+                    log.warning("cannot read the peers of the space: %s", e)
+                    wanted = {key: parse_address(key) for key in running}
+                for key in [k for k in running if k not in wanted]:
+                    log.info("%s: no longer a peer of the space; disconnecting", key)
+                    running.pop(key).cancel()  # its connection is closed by _peer_loop's cleanup
+                    self.peers.pop(key, None)
+                for key, addr in wanted.items():
                     if key not in running:
-                        running.add(key)
-                        nursery.start_soon(self._peer_loop, addr)
-                await trio.sleep(min(self.interval, 5.0))
+                        running[key] = await nursery.start(self._peer_task, addr)
+                await trio.sleep(PEERS_POLL_S)
+
+    async def _peer_task(self, addr: PeerAddress, *, task_status: trio.TaskStatus[trio.CancelScope]
+                         = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await self._peer_loop(addr)
 
     async def _watch_local_commits(self) -> None:
         """Live push: when our heads move (a local commit, or changes fetched from another peer), wake every
@@ -201,9 +220,9 @@ class SpaceSync:
             if ev is not None:
                 ev.set()
 
-    async def _note(self, key: str, *, ok: bool, error: str | None = None) -> None:
+    async def _note(self, key: str, *, ok: bool, error: str | None = None, synced_us: int | None = None) -> None:
         try:
-            await self.run(self.replica.store.note_peer_sync, self.space_id, key, ok, error)
+            await self.run(self.replica.store.note_peer_sync, self.space_id, key, ok, error, synced_us)
         except AnysyncError as e:
             log.warning("cannot record the sync state of %s: %s", key, e)
 
@@ -217,10 +236,11 @@ class SpaceSync:
         raised (so a peer that sent invalid data is still disconnected and backed off)."""
         if await self.run(self.replica.refresh_acl) and self.on_changed is not None:
             await self.on_changed()  # another process (the CLI) changed the ACL: roles or keys may have moved
+        started_us = time.time_ns() // 1000  # every change stored before this reaches the peer in this round
         await self._open(conn)
         fetch_failures: list[AnysyncError] = []
         await self._sync_acl(conn, fetch_failures)
-        uploaded = await self.upload_blobs(conn, progress)
+        uploaded = await providers.upload_queued(self, conn, progress)
 
         async def changes_round() -> tuple[int, int, int]:
             # Everything the peer lacks is sent before the first fetch failure is raised; the witness then judges
@@ -231,13 +251,14 @@ class SpaceSync:
             return result
 
         fetched, sent, rounds = await self.witness.checked_round(conn, changes_round)
-        await self.confirm_uploads(uploaded)
+        await providers.backfill(self, conn, st, uploaded)  # blobs made before this provider was added, or lost
+        await providers.confirm(self, conn, uploaded.held)
         if st is not None:
-            st.last_sync_us = time.time_ns() // 1000
+            st.last_sync_us = started_us
             st.last_error = ""
             st.rounds = rounds
-        await self._note(conn.label, ok=True)
-        return fetched, sent, len(uploaded)
+        await self._note(conn.label, ok=True, synced_us=started_us)
+        return fetched, sent, uploaded.sent
 
     async def _sync_acl(self, conn: Connection, fetch_failures: list[AnysyncError]) -> None:
         """Reconcile ACL record IDs by ranges; fetch the records we lack (verified on adding), send theirs."""
@@ -364,45 +385,6 @@ class SpaceSync:
         return sent
 
     # ------------------------------------------------------------------------------------------ blobs
-    async def upload_blobs(self, conn: Connection, progress: Progress | None = None) -> list[bytes]:
-        """Send our blobs the provider has not confirmed yet (before the changes that reference them); returns
-        their IDs. They stay queued (and not evictable) until :meth:`confirm_uploads`, once the changes that
-        reference them reached the provider too: a provider collects blobs no change references (after a grace
-        period), so a blob must not count as safe there while its change has not arrived."""
-        store = self.replica.store
-        sent: list[bytes] = []
-        gone: list[bytes] = []
-        while True:
-            pending = await self.run(store.pending_uploads, self.space_id, UPLOAD_BATCH, len(sent) + len(gone))
-            if not pending:
-                break
-
-            async def upload(blob_id: bytes) -> None:
-                try:
-                    data = await self.run(self.replica.get_blob, blob_id)
-                except NotFound:
-                    gone.append(blob_id)  # gone (fsck, eviction): nothing we can upload
-                    return
-                await conn.request(m.PutBlob(self.space_id, blob_id, data))
-                sent.append(blob_id)
-
-            # Several in flight: reading, hashing and storing on both sides overlap with the transfer
-            # (measured: one at a time left the link idle most of the time).
-            await for_each_limited(pending, upload, TRANSFERS_IN_FLIGHT)
-            if progress:
-                queued = await self.run(store.count_pending_uploads, self.space_id)
-                progress("upload", len(sent), queued - len(gone))
-        if gone:
-            await self.run(store.mark_uploaded, self.space_id, gone)
-        self.pending_uploads = await self.run(store.count_pending_uploads, self.space_id)
-        return sent
-
-    async def confirm_uploads(self, blob_ids: list[bytes]) -> None:
-        """The round that uploaded ``blob_ids`` also sent our changes: unqueue them and mark them evictable."""
-        if blob_ids:
-            await self.run(self.replica.store.mark_uploaded, self.space_id, blob_ids)
-        self.pending_uploads = await self.run(self.replica.store.count_pending_uploads, self.space_id)
-
     async def fetch_blob(self, blob_id: bytes, timeout: float | None = None) -> None:
         """Get a blob this device lacks from any connected peer (the next on failure), verify and store it.
 

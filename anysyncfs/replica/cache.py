@@ -2,8 +2,9 @@
 
 Which blob files may be deleted to free space — every rule, every time:
 
-* only a blob whose file is here AND that a provider has confirmed storing (``blobs.remote_confirmed``: set when a
-  provider accepted our upload, or when we fetched the blob from one): the only copy of anything is never evicted;
+* only a blob whose file is here AND that providers have confirmed storing (``blobs.remote_confirmed``: set when
+  every provider of the space accepted our upload — store/db_uploads.py — or when we fetched the blob from one):
+  the only copy of anything is never evicted;
 * never a pinned blob: a blob of the current content (manifest and chunks) of a pinned file — of this space
   (computed here from the tree and the pins) or of any other space of the home (``pinned_blobs``, which the cache
   of each space keeps current, so that a space that is not mounted now keeps its pinned content too);

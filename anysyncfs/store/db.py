@@ -27,6 +27,7 @@ from . import schema as S
 from .db_gc import GcQueries
 from .db_heads import HeadsQueries
 from .db_sync import IN_BATCH, BlobRow, PeerRow, SyncQueries, _batches, now_us
+from .db_uploads import UploadQueries
 from .files import PRIVATE_FILE_MODE, tighten
 
 __all__ = ["BlobRow", "ChangeRow", "IN_BATCH", "PeerRow", "SpaceRow", "Store", "split_ids"]
@@ -79,7 +80,7 @@ def split_ids(packed: bytes, size: int = 32) -> tuple[bytes, ...]:
     return tuple(packed[i : i + size] for i in range(0, len(packed), size))
 
 
-class Store(SyncQueries, HeadsQueries, GcQueries):
+class Store(SyncQueries, HeadsQueries, GcQueries, UploadQueries):
     """One SQLite database for every space of a home directory."""
 
     def __init__(self, path: str) -> None:
@@ -467,11 +468,13 @@ class Store(SyncQueries, HeadsQueries, GcQueries):
         return int(self._run(q).scalar_one())
 
     def mark_uploaded(self, space_id: bytes, blob_ids: Sequence[bytes]) -> None:
-        """A provider confirmed storing these blobs: unqueue them and mark them evictable (remote_confirmed)."""
-        u, b = S.upload_queue.c, S.blobs.c
+        """Unqueue these blobs for every provider and mark them evictable (remote_confirmed). Per provider:
+        :meth:`confirm_uploads`."""
+        u, b, c = S.upload_queue.c, S.blobs.c, S.upload_confirmations.c
         with self.transaction():
             for part in _batches(blob_ids):
                 self._run(delete(S.upload_queue).where(u.space == space_id, u.blob.in_(part)))
+                self._run(delete(S.upload_confirmations).where(c.space == space_id, c.blob.in_(part)))
                 self._run(update(S.blobs).where(b.id.in_(part)).values(remote_confirmed=1))
 
     # ------------------------------------------------------------------------------------------ blobs of a space

@@ -144,9 +144,12 @@ class SyncQueries:
         """Forget a peer; False if it was not known."""
         p = S.peers.c
         with self.transaction():
-            if self._run(select(p.address).where(p.space == space_id, p.address == address)).first() is None:
+            row = self._run(select(p.device_key).where(p.space == space_id, p.address == address)).first()
+            if row is None:
                 return False
             self._run(delete(S.peers).where(p.space == space_id, p.address == address))
+            if self._run(select(p.address).where(p.space == space_id, p.device_key == row[0])).first() is None:
+                self.forget_confirmations_of(space_id, row[0])  # type: ignore[attr-defined]  # (db_uploads.py)
         return True
 
     def peers(self, space_id: bytes) -> list[PeerRow]:
@@ -164,13 +167,16 @@ class SyncQueries:
             for r in self._run(q).fetchall()
         ]
 
-    def note_peer_sync(self, space_id: bytes, address: str, ok: bool, error: str | None = None) -> None:
-        """Record an attempt to sync with a peer: on success the sync time (and no error), else the error."""
+    def note_peer_sync(self, space_id: bytes, address: str, ok: bool, error: str | None = None,
+                       synced_us: int | None = None) -> None:
+        """Record an attempt to sync with a peer: on success the sync time (and no error), else the error.
+        ``synced_us``: when the successful round started (default now); every change stored before it reached
+        the peer (changes stored later count as its backlog: :meth:`change_backlog`)."""
         p = S.peers.c
         now = now_us()
         values: dict[str, Any] = {"last_attempt_us": now}
         if ok:
-            values.update(last_sync_us=now, last_error=None)
+            values.update(last_sync_us=synced_us if synced_us is not None else now, last_error=None)
         else:
             # One bounded line: the text may come from a peer.
             values["last_error"] = ((error or "").strip().splitlines() or ["failed"])[0][:500]

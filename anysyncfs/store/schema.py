@@ -211,9 +211,22 @@ upload_queue = Table(
     "upload_queue",
     metadata,
     Column("space", LargeBinary(32), primary_key=True, doc="space the blob belongs to"),
-    Column("blob", LargeBinary(32), primary_key=True, doc="blob ID a provider has not yet confirmed storing "
-           "(the row is deleted when one does, and blobs.remote_confirmed is set)"),
+    Column("blob", LargeBinary(32), primary_key=True, doc="blob ID made here that not every provider of the space has "
+           "confirmed storing yet (upload_confirmations says which did; the row is deleted, and "
+           "blobs.remote_confirmed set, once all did)"),
     Column("queued_us", BigInteger, nullable=False, doc="when it was queued, µs"),
+)
+
+# Many providers per space (docs/protocol.md 70.10): added within version 3 (created when a store opens, like pins).
+upload_confirmations = Table(
+    "upload_confirmations",
+    metadata,
+    Column("space", LargeBinary(32), primary_key=True, doc="space the blob was queued for"),
+    Column("provider", LargeBinary(32), primary_key=True,
+           doc="device key of a provider of the space that confirmed storing the blob"),
+    Column("blob", LargeBinary(32), primary_key=True,
+           doc="a blob of upload_queue; the queue row and these rows go once every provider recorded for the space "
+           "(peers.device_key) has one"),
 )
 
 # Signed heads (docs/protocol.md 70.9): tables added within version 2 (created when a store opens, like pins).
