@@ -68,7 +68,14 @@ def collect_space(store: Store, blobs: BlobStore, space_id: bytes, linked_before
 
 
 def delete_unlinked_files(store: Store, blobs: BlobStore, candidates: Sequence[bytes]) -> tuple[int, int]:
-    """Delete the files of those ``candidates`` no space links (and their index rows); (files, bytes)."""
+    """Delete the files of those ``candidates`` no space links (and their index rows); (files, bytes). Under the
+    provider write lock: another node process on the same database cannot link one of them meanwhile."""
+    with store.transaction():
+        store.lock_writes()
+        return _delete_unlinked_files(store, blobs, candidates)
+
+
+def _delete_unlinked_files(store: Store, blobs: BlobStore, candidates: Sequence[bytes]) -> tuple[int, int]:
     linked = store.linked_blob_ids(candidates)
     gone: list[bytes] = []
     total = 0
