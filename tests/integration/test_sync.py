@@ -119,7 +119,7 @@ async def test_node_keeps_data_across_restarts_and_holds_no_plaintext(tmp_path: 
     a_home, b_home = make_home("a", phrase), make_home("b", phrase)
     a = create_space(a_home, "docs")
     secret_name = "very-secret-filename-7f3a.txt"
-    secret = b"plaintext-marker-" + os.urandom(8).hex().encode() + b"-end" * 200
+    secret = b"plaintext-marker-" + os.urandom(8).hex().encode() + b"-end" * 2000  # > INLINE_MAX: in a blob
     put_file(a, f"/{secret_name}", secret)
     data = tmp_path / "node"
     async with running_node(data, **node_backend) as (node, addr):
@@ -138,6 +138,13 @@ async def test_node_keeps_data_across_restarts_and_holds_no_plaintext(tmp_path: 
             raw = f.read_bytes()
             assert secret_name.encode() not in raw, f
             assert b"plaintext-marker-" not in raw, f
+    blobs = node_backend.get("blobs")
+    if blobs is not None:  # the bucket holds ciphertext only, too
+        stored = blobs.ids_modified_before(2**62)
+        assert stored
+        for blob_id in stored:
+            raw = blobs.get(blob_id)
+            assert secret_name.encode() not in raw and b"plaintext-marker-" not in raw
 
 
 async def test_fsck_tells_remote_only_content_from_a_lost_only_copy(tmp_path: Path, make_home) -> None:
