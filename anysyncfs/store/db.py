@@ -549,6 +549,9 @@ def _schema_version(conn: Connection) -> str | None:
 
 def _prepare_schema(conn: Connection, path: str) -> None:
     """Create the tables of a new database, upgrade an older one in place, refuse any other version."""
+    lock = dialect.lock_writes_sql(conn.dialect.name)
+    if lock is not None:  # node processes starting at once on a new PostgreSQL database: one creates the tables
+        conn.exec_driver_sql(lock)
     version = _schema_version(conn)
     if version is None:
         S.metadata.create_all(conn)

@@ -61,3 +61,24 @@ def test_the_password_of_a_database_url_stays_out_of_messages(pg_server) -> None
     with pytest.raises(StoreError) as caught:
         Store(url)
     assert "s3cret-pw" not in str(caught.value) and "no_such_database" in str(caught.value)
+
+
+def test_processes_opening_a_new_database_at_once_agree_on_its_schema(pg_server) -> None:
+    import threading
+
+    url = pg_server.new_database("race")
+    failures: list[BaseException] = []
+
+    def open_store() -> None:
+        try:
+            Store(url).close()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            failures.append(e)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert failures == []
+    assert set(_columns(url)) == set(S.metadata.tables)
