@@ -152,9 +152,6 @@ class S3Server:
         done = subprocess.run([binary, "format", "--storage", "file", "--bucket", f"{root / 'objects'}/",
                                "--no-update", self.meta, BUCKET], capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
-            done = subprocess.run([binary, "format", "--storage", "file", "--bucket", f"{root / 'objects'}/",
-                                   self.meta, BUCKET], capture_output=True, text=True, timeout=60)
-        if done.returncode != 0:
             raise RuntimeError(f"juicefs format failed: {done.stderr.strip()[-500:]}")
         self.start()
 

@@ -23,8 +23,8 @@ from anysyncfs.core.address import PeerAddress, parse_address
 from anysyncfs.net.fetch_space import _sync_space
 from anysyncfs.net.node import Node
 from anysyncfs.replica import Replica, create_space
-from anysyncfs.replica.files import put_file
-from anysyncfs.replica.ledger import measure_usage
+from anysyncfs.replica.files import put_file, resolve
+from anysyncfs.replica.ledger import Ledger, measure_usage
 from anysyncfs.replica.quota import QuotaExceeded
 from tests.backends.fixtures import PgS3
 from tests.integration.test_sync import content, engine, eventually
@@ -107,10 +107,7 @@ async def test_a_save_through_one_process_is_readable_through_the_other_within_a
         start = time.monotonic()
         # A pushes to process 1; process 1's commit NOTIFYs process 2, which announces to B; B fetches the change
         await eventually(lambda: b.heads == a.heads, "b has a's save", timeout=10)
-        node_ = b.tree
-        from anysyncfs.replica.files import resolve
-
-        for extent in resolve(node_, "/second.bin").content.extents:
+        for extent in resolve(b.tree, "/second.bin").content.extents:
             await sb.fetch_blob(extent.chunk.blob, timeout=10)  # through process 2, from the bucket
         assert content(b, "/second.bin") == saved
         elapsed = time.monotonic() - start
@@ -126,8 +123,6 @@ def test_quotas_hold_across_processes(tmp_path: Path, make_home, pg_s3: PgS3) ->
     quota = 200_000
     nodes = [Node(tmp_path / f"n{i}", db=pg_s3.db, blobs=pg_s3.blob_store(), quota_bytes=quota) for i in (1, 2)]
     try:
-        from anysyncfs.replica.ledger import Ledger
-
         Ledger.adopt(nodes[0].store, nodes[0].blobs, header, acl_raws, quota_bytes=quota, book=nodes[0].book)
         ledgers = [node._ledger(a.space_id) for node in nodes]
         stored: list[int] = []
