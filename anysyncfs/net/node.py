@@ -340,8 +340,9 @@ class Node:
         try:
             return await self._dispatch(conn, body)
         except StoreError as e:
+            # The details (database host, object keys) stay in the node's log; the peer learns only what to do.
             log.warning("%s: %s failed: %s", conn.label, type(body).__name__, e)
-            raise ServiceError(m.ErrorCode.UNAVAILABLE, f"storage unavailable, retry later: {e}") from None
+            raise ServiceError(m.ErrorCode.UNAVAILABLE, "storage unavailable, retry later") from None
 
     async def _dispatch(self, conn: Connection, body: object) -> object:
         assert conn.peer is not None
