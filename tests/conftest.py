@@ -17,6 +17,8 @@ settings.load_profile("anysyncfs")
 from anysyncfs.core import keys
 from anysyncfs.replica.home import Home, Unlocked
 
+pytest_plugins = ["tests.backends.fixtures"]  # pg_server, s3_server, pg_s3, node_backend
+
 TEST_LOG2N = 4  # test-only scrypt cost (production: 14)
 PASSPHRASE = b"correct horse battery staple"
 

@@ -20,6 +20,7 @@ from ..core.address import parse_address
 from ..errors import AnysyncError, NetworkError, NotFound, UsageError
 from ..replica.unreadable import STATUS_IDS_MAX as UNREADABLE_IDS_SHOWN
 from . import config
+from .node_backends import add_backend_options, open_backends
 from .progress import ProgressBars
 
 if TYPE_CHECKING:
@@ -33,7 +34,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     node = sub.add_parser("node", help="run a provider node").add_subparsers(dest="node_cmd", required=True)
     s = node.add_parser("serve", help="serve spaces to their members (foreground; prints its address)")
     s.add_argument("--listen", metavar="HOST:PORT", help="default: listen in config.toml, else 127.0.0.1:7733")
-    s.add_argument("--data", type=Path, required=True, help="directory for the node's data")
+    s.add_argument("--data", type=Path, required=True, help="directory for the node's data (with --db and --blobs: "
+                   "only its identity, which every process of one deployment shares)")
+    add_backend_options(s)
     s.add_argument("--quota", default="10G", metavar="SIZE",
                    help="bytes of changes, ACL records and blobs per space (default 10G)")
     s.add_argument("--quota-per-account", default="10G", metavar="SIZE",
@@ -185,8 +188,10 @@ def cmd_node_serve(ctx: Context) -> int:
     logging.basicConfig(level=logging.DEBUG if a.debug else logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     allowed = frozenset(ids.from_text(ids.PREFIX_ACCOUNT, acct) for acct in a.allow_account) or None
-    lock = lock_node_data(a.data)
-    node = Node(a.data, allowed_accounts=allowed, limits=limits, gc_grace_us=int(grace * 1e6),
+    db, blobs = open_backends(a)
+    # One process per SQLite database (its lock file); a PostgreSQL database takes several at once.
+    lock = lock_node_data(a.data) if db is None else None
+    node = Node(a.data, db=db, blobs=blobs, allowed_accounts=allowed, limits=limits, gc_grace_us=int(grace * 1e6),
                 gc_interval=interval, clock=node_clock(), **quotas)
 
     async def main() -> None:
@@ -196,6 +201,7 @@ def cmd_node_serve(ctx: Context) -> int:
             except OSError as e:
                 raise NetworkError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
             nursery.start_soon(node.collect_periodically)
+            nursery.start_soon(node.follow_other_processes)
             bound = listeners[0].socket.getsockname()[1]
             print(node.address(host, bound), flush=True)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -208,7 +214,8 @@ def cmd_node_serve(ctx: Context) -> int:
         trio.run(main)
     finally:
         node.close()
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
     return 0
 
 

@@ -12,13 +12,22 @@ Data directory layout::
     <data>/node.identity   the node's own keys (transport identity only; no space keys), mode 0600
     <data>/node.db         SQLite store (same schema as a device's store.db; tree tables unused)
     <data>/blobs/          content-addressed blob files
+
+With ``db`` a PostgreSQL URL and ``blobs`` an S3 location (:mod:`anysyncfs.store.blobstore`), the data directory
+holds only the identity, and several node processes may serve the same database and bucket at once: each write
+takes the database's write lock and bumps the space's generation (:class:`Ledger`), quotas are counted in the
+database (:mod:`anysyncfs.replica.shared_quota`), and :meth:`Node.follow_other_processes` relays the other
+processes' writes to this process's subscribers (PostgreSQL LISTEN/NOTIFY, :mod:`anysyncfs.store.pg_listen`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,13 +39,16 @@ from ..core import crypto, ids, keys, space
 from ..core.address import PeerAddress
 from ..core.blob import MAX_BLOB_LEN
 from ..core.reconcile import IdSet, Reconciler
-from ..errors import DecodeError, IntegrityError, KeyringCorrupt, NotFound, ProtocolError
+from ..errors import DecodeError, IntegrityError, KeyringCorrupt, NotFound, ProtocolError, StoreError
 from ..protocol import messages as m
 from ..replica import blob_gc, heads_board
-from ..replica.ledger import ForkRefused, Ledger, QuotaExceeded, load_quota_book
-from ..replica.quota import QuotaBook, QuotaPolicy
+from ..replica.ledger import ForkRefused, Ledger, QuotaExceeded
+from ..replica.quota import QuotaPolicy
+from ..replica.shared_quota import StoredQuotaBook, backfill_space_state
 from ..store.blobfiles import BlobFiles
+from ..store.blobstore import BlobStore
 from ..store.db import Store
+from ..store.pg_listen import SpaceChangeListener
 from ..store.files import atomic_write, read_bounded
 from .connection import Connection, ServiceError
 from .endpoint import Endpoint, serve_tcp
@@ -67,7 +79,19 @@ class NodeIdentityFile(m._Msg, frozen=True):
 
 
 def load_or_create_identity(data: Path, name: str = "anysyncfs node") -> keys.Identity:
+    """The node's identity from ``<data>/node.identity``, created on first use. Node processes that share a
+    database and bucket share the file too (one node, one address key); two starting at once on an empty data
+    directory create it once (under a lock file), never two different identities."""
     path = data / IDENTITY_FILE
+    if not path.exists():
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(data / (IDENTITY_FILE + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not path.exists():
+                return _create_identity(data, name)
+        finally:
+            os.close(fd)
     if path.exists():
         raw = read_bounded(path, 4096)
         try:
@@ -78,7 +102,11 @@ def load_or_create_identity(data: Path, name: str = "anysyncfs node") -> keys.Id
                                  f.name)
         except (ProtocolError, DecodeError, ValueError) as e:
             raise KeyringCorrupt(f"node identity {path} is damaged: {e}") from None
-    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    raise KeyringCorrupt(f"node identity {path} vanished while it was read")
+
+
+def _create_identity(data: Path, name: str) -> keys.Identity:
+    path = data / IDENTITY_FILE
     account = crypto.SigningKey.generate()
     device = crypto.SigningKey.generate()
     cert = keys.issue_device_cert(account, device.public, name, time.time_ns() // 1000)
@@ -90,12 +118,13 @@ def load_or_create_identity(data: Path, name: str = "anysyncfs node") -> keys.Id
 class _Sets:
     """A cached IdSet of one space's change, ACL or blob IDs (rebuilt when the space's generation moves)."""
 
-    generation: int
+    generation: tuple[int, int]  # (this process's count of writes to the space, the space's generation)
     ids: IdSet
 
 
 class Node:
-    def __init__(self, data: Path, *, quota_bytes: int = DEFAULT_QUOTA,
+    def __init__(self, data: Path, *, db: str | None = None, blobs: BlobStore | None = None,
+                 quota_bytes: int = DEFAULT_QUOTA,
                  account_quota_bytes: int | None = DEFAULT_ACCOUNT_QUOTA,
                  total_quota_bytes: int | None = None,
                  max_spaces_per_account: int | None = DEFAULT_SPACES_PER_ACCOUNT,
@@ -103,20 +132,27 @@ class Node:
                  gc_grace_us: int = blob_gc.DEFAULT_GRACE_US, gc_interval: float = DEFAULT_GC_INTERVAL,
                  clock: Callable[[], int] = blob_gc.now_us) -> None:
         """``gc_grace_us``: how long an uploaded blob may wait for a change that references it; ``gc_interval``:
-        seconds between collections while serving (0: never); ``clock``: µs now (tests move it forward)."""
+        seconds between collections while serving (0: never); ``clock``: µs now (tests move it forward);
+        ``db``: a PostgreSQL URL (default: SQLite ``<data>/node.db``); ``blobs``: where blob bytes go (default:
+        the directory ``<data>/blobs``)."""
         self.data = Path(data).absolute()
         self.gc_grace_us = gc_grace_us
         self.gc_interval = gc_interval
         self.clock = clock
         self.allowed_accounts = allowed_accounts  # None: any authenticated member may store a new space here
         self.identity = load_or_create_identity(self.data)
-        self.store = Store(str(self.data / "node.db"))
-        self.blobs = BlobFiles(self.data / "blobs")
+        self.db = db or str(self.data / "node.db")
+        self.store = Store(self.db)
+        self.blobs: BlobStore = blobs if blobs is not None else BlobFiles(self.data / "blobs")
+        # The token this process signs its change notices with, so it ignores its own (only on a shared database).
+        self.notice = uuid.uuid4().hex if self.store.shared else None
         self.quota = quota_bytes
-        # Every space is charged to its owner account; ledgers check and update the book under self.run's lock.
+        # Every space is charged to its owner account; ledgers check and update the figures in the database under
+        # the write lock (one per database: every node process on it shares the quotas).
         policy = QuotaPolicy(per_space=quota_bytes, per_account=account_quota_bytes,
                              spaces_per_account=max_spaces_per_account)
-        self.book = load_quota_book(self.store, QuotaBook(policy))
+        backfill_space_state(self.store)
+        self.book = StoredQuotaBook(self.store, policy)
         self.book.policy = replace(policy, total=self._total_quota(total_quota_bytes))
         self.run = Runner()
         self.endpoint = Endpoint(self.identity, make_tls_identity(self.identity.device), limits=limits)
@@ -130,6 +166,8 @@ class Node:
         """The total quota: ``asked`` (warned about when the disk cannot hold it), or by default the smaller of
         100 GiB and 90 % of the node's room on its disk — free space plus what it stores already, so the figure
         does not shrink as the node fills up."""
+        if not isinstance(self.blobs, BlobFiles):  # an object store: no disk of ours to measure
+            return asked if asked is not None else DEFAULT_TOTAL_QUOTA
         try:
             room = shutil.disk_usage(self.data).free + self.book.total_used
         except OSError:
@@ -190,6 +228,41 @@ class Node:
     def close(self) -> None:
         self.store.close()
 
+    # ------------------------------------------------------------------------------------------ other processes
+    async def follow_other_processes(self, *, poll: float = 0.5) -> None:
+        """On a shared database (started beside :meth:`serve`; returns at once otherwise): announce to this
+        process's subscribers the changes other node processes accepted, as they commit."""
+        if not self.store.shared:
+            return
+        listener = SpaceChangeListener(self.db)
+        try:
+            while True:
+                try:
+                    notices = await trio.to_thread.run_sync(listener.wait, poll)
+                except StoreError as e:
+                    log.warning("%s; retrying", e)
+                    await trio.sleep(1.0)
+                    continue
+                if notices.reconnected:  # notices sent while we were not listening are lost: assume every change
+                    changed = set(self._subscribers)
+                else:
+                    changed = {space_id for space_id, token in notices.changed if token != self.notice}
+                for space_id in changed:
+                    await self._changed_elsewhere(space_id)
+        finally:
+            listener.close()
+
+    async def _changed_elsewhere(self, space_id: bytes) -> None:
+        if not self._subscribers.get(space_id):
+            return
+        try:
+            ledger = await self.run(self._ledger, space_id)  # refreshed from the database
+        except (NotFound, StoreError) as e:
+            log.info("space %s changed elsewhere, not readable here: %s", ids.space_text(space_id)[:20], e)
+            return
+        self._bump(space_id)
+        await self._announce(space_id, ledger, None)
+
     # ------------------------------------------------------------------------------------------ connections
     async def _connection(self, conn: Connection) -> None:
         assert conn.peer is not None
@@ -214,7 +287,9 @@ class Node:
             if not any(r.id == space_id for r in self.store.spaces()):
                 raise NotFound("this node does not hold that space")
             ledger = self._ledgers[space_id] = Ledger(self.store, self.blobs, space_id, quota_bytes=self.quota,
-                                                      book=self.book)
+                                                      book=self.book, notice=self.notice)
+        elif self.store.shared:
+            ledger.refresh()  # another node process may have written the space since
         return ledger
 
     async def _member(self, conn: Connection, space_id: bytes, minimum: acl_mod.Role = acl_mod.Role.READER) -> Ledger:
@@ -234,7 +309,7 @@ class Node:
     def _id_set(self, ledger: Ledger, kind: int) -> IdSet:
         """(blocking) The IDs of one set of a space, cached until the space changes."""
         key = (ledger.space_id, kind)
-        gen = self._generation.get(ledger.space_id, 0)
+        gen = (self._generation.get(ledger.space_id, 0), ledger.generation)
         hit = self._sets.get(key)
         if hit is not None and hit.generation == gen:
             return hit.ids
@@ -248,7 +323,7 @@ class Node:
         self._sets[key] = _Sets(gen, built)
         return built
 
-    async def _announce(self, space_id: bytes, ledger: Ledger, origin: Connection) -> None:
+    async def _announce(self, space_id: bytes, ledger: Ledger, origin: Connection | None) -> None:
         heads = list(ledger.heads)[: 256]
         for conn in list(self._subscribers.get(space_id, ())):
             if conn is origin or conn.closed.is_set():
@@ -260,6 +335,16 @@ class Node:
 
     # ------------------------------------------------------------------------------------------ requests
     async def handle(self, conn: Connection, body: object) -> object:
+        """Answer one request. The database or the blob store failing (a PostgreSQL or S3 server down) is
+        UNAVAILABLE, which devices retry later: nothing that failed was acknowledged."""
+        try:
+            return await self._dispatch(conn, body)
+        except StoreError as e:
+            # The details (database host, object keys) stay in the node's log; the peer learns only what to do.
+            log.warning("%s: %s failed: %s", conn.label, type(body).__name__, e)
+            raise ServiceError(m.ErrorCode.UNAVAILABLE, "storage unavailable, retry later") from None
+
+    async def _dispatch(self, conn: Connection, body: object) -> object:
         assert conn.peer is not None
         if isinstance(body, m.PushSpace):
             return await self._push_space(conn, body)
@@ -414,7 +499,7 @@ class Node:
 
         def adopt() -> Ledger:
             ledger = Ledger.adopt(self.store, self.blobs, body.header, body.acl, quota_bytes=self.quota,
-                                  book=self.book)
+                                  book=self.book, notice=self.notice)
             self._ledgers[header.id] = ledger
             return ledger
 

@@ -13,21 +13,20 @@ links any more. History is never pruned, so a blob that an accepted change lists
 that a later ACL reorganisation rejects stops counting. Blob files that no space links at all (a crash between
 writing a file and linking it) are deleted once older than the grace period.
 
-Every function here blocks (SQLite, file system); the node runs them one space at a time under its store lock,
+Every function here blocks (the database, the blob store); the node runs them one space at a time under its store lock,
 so an upload never interleaves with a collection.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..core import ids
 from ..errors import NotFound
-from ..store.blobfiles import BlobFiles
+from ..store.blobstore import BlobStore
 from ..store.db import Store
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ class Collected:
                          self.files_deleted + other.files_deleted, self.file_bytes + other.file_bytes)
 
 
-def collect_space(store: Store, blobs: BlobFiles, space_id: bytes, linked_before_us: int) -> Collected:
+def collect_space(store: Store, blobs: BlobStore, space_id: bytes, linked_before_us: int) -> Collected:
     """Unlink from a space the blobs linked before ``linked_before_us`` that no accepted change of it lists, and
     delete the files no space links any more."""
     victims = store.unreferenced_space_blobs(space_id, linked_before_us)
@@ -68,8 +67,15 @@ def collect_space(store: Store, blobs: BlobFiles, space_id: bytes, linked_before
     return Collected(len(victims), sum(size for _b, size in victims), deleted, file_bytes)
 
 
-def delete_unlinked_files(store: Store, blobs: BlobFiles, candidates: Sequence[bytes]) -> tuple[int, int]:
-    """Delete the files of those ``candidates`` no space links (and their index rows); (files, bytes)."""
+def delete_unlinked_files(store: Store, blobs: BlobStore, candidates: Sequence[bytes]) -> tuple[int, int]:
+    """Delete the files of those ``candidates`` no space links (and their index rows); (files, bytes). Under the
+    provider write lock: another node process on the same database cannot link one of them meanwhile."""
+    with store.transaction():
+        store.lock_writes()
+        return _delete_unlinked_files(store, blobs, candidates)
+
+
+def _delete_unlinked_files(store: Store, blobs: BlobStore, candidates: Sequence[bytes]) -> tuple[int, int]:
     linked = store.linked_blob_ids(candidates)
     gone: list[bytes] = []
     total = 0
@@ -87,21 +93,13 @@ def delete_unlinked_files(store: Store, blobs: BlobFiles, candidates: Sequence[b
     return len(gone), total
 
 
-def old_files(blobs: BlobFiles, modified_before_us: int) -> list[bytes]:
-    """IDs of the blob files last written before ``modified_before_us`` (no store access: the node lists them
+def old_files(blobs: BlobStore, modified_before_us: int) -> list[bytes]:
+    """IDs of the blobs last written before ``modified_before_us`` (no store access: the node lists them
     without holding its store lock; :func:`delete_unlinked_files` then decides under the lock)."""
-    old: list[bytes] = []
-    for blob_id in blobs.iter_ids():
-        try:
-            mtime_us = os.stat(blobs.path_of(blob_id)).st_mtime_ns // 1000
-        except FileNotFoundError:
-            continue
-        if mtime_us < modified_before_us:
-            old.append(blob_id)
-    return old
+    return blobs.ids_modified_before(modified_before_us)
 
 
-def sweep_orphan_files(store: Store, blobs: BlobFiles, modified_before_us: int) -> Collected:
+def sweep_orphan_files(store: Store, blobs: BlobStore, modified_before_us: int) -> Collected:
     """Delete blob files no space links that were last written before ``modified_before_us``."""
     old = old_files(blobs, modified_before_us)
     deleted = total = 0

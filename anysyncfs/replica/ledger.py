@@ -26,8 +26,9 @@ children, so a batch may carry a change together with its ancestors. Each gets o
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
@@ -38,7 +39,7 @@ from ..core.change import Change, parse_change
 from ..core.dag import Dag
 from ..errors import DecodeError, IdMismatch, NotFound, Rejected
 from ..store import schema
-from ..store.blobfiles import BlobFiles
+from ..store.blobstore import BlobStore
 from ..store.db import Store
 from . import blob_gc
 from .quota import QuotaBook, QuotaExceeded
@@ -360,31 +361,40 @@ def revalidate(store: Store, space_id: bytes, acl: acl_mod.AclView) -> Dag:
 
 # ---------------------------------------------------------------------------------------------------- ledger
 class Ledger:
-    """A space held without its keys: verified ACL, changes and blobs, with an optional byte quota."""
+    """A space held without its keys: verified ACL, changes and blobs, with an optional byte quota.
 
-    def __init__(self, store: Store, blobs: BlobFiles, space_id: bytes, *, quota_bytes: int | None = None,
-                 book: QuotaBook | None = None) -> None:
+    Several node processes may hold the same space through one shared database (PostgreSQL). What a ledger keeps
+    in memory (ACL, DAG, heads, usage) is then a copy as of a generation of the space (``node_spaces``): every
+    write takes the provider write lock, reloads the copy when another process wrote since (:meth:`refresh`),
+    checks and stores, and bumps the generation in the same transaction; readers call :meth:`refresh` first."""
+
+    def __init__(self, store: Store, blobs: BlobStore, space_id: bytes, *, quota_bytes: int | None = None,
+                 book: QuotaBook | None = None, notice: str | None = None) -> None:
         self.store = store
         self.blobs = blobs
         self.quota_bytes = quota_bytes
         self.book = book  # a provider's per-account and total quotas (None: only quota_bytes, per space)
+        self.notice = notice  # this process's token in change notices to other processes (None: send none)
         self.header = space.parse_space_header(store.space(space_id).header, space_id)
         self._space_id = space_id
+        self._generation = store.space_generation(space_id)  # read before the state below: at worst one reload
         self.acl = fold_acl(store, space_id)
         self._dag: Dag | None = None
         self._heads: tuple[bytes, ...] = store.heads(space_id)
         self._usage: Usage | None = None  # cached: recounting a large space per batch would cost a table scan
+        self._touched = False  # within a write: the copy in memory moved ahead of the store (see _write)
 
     @classmethod
     def adopt(
         cls,
         store: Store,
-        blobs: BlobFiles,
+        blobs: BlobStore,
         header_raw: bytes,
         acl_raws: Sequence[bytes],
         *,
         quota_bytes: int | None = None,
         book: QuotaBook | None = None,
+        notice: str | None = None,
     ) -> Ledger:
         """Start (or keep) holding a space from its signed header and ACL records, all verified first.
 
@@ -394,21 +404,22 @@ class Ledger:
         header = space.parse_space_header(header_raw)
         records = [acl_mod.parse_record(raw) for raw in acl_raws]
         acl_mod.fold(header.id, records)  # raises unless there is a valid genesis for this space
-        try:
-            store.space(header.id)
-        except NotFound:
-            size = sum(len(r.raw) for r in {r.id: r for r in records if r.space_id == header.id}.values())
-            if quota_bytes is not None and size > quota_bytes:
-                raise QuotaExceeded.space(header.id, quota_bytes) from None
-            if book is not None:
-                book.check_new_space(header.id, header.owner, size)
-            with store.transaction():
+        with store.transaction():
+            store.lock_writes()  # another node process may be adopting the same space right now
+            try:
+                store.space(header.id)
+            except NotFound:
+                size = sum(len(r.raw) for r in {r.id: r for r in records if r.space_id == header.id}.values())
+                if quota_bytes is not None and size > quota_bytes:
+                    raise QuotaExceeded.space(header.id, quota_bytes) from None
+                if book is not None:
+                    book.check_new_space(header.id, header.owner, size)
                 store.add_space(header.id, ids.space_text(header.id), header.raw)
                 store_acl_records(store, header.id, records)
-            ledger = cls(store, blobs, header.id, quota_bytes=quota_bytes, book=book)
-            ledger.usage()  # charged to its owner from now on
-            return ledger
-        ledger = cls(store, blobs, header.id, quota_bytes=quota_bytes, book=book)
+                ledger = cls(store, blobs, header.id, quota_bytes=quota_bytes, book=book, notice=notice)
+                ledger._commit(ledger.usage())  # charged to its owner from now on
+                return ledger
+        ledger = cls(store, blobs, header.id, quota_bytes=quota_bytes, book=book, notice=notice)
         ledger._add_records(records)
         return ledger
 
@@ -440,27 +451,23 @@ class Ledger:
         return self._add_records([acl_mod.parse_record(raw) for raw in raws])
 
     def _add_records(self, records: Sequence[acl_mod.AclRecord]) -> int:
-        usage = self.usage()
-        held = [acl_mod.parse_record(raw, rid) for rid, raw in self.store.acl_records(self._space_id)]
-        refuse_forks(self._space_id, held, records)
-        try:
-            with self.store.transaction():
-                new_bytes = self._new_acl_bytes(records)
-                self._check_quota(new_bytes)  # ACL records are stored bytes too: a flood of them hits the quota
-                added = store_acl_records(self.store, self._space_id, records)
-                if added:
-                    before = self.acl.head
-                    self.acl = fold_acl(self.store, self._space_id)
-                    if self.acl.head != before:
-                        self._dag = revalidate(self.store, self._space_id, self.acl)
-                        self._heads = self._dag.heads()
-                        self.store.set_heads(self._space_id, self._heads)
+        with self._write():
+            usage = self.usage()
+            held = [acl_mod.parse_record(raw, rid) for rid, raw in self.store.acl_records(self._space_id)]
+            refuse_forks(self._space_id, held, records)
+            new_bytes = self._new_acl_bytes(records)
+            self._check_quota(new_bytes)  # ACL records are stored bytes too: a flood of them hits the quota
+            added = store_acl_records(self.store, self._space_id, records)
             if added:
-                self._set_usage(replace(usage, acl_records=usage.acl_records + added,
-                                        acl_bytes=usage.acl_bytes + new_bytes))
-        except BaseException:
-            self._reload()
-            raise
+                before = self.acl.head
+                self._touched = True
+                self.acl = fold_acl(self.store, self._space_id)
+                if self.acl.head != before:
+                    self._dag = revalidate(self.store, self._space_id, self.acl)
+                    self._heads = self._dag.heads()
+                    self.store.set_heads(self._space_id, self._heads)
+                self._commit(replace(usage, acl_records=usage.acl_records + added,
+                                     acl_bytes=usage.acl_bytes + new_bytes))
         return added
 
     def _new_acl_bytes(self, records: Sequence[acl_mod.AclRecord]) -> int:
@@ -497,33 +504,30 @@ class Ledger:
         """Verify and store received changes (see the module docstring); one result per raw, in order.
 
         :class:`IntegrityError` (forged bytes) and :class:`QuotaExceeded` leave nothing stored."""
-        changes = parse_changes(raws)
-        usage = self.usage()
-        try:
-            self._check_quota(1)
-        except QuotaExceeded:
-            # Full already: refuse anything new before planning (planning grows the DAG, and undoing that means
-            # rebuilding it from the store: too dear to repeat for every batch a member keeps sending).
-            stored = self.store.change_statuses([c.id for c in changes])
-            if any(c.id not in stored for c in changes):
-                raise
-        try:
+        changes = parse_changes(raws)  # signatures and IDs: outside the write lock
+        with self._write():
+            usage = self.usage()
+            try:
+                self._check_quota(1)
+            except QuotaExceeded:
+                # Full already: refuse anything new before planning (planning grows the DAG, and undoing that
+                # means rebuilding it from the store: too dear to repeat for every batch a member keeps sending).
+                stored = self.store.change_statuses([c.id for c in changes])
+                if any(c.id not in stored for c in changes):
+                    raise
+            self._touched = True  # planning adds to the DAG in memory
             plan = plan_batch(self.store, self._space_id, self.dag, self.acl, changes)
             if plan.stores_anything:
                 added = plan.stored_bytes
                 self._check_quota(added)
-                with self.store.transaction():
-                    store_batch(self.store, self._space_id, plan)
-                    for change in plan.accepted:  # which blobs are referenced: the others are collected
-                        self.store.add_change_blobs(self._space_id, change.id, change.header.blob_refs)
-                    if plan.accepted:
-                        self._heads = self.dag.heads()
-                        self.store.set_heads(self._space_id, self._heads)
-                self._set_usage(replace(usage, changes=usage.changes + len(plan.accepted) + len(plan.rejected),
-                                        change_bytes=usage.change_bytes + added))
-        except BaseException:
-            self._reload()
-            raise
+                store_batch(self.store, self._space_id, plan)
+                for change in plan.accepted:  # which blobs are referenced: the others are collected
+                    self.store.add_change_blobs(self._space_id, change.id, change.header.blob_refs)
+                if plan.accepted:
+                    self._heads = self.dag.heads()
+                    self.store.set_heads(self._space_id, self._heads)
+                self._commit(replace(usage, changes=usage.changes + len(plan.accepted) + len(plan.rejected),
+                                     change_bytes=usage.change_bytes + added))
         return plan.results
 
     # ------------------------------------------------------------------------------------------ blobs
@@ -535,15 +539,20 @@ class Ledger:
         linked = self.store.has_space_blob(self._space_id, blob_id)
         if linked and self.blobs.has(blob_id):
             return False
-        usage = self.usage()
         if not linked:
-            self._check_quota(len(data))
-        self.blobs.put(blob_id, data)  # durable before the index says it is here
-        with self.store.transaction():
+            self._check_quota(len(data))  # early refusal; checked again under the write lock below
+        # Durable before the index says it is here, and written outside the write lock: the transfer to an object
+        # store is the slow part, and other processes' writes go on meanwhile.
+        self.blobs.put(blob_id, data, verified=True)
+        with self._write():
+            usage = self.usage()
+            if not self.store.has_space_blob(self._space_id, blob_id):
+                self._check_quota(len(data))
+            if not self.blobs.has(blob_id):  # a collection (maybe in another process) deleted it meanwhile
+                self.blobs.put(blob_id, data, verified=True)
             self.store.index_blob(blob_id, len(data))
-            new_link = self.store.add_space_blob(self._space_id, blob_id, len(data))
-        if new_link:
-            self._set_usage(replace(usage, blobs=usage.blobs + 1, blob_bytes=usage.blob_bytes + len(data)))
+            if self.store.add_space_blob(self._space_id, blob_id, len(data)):
+                self._commit(replace(usage, blobs=usage.blobs + 1, blob_bytes=usage.blob_bytes + len(data)))
         return True
 
     def has_blob(self, blob_id: bytes) -> bool:
@@ -562,10 +571,11 @@ class Ledger:
 
     def collect_unreferenced(self, linked_before_us: int) -> blob_gc.Collected:
         """Unlink the blobs linked before ``linked_before_us`` that no accepted change lists (:mod:`.blob_gc`)."""
-        collected = blob_gc.collect_space(self.store, self.blobs, self._space_id, linked_before_us)
-        if collected.unlinked:
-            self._usage = None
-            self.usage()  # recount now, so that every quota keeping this space's usage sees the bytes freed
+        with self._write():
+            collected = blob_gc.collect_space(self.store, self.blobs, self._space_id, linked_before_us)
+            if collected.unlinked:
+                # Recount now, so that every quota keeping this space's usage sees the bytes freed.
+                self._commit(measure_usage(self.store, self._space_id))
         return collected
 
     # ------------------------------------------------------------------------------------------ quota
@@ -589,8 +599,47 @@ class Ledger:
             self.usage()  # the book holds this space's current figure
             self.book.check(self.header.owner, extra_bytes)
 
+    # ------------------------------------------------------------------------------------------ processes
+    def refresh(self) -> bool:
+        """Reload the copy in memory if the space was written since it was read (by another node process on a
+        shared database); True if it was."""
+        generation = self.store.space_generation(self._space_id)
+        if generation == self._generation:
+            return False
+        self._reload()
+        return True
+
+    @property
+    def generation(self) -> int:
+        """The space's generation the copy in memory was read at (-1: never written since the table existed)."""
+        return self._generation
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """A write transaction under the provider write lock, on a current copy of the space. When it fails after
+        the copy in memory moved ahead of the store (``_touched``), the copy is read again."""
+        self._touched = False
+        try:
+            with self.store.transaction():
+                self.store.lock_writes()
+                self.refresh()
+                yield
+        except BaseException:
+            if self._touched:
+                self._reload()
+            raise
+
+    def _commit(self, usage: Usage) -> None:
+        """Inside a write: the space's usage is now ``usage``; a new generation, announced at commit."""
+        self._touched = True
+        self._generation = self.store.save_space_state(self._space_id, self.header.owner, usage.total_bytes,
+                                                       self.notice)
+        self._set_usage(usage)
+
     def _reload(self) -> None:
-        """After a failed write the in-memory state may be ahead of the store: take it from the store again."""
+        """After a failed write the in-memory state may be ahead of the store, and after another process's write
+        behind it: take it from the store again."""
+        self._generation = self.store.space_generation(self._space_id)
         self.acl = fold_acl(self.store, self._space_id)
         self._dag = None
         self._heads = self.store.heads(self._space_id)

@@ -156,6 +156,20 @@ class BlobFiles:
             raise StoreError(f"cannot delete blob {blob_id.hex()}: {e.strerror or e}") from None
         return True
 
+    def ids_modified_before(self, modified_before_us: int) -> list[bytes]:
+        """IDs of the blob files last written before ``modified_before_us`` (µs since the epoch)."""
+        old: list[bytes] = []
+        for entry, blob_id in self._scan():
+            try:
+                mtime_us = entry.stat().st_mtime_ns // 1000
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+            except OSError as e:
+                raise StoreError(f"cannot stat {entry.path}: {e.strerror or e}") from None
+            if mtime_us < modified_before_us:
+                old.append(blob_id)
+        return old
+
     def iter_ids(self) -> Iterator[bytes]:
         """Every stored blob ID (in no particular order); stray and temporary files are skipped."""
         for _, blob_id in self._scan():

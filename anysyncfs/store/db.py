@@ -9,6 +9,7 @@ change, its heads and its tree rows land atomically, or not at all.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import time
@@ -16,16 +17,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, create_engine, delete, event, func, insert, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import bindparam, create_engine, delete, event, func, insert, inspect, select, update
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateColumn
 
 from ..errors import NotFound, StoreError
+from . import dialect
 from . import schema as S
 from .db_gc import GcQueries
 from .db_heads import HeadsQueries
+from .db_node import NodeQueries
 from .db_sync import IN_BATCH, BlobRow, PeerRow, SyncQueries, _batches, now_us
 from .db_uploads import UploadQueries
 from .files import PRIVATE_FILE_MODE, tighten
@@ -39,21 +41,30 @@ _INSERT_CHANGE = insert(S.changes)
 _DELETE_HEADS = delete(S.heads).where(S.heads.c.space == bindparam("s"))
 _INSERT_HEAD = insert(S.heads)
 _MARK_UNREADABLE = update(S.changes).where(S.changes.c.id == bindparam("i")).values(unreadable=bindparam("r"))
-_UPSERT_TREE_META = sqlite_insert(S.tree_meta)
-_UPSERT_TREE_META = _UPSERT_TREE_META.on_conflict_do_update(
-    index_elements=[S.tree_meta.c.space],
-    set_={c: _UPSERT_TREE_META.excluded[c] for c in ("heads_digest", "change_count", "fold_version")},
-)
-_UPSERT_NODE = sqlite_insert(S.nodes)
-_UPSERT_NODE = _UPSERT_NODE.on_conflict_do_update(  # keeps the row, hence the node's inode number
-    index_elements=[S.nodes.c.space, S.nodes.c.node],
-    set_={c: _UPSERT_NODE.excluded[c] for c in ("kind", "size", "version", "state")},
-)
-_UPSERT_ENTRY = sqlite_insert(S.entries)
-_UPSERT_ENTRY = _UPSERT_ENTRY.on_conflict_do_update(
-    index_elements=[S.entries.c.space, S.entries.c.entry],
-    set_={c: _UPSERT_ENTRY.excluded[c] for c in ("parent", "node", "live", "state")},
-)
+
+
+@functools.cache
+def _tree_upserts(dialect_name: str) -> tuple[Any, Any, Any]:
+    """The upserts of the cached tree (tree_meta, nodes, entries) for a dialect, built once."""
+    upsert = dialect.upsert_insert(dialect_name)
+    meta_ = upsert(S.tree_meta)
+    meta_ = meta_.on_conflict_do_update(
+        index_elements=[S.tree_meta.c.space],
+        set_={c: meta_.excluded[c] for c in ("heads_digest", "change_count", "fold_version")},
+    )
+    node = upsert(S.nodes)
+    node = node.on_conflict_do_update(  # keeps the row, hence the node's inode number
+        index_elements=[S.nodes.c.space, S.nodes.c.node],
+        set_={c: node.excluded[c] for c in ("kind", "size", "version", "state")},
+    )
+    entry = upsert(S.entries)
+    entry = entry.on_conflict_do_update(
+        index_elements=[S.entries.c.space, S.entries.c.entry],
+        set_={c: entry.excluded[c] for c in ("parent", "node", "live", "state")},
+    )
+    return meta_, node, entry
+
+
 _SELECT_INODE = select(S.nodes.c.inode).where(S.nodes.c.space == bindparam("s"), S.nodes.c.node == bindparam("n"))
 _RESERVE_INODE = insert(S.nodes).values(kind=0, size=0, version=None, state=None)
 
@@ -80,21 +91,35 @@ def split_ids(packed: bytes, size: int = 32) -> tuple[bytes, ...]:
     return tuple(packed[i : i + size] for i in range(0, len(packed), size))
 
 
-class Store(SyncQueries, HeadsQueries, GcQueries, UploadQueries):
-    """One SQLite database for every space of a home directory."""
+class Store(SyncQueries, HeadsQueries, GcQueries, UploadQueries, NodeQueries):
+    """One database for every space of a home directory or a node: a SQLite file (``path``), or for a node a
+    PostgreSQL database (``path`` is then a ``postgresql://`` URL; see :mod:`.dialect`)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        _private_database_files(path)
-        self._engine: Engine = create_engine(f"sqlite:///{path}", future=True)
-        event.listen(self._engine, "connect", _on_connect)
+        if dialect.is_postgres_url(path):
+            self.path = make_url(dialect.engine_url(path)).render_as_string(hide_password=True)  # for messages
+            # pre_ping: a pooled connection that died with a restarted server is replaced, not handed out.
+            self._engine: Engine = create_engine(dialect.engine_url(path), future=True, pool_pre_ping=True,
+                                                 pool_size=4, max_overflow=4)
+        else:
+            _private_database_files(path)
+            self._engine = create_engine(dialect.engine_url(path), future=True)
+            event.listen(self._engine, "connect", _on_connect)
+        self.dialect = self._engine.dialect.name
+        self._upsert = dialect.upsert_insert(self.dialect)
         self._conn: Connection | None = None
         self._depth = 0
         try:
             with self._engine.begin() as conn:
-                _prepare_schema(conn, path)
+                _prepare_schema(conn, self.path)
         except (DBAPIError, sqlite3.Error) as e:
-            raise StoreError(f"cannot open store {path}: {_reason(e)}") from None
+            raise StoreError(f"cannot open store {self.path}: {_reason(e)}") from None
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may write this database at the same time (PostgreSQL)."""
+        return self.dialect == "postgresql"
 
     def close(self) -> None:
         self._engine.dispose()
@@ -108,6 +133,8 @@ class Store(SyncQueries, HeadsQueries, GcQueries, UploadQueries):
         process delete a live WAL — measured here: later commits vanished.)"""
         if self._conn is not None:
             raise StoreError("sync() inside a transaction")
+        if self.dialect != "sqlite":
+            return  # PostgreSQL: a committed transaction is durable (synchronous_commit) when COMMIT returns
         for _attempt in range(50):
             try:
                 with self._engine.connect() as conn:
@@ -149,6 +176,16 @@ class Store(SyncQueries, HeadsQueries, GcQueries, UploadQueries):
             with self._engine.begin() as conn:
                 res = conn.execute(stmt, params) if params is not None else conn.execute(stmt)
                 return _Buffered(res.fetchall()) if res.returns_rows else None
+        except (DBAPIError, sqlite3.Error) as e:
+            raise StoreError(f"store operation failed: {_reason(e)}") from None
+
+    def _run_sql(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        """A statement in the driver's own SQL (the dialect-specific bits of :mod:`.dialect`), inside the
+        current transaction."""
+        if self._conn is None:
+            raise StoreError("a driver statement outside a transaction")
+        try:
+            self._conn.exec_driver_sql(sql, params or {})
         except (DBAPIError, sqlite3.Error) as e:
             raise StoreError(f"store operation failed: {_reason(e)}") from None
 
@@ -317,13 +354,13 @@ class Store(SyncQueries, HeadsQueries, GcQueries, UploadQueries):
         return None if r is None else (r[0], r[1], r[2])
 
     def set_tree_meta(self, space_id: bytes, heads_digest: bytes, change_count: int, fold_version: int) -> None:
-        self._run(_UPSERT_TREE_META, {"space": space_id, "heads_digest": heads_digest,
+        self._run(_tree_upserts(self.dialect)[0], {"space": space_id, "heads_digest": heads_digest,
                                       "change_count": change_count, "fold_version": fold_version})
 
     def upsert_nodes(self, space_id: bytes, rows: Sequence[tuple[bytes, int, int, bytes | None, bytes]]) -> None:
         """rows: (node id, kind, size, version, state). Keeps each node's inode number."""
         if rows:
-            self._run(_UPSERT_NODE, [
+            self._run(_tree_upserts(self.dialect)[1], [
                 {"space": space_id, "node": r[0], "kind": r[1], "size": r[2], "version": r[3], "state": r[4]}
                 for r in rows
             ])
@@ -331,7 +368,7 @@ class Store(SyncQueries, HeadsQueries, GcQueries, UploadQueries):
     def upsert_entries(self, space_id: bytes, rows: Sequence[tuple[bytes, bytes, bytes, bool, bytes]]) -> None:
         """rows: (entry id, parent, node, live, state)."""
         if rows:
-            self._run(_UPSERT_ENTRY, [
+            self._run(_tree_upserts(self.dialect)[2], [
                 {"space": space_id, "entry": r[0], "parent": r[1], "node": r[2], "live": int(r[3]), "state": r[4]}
                 for r in rows
             ])
@@ -507,8 +544,7 @@ class Store(SyncQueries, HeadsQueries, GcQueries, UploadQueries):
 
 def _schema_version(conn: Connection) -> str | None:
     """The stored schema version, or None for a database without one (a new file)."""
-    has_meta = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").first()
-    if has_meta is None:
+    if not inspect(conn).has_table("meta"):
         return None
     row = conn.execute(select(S.meta.c.value).where(S.meta.c.key == "schema_version")).first()
     return None if row is None else str(row[0])
@@ -516,6 +552,9 @@ def _schema_version(conn: Connection) -> str | None:
 
 def _prepare_schema(conn: Connection, path: str) -> None:
     """Create the tables of a new database, upgrade an older one in place, refuse any other version."""
+    lock = dialect.lock_writes_sql(conn.dialect.name)
+    if lock is not None:  # node processes starting at once on a new PostgreSQL database: one creates the tables
+        conn.exec_driver_sql(lock)
     version = _schema_version(conn)
     if version is None:
         S.metadata.create_all(conn)

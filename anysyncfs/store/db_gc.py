@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete, exists, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import schema as S
 from .db_sync import _batches
@@ -16,13 +15,15 @@ from .db_sync import _batches
 class GcQueries:
     """Needs ``_run`` and ``transaction`` from the Store it is mixed into."""
 
+    _upsert: Any  # provided by Store: INSERT with ON CONFLICT for its dialect
+
     def _run(self, stmt: Any, params: Any = None) -> Any:  # provided by Store
         raise NotImplementedError
 
     def add_change_blobs(self, space_id: bytes, change_id: bytes, blob_ids: Sequence[bytes]) -> None:
         """Record the blobs an accepted change's header lists (idempotent; call in the storing transaction)."""
         if blob_ids:
-            self._run(sqlite_insert(S.change_blobs).on_conflict_do_nothing(),
+            self._run(self._upsert(S.change_blobs).on_conflict_do_nothing(),
                       [{"space": space_id, "blob": b, "change": change_id} for b in blob_ids])
 
     def unreferenced_space_blobs(self, space_id: bytes, linked_before_us: int) -> list[tuple[bytes, int]]:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import schema as S
 from .db_sync import now_us
@@ -38,6 +37,8 @@ class ProviderWarningRow:
 
 class HeadsQueries:
     """Needs ``_run`` and ``transaction`` from the Store it is mixed into."""
+
+    _upsert: Any  # provided by Store: INSERT with ON CONFLICT for its dialect
 
     def _run(self, stmt: Any, params: Any = None) -> Any:  # provided by Store
         raise NotImplementedError
@@ -77,7 +78,7 @@ class HeadsQueries:
         with self.transaction():
             if self.signed_heads_counter(space_id, device) >= counter:
                 return False
-            stmt = sqlite_insert(S.signed_heads).values(space=space_id, device=device, account=account,
+            stmt = self._upsert(S.signed_heads).values(space=space_id, device=device, account=account,
                                                         counter=counter, raw=raw, received_us=now_us())
             self._run(stmt.on_conflict_do_update(
                 index_elements=[h.space, h.device],
@@ -101,7 +102,7 @@ class HeadsQueries:
         s = S.heads_served.c
         with self.transaction():
             for device, counter in counters.items():
-                stmt = sqlite_insert(S.heads_served).values(space=space_id, provider=provider, device=device,
+                stmt = self._upsert(S.heads_served).values(space=space_id, provider=provider, device=device,
                                                             counter=counter, seen_us=now_us())
                 self._run(stmt.on_conflict_do_update(
                     index_elements=[s.space, s.provider, s.device],
@@ -116,7 +117,7 @@ class HeadsQueries:
         now = now_us()
         line = (message.strip().splitlines() or [kind])[0][:500]
         with self.transaction():
-            stmt = sqlite_insert(S.provider_warnings).values(
+            stmt = self._upsert(S.provider_warnings).values(
                 space=space_id, provider=provider, kind=kind, device=device, counter=counter, address=address,
                 message=line, first_us=now, last_us=now)
             self._run(stmt.on_conflict_do_update(

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import schema as S
 
@@ -50,6 +49,8 @@ IN_BATCH = 500  # IDs per "IN (…)" query: well below SQLite's limit on bound p
 
 class SyncQueries:
     """Needs ``_run`` (and ``transaction``) from the Store it is mixed into."""
+
+    _upsert: Any  # provided by Store: INSERT with ON CONFLICT for its dialect
 
     def _run(self, stmt: Any, params: Any = None) -> Any:  # provided by Store
         raise NotImplementedError
@@ -127,7 +128,7 @@ class SyncQueries:
             for part in _batches(removed):
                 self._run(delete(S.pinned_blobs).where(pb.space == space_id, pb.blob.in_(part)))
             if added:
-                self._run(sqlite_insert(S.pinned_blobs).on_conflict_do_nothing(),
+                self._run(self._upsert(S.pinned_blobs).on_conflict_do_nothing(),
                           [{"space": space_id, "blob": b} for b in added])
 
     # ------------------------------------------------------------------------------------------ peers
@@ -135,7 +136,7 @@ class SyncQueries:
         """Remember a peer of a space. Idempotent; adding a known address again replaces its pinned key."""
         if len(device_key) != 32:
             raise ValueError("a device key is 32 bytes")
-        stmt = sqlite_insert(S.peers).values(space=space_id, address=address, device_key=device_key,
+        stmt = self._upsert(S.peers).values(space=space_id, address=address, device_key=device_key,
                                              added_us=now_us())
         self._run(stmt.on_conflict_do_update(index_elements=[S.peers.c.space, S.peers.c.address],
                                              set_={"device_key": stmt.excluded.device_key}))

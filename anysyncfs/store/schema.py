@@ -10,7 +10,8 @@ the protocol and ``anysyncfs fsck --repair`` can always rebuild it from ``change
 A provider (``anysyncfs node``) uses the same tables without the tree: ``spaces``, ``acl_records``, ``changes``,
 ``heads``, ``blobs``, ``space_blobs`` (which of its blobs belong to which space, for quotas and for serving a
 blob only to members of a space that holds it) and ``change_blobs`` (which blobs its accepted changes list in
-their headers, so that the others can be collected).
+their headers, so that the others can be collected) and ``node_spaces`` (its figures per space, which several node
+processes on one PostgreSQL database share).
 
 The blob cache of a device (:mod:`anysyncfs.replica.cache`) uses ``blobs`` (location, last access, remote
 confirmation), ``pins`` (what the user pinned) and ``pinned_blobs`` (the blobs those pins keep on the device).
@@ -30,6 +31,8 @@ from sqlalchemy import (
     Text,
     text,
 )
+
+from .dialect import EmptyBytes
 
 SCHEMA_VERSION = 3  # bump on any change below; the store refuses a database with another version
 # Version history (the store upgrades an older database in place, in one transaction; see db.py):
@@ -180,7 +183,7 @@ peers = Table(
     Column("added_us", BigInteger, nullable=False, doc="when it was recorded, µs"),
     Column("last_sync_us", BigInteger, nullable=True, doc="last successful reconciliation, µs (NULL: never)"),
     # Added in schema 2 (appended by the upgrade; schema 1 never wrote a peer row, so the default is never seen).
-    Column("device_key", LargeBinary(32), nullable=False, server_default=text("x''"),
+    Column("device_key", LargeBinary(32), nullable=False, server_default=EmptyBytes(),
            doc="the peer's device public key (32 bytes), pinned: the TLS listener must prove it holds it"),
     Column("last_attempt_us", BigInteger, nullable=True, doc="last connection attempt, successful or not, µs"),
     Column("last_error", Text, nullable=True, doc="one-line reason the last attempt failed (NULL after a success)"),
@@ -267,6 +270,21 @@ provider_warnings = Table(
     Column("first_us", BigInteger, nullable=False, doc="when it was first caught, µs"),
     Column("last_us", BigInteger, nullable=False, doc="when it was last caught, µs"),
 )
+
+# A provider's figures per space, shared by every node process on one database (table added within version 3,
+# created when a store opens; a node fills the rows of spaces it held before at start: see replica/shared_state.py).
+node_spaces = Table(
+    "node_spaces",
+    metadata,
+    Column("space", LargeBinary(32), ForeignKey("spaces.id"), primary_key=True, doc="a space a provider holds"),
+    Column("owner", LargeBinary(32), nullable=False, doc="account that signed the space header (charged for it)"),
+    Column("used_bytes", BigInteger, nullable=False,
+           doc="bytes of its stored changes, ACL records and blobs (what its quotas count), as of the last write"),
+    Column("generation", BigInteger, nullable=False,
+           doc="bumped by every write to the space in the same transaction: a node process whose copy in memory "
+           "(ACL, DAG, heads, usage) was read at another generation reloads it"),
+)
+Index("node_spaces_by_owner", node_spaces.c.owner)
 
 # Upgrades of an older database, by the version they start from: the columns to append (ALTER TABLE ADD COLUMN,
 # with their DDL as declared above). Tables that did not exist are then created by ``metadata.create_all``.

@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -28,8 +29,8 @@ pytestmark = pytest.mark.trio
 
 
 @asynccontextmanager
-async def running_node(path: Path) -> AsyncIterator[tuple[Node, PeerAddress]]:
-    node = Node(path)
+async def running_node(path: Path, **backend: Any) -> AsyncIterator[tuple[Node, PeerAddress]]:
+    node = Node(path, **backend)
     try:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(node.serve, "127.0.0.1", 0)
@@ -55,7 +56,8 @@ def content(replica: Replica, path: str) -> bytes:
     return b"".join(read_file(replica, resolve(replica.tree, path)))
 
 
-async def test_second_device_gets_the_whole_space_through_a_node(tmp_path: Path, make_home) -> None:
+async def test_second_device_gets_the_whole_space_through_a_node(tmp_path: Path, make_home,
+                                                                 node_backend: dict[str, Any]) -> None:
     phrase = keys.generate_phrase()
     a_home = make_home("a", phrase)
     b_home = make_home("b", phrase)
@@ -63,7 +65,7 @@ async def test_second_device_gets_the_whole_space_through_a_node(tmp_path: Path,
     big = os.urandom(4_500_000)  # > max chunk (4 MiB): always two blobs or more
     put_file(a, "/notes/hello.txt", b"hello from a")
     put_file(a, "/big.bin", big)
-    async with running_node(tmp_path / "node") as (node, addr):
+    async with running_node(tmp_path / "node", **node_backend) as (node, addr):
         a.store.add_peer(a.space_id, str(addr), addr.device)
         report = await engine(a).sync_once()
         assert report.reached == 1 and report.errors == [] and report.blobs_uploaded >= 2
@@ -78,12 +80,12 @@ async def test_second_device_gets_the_whole_space_through_a_node(tmp_path: Path,
         assert content(b, "/big.bin") == big
 
 
-async def test_live_push_and_lazy_blob_fetch(tmp_path: Path, make_home) -> None:
+async def test_live_push_and_lazy_blob_fetch(tmp_path: Path, make_home, node_backend: dict[str, Any]) -> None:
     phrase = keys.generate_phrase()
     a_home, b_home = make_home("a", phrase), make_home("b", phrase)
     a = create_space(a_home, "docs")
     put_file(a, "/first.txt", b"one")
-    async with running_node(tmp_path / "node") as (node, addr):
+    async with running_node(tmp_path / "node", **node_backend) as (node, addr):
         a.store.add_peer(a.space_id, str(addr), addr.device)
         await engine(a).sync_once()
         b_home.home.store().add_peer(a.space_id, str(addr), addr.device)
@@ -111,19 +113,20 @@ async def test_live_push_and_lazy_blob_fetch(tmp_path: Path, make_home) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_node_keeps_data_across_restarts_and_holds_no_plaintext(tmp_path: Path, make_home) -> None:
+async def test_node_keeps_data_across_restarts_and_holds_no_plaintext(tmp_path: Path, make_home,
+                                                                      node_backend: dict[str, Any]) -> None:
     phrase = keys.generate_phrase()
     a_home, b_home = make_home("a", phrase), make_home("b", phrase)
     a = create_space(a_home, "docs")
     secret_name = "very-secret-filename-7f3a.txt"
-    secret = b"plaintext-marker-" + os.urandom(8).hex().encode() + b"-end" * 200
+    secret = b"plaintext-marker-" + os.urandom(8).hex().encode() + b"-end" * 2000  # > INLINE_MAX: in a blob
     put_file(a, f"/{secret_name}", secret)
     data = tmp_path / "node"
-    async with running_node(data) as (node, addr):
+    async with running_node(data, **node_backend) as (node, addr):
         a.store.add_peer(a.space_id, str(addr), addr.device)
         await engine(a).sync_once()
     # restart the node on another port: its identity and data persist
-    async with running_node(data) as (node, addr2):
+    async with running_node(data, **node_backend) as (node, addr2):
         assert addr2.device == addr.device
         b_home.home.store().add_peer(a.space_id, str(addr2), addr2.device)
         full = await _sync_space(b_home, a.space_id, "docs", True, None, 60.0)
@@ -135,6 +138,13 @@ async def test_node_keeps_data_across_restarts_and_holds_no_plaintext(tmp_path: 
             raw = f.read_bytes()
             assert secret_name.encode() not in raw, f
             assert b"plaintext-marker-" not in raw, f
+    blobs = node_backend.get("blobs")
+    if blobs is not None:  # the bucket holds ciphertext only, too
+        stored = blobs.ids_modified_before(2**62)
+        assert stored
+        for blob_id in stored:
+            raw = blobs.get(blob_id)
+            assert secret_name.encode() not in raw and b"plaintext-marker-" not in raw
 
 
 async def test_fsck_tells_remote_only_content_from_a_lost_only_copy(tmp_path: Path, make_home) -> None:

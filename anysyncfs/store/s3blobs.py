@@ -1,0 +1,199 @@
+"""Blob bytes as objects in an S3-compatible bucket, through boto3 (see docs/architecture.md for the choice).
+
+A blob with ID ``abcdef…`` is the object ``<prefix>/ab/cdef…`` (the same fan-out as the blob directory, which
+also spreads keys over an object store's partitions). An object is written with one PUT (or a multipart upload
+above :data:`PART_SIZE`, fed from the bytes in pieces); S3 makes it visible and durable when the request
+returns, which is what :class:`~.blobstore.BlobStore` promises. Reads go in :data:`READ_PIECE` pieces into one
+buffer bounded by the blob size limit before any byte is read (the object's length comes first), hashed as they
+arrive; the bytes are verified against the ID before they are returned.
+
+Every failure of the service or the network becomes :class:`~.blobstore.BlobStoreUnavailable`; a missing object
+:class:`NotFound`. boto3 retries a failed request a few times itself (standard retry mode) within short
+timeouts, so a node answers a device quickly either way.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+from ..core import crypto
+from ..core.blob import MAX_BLOB_LEN
+from ..errors import IdMismatch, NotFound, StoreError
+from .blobstore import BlobStoreUnavailable
+
+BLOB_ID_LEN = crypto.HASH_LEN
+PART_SIZE = 8 << 20  # multipart upload above this, in parts of this size
+READ_PIECE = 1 << 20
+_HEX = frozenset("0123456789abcdef")
+
+
+class S3Blobs:
+    """Blobs under ``s3://bucket/prefix``. Thread-safe (boto3 clients are)."""
+
+    def __init__(self, bucket: str, prefix: str, client: Any, *, max_blob_len: int = MAX_BLOB_LEN) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = client
+        self.max_blob_len = max_blob_len
+
+    @classmethod
+    def from_url(cls, url: str, *, endpoint_url: str | None = None, region: str | None = None,
+                 access_key_id: str | None = None, secret_access_key: str | None = None) -> S3Blobs:
+        """``s3://bucket/prefix``; options left None come from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID and
+        AWS_SECRET_ACCESS_KEY (boto3 reads them, and its other usual sources)."""
+        rest = url[len("s3://"):]
+        bucket, _slash, prefix = rest.partition("/")
+        if not bucket:
+            raise StoreError(f"--blobs needs s3://BUCKET/PREFIX, got {url!r}")
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise StoreError("S3 blobs need boto3 (pip install boto3)") from None
+        config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30,
+                        s3={"addressing_style": "path"}, max_pool_connections=32)
+        client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
+            region_name=region or os.environ.get("AWS_REGION") or "us-east-1",
+            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, config=config)
+        return cls(bucket, prefix, client)
+
+    # ------------------------------------------------------------------------------------------ keys
+    def key_of(self, blob_id: bytes) -> str:
+        if len(blob_id) != BLOB_ID_LEN:
+            raise ValueError("a blob ID is 32 bytes")
+        text = blob_id.hex()
+        return f"{self.prefix}/{text[:2]}/{text[2:]}" if self.prefix else f"{text[:2]}/{text[2:]}"
+
+    def _id_of(self, key: str) -> bytes | None:
+        tail = key[len(self.prefix) + 1:] if self.prefix else key
+        top, _slash, name = tail.partition("/")
+        text = top + name
+        if len(top) != 2 or len(text) != 2 * BLOB_ID_LEN or not set(text) <= _HEX:
+            return None
+        return bytes.fromhex(text)
+
+    # ------------------------------------------------------------------------------------------ BlobStore
+    def put(self, blob_id: bytes, data: bytes | bytearray | memoryview, *, verified: bool = False,
+            durable: bool = True) -> None:
+        if len(data) > self.max_blob_len:
+            raise StoreError(f"blob of {len(data)} bytes exceeds the limit of {self.max_blob_len}")
+        if not verified and crypto.blake3(data) != blob_id:
+            raise IdMismatch("blob does not hash to the ID it is stored under")
+        key = self.key_of(blob_id)
+        try:
+            if len(data) <= PART_SIZE:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data))
+            else:
+                self._multipart(key, memoryview(data))
+        except Exception as e:  # noqa: BLE001 - botocore's many exception types: all mean "not stored"
+            raise _unavailable("store", key, e) from None
+
+    def _multipart(self, key: str, view: memoryview) -> None:
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, len(view), PART_SIZE), start=1):
+                piece = io.BytesIO(view[start:start + PART_SIZE])  # one part in flight, not a second full copy
+                etag = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload, PartNumber=number,
+                                               Body=piece)["ETag"]
+                parts.append({"ETag": etag, "PartNumber": number})
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload,
+                                                  MultipartUpload={"Parts": parts})
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
+            except Exception:  # noqa: BLE001 - the service's own cleanup of stale uploads covers this
+                pass
+            raise
+
+    def get(self, blob_id: bytes) -> bytes:
+        key = self.key_of(blob_id)
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=key)
+        except Exception as e:  # noqa: BLE001
+            if _is_missing(e):
+                raise NotFound(f"blob {blob_id.hex()} is not stored here") from None
+            raise _unavailable("read", key, e) from None
+        size = int(reply.get("ContentLength", 0))
+        body = reply["Body"]
+        try:
+            if size > self.max_blob_len:
+                raise StoreError(f"object {key} is {size} bytes, more than the limit of {self.max_blob_len}")
+            buffer = bytearray(size)
+            hasher = crypto.Hasher()
+            at = 0
+            try:
+                while at < size:
+                    piece = body.read(min(READ_PIECE, size - at))
+                    if not piece:
+                        break
+                    buffer[at:at + len(piece)] = piece
+                    hasher.update(piece)
+                    at += len(piece)
+            except Exception as e:  # noqa: BLE001
+                raise _unavailable("read", key, e) from None
+        finally:
+            body.close()
+        if at != size or hasher.digest() != blob_id:
+            raise IdMismatch(f"blob object {blob_id.hex()} is corrupted")
+        return bytes(buffer)
+
+    def _head(self, blob_id: bytes) -> dict[str, Any] | None:
+        key = self.key_of(blob_id)
+        try:
+            return dict(self.client.head_object(Bucket=self.bucket, Key=key))
+        except Exception as e:  # noqa: BLE001
+            if _is_missing(e):
+                return None
+            raise _unavailable("look up", key, e) from None
+
+    def has(self, blob_id: bytes) -> bool:
+        return self._head(blob_id) is not None
+
+    def size_of(self, blob_id: bytes) -> int:
+        head = self._head(blob_id)
+        if head is None:
+            raise NotFound(f"blob {blob_id.hex()} is not stored here")
+        return int(head["ContentLength"])
+
+    def delete(self, blob_id: bytes) -> bool:
+        if not self.has(blob_id):
+            return False
+        key = self.key_of(blob_id)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as e:  # noqa: BLE001
+            raise _unavailable("delete", key, e) from None
+        return True
+
+    def ids_modified_before(self, modified_before_us: int) -> list[bytes]:
+        out: list[bytes] = []
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", ()):
+                    blob_id = self._id_of(item["Key"])
+                    if blob_id is not None and item["LastModified"].timestamp() * 1e6 < modified_before_us:
+                        out.append(blob_id)
+        except Exception as e:  # noqa: BLE001
+            raise _unavailable("list", prefix, e) from None
+        return out
+
+
+def _is_missing(e: BaseException) -> bool:
+    response = getattr(e, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+def _unavailable(action: str, key: str, e: BaseException) -> BlobStoreUnavailable:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return BlobStoreUnavailable(f"S3: cannot {action} {key}: {text[:300]}")
+
+
+__all__ = ["S3Blobs"]
