@@ -183,10 +183,11 @@ class Wanted:
 def wanted(length: int, ranges: Sequence[Range], *, strict: bool = True, include_last: bool = True) -> Wanted:
     """The intervals a slice for ``ranges`` covers.
 
-    ``strict`` (the wire): every range must have a length ≥ 1 and lie inside the blob, else :class:`RangeOutside`.
-    Not strict (bao's seek semantics, for the official vectors): a range of length 0 covers the byte at its offset
-    and an offset at or past the end covers the last byte. ``include_last``: the group holding the last byte is
-    always covered, which proves the length (the path to it fixes the tree's right edge).
+    ``strict`` (the wire): every range must have a length ≥ 1 and start inside the blob (at 0 for the empty
+    blob), else :class:`RangeOutside`; one that runs past the end is cut there. Not strict (bao's seek semantics,
+    for the official vectors): a range of length 0 covers the byte at its offset and an offset at or past the end
+    covers the last byte. ``include_last``: the group holding the last byte is always covered, which proves the
+    length (the path to it fixes the tree's right edge).
     """
     intervals: list[tuple[int, int]] = []
     last = max(length - 1, 0)
@@ -194,9 +195,9 @@ def wanted(length: int, ranges: Sequence[Range], *, strict: bool = True, include
         if offset < 0 or size < 0:
             raise RangeOutside("a range has a negative offset or length")
         if strict:
-            if size == 0 or offset + size > length:
+            if size == 0 or offset > last:
                 raise RangeOutside(f"range {offset}+{size} is outside the blob of {length} bytes")
-            intervals.append((offset, offset + size))
+            intervals.append((offset, min(offset + size, length)))
         else:
             start = min(offset, last)
             intervals.append((start, start + max(size, 1)))

@@ -556,6 +556,13 @@ class Ledger:
             raise NotFound(f"blob {ids.to_text(ids.PREFIX_BLOB, blob_id)[:20]}… is not held for this space")
         return self.blobs.get(blob_id)
 
+    def read_blob_slice(self, blob_id: bytes, ranges: Sequence[tuple[int, int]]) -> bytes:
+        """The verified-streaming slice of ``ranges`` of a blob held for this space (protocol.md 50.8, 70.10):
+        :class:`NotFound` as :meth:`get_blob`; ``bao.RangeOutside`` for a range outside the blob."""
+        if not self.store.has_space_blob(self._space_id, blob_id):
+            raise NotFound(f"blob {ids.to_text(ids.PREFIX_BLOB, blob_id)[:20]}… is not held for this space")
+        return self.blobs.read_slice(blob_id, ranges)
+
     def blob_ids(self) -> list[bytes]:
         """Blobs linked to this space, in ID order."""
         return self.store.space_blob_ids(self._space_id)

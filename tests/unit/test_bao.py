@@ -228,7 +228,8 @@ def test_a_wrong_proof_node_a_wrong_length_truncation_and_trailing_bytes() -> No
     with pytest.raises(bao.Truncated):
         bao.SliceDecoder(root, ranges).feed(sl + b"\0")
     with pytest.raises(bao.RangeOutside):
-        bao.SliceDecoder(root, [(len(data) - 10, 11)]).feed(sl[:8])
+        bao.SliceDecoder(root, [(len(data), 1)]).feed(sl[:8])
+    assert bao.wanted(len(data), [(len(data) - 10, 11)]).intervals[0] == (len(data) - 10, len(data))  # cut
     with pytest.raises(bao.RangeOutside):
         bao.wanted(100, [(5, 0)])
 

@@ -1,0 +1,77 @@
+"""Fetching a blob by verified ranges (docs/protocol.md 70.10): ``GetBlobRanges`` → ``BlobSlice``.
+
+A whole blob is asked for in windows of at most :data:`WINDOW_GROUPS` groups (4 MiB), each answer verified group
+by group (:class:`~anysyncfs.core.bao.SliceDecoder`) and recorded in the device's partial blobs before the next
+window is asked, so a peer that turns out bad costs at most one window and the fetch goes on from the groups
+already verified — with the same peer's successor. The first answer proves the blob's length (a slice always
+carries the last group); every later one must claim exactly that length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+
+from ..core import bao
+from ..errors import ProtocolError
+from ..protocol import messages as m
+from ..store.partial import PartialBlobs
+from .connection import Connection
+
+WINDOW_GROUPS = m.MAX_SLICE_GROUPS
+
+
+def next_window(length: int | None, have: set[int]) -> list[bao.Range] | None:
+    """The ranges to ask next for a whole blob: the first run of missing groups (at most a window); None when
+    every group is held. Before the length is known, the first window from offset 0 (cut by the responder at the
+    blob's end)."""
+    if length is None:
+        return [(0, WINDOW_GROUPS * bao.GROUP_LEN)]
+    count = bao.group_count(length)
+    first = next((g for g in range(count) if g not in have), None)
+    if first is None:
+        return None
+    end = first
+    while end < count and end not in have and end - first < WINDOW_GROUPS:
+        end += 1
+    start = first * bao.GROUP_LEN
+    return [(start, max(1, min(end * bao.GROUP_LEN, length) - start))]
+
+
+def verify_slice(blob_id: bytes, ranges: Sequence[bao.Range], data: bytes, length: int | None,
+                 max_length: int) -> tuple[int, list[bao.VerifiedNode | bao.VerifiedGroup]]:
+    """(verified length, verified items) of one answer, or :class:`bao.BaoError` at the first bad group."""
+    decoder = bao.SliceDecoder(blob_id, ranges, expected_length=length, max_length=max_length)
+    items = decoder.feed(data)
+    decoder.finish()
+    assert decoder.length is not None
+    return decoder.length, items
+
+
+async def fetch_ranges(conn: Connection, space_id: bytes, blob_id: bytes, ranges: Sequence[bao.Range], *,
+                       length: int | None, max_length: int) -> tuple[int, list[bao.VerifiedNode | bao.VerifiedGroup]]:
+    """One ``GetBlobRanges`` round trip, verified off the trio thread (the hashing runs in C without the GIL)."""
+    reply = await conn.request(m.GetBlobRanges(space_id, blob_id, list(ranges)))
+    if not isinstance(reply, m.BlobSlice):
+        raise ProtocolError(f"expected BlobSlice, got {type(reply).__name__}")
+    return await trio.to_thread.run_sync(verify_slice, blob_id, ranges, reply.slice, length, max_length)
+
+
+async def fetch_whole(conn: Connection, space_id: bytes, blob_id: bytes, partials: PartialBlobs) -> bytes:
+    """Every group of a blob, from ``conn``, resuming from (and adding to) the partial blob held; returns the
+    bytes once complete (the caller stores them through the blob files, which hash them whole once more)."""
+    while True:
+        held = await trio.to_thread.run_sync(partials.state, blob_id)
+        length, have = held if held is not None else (None, set())
+        if length is not None:
+            data = await trio.to_thread.run_sync(partials.complete_data, blob_id)
+            if data is not None:
+                return data
+        ranges = next_window(length, have)
+        if ranges is None:  # every group recorded but the data file is short: the partial is damaged
+            await trio.to_thread.run_sync(partials.delete, blob_id)
+            continue
+        length, items = await fetch_ranges(conn, space_id, blob_id, ranges, length=length,
+                                           max_length=partials.max_blob_len)
+        await trio.to_thread.run_sync(partials.record, blob_id, length, items)
