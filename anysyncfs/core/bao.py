@@ -21,7 +21,7 @@ computed by :func:`.crypto.blake3` (the ``blake3`` package, multithreaded): equa
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Protocol
@@ -267,7 +267,18 @@ class VerifiedNode:
     node: bytes  # 64 bytes
 
 
-_Need = Generator[int, memoryview, None]
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One item of a slice, in stream order: a parent node (``node``) or a group, with where its expected CV
+    comes from (the root, or the left/right half of an earlier node step)."""
+
+    node: bool
+    start: int
+    end: int
+    index: int  # pre-order index of a node in the outboard
+    parent: int  # step number of the parent node, -1 for the root
+    side: int  # 0 left, 1 right
+    is_root: bool
 
 
 class SliceDecoder:
@@ -277,11 +288,13 @@ class SliceDecoder:
     order); nothing is returned before it is verified. ``finish()`` raises :class:`Truncated` if the slice is not
     complete. Errors are raised at the first bad byte that can be judged, and the decoder is unusable after one.
     ``expected_length``: the length the caller knows (from authenticated data); a different prefix is a
-    :class:`WrongLength` before anything else. ``max_length`` bounds an unknown one.
+    :class:`WrongLength` before anything else. ``max_length`` bounds an unknown one (and with it the work a
+    hostile prefix can ask for). The walk is planned once from the length (a list of steps), then bytes are
+    matched against it without recursion.
     """
 
     def __init__(self, root: bytes, ranges: Sequence[Range], *, group_len: int = GROUP_LEN,
-                 expected_length: int | None = None, max_length: int = 1 << 40, strict: bool = True,
+                 expected_length: int | None = None, max_length: int = 1 << 26, strict: bool = True,
                  include_last: bool = True, with_data: bool = True, backend: Backend = DEFAULT) -> None:
         _check_group_len(group_len)
         self._root = root
@@ -294,82 +307,109 @@ class SliceDecoder:
         self._with_data = with_data
         self._backend = backend
         self._buf = b""
-        self._out: list[VerifiedNode | VerifiedGroup] = []
-        self._steps = self._run()
-        self._need: int | None = next(self._steps)
+        self._steps: list[_Step] | None = None  # planned once the length prefix arrived
+        self._pos = 0
+        self._nodes: dict[int, bytes] = {}  # step number -> verified node (only while its children are pending)
         self._failed = False
-        self.length: int | None = None  # the verified-as-claimed length, once the prefix arrived
+        self.length: int | None = None  # the length the slice claims, once its prefix arrived
         self.want: Wanted | None = None
 
     @property
     def done(self) -> bool:
-        return self._need is None
+        return self._steps is not None and self._pos == len(self._steps)
+
+    def _need(self) -> int:
+        if self._steps is None:
+            return LENGTH_PREFIX_LEN
+        step = self._steps[self._pos]
+        return NODE_LEN if step.node else step.end - step.start
 
     def feed(self, data: bytes | memoryview) -> list[VerifiedNode | VerifiedGroup]:
         if self._failed:
             raise BaoError("slice decoder used after an error")
-        if self._need is None:
+        if self.done:
             if len(data):
                 self._failed = True
                 raise Truncated("bytes follow the end of the slice")
             return []
         buf = self._buf + bytes(data) if self._buf else bytes(data)
-        view = memoryview(buf)  # slices of immutable bytes: safe to hand to the verifier
+        view = memoryview(buf)  # slices of immutable bytes: safe to hand out
         used = 0
+        out: list[VerifiedNode | VerifiedGroup] = []
         try:
-            while self._need is not None and len(buf) - used >= self._need:
-                piece = view[used : used + self._need]
-                used += self._need
-                try:
-                    self._need = self._steps.send(piece)
-                except StopIteration:
-                    self._need = None
-            if self._need is None and used < len(buf):
+            while not self.done:
+                need = self._need()
+                if len(buf) - used < need:
+                    break
+                piece = view[used : used + need]
+                used += need
+                if self._steps is None:
+                    self._start(piece)
+                else:
+                    self._check(piece, out)
+            if self.done and used < len(buf):
                 raise Truncated("bytes follow the end of the slice")
         except BaoError:
             self._failed = True
             raise
         self._buf = buf[used:]
-        out, self._out = self._out, []
         return out
 
     def finish(self) -> None:
-        if self._need is not None:
+        if not self.done:
             self._failed = True
             raise Truncated("the slice ended early" + (f" (blob of {self.length} bytes)" if self.length else ""))
 
-    def _run(self) -> _Need:
-        prefix = yield LENGTH_PREFIX_LEN
+    def _start(self, prefix: memoryview) -> None:
         length = int.from_bytes(prefix, "little")
         if self._expected_length is not None and length != self._expected_length:
             raise WrongLength(f"the slice claims {length} bytes, the blob has {self._expected_length}")
         if length > self._max_length:
             raise WrongLength(f"the slice claims {length} bytes, more than the limit of {self._max_length}")
         self.length = length
-        self.want = wanted(length, self._ranges, strict=self._strict, include_last=self._include_last)
-        yield from self._walk(0, length, 0, self._root, True)
+        self.want = want = wanted(length, self._ranges, strict=self._strict, include_last=self._include_last)
+        group_len, with_data = self._group_len, self._with_data
+        steps: list[_Step] = []
 
-    def _walk(self, start: int, end: int, index: int, expected: bytes, is_root: bool) -> _Need:
-        backend = self._backend
-        if end - start <= self._group_len:
-            if not self._with_data:
+        def plan(start: int, end: int, index: int, parent: int, side: int, is_root: bool) -> None:
+            if end - start <= group_len:
+                if with_data:
+                    steps.append(_Step(False, start, end, index, parent, side, is_root))
                 return
-            data = yield end - start
-            cv = backend.subtree_cv(data, start // CHUNK_LEN, is_root)
+            me = len(steps)
+            steps.append(_Step(True, start, end, index, parent, side, is_root))
+            mid = start + _left_len(end - start)
+            if want.touches(start, mid):
+                plan(start, mid, index + 1, me, 0, False)
+            if want.touches(mid, end):
+                plan(mid, end, index + group_count(mid - start, group_len), me, 1, False)
+
+        plan(0, length, 0, -1, 0, True)
+        self._steps = steps
+
+    def _check(self, piece: memoryview, out: list[VerifiedNode | VerifiedGroup]) -> None:
+        assert self._steps is not None
+        step = self._steps[self._pos]
+        if step.parent < 0:
+            expected = self._root
+        else:
+            node = self._nodes[step.parent]
+            expected = node[step.side * CV_LEN : (step.side + 1) * CV_LEN]
+            if step.side == 1:
+                del self._nodes[step.parent]  # a right child is the last to need its parent
+        if step.node:
+            node = bytes(piece)
+            if not hmac.compare_digest(self._backend.parent_cv(node[:CV_LEN], node[CV_LEN:], step.is_root),
+                                       expected):
+                raise WrongProof(f"parent node above byte {step.start} does not match the tree")
+            self._nodes[self._pos] = node
+            out.append(VerifiedNode(step.index, node))
+        else:
+            cv = self._backend.subtree_cv(piece, step.start // CHUNK_LEN, step.is_root)
             if not hmac.compare_digest(cv, expected):
-                raise WrongGroup(f"group at byte {start} does not match the tree")
-            self._out.append(VerifiedGroup(start, bytes(data)))
-            return
-        node = bytes((yield NODE_LEN))
-        if not hmac.compare_digest(backend.parent_cv(node[:CV_LEN], node[CV_LEN:], is_root), expected):
-            raise WrongProof(f"parent node above byte {start} does not match the tree")
-        self._out.append(VerifiedNode(index, node))
-        mid = start + _left_len(end - start)
-        assert self.want is not None
-        if self.want.touches(start, mid):
-            yield from self._walk(start, mid, index + 1, node[:CV_LEN], False)
-        if self.want.touches(mid, end):
-            yield from self._walk(mid, end, index + group_count(mid - start, self._group_len), node[CV_LEN:], False)
+                raise WrongGroup(f"group at byte {step.start} does not match the tree")
+            out.append(VerifiedGroup(step.start, bytes(piece)))
+        self._pos += 1
 
 
 def decode_slice(root: bytes, slice_bytes: bytes | memoryview, ranges: Sequence[Range], **options: object) -> bytes:

@@ -58,20 +58,35 @@ async def fetch_ranges(conn: Connection, space_id: bytes, blob_id: bytes, ranges
     return await trio.to_thread.run_sync(verify_slice, blob_id, ranges, reply.slice, length, max_length)
 
 
-async def fetch_whole(conn: Connection, space_id: bytes, blob_id: bytes, partials: PartialBlobs) -> bytes:
+def assemble(length: int, items: Sequence[bao.VerifiedNode | bao.VerifiedGroup]) -> tuple[bytes, bytes] | None:
+    """(bytes, outboard nodes) of a blob when ``items`` (verified, in slice order) hold every group, else None.
+    A slice wanting every group visits every node and group, in pre-order: groups left to right, nodes by index."""
+    groups = [i.data for i in items if isinstance(i, bao.VerifiedGroup)]
+    if len(groups) != bao.group_count(length):
+        return None
+    nodes = [i.node for i in items if isinstance(i, bao.VerifiedNode)]
+    assert len(nodes) == bao.parent_count(length)
+    return b"".join(groups), b"".join(nodes)
+
+
+async def fetch_whole(conn: Connection, space_id: bytes, blob_id: bytes,
+                      partials: PartialBlobs) -> tuple[bytes, bytes]:
     """Every group of a blob, from ``conn``, resuming from (and adding to) the partial blob held; returns the
-    bytes once complete (the caller stores them through the blob files, which hash them whole once more)."""
+    bytes and the outboard nodes once complete (the caller stores them through the blob files, which hash the
+    bytes whole once more and check the nodes). A blob that fits one window never touches the partial files."""
     while True:
         held = await trio.to_thread.run_sync(partials.state, blob_id)
         length, have = held if held is not None else (None, set())
         if length is not None:
-            data = await trio.to_thread.run_sync(partials.complete_data, blob_id)
-            if data is not None:
-                return data
+            done = await trio.to_thread.run_sync(partials.complete_data, blob_id)
+            if done is not None:
+                return done
         ranges = next_window(length, have)
         if ranges is None:  # every group recorded but the data file is short: the partial is damaged
             await trio.to_thread.run_sync(partials.delete, blob_id)
             continue
         length, items = await fetch_ranges(conn, space_id, blob_id, ranges, length=length,
                                            max_length=partials.max_blob_len)
+        if held is None and (whole := assemble(length, items)) is not None:
+            return whole
         await trio.to_thread.run_sync(partials.record, blob_id, length, items)

@@ -433,11 +433,11 @@ class SpaceSync:
                 tried.add(key)
                 try:
                     with trio.fail_at(deadline):  # by verified ranges, each group checked on arrival (70.10)
-                        data = await range_fetch.fetch_whole(conn, self.space_id, blob_id, self._partials)
+                        data, nodes = await range_fetch.fetch_whole(conn, self.space_id, blob_id, self._partials)
                     # Verify and write the file without the mount's lock (hashing and fsync take milliseconds:
                     # file-system requests go on meanwhile), then index it under the lock. Only providers answer
                     # GetBlobRanges, and only with blobs they store: the cache may evict it.
-                    await trio.to_thread.run_sync(self.replica.write_fetched_blob, blob_id, data)
+                    await trio.to_thread.run_sync(self.replica.write_fetched_blob, blob_id, data, nodes)
                     await trio.to_thread.run_sync(self._partials.delete, blob_id)
                     await self.run(functools.partial(self.replica.index_fetched_blob, remote_confirmed=True),
                                    blob_id, len(data))

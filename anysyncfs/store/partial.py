@@ -95,18 +95,19 @@ class PartialBlobs:
             raise StoreError(f"cannot write partial blob {blob_id.hex()[:16]}: {e.strerror or e}") from None
         return have
 
-    def complete_data(self, blob_id: bytes) -> bytes | None:
-        """The blob's bytes when every group is held (not verified here: the caller stores it through
-        :meth:`BlobFiles.put`, which hashes it), else None."""
+    def complete_data(self, blob_id: bytes) -> tuple[bytes, bytes] | None:
+        """(the blob's bytes, its outboard nodes) when every group is held (not verified here: the caller stores
+        them through :meth:`BlobFiles.put`, which hashes the bytes and checks the nodes), else None."""
         held = self.state(blob_id)
         if held is None or len(held[1]) != bao.group_count(held[0]):
             return None
         try:
             with open(self._path(blob_id, ".data"), "rb") as f:
                 data = f.read(held[0] + 1)
+            nodes = _read_sparse(self._path(blob_id, ".nodes"), bao.parent_count(held[0]) * bao.NODE_LEN)
         except OSError as e:
             raise StoreError(f"cannot read partial blob {blob_id.hex()[:16]}: {e.strerror or e}") from None
-        return data if len(data) == held[0] else None
+        return (data, nodes) if len(data) == held[0] else None
 
     def delete(self, blob_id: bytes) -> None:
         for suffix in (".have", ".data", ".nodes"):

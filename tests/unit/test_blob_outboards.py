@@ -68,3 +68,16 @@ def test_read_slice_serves_verified_groups_and_refuses_a_damaged_file(tmp_path: 
     with pytest.raises(IdMismatch):
         files.read_slice(blob_id, ranges)
     assert files.read_slice(blob_id, [(0, 10)])  # the groups that are intact are still served
+
+
+def test_nodes_given_with_a_blob_are_checked_not_trusted(tmp_path: Path) -> None:
+    files = BlobFiles(tmp_path)
+    data = os.urandom(3 * bao.GROUP_LEN + 1)
+    blob_id = crypto.blake3(data)
+    _, nodes = bao.outboard_nodes(data)
+    files.put(blob_id, data, nodes=nodes)
+    assert Path(str(files.path_of(blob_id)) + ".ob").read_bytes() == nodes
+    files.delete(blob_id)
+    forged = nodes[:-1] + bytes([nodes[-1] ^ 1])
+    files.put(blob_id, data, nodes=forged)  # a wrong outboard is replaced by the computed one
+    assert Path(str(files.path_of(blob_id)) + ".ob").read_bytes() == nodes
