@@ -327,7 +327,7 @@ class Node:
         if isinstance(body, m.PutBlob):
             ledger = await self._member(conn, body.space, acl_mod.Role.WRITER)
             try:
-                if await self.run(ledger.put_blob, body.blob, body.data):
+                if await self.run(ledger.put_blob, body.blob, body.data, body.outboard or None):
                     self._bump(body.space)
             except QuotaExceeded as e:
                 raise ServiceError(m.ErrorCode.QUOTA, str(e)) from None

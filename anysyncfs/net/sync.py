@@ -380,10 +380,12 @@ class SpaceSync:
             async def upload(blob_id: bytes) -> None:
                 try:
                     data = await self.run(self.replica.get_blob, blob_id)
+                    # Its outboard, checked against the ID (rebuilt if missing): the node then need not compute it.
+                    _, nodes = await trio.to_thread.run_sync(self.replica.blobs.outboard, blob_id)
                 except NotFound:
                     gone.append(blob_id)  # gone (fsck, eviction): nothing we can upload
                     return
-                await conn.request(m.PutBlob(self.space_id, blob_id, data))
+                await conn.request(m.PutBlob(self.space_id, blob_id, data, nodes))
                 sent.append(blob_id)
 
             # Several in flight: reading, hashing and storing on both sides overlap with the transfer

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar, Union
 
 import msgspec
 
+from ..core import bao
 from ..core.blob import MAX_BLOB_LEN
 from ..core.change import MAX_CHANGE_SIZE
 from ..core.signed_heads import MAX_DEVICES_PER_SPACE as MAX_SIGNED_HEADS
@@ -40,6 +41,7 @@ Signature = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 ChangeBytes = Annotated[bytes, msgspec.Meta(max_length=MAX_CHANGE_SIZE)]
 RecordBytes = Annotated[bytes, msgspec.Meta(max_length=MAX_ACL_RECORD_LEN)]
 BlobBytes = Annotated[bytes, msgspec.Meta(max_length=MAX_BLOB_LEN)]
+MAX_OUTBOARD_LEN = bao.parent_count(MAX_BLOB_LEN) * bao.NODE_LEN  # 67,520 bytes
 MAX_RANGES = 64  # byte ranges in one GetBlobRanges
 MAX_SLICE_GROUPS = 256  # 16 KiB groups one BlobSlice may carry (4 MiB): the asker splits larger fetches
 MAX_SLICE_LEN = 8 + 2048 * 64 + (MAX_SLICE_GROUPS + 1) * 16 * 1024  # length, proof nodes, groups (+ the last)
@@ -135,6 +137,9 @@ class PutBlob(_Tagged, frozen=True, tag=7):
     space: Id32
     blob: Id32
     data: BlobBytes
+    # The blob's outboard nodes (50.8, no length prefix), or empty: the receiver checks them against the ID (one
+    # hash per node) instead of computing them from the bytes; wrong ones are replaced by computed ones.
+    outboard: Annotated[bytes, msgspec.Meta(max_length=MAX_OUTBOARD_LEN)] = b""
 
 
 class HasBlobs(_Tagged, frozen=True, tag=8):

@@ -127,7 +127,7 @@ class SpaceData(Protocol):
 
     def get_blob(self, blob_id: bytes) -> bytes: ...
 
-    def put_blob(self, blob_id: bytes, data: bytes) -> bool: ...
+    def put_blob(self, blob_id: bytes, data: bytes, nodes: bytes | None = None) -> bool: ...
 
     def blob_ids(self) -> list[bytes]: ...
 
@@ -527,10 +527,10 @@ class Ledger:
         return plan.results
 
     # ------------------------------------------------------------------------------------------ blobs
-    def put_blob(self, blob_id: bytes, data: bytes) -> bool:
+    def put_blob(self, blob_id: bytes, data: bytes, nodes: bytes | None = None) -> bool:
         """Store a blob a member uploaded for this space: verified (:class:`IdMismatch`, :class:`DecodeError`
-        when too large), within the quota, written durably, indexed and linked to the space. False if it was
-        here already."""
+        when too large), within the quota, written durably with its outboard (``nodes`` if the uploader sent
+        them and they check out, else computed), indexed and linked to the space. False if it was here already."""
         check_blob(blob_id, data)
         linked = self.store.has_space_blob(self._space_id, blob_id)
         if linked and self.blobs.has(blob_id):
@@ -538,7 +538,7 @@ class Ledger:
         usage = self.usage()
         if not linked:
             self._check_quota(len(data))
-        self.blobs.put(blob_id, data)  # durable before the index says it is here
+        self.blobs.put(blob_id, data, nodes=nodes)  # durable before the index says it is here
         with self.store.transaction():
             self.store.index_blob(blob_id, len(data))
             new_link = self.store.add_space_blob(self._space_id, blob_id, len(data))

@@ -515,9 +515,11 @@ class Replica:
         """The store half of :meth:`put_fetched_blob` (under the lock)."""
         self.store.index_blob(blob_id, size, remote_confirmed=remote_confirmed)
 
-    def put_blob(self, blob_id: bytes, data: bytes) -> bool:
+    def put_blob(self, blob_id: bytes, data: bytes, nodes: bytes | None = None) -> bool:
         """:meth:`put_fetched_blob` under the name :class:`~.ledger.SpaceData` uses."""
-        return self.put_fetched_blob(blob_id, data)
+        new = self.write_fetched_blob(blob_id, data, nodes)
+        self.index_fetched_blob(blob_id, len(data))
+        return new
 
     def has_blob(self, blob_id: bytes) -> bool:
         return self.blobs.has(blob_id)

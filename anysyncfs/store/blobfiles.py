@@ -99,7 +99,9 @@ class BlobFiles:
             if root != blob_id:  # the caller verified the ID; the tree must agree with it
                 raise IdMismatch("blob tree does not hash to the ID it is stored under")
         if nodes:
-            atomic_write(self._outboard_path(blob_id), nodes, 0o600, durable=durable)
+            # Never fsynced: an outboard is derived data, checked on every use and rebuilt from the blob when a
+            # crash left it short or empty, so it must not double the fsyncs of every blob written.
+            atomic_write(self._outboard_path(blob_id), nodes, 0o600, durable=False)
         return nodes
 
     def outboard(self, blob_id: bytes) -> tuple[int, bytes]:

@@ -52,6 +52,9 @@ async def test_a_node_serves_verified_ranges(tmp_path: Path, make_home: MakeHome
     async with running_node(tmp_path / "node") as (_node, address):
         add_peer(a, address)
         assert (await engine(a).sync_once()).errors == []
+        # The node stored the outboard the device sent with PutBlob (checked against the ID on arrival).
+        on_node = tmp_path / "node" / "blobs" / blob.hex()[:2] / (blob.hex()[2:] + ".ob")
+        assert on_node.read_bytes() == bao.outboard_nodes(raw)[1]
         async with connected(address, a.identity) as conn:
             ranges = [(5 * G + 100, 4096)]
             reply = await conn.request(m.GetBlobRanges(a.space_id, blob, ranges), timeout=HANGUP_BOUND_S)
