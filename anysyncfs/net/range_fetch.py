@@ -16,6 +16,7 @@ import trio
 from ..core import bao
 from ..errors import ProtocolError
 from ..protocol import messages as m
+from ..store.blobfiles import BlobFiles
 from ..store.partial import PartialBlobs
 from .connection import Connection
 
@@ -90,3 +91,12 @@ async def fetch_whole(conn: Connection, space_id: bytes, blob_id: bytes,
         if held is None and (whole := assemble(length, items)) is not None:
             return whole
         await trio.to_thread.run_sync(partials.record, blob_id, length, items)
+
+
+def serve_slice(blobs: BlobFiles, partials: PartialBlobs, blob_id: bytes, ranges: Sequence[bao.Range]) -> bytes:
+    """(blocking) What a device answers to ``GetBlobRanges``: the slice from its whole blob file if it has one,
+    else from the groups of its partial blob (:class:`NotFound` when a group asked for is not held). Both paths
+    verify what they read before it leaves. For the device listener (devices answering requests: issue 13)."""
+    if blobs.has(blob_id):
+        return blobs.read_slice(blob_id, ranges)
+    return partials.read_slice(blob_id, ranges)

@@ -190,3 +190,24 @@ async def test_partial_blobs_serve_what_they_hold(tmp_path: Path) -> None:
     with pytest.raises(bao.WrongGroup):
         partials.read_slice(root, [(3 * G + 7, 100)])
     assert partials.state(root) is None
+
+
+def test_a_device_serves_whole_and_partial_blobs(tmp_path: Path) -> None:
+    from anysyncfs.store.blobfiles import BlobFiles
+    from anysyncfs.store.partial import PartialBlobs
+
+    blobs = BlobFiles(tmp_path / "blobs")
+    partials = PartialBlobs(tmp_path / "blobs" / "partial", max_blob_len=1 << 24)
+    whole = os.urandom(3 * G + 1)
+    whole_id = bao.root_hash(whole)
+    blobs.put(whole_id, whole)
+    part = os.urandom(6 * G)
+    part_id, _ = bao.outboard_nodes(part)
+    length, items = range_fetch.verify_slice(part_id, [(G, 10)], blob_slice(part, [(G, 10)]), None, 1 << 24)
+    partials.record(part_id, length, items)
+    for blob_id, data, ranges in ((whole_id, whole, [(2 * G, 100)]), (part_id, part, [(G + 5, 20)])):
+        served = range_fetch.serve_slice(blobs, partials, blob_id, ranges)
+        assert bao.decode_slice(blob_id, served, ranges) == data[ranges[0][0]:][: ranges[0][1]]
+    with pytest.raises(NotFound):
+        range_fetch.serve_slice(blobs, partials, part_id, [(0, 1)])
+    assert sorted(blobs.iter_ids()) == [whole_id]  # partial blobs are not blob files
