@@ -47,7 +47,7 @@ def lazy_blob(make_home: MakeHome, size: int = 260_000):
 
 async def test_a_node_serves_verified_ranges(tmp_path: Path, make_home: MakeHome,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    a, _b, blob, _ = lazy_blob(make_home, 1_000_000)
+    a, _b, blob, _ = lazy_blob(make_home)  # one blob of 17 groups
     raw = a.get_blob(blob)
     async with running_node(tmp_path / "node") as (_node, address):
         add_peer(a, address)
@@ -62,7 +62,7 @@ async def test_a_node_serves_verified_ranges(tmp_path: Path, make_home: MakeHome
             got = bao.decode_slice(blob, reply.slice, ranges, expected_length=len(raw))
             assert got == raw[5 * G + 100 :][:4096]
             # one group for the range, one for the last byte, and the proof nodes: far below the blob
-            assert len(reply.slice) <= 2 * G + 8 + 2 * 7 * 64 < len(raw) // 20
+            assert len(reply.slice) <= 2 * G + 8 + 2 * 5 * 64 < len(raw) // 4
             for outside in (len(raw), len(raw) + 5):
                 with pytest.raises(RemoteError) as refused:
                     await conn.request(m.GetBlobRanges(a.space_id, blob, [(outside, 1)]), timeout=HANGUP_BOUND_S)
