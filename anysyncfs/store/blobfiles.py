@@ -79,7 +79,11 @@ class BlobFiles:
                 fsync_dir(self.root)  # else make_durable does it
         if len(data) > bao.GROUP_LEN:  # before the blob: a blob file present has its outboard (barring damage)
             self._write_outboard(blob_id, data, durable=durable, nodes=nodes)
-        atomic_write(path, data, 0o600, durable=durable)
+        try:
+            atomic_write(path, data, 0o600, durable=durable)
+        except StoreError:
+            self._outboard_path(blob_id).unlink(missing_ok=True)  # no orphan (a full disk needs every byte back)
+            raise
 
     # ------------------------------------------------------------------------------------------ outboards
     def _outboard_path(self, blob_id: bytes) -> Path:
