@@ -114,9 +114,11 @@ async def _put(sync: SpaceSync, conn: Connection, blob_id: bytes, out: Uploaded)
     """Send one local blob; False when its file is not on this device."""
     try:
         data = await sync.run(sync.replica.get_blob, blob_id)
+        # Its outboard, checked against the ID (rebuilt if missing): the provider then need not compute it.
+        _, nodes = await trio.to_thread.run_sync(sync.replica.blobs.outboard, blob_id)
     except NotFound:
         return False
-    await conn.request(m.PutBlob(sync.space_id, blob_id, data))
+    await conn.request(m.PutBlob(sync.space_id, blob_id, data, nodes))
     out.sent += 1
     out.sent_bytes += len(data)
     return True

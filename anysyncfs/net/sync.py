@@ -26,6 +26,8 @@ from ..errors import AnysyncError, IdMismatch, IntegrityError, NetworkError, Not
 from ..protocol import messages as m
 from ..replica import Replica
 from . import providers
+from ..store.partial import PartialBlobs
+from . import range_fetch
 from .connection import Connection, RemoteError, while_serving
 from .endpoint import Endpoint
 from .runner import Runner
@@ -93,6 +95,7 @@ class SpaceSync:
         self._wake: dict[str, trio.Event] = {}
         self._conn_changed = trio.Event()  # set (and replaced) whenever a peer connection is established
         self._fetching: dict[bytes, trio.Event] = {}
+        self._partials = PartialBlobs(replica.blobs.root / "partial", max_blob_len=replica.blobs.max_blob_len)
         self._known_heads = replica.heads
         self.pending_uploads = 0
         self.referenced = providers.ReferencedBlobs(replica)  # what every provider should hold (back-fill)
@@ -414,15 +417,13 @@ class SpaceSync:
             for key, conn in candidates:
                 tried.add(key)
                 try:
-                    with trio.fail_at(deadline):
-                        reply = await conn.request(m.GetBlob(self.space_id, blob_id))
-                    if not isinstance(reply, m.Blob):
-                        raise ProtocolError(f"expected Blob, got {type(reply).__name__}")
-                    data = bytes(reply.data)
+                    with trio.fail_at(deadline):  # by verified ranges, each group checked on arrival (70.12)
+                        data, nodes = await range_fetch.fetch_whole(conn, self.space_id, blob_id, self._partials)
                     # Verify and write the file without the mount's lock (hashing and fsync take milliseconds:
                     # file-system requests go on meanwhile), then index it under the lock. Only providers answer
-                    # GetBlob, and only with blobs they store: the cache may evict it.
-                    await trio.to_thread.run_sync(self.replica.write_fetched_blob, blob_id, data)
+                    # GetBlobRanges, and only with blobs they store: the cache may evict it.
+                    await trio.to_thread.run_sync(self.replica.write_fetched_blob, blob_id, data, nodes)
+                    await trio.to_thread.run_sync(self._partials.delete, blob_id)
                     await self.run(functools.partial(self.replica.index_fetched_blob, remote_confirmed=True),
                                    blob_id, len(data))
                     return

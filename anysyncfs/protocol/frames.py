@@ -25,7 +25,8 @@ from ..errors import ProtocolError
 LENGTH = struct.Struct(">I")  # the length field
 HEADER_LEN = LENGTH.size + 1  # length + type byte
 MESSAGE_OVERHEAD = 4096  # msgpack envelope around the largest payload (ids, field headers)
-MAX_FRAME_LEN = MAX_BLOB_LEN + MESSAGE_OVERHEAD  # a response carrying one blob of the largest size
+# A PutBlob carrying one blob of the largest size with its outboard (protocol.md 50.8: 64 B per 16 KiB group).
+MAX_FRAME_LEN = MAX_BLOB_LEN + (-(-MAX_BLOB_LEN // 16384) - 1) * 64 + MESSAGE_OVERHEAD
 SMALL_FRAME_LEN = 64 * 1024  # errors, notifications, close
 # Handshake frames. The largest legal Hello (TLS certificate of 4,096 B, device certificate of 512 B, agent of 256
 # four-byte characters) encodes to 5,678 bytes; a real one is about 700. An Auth is at most 70 bytes, a Close at

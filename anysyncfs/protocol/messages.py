@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar, Union
 
 import msgspec
 
+from ..core import bao
 from ..core.blob import MAX_BLOB_LEN
 from ..core.change import MAX_CHANGE_SIZE
 from ..core.signed_heads import MAX_DEVICES_PER_SPACE as MAX_SIGNED_HEADS
@@ -40,6 +41,12 @@ Signature = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 ChangeBytes = Annotated[bytes, msgspec.Meta(max_length=MAX_CHANGE_SIZE)]
 RecordBytes = Annotated[bytes, msgspec.Meta(max_length=MAX_ACL_RECORD_LEN)]
 BlobBytes = Annotated[bytes, msgspec.Meta(max_length=MAX_BLOB_LEN)]
+MAX_OUTBOARD_LEN = bao.parent_count(MAX_BLOB_LEN) * bao.NODE_LEN  # 67,520 bytes
+MAX_RANGES = 64  # byte ranges in one GetBlobRanges
+MAX_SLICE_GROUPS = 256  # 16 KiB groups one BlobSlice may carry (4 MiB): the asker splits larger fetches
+MAX_SLICE_LEN = 8 + 2048 * 64 + (MAX_SLICE_GROUPS + 1) * 16 * 1024  # length, proof nodes, groups (+ the last)
+Offset = Annotated[int, msgspec.Meta(ge=0, le=MAX_BLOB_LEN)]
+RangeLen = Annotated[int, msgspec.Meta(ge=1, le=MAX_BLOB_LEN)]
 
 
 class _Msg(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=True):
@@ -130,6 +137,9 @@ class PutBlob(_Tagged, frozen=True, tag=7):
     space: Id32
     blob: Id32
     data: BlobBytes
+    # The blob's outboard nodes (50.8, no length prefix), or empty: the receiver checks them against the ID (one
+    # hash per node) instead of computing them from the bytes; wrong ones are replaced by computed ones.
+    outboard: Annotated[bytes, msgspec.Meta(max_length=MAX_OUTBOARD_LEN)] = b""
 
 
 class HasBlobs(_Tagged, frozen=True, tag=8):
@@ -166,8 +176,17 @@ class GetHeads(_Tagged, frozen=True, tag=12):
     space: Id32
 
 
+class GetBlobRanges(_Tagged, frozen=True, tag=70):
+    """Byte ranges of a blob as a verified-streaming slice (docs/protocol.md 70.12): the 16 KiB groups covering
+    them and the last byte, with the proof nodes, answered by :class:`BlobSlice`."""
+
+    space: Id32
+    blob: Id32
+    ranges: Annotated[list[tuple[Offset, RangeLen]], msgspec.Meta(min_length=1, max_length=MAX_RANGES)]
+
+
 RequestBody = Union[OpenSpace, Reconcile, GetChanges, PutChanges, PutAcl, GetBlob, PutBlob, HasBlobs, PushSpace,
-                    GetAcl, PutHeads, GetHeads]
+                    GetAcl, PutHeads, GetHeads, GetBlobRanges]
 
 
 # ---------------------------------------------------------------------------------------------- responses
@@ -212,7 +231,12 @@ class HeadsRecords(_Tagged, frozen=True, tag=109):
                        msgspec.Meta(max_length=MAX_SIGNED_HEADS)]  # signed heads records, one per device
 
 
-ResponseBody = Union[SpaceInfo, ReconcileReply, Changes, Accepted, Blob, Ok, Bits, AclRecords, HeadsRecords]
+class BlobSlice(_Tagged, frozen=True, tag=170):
+    slice: Annotated[bytes, msgspec.Meta(max_length=MAX_SLICE_LEN)]  # the slice (50.8), verified by the asker
+
+
+ResponseBody = Union[SpaceInfo, ReconcileReply, Changes, Accepted, Blob, Ok, Bits, AclRecords, HeadsRecords,
+                     BlobSlice]
 
 
 # ---------------------------------------------------------------------------------------------- notifications

@@ -11,6 +11,8 @@ Checks, in order:
    fixes by refolding;
 3. every blob referenced by the current tree (manifest blobs included) is present and hashes to its ID, or is
    remote only (a provider holds it; fetched on demand) — a missing blob no provider confirmed is a problem;
+   a present blob larger than one group has its outboard file, and that file is its BLAKE3 tree (``--repair``
+   rebuilds a missing or damaged one);
 4. the cached tree equals a fresh fold of the DAG, byte for byte.
 """
 
@@ -63,7 +65,7 @@ def fsck(unlocked: Unlocked, space_id: bytes, *, repair: bool = False) -> FsckRe
         return report
     _check_acl(replica, report)
     _check_changes(replica, report)
-    _check_blobs(replica, report)
+    _check_blobs(replica, report, repair)
     _check_tree(replica, report, repair)
     return report
 
@@ -119,7 +121,7 @@ def _check_changes(replica: Replica, report: FsckReport) -> None:
         report.problems.append("stored heads differ from the DAG's heads")
 
 
-def _check_blobs(replica: Replica, report: FsckReport) -> None:
+def _check_blobs(replica: Replica, report: FsckReport, repair: bool) -> None:
     """Every blob of the current tree: present and intact, or remote (a provider confirmed storing it, or it
     came from a peer and was never here): fetched on demand, not a problem. A blob made on this device that no
     provider has confirmed and whose file is gone is the only copy lost: a problem."""
@@ -142,6 +144,13 @@ def _check_blobs(replica: Replica, report: FsckReport) -> None:
             replica.blobs.get(blob_id)
         except IntegrityError as e:
             report.problems.append(f"blob {ids.b32(blob_id)[:12]}: {e}")
+            continue
+        problem = replica.blobs.check_outboard(blob_id, repair=repair)
+        if problem is not None:
+            if repair:
+                report.repaired.append(f"blob {ids.b32(blob_id)[:12]}: {problem}: rebuilt")
+            else:
+                report.problems.append(f"blob {ids.b32(blob_id)[:12]} {problem} (fsck --repair rebuilds it)")
 
 
 def _check_tree(replica: Replica, report: FsckReport, repair: bool) -> None:

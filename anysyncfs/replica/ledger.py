@@ -128,7 +128,7 @@ class SpaceData(Protocol):
 
     def get_blob(self, blob_id: bytes) -> bytes: ...
 
-    def put_blob(self, blob_id: bytes, data: bytes) -> bool: ...
+    def put_blob(self, blob_id: bytes, data: bytes, nodes: bytes | None = None) -> bool: ...
 
     def blob_ids(self) -> list[bytes]: ...
 
@@ -531,10 +531,10 @@ class Ledger:
         return plan.results
 
     # ------------------------------------------------------------------------------------------ blobs
-    def put_blob(self, blob_id: bytes, data: bytes) -> bool:
+    def put_blob(self, blob_id: bytes, data: bytes, nodes: bytes | None = None) -> bool:
         """Store a blob a member uploaded for this space: verified (:class:`IdMismatch`, :class:`DecodeError`
-        when too large), within the quota, written durably, indexed and linked to the space. False if it was
-        here already."""
+        when too large), within the quota, written durably with its outboard (``nodes`` if the uploader sent
+        them and they check out, else computed), indexed and linked to the space. False if it was here already."""
         check_blob(blob_id, data)
         linked = self.store.has_space_blob(self._space_id, blob_id)
         if linked and self.blobs.has(blob_id):
@@ -543,13 +543,13 @@ class Ledger:
             self._check_quota(len(data))  # early refusal; checked again under the write lock below
         # Durable before the index says it is here, and written outside the write lock: the transfer to an object
         # store is the slow part, and other processes' writes go on meanwhile.
-        self.blobs.put(blob_id, data, verified=True)
+        self.blobs.put(blob_id, data, verified=True, nodes=nodes)
         with self._write():
             usage = self.usage()
             if not self.store.has_space_blob(self._space_id, blob_id):
                 self._check_quota(len(data))
             if not self.blobs.has(blob_id):  # a collection (maybe in another process) deleted it meanwhile
-                self.blobs.put(blob_id, data, verified=True)
+                self.blobs.put(blob_id, data, verified=True, nodes=nodes)
             self.store.index_blob(blob_id, len(data))
             if self.store.add_space_blob(self._space_id, blob_id, len(data)):
                 self._commit(replace(usage, blobs=usage.blobs + 1, blob_bytes=usage.blob_bytes + len(data)))
@@ -564,6 +564,13 @@ class Ledger:
         if not self.store.has_space_blob(self._space_id, blob_id):
             raise NotFound(f"blob {ids.to_text(ids.PREFIX_BLOB, blob_id)[:20]}… is not held for this space")
         return self.blobs.get(blob_id)
+
+    def read_blob_slice(self, blob_id: bytes, ranges: Sequence[tuple[int, int]]) -> bytes:
+        """The verified-streaming slice of ``ranges`` of a blob held for this space (protocol.md 50.8, 70.12):
+        :class:`NotFound` as :meth:`get_blob`; ``bao.RangeOutside`` for a range outside the blob."""
+        if not self.store.has_space_blob(self._space_id, blob_id):
+            raise NotFound(f"blob {ids.to_text(ids.PREFIX_BLOB, blob_id)[:20]}… is not held for this space")
+        return self.blobs.read_slice(blob_id, ranges)
 
     def blob_ids(self) -> list[bytes]:
         """Blobs linked to this space, in ID order."""

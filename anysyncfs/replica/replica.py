@@ -502,22 +502,24 @@ class Replica:
         self.index_fetched_blob(blob_id, len(data), remote_confirmed=remote_confirmed)
         return new
 
-    def write_fetched_blob(self, blob_id: bytes, data: bytes) -> bool:
+    def write_fetched_blob(self, blob_id: bytes, data: bytes, nodes: bytes | None = None) -> bool:
         """The file half of :meth:`put_fetched_blob`: verify and write the blob file. Touches no replica or
         store state, so the sync engine runs it without the mount's lock (file systems calls go on meanwhile).
         False if the blob was here already."""
         ledger.check_blob(blob_id, data)
         new = not self.blobs.has(blob_id)
-        self.blobs.put(blob_id, data, verified=True)
+        self.blobs.put(blob_id, data, verified=True, nodes=nodes)  # nodes: the outboard a range fetch verified
         return new
 
     def index_fetched_blob(self, blob_id: bytes, size: int, *, remote_confirmed: bool = False) -> None:
         """The store half of :meth:`put_fetched_blob` (under the lock)."""
         self.store.index_blob(blob_id, size, remote_confirmed=remote_confirmed)
 
-    def put_blob(self, blob_id: bytes, data: bytes) -> bool:
+    def put_blob(self, blob_id: bytes, data: bytes, nodes: bytes | None = None) -> bool:
         """:meth:`put_fetched_blob` under the name :class:`~.ledger.SpaceData` uses."""
-        return self.put_fetched_blob(blob_id, data)
+        new = self.write_fetched_blob(blob_id, data, nodes)
+        self.index_fetched_blob(blob_id, len(data))
+        return new
 
     def has_blob(self, blob_id: bytes) -> bool:
         return self.blobs.has(blob_id)

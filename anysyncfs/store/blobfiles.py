@@ -7,6 +7,11 @@ Files are written atomically (temporary file, fsync, rename, fsync of the direct
 served. :meth:`BlobFiles.read_ranges` reads only some bytes of a file and checks nothing: its caller (the read path
 of a mount) authenticates every AES-GCM segment it decrypts from them instead (see :mod:`..core.blob`).
 Temporary files start with a dot and are skipped by listings.
+
+**Outboards** (docs/protocol.md 50.8): a blob larger than one 16 KiB group has its BLAKE3 tree's parent nodes
+above the groups in ``<root>/ab/cdef….ob`` (pre-order, 64 bytes each, no length prefix: the blob file's size is
+the length), written with the blob (before it) and replaced when found missing or damaged. It is what lets this
+store serve verified byte ranges (:meth:`BlobFiles.read_slice`) without hashing the whole blob.
 """
 
 from __future__ import annotations
@@ -15,13 +20,17 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..core import crypto
+import logging
+
+from ..core import bao, crypto
 from ..core.blob import MAX_BLOB_LEN
-from ..errors import IdMismatch, NotFound, StoreError
+from ..errors import IdMismatch, IntegrityError, NotFound, StoreError
 from .files import StrPath, _store_error, atomic_write, fsync_dir, fsync_paths, io_pool, read_bounded
 
 BLOB_ID_LEN = crypto.HASH_LEN
+OUTBOARD_SUFFIX = ".ob"
 _HEX = frozenset("0123456789abcdef")
+log = logging.getLogger(__name__)
 
 
 class BlobFiles:
@@ -43,9 +52,12 @@ class BlobFiles:
         return self.root / text[:2] / text[2:]
 
     def put(self, blob_id: bytes, data: bytes | bytearray | memoryview, *, verified: bool = False,
-            durable: bool = True) -> None:
+            durable: bool = True, nodes: bytes | None = None) -> None:
         """Store ``data`` under ``blob_id`` after checking that it hashes to it (:class:`IdMismatch`; skipped
         when the caller has just checked it: ``verified``). Idempotent; a damaged existing copy is replaced.
+        ``nodes``: the blob's outboard nodes when the caller has them (a fetch by ranges verified them on the way):
+        checked against the ID (cheap: one hash per node; with the ID right, only the true tree passes) instead of
+        being computed from the bytes.
         Safe to call from several threads (each write is a temporary file renamed into place). ``durable=False``
         leaves the fsyncs to a later :meth:`make_durable` (a mount's group commit does many at once)."""
         path = self.path_of(blob_id)
@@ -54,6 +66,8 @@ class BlobFiles:
         if not verified and crypto.blake3(data) != blob_id:
             raise IdMismatch("blob does not hash to the ID it is stored under")
         if self._intact(path, blob_id):
+            if len(data) > bao.GROUP_LEN and not self._outboard_path(blob_id).is_file():
+                self._write_outboard(blob_id, data, durable=durable, nodes=nodes)
             return
         directory = path.parent
         if not directory.is_dir():
@@ -63,7 +77,105 @@ class BlobFiles:
                 raise StoreError(f"cannot create {directory}: {e.strerror or e}") from None
             if durable:
                 fsync_dir(self.root)  # else make_durable does it
-        atomic_write(path, data, 0o600, durable=durable)
+        if len(data) > bao.GROUP_LEN:  # before the blob: a blob file present has its outboard (barring damage)
+            self._write_outboard(blob_id, data, durable=durable, nodes=nodes)
+        try:
+            atomic_write(path, data, 0o600, durable=durable)
+        except StoreError:
+            self._outboard_path(blob_id).unlink(missing_ok=True)  # no orphan (a full disk needs every byte back)
+            raise
+
+    # ------------------------------------------------------------------------------------------ outboards
+    def _outboard_path(self, blob_id: bytes) -> Path:
+        path = self.path_of(blob_id)
+        return path.with_name(path.name + OUTBOARD_SUFFIX)
+
+    def _write_outboard(self, blob_id: bytes, data: bytes | bytearray | memoryview, *, durable: bool = True,
+                        nodes: bytes | None = None) -> bytes:
+        if nodes is not None:
+            try:
+                bao.verify_outboard(blob_id, len(data), nodes)  # the ID of ``data`` was checked: this is its tree
+            except IntegrityError as e:
+                log.warning("outboard given for blob %s is wrong (%s): computing it", blob_id.hex()[:16], e)
+                nodes = None
+        if nodes is None:
+            root, nodes = bao.outboard_nodes(data)
+            if root != blob_id:  # the caller verified the ID; the tree must agree with it
+                raise IdMismatch("blob tree does not hash to the ID it is stored under")
+        if nodes:
+            # Never fsynced: an outboard is derived data, checked on every use and rebuilt from the blob when a
+            # crash left it short or empty, so it must not double the fsyncs of every blob written.
+            atomic_write(self._outboard_path(blob_id), nodes, 0o600, durable=False)
+        return nodes
+
+    def outboard(self, blob_id: bytes) -> tuple[int, bytes]:
+        """(blob size, outboard nodes), the nodes verified against the blob ID down to the groups. A missing or
+        damaged outboard file is rebuilt from the (verified) blob, with a warning for a damaged one.
+        :class:`NotFound` if the blob is absent, :class:`IdMismatch` if the blob file is damaged."""
+        size = self.size_of(blob_id)
+        want = bao.parent_count(size) * bao.NODE_LEN
+        if want == 0:
+            return size, b""
+        try:
+            nodes = read_bounded(self._outboard_path(blob_id), want)
+            bao.verify_outboard(blob_id, size, nodes)
+            return size, nodes
+        except NotFound:
+            pass
+        except (StoreError, IntegrityError) as e:
+            log.warning("outboard of blob %s is damaged (%s): rebuilding it", blob_id.hex()[:16], e)
+        data = self.get(blob_id)
+        return len(data), self._write_outboard(blob_id, data)
+
+    def check_outboard(self, blob_id: bytes, *, repair: bool = False) -> str | None:
+        """fsck: ``None`` when the blob's outboard file is present and is its tree (or the blob needs none), else
+        what is wrong (rebuilt when ``repair``). The blob itself must be intact (check it first)."""
+        size = self.size_of(blob_id)
+        want = bao.parent_count(size) * bao.NODE_LEN
+        path = self._outboard_path(blob_id)
+        problem: str | None = None
+        if want == 0:
+            if path.exists():
+                problem = "has an outboard file but is one group"
+                if repair:
+                    path.unlink(missing_ok=True)
+            return problem
+        try:
+            nodes = read_bounded(path, want)
+            bao.verify_blob(blob_id, nodes, self.get(blob_id))
+        except NotFound:
+            problem = "has no outboard file"
+        except (StoreError, IntegrityError) as e:
+            problem = f"outboard file is damaged ({e})"
+        if problem is not None and repair:
+            self._write_outboard(blob_id, self.get(blob_id))
+        return problem
+
+    def read_slice(self, blob_id: bytes, ranges: Sequence[bao.Range]) -> bytes:
+        """The verified-streaming slice (50.8) of ``ranges``: length, the proof nodes and the 16 KiB groups that
+        cover the ranges and the last byte. Every group read from the file is checked against its outboard
+        chaining value first, so a damaged file is reported (:class:`IdMismatch`), never served.
+        :class:`bao.RangeOutside` for a range outside the blob."""
+        size, nodes = self.outboard(blob_id)
+        want = bao.wanted(size, ranges)
+        groups = bao.groups_of(want)
+        if len(groups) * 2 > bao.group_count(size):
+            # Most of the blob: read it whole and check it with one (SIMD, multithreaded) BLAKE3 = ID, which
+            # vouches for every group at once, rather than hashing each group through the tree in C.
+            data = self.get(blob_id)
+            view = memoryview(data)
+            return bao.encode_slice(lambda o, n: view[o : o + n], nodes, size, want)
+        cvs = bao.group_cvs(blob_id, size, nodes)
+        spans = [(g * bao.GROUP_LEN, min(bao.GROUP_LEN, size - g * bao.GROUP_LEN)) for g in groups]
+        file_size, pieces = self.read_ranges(blob_id, spans)
+        if file_size != size:
+            raise IdMismatch(f"blob file {blob_id.hex()} changed size while read")
+        by_offset = {}
+        for g, (offset, length), piece in zip(groups, spans, pieces, strict=True):
+            if len(piece) != length or not bao.verify_group(cvs[g], g, piece, is_root=len(cvs) == 1):
+                raise IdMismatch(f"blob file {blob_id.hex()} is corrupted (group {g})")
+            by_offset[offset] = piece
+        return bao.encode_slice(lambda o, _n: by_offset[o], nodes, size, want)
 
     def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         """:meth:`put` with ``verified`` and ``durable=False`` for many blobs, written in parallel threads."""
@@ -148,6 +260,12 @@ class BlobFiles:
 
     def delete(self, blob_id: bytes) -> bool:
         """Remove the blob; ``False`` if it was not there."""
+        try:
+            os.unlink(self._outboard_path(blob_id))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StoreError(f"cannot delete the outboard of blob {blob_id.hex()}: {e.strerror or e}") from None
         try:
             os.unlink(self.path_of(blob_id))
         except FileNotFoundError:

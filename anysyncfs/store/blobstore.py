@@ -15,10 +15,11 @@ node answers with a retryable error.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from ..core import bao
 from ..errors import StoreError
 
 
@@ -29,8 +30,17 @@ class BlobStoreUnavailable(StoreError):
 @runtime_checkable
 class BlobStore(Protocol):
     def put(self, blob_id: bytes, data: bytes | bytearray | memoryview, *, verified: bool = False,
-            durable: bool = True) -> None:
-        """Store ``data`` under ``blob_id`` (checked against it unless ``verified``), durably; idempotent."""
+            durable: bool = True, nodes: bytes | None = None) -> None:
+        """Store ``data`` under ``blob_id`` (checked against it unless ``verified``), durably, with its outboard
+        (``nodes`` when given and they check out, else computed); idempotent."""
+        ...
+
+    def outboard(self, blob_id: bytes) -> tuple[int, bytes]:
+        """(blob size, outboard nodes verified against the ID), rebuilt when missing or damaged."""
+        ...
+
+    def read_slice(self, blob_id: bytes, ranges: Sequence[bao.Range]) -> bytes:
+        """The verified-streaming slice (docs/protocol.md 50.8) of ``ranges``; never a damaged byte."""
         ...
 
     def get(self, blob_id: bytes) -> bytes:

@@ -18,15 +18,18 @@ import io
 import os
 from typing import Any
 
-from ..core import crypto
+from collections.abc import Sequence
+
+from ..core import bao, crypto
 from ..core.blob import MAX_BLOB_LEN
-from ..errors import IdMismatch, NotFound, StoreError
+from ..errors import AnysyncError, IdMismatch, NotFound, StoreError
 from .blobstore import BlobStoreUnavailable
 
 BLOB_ID_LEN = crypto.HASH_LEN
 PART_SIZE = 8 << 20  # multipart upload above this, in parts of this size
 READ_PIECE = 1 << 20
 _HEX = frozenset("0123456789abcdef")
+OUTBOARD_SUFFIX = ".ob"  # the blob's outboard object sits beside it
 
 
 class S3Blobs:
@@ -77,7 +80,10 @@ class S3Blobs:
 
     # ------------------------------------------------------------------------------------------ BlobStore
     def put(self, blob_id: bytes, data: bytes | bytearray | memoryview, *, verified: bool = False,
-            durable: bool = True) -> None:
+            durable: bool = True, nodes: bytes | None = None) -> None:
+        """Store the blob, then its outboard (50.8) as the object ``<key>.ob``: ``nodes`` when the uploader sent
+        them and they check out, else computed. The outboard is checked on every use and rebuilt from the blob
+        when missing or damaged, so it is written after the blob and its loss costs only time."""
         if len(data) > self.max_blob_len:
             raise StoreError(f"blob of {len(data)} bytes exceeds the limit of {self.max_blob_len}")
         if not verified and crypto.blake3(data) != blob_id:
@@ -90,6 +96,56 @@ class S3Blobs:
                 self._multipart(key, memoryview(data))
         except Exception as e:  # noqa: BLE001 - botocore's many exception types: all mean "not stored"
             raise _unavailable("store", key, e) from None
+        self._put_outboard(blob_id, data, nodes)
+
+    def _put_outboard(self, blob_id: bytes, data: bytes | bytearray | memoryview, nodes: bytes | None) -> bytes:
+        if nodes is not None:
+            try:
+                bao.verify_outboard(blob_id, len(data), nodes)
+            except AnysyncError:
+                nodes = None  # the uploader's nodes do not check out: compute our own
+        if nodes is None:
+            root, nodes = bao.outboard_nodes(bytes(data))
+            if root != blob_id:
+                raise IdMismatch("blob does not hash to the ID it is stored under")
+        if nodes:
+            key = self.key_of(blob_id) + OUTBOARD_SUFFIX
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=nodes)
+            except Exception as e:  # noqa: BLE001
+                raise _unavailable("store", key, e) from None
+        return nodes
+
+    def outboard(self, blob_id: bytes) -> tuple[int, bytes]:
+        """(blob size, outboard nodes verified against the ID); a missing or damaged outboard object is rebuilt."""
+        size = self.size_of(blob_id)
+        want = bao.parent_count(size) * bao.NODE_LEN
+        if want == 0:
+            return size, b""
+        key = self.key_of(blob_id) + OUTBOARD_SUFFIX
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=key)
+            body = reply["Body"]
+            try:
+                nodes = body.read(want + 1) if int(reply.get("ContentLength", 0)) == want else b""
+            finally:
+                body.close()
+            bao.verify_outboard(blob_id, size, nodes)
+            return size, nodes
+        except Exception as e:  # noqa: BLE001 - missing, damaged or unreadable: rebuild from the verified blob
+            if not _is_missing(e) and not isinstance(e, AnysyncError):
+                raise _unavailable("read", key, e) from None
+        return size, self._put_outboard(blob_id, self.get(blob_id), None)
+
+    def read_slice(self, blob_id: bytes, ranges: Sequence[bao.Range]) -> bytes:
+        """The verified-streaming slice (50.8) of ``ranges``. The object is read whole and checked against its ID
+        (one request; blobs are at most a few MiB), which vouches for every group it serves."""
+        size, nodes = self.outboard(blob_id)
+        want = bao.wanted(size, ranges)
+        view = memoryview(self.get(blob_id))
+        if len(view) != size:
+            raise IdMismatch(f"blob object {blob_id.hex()} changed size while read")
+        return bao.encode_slice(lambda o, n: view[o : o + n], nodes, size, want)
 
     def _multipart(self, key: str, view: memoryview) -> None:
         upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
@@ -165,6 +221,7 @@ class S3Blobs:
         key = self.key_of(blob_id)
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key)
+            self.client.delete_object(Bucket=self.bucket, Key=key + OUTBOARD_SUFFIX)  # absent: S3 says fine
         except Exception as e:  # noqa: BLE001
             raise _unavailable("delete", key, e) from None
         return True

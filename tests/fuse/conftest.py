@@ -428,8 +428,10 @@ def write_synced(path: Path, data: bytes) -> None:
 
 
 def blob_bytes(m: Mount) -> int:
-    """Bytes of content blobs this device holds (the mount's home)."""
-    return sum(p.stat().st_size for p in (m.home / "blobs").rglob("*") if p.is_file())
+    """Bytes of content blobs this device holds (the mount's home): blob files, not their outboards (``….ob``)
+    nor partial blobs being fetched (``partial/``)."""
+    return sum(p.stat().st_size for p in (m.home / "blobs").glob("[0-9a-f][0-9a-f]/*")
+               if p.is_file() and not p.name.endswith(".ob"))
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from anysyncfs.core import crypto, keys
+from anysyncfs.core import bao, crypto, keys
 from anysyncfs.core.address import PeerAddress
 from anysyncfs.core.reconcile import IdSet, Reconciler
 from anysyncfs.errors import IntegrityError, NetworkError
@@ -232,6 +232,10 @@ class HostileProvider:
             if body.blob not in s.blobs:
                 return Refuse(m.ErrorCode.NOT_FOUND, "blob not held here")
             return m.Blob(s.blobs[body.blob])
+        if isinstance(body, m.GetBlobRanges):
+            if body.blob not in s.blobs:
+                return Refuse(m.ErrorCode.NOT_FOUND, "blob not held here")
+            return m.BlobSlice(blob_slice(s.blobs[body.blob], body.ranges))
         if isinstance(body, m.HasBlobs):
             return m.Bits(m.bits_of([b in s.blobs for b in body.ids]))
         if isinstance(body, m.GetHeads):
@@ -246,6 +250,12 @@ class HostileProvider:
     def only_connection(self) -> ProviderConnection:
         assert len(self.connections) == 1, f"{len(self.connections)} connections"
         return self.connections[0]
+
+
+def blob_slice(data: bytes, ranges: list[tuple[int, int]]) -> bytes:
+    """What an honest peer answers to GetBlobRanges (protocol.md 70.12)."""
+    _, nodes = bao.outboard_nodes(data)
+    return bao.encode_slice(lambda o, n: data[o : o + n], nodes, len(data), bao.wanted(len(data), ranges))
 
 
 async def _drain(stream: trio.abc.Stream) -> None:

@@ -39,8 +39,10 @@ CHANCE_BOUND = 0.85
 
 
 def blob_file_sizes(root: Path) -> list[int]:
-    """What a provider sees of the content: the length of every blob file it stores."""
-    return [p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    """What a provider sees of the content: the length of every blob file it stores (outboards, ``….ob``, only
+    repeat it: 64 bytes per 16 KiB group)."""
+    return [p.stat().st_size for p in root.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".ob")]
 
 
 def predicted_blob_len(chunk_length: int) -> int:

@@ -137,7 +137,7 @@ def test_fsck_detects_corrupt_blob_and_stale_tree(cli_env: dict[str, str]) -> No
     run(cli_env, "space", "create", "s")
     run(cli_env, "put", "s", "/f.bin", input=os.urandom(200_000))
     home = Path(cli_env["ANYSYNCFS_HOME"])
-    blob_files = [p for p in (home / "blobs").rglob("*") if p.is_file()]
+    blob_files = [p for p in (home / "blobs").rglob("*") if p.is_file() and not p.name.endswith(".ob")]
     assert blob_files
     victim = blob_files[0]
     data = bytearray(victim.read_bytes())
@@ -168,3 +168,27 @@ def test_fsck_repair_rebuilds_the_tree_cache_only(cli_env: dict[str, str]) -> No
     assert "repaired" in p.stdout.decode()
     run(cli_env, "fsck")
     assert run(cli_env, "cat", "s", "/a.txt").stdout == b"alpha"
+
+
+def test_fsck_checks_and_repairs_outboards(cli_env: dict[str, str]) -> None:
+    init(cli_env)
+    run(cli_env, "space", "create", "s")
+    content = os.urandom(200_000)
+    run(cli_env, "put", "s", "/f.bin", input=content)
+    home = Path(cli_env["ANYSYNCFS_HOME"])
+    outboards = [p for p in (home / "blobs").rglob("*.ob")]
+    assert len(outboards) == 1  # one blob of more than one 16 KiB group
+    blob = outboards[0].with_name(outboards[0].name[:-3])
+    assert outboards[0].stat().st_size == (-(-blob.stat().st_size // 16384) - 1) * 64 <= blob.stat().st_size / 256
+    good = outboards[0].read_bytes()
+    outboards[0].write_bytes(good[:70] + bytes([good[70] ^ 1]) + good[71:])
+    p = run(cli_env, "fsck", check=False)
+    assert p.returncode == 12 and "outboard file is damaged" in p.stdout.decode(), p.stdout
+    outboards[0].unlink()
+    p = run(cli_env, "fsck", check=False)
+    assert p.returncode == 12 and "has no outboard file" in p.stdout.decode(), p.stdout
+    p = run(cli_env, "fsck", "--repair")
+    assert "rebuilt" in p.stdout.decode()
+    assert outboards[0].read_bytes() == good
+    run(cli_env, "fsck")
+    assert run(cli_env, "cat", "s", "/f.bin").stdout == content

@@ -209,7 +209,7 @@ async def test_a_blob_that_does_not_match_its_id_is_not_stored(make_home: MakeHo
     assert missing
     before = state(b)
     provider = HostileProvider(SpaceCopy.of(a))
-    provider.tamper[m.GetBlob] = lambda body, honest: m.Blob(flip(honest.data, 0))
+    provider.tamper[m.GetBlobRanges] = lambda body, honest: m.BlobSlice(flip(honest.slice, -1))
     sync = engine(b)
     async with serving(provider) as address:
         with trio.fail_after(HANGUP_BOUND_S):
@@ -219,7 +219,7 @@ async def test_a_blob_that_does_not_match_its_id_is_not_stored(make_home: MakeHo
                     await sync.fetch_blob(missing[0], timeout=2.0)
                 # the engine aborted the connection: the holder ends by itself, no cancellation needed
     conn = provider.only_connection()
-    assert conn.ended.is_set() and [r.blob for r in conn.requests if isinstance(r, m.GetBlob)] == [missing[0]]
+    assert conn.ended.is_set() and [r.blob for r in conn.requests if isinstance(r, m.GetBlobRanges)] == [missing[0]]
     assert not b.blobs.has(missing[0]) and missing[0] not in b.blob_ids()
     assert state(b) == before
     with pytest.raises(NotFound):
