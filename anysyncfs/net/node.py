@@ -33,6 +33,7 @@ from ..core.reconcile import IdSet, Reconciler
 from ..errors import DecodeError, IntegrityError, KeyringCorrupt, NotFound, ProtocolError
 from ..protocol import messages as m
 from ..replica import blob_gc, heads_board
+from ..replica.vault_board import VaultPolicy
 from ..replica.ledger import ForkRefused, Ledger, QuotaExceeded, load_quota_book
 from ..replica.quota import QuotaBook, QuotaPolicy
 from ..store.blobfiles import BlobFiles
@@ -43,6 +44,7 @@ from .endpoint import Endpoint, serve_tcp
 from .limits import ConnectionLimits
 from .runner import Runner
 from .tls import make_tls_identity
+from . import vault_node
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ class Node:
                  max_spaces_per_account: int | None = DEFAULT_SPACES_PER_ACCOUNT,
                  allowed_accounts: frozenset[bytes] | None = None, limits: ConnectionLimits | None = None,
                  gc_grace_us: int = blob_gc.DEFAULT_GRACE_US, gc_interval: float = DEFAULT_GC_INTERVAL,
-                 clock: Callable[[], int] = blob_gc.now_us) -> None:
+                 clock: Callable[[], int] = blob_gc.now_us, vault_policy: VaultPolicy | None = None) -> None:
         """``gc_grace_us``: how long an uploaded blob may wait for a change that references it; ``gc_interval``:
         seconds between collections while serving (0: never); ``clock``: µs now (tests move it forward)."""
         self.data = Path(data).absolute()
@@ -113,6 +115,7 @@ class Node:
         self.store = Store(str(self.data / "node.db"))
         self.blobs = BlobFiles(self.data / "blobs")
         self.quota = quota_bytes
+        self.vault_policy = vault_policy or VaultPolicy()  # account vaults: bytes per discovery ID, how many
         # Every space is charged to its owner account; ledgers check and update the book under self.run's lock.
         policy = QuotaPolicy(per_space=quota_bytes, per_account=account_quota_bytes,
                              spaces_per_account=max_spaces_per_account)
@@ -336,6 +339,8 @@ class Node:
             return m.Bits(m.bits_of(flags))
         if isinstance(body, (m.PutHeads, m.GetHeads)):
             return await self._signed_heads(conn, body)
+        if isinstance(body, (m.PutVault, m.GetVault)):
+            return await vault_node.handle(self, conn, body)
         raise ServiceError(m.ErrorCode.BAD_REQUEST, f"unsupported request {type(body).__name__}")
 
     async def _signed_heads(self, conn: Connection, body: m.PutHeads | m.GetHeads) -> object:

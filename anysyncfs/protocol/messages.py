@@ -17,6 +17,7 @@ from ..core.blob import MAX_BLOB_LEN
 from ..core.change import MAX_CHANGE_SIZE
 from ..core.signed_heads import MAX_DEVICES_PER_SPACE as MAX_SIGNED_HEADS
 from ..core.signed_heads import MAX_RECORD_LEN as MAX_SIGNED_HEADS_LEN
+from ..core.vault import MAX_RECORD_LEN as MAX_VAULT_LEN
 from ..errors import ProtocolError
 
 PROTOCOL_VERSION = 1  # the only version so far; Hello carries a [min, max] range for later ones
@@ -166,8 +167,21 @@ class GetHeads(_Tagged, frozen=True, tag=12):
     space: Id32
 
 
+class PutVault(_Tagged, frozen=True, tag=40):
+    """Store an account vault record (docs/protocol.md 25) under its discovery ID; anyone may (the signature and
+    the node's vault quotas decide)."""
+
+    record: Annotated[bytes, msgspec.Meta(max_length=MAX_VAULT_LEN)]
+
+
+class GetVault(_Tagged, frozen=True, tag=41):
+    """The vault record held under a discovery ID (NOT_FOUND: none)."""
+
+    discovery_id: Id32
+
+
 RequestBody = Union[OpenSpace, Reconcile, GetChanges, PutChanges, PutAcl, GetBlob, PutBlob, HasBlobs, PushSpace,
-                    GetAcl, PutHeads, GetHeads]
+                    GetAcl, PutHeads, GetHeads, PutVault, GetVault]
 
 
 # ---------------------------------------------------------------------------------------------- responses
@@ -212,7 +226,17 @@ class HeadsRecords(_Tagged, frozen=True, tag=109):
                        msgspec.Meta(max_length=MAX_SIGNED_HEADS)]  # signed heads records, one per device
 
 
-ResponseBody = Union[SpaceInfo, ReconcileReply, Changes, Accepted, Blob, Ok, Bits, AclRecords, HeadsRecords]
+class VaultRecordReply(_Tagged, frozen=True, tag=140):
+    record: Annotated[bytes, msgspec.Meta(max_length=MAX_VAULT_LEN)]  # the newest record held, verbatim
+
+
+class VaultStored(_Tagged, frozen=True, tag=141):
+    stored: bool  # False: the node holds this version or a newer one (it kept that)
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]  # the version held now
+
+
+ResponseBody = Union[SpaceInfo, ReconcileReply, Changes, Accepted, Blob, Ok, Bits, AclRecords, HeadsRecords,
+                     VaultRecordReply, VaultStored]
 
 
 # ---------------------------------------------------------------------------------------------- notifications

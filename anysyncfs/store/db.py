@@ -26,6 +26,7 @@ from ..errors import NotFound, StoreError
 from . import schema as S
 from .db_gc import GcQueries
 from .db_heads import HeadsQueries
+from .db_vault import VaultQueries
 from .db_sync import IN_BATCH, BlobRow, PeerRow, SyncQueries, _batches, now_us
 from .files import PRIVATE_FILE_MODE, tighten
 
@@ -79,7 +80,7 @@ def split_ids(packed: bytes, size: int = 32) -> tuple[bytes, ...]:
     return tuple(packed[i : i + size] for i in range(0, len(packed), size))
 
 
-class Store(SyncQueries, HeadsQueries, GcQueries):
+class Store(SyncQueries, HeadsQueries, GcQueries, VaultQueries):
     """One SQLite database for every space of a home directory."""
 
     def __init__(self, path: str) -> None:
