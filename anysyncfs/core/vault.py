@@ -185,8 +185,12 @@ def open_vault(record: VaultRecord, keys: VaultKeys) -> VaultContents:
 
 def check_contents(contents: VaultContents) -> None:
     """The rules msgspec bounds do not express; ``DecodeError`` naming the first broken one."""
+    if len(contents.entries) > MAX_ENTRIES:
+        raise DecodeError(f"vault contents: more than {MAX_ENTRIES} spaces")
     previous = b""
     for e in contents.entries:
+        if len(e.peers) > MAX_PEERS or len(e.pins) > MAX_PINS or not 1 <= e.lamport <= MAX_COUNTER:
+            raise DecodeError("vault contents: an entry is over its bounds")
         if e.space <= previous:
             raise DecodeError("vault contents: entries are not strictly ascending by space ID")
         previous = e.space
