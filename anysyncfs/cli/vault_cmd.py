@@ -99,13 +99,19 @@ def record_space(ctx: Context, space_id: bytes, unlocked: Unlocked | None = None
 def cmd_vault_sync(ctx: Context) -> int:
     unlocked = ctx.home.unlock(ctx.passphrase())
     store = unlocked.home.store()
-    known = {e.space for e in _update(unlocked, None).contents.entries}
-    report = None
-    for row in store.spaces():  # spaces made before the vault existed, or while its update failed
-        if row.id not in known:
-            report = _update(unlocked, _space_entry(unlocked, row.id))
-    if report is None:
-        report = _update(unlocked, None)
+    rows = store.spaces()
+    device = unlocked.identity.device_id
+
+    def add_missing(contents: VaultContents) -> VaultContents:
+        """Spaces held here that the vault has never listed (made before the vault existed, or while offline
+        and its update failed); a space the vault says was left stays left."""
+        for row in rows:
+            if contents.entry(row.id) is None:
+                contents = put_entry(contents, device, row.id, name=row.name,
+                                     peers=[p.address for p in store.peers(row.id)], pins=store.pins(row.id))
+        return contents
+
+    report = _update(unlocked, add_missing)
     _report(report)
     if report.providers and not report.reached:
         raise NetworkError("no provider could be reached")

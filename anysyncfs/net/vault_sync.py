@@ -162,27 +162,28 @@ async def sync_vault(store: Store, vkeys: VaultKeys,
     """Fetch the vault from every provider, merge it with this device's (and apply ``change``), store the result
     here and push it to every provider that lacks it. A provider's failure never raises: the report says."""
     local, version, highest, local_raw = await trio.to_thread.run_sync(local_state, store, vkeys)
-    wanted = change(local) if change is not None else local
-    report = VaultReport(contents=wanted, version=version)
+    report = VaultReport(contents=local, version=version)
     for _round in range(ROUNDS):
-        addresses = providers_of(store, wanted)
+        addresses = providers_of(store, local if change is None else change(local))
         fetched = await fetch_all(addresses, vkeys, timeout)
         report.providers, report.reached = len(addresses), sum(f.error is None for f in fetched)
-        report.warnings = [f.error for f in fetched if f.error and "does not verify" in f.error]
+        report.warnings += [f.error for f in fetched if f.error and "does not verify" in f.error]
         report.errors = [f.error for f in fetched if f.error and "does not verify" not in f.error]
         remote = [(f.address, f.record, f.contents) for f in fetched if f.record is not None and f.contents is not None]
         for address, record, _ in remote:
             if record.version < highest:
                 report.warnings.append(rollback_line(address, record.version, highest))
         highest = max([highest, *(r.version for _, r, _ in remote)])
-        merged = merge(wanted, *(c for _, _, c in remote))
+        # The change goes on top of everything known (its Lamport counter above every entry seen), once.
+        merged = merge(local, *(c for _, _, c in remote))
+        if change is not None:
+            merged, change = change(merged), None
         candidates = [(r.version, r.raw, c) for _, r, c in remote]
         if local_raw is not None:
-            candidates.append((version, local_raw, wanted if change is None else local))
+            candidates.append((version, local_raw, local))
         version, raw = _choose(merged, max(highest, version), candidates,
                                [(r.version, r.raw) for _, r, _ in remote], vkeys)
-        local_raw, local, wanted = raw, merged, merged
-        change = None
+        local_raw, local = raw, merged
         await trio.to_thread.run_sync(store.put_vault, vkeys.discovery_id, version, raw, highest)
         report.contents, report.version = merged, version
         holding = {f.address for f in fetched if f.record is not None and f.record.raw == raw}
