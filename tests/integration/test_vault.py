@@ -13,12 +13,14 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
 
-from anysyncfs.core import keys
+from anysyncfs.core import encoding, keys
+from anysyncfs.core import ids as id_mod
 from anysyncfs.core import vault as v
 from anysyncfs.core.address import parse_address
 from anysyncfs.errors import NetworkError, ProtocolError
@@ -52,9 +54,40 @@ class Cli:
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[SyncNode]:
     n = SyncNode(tmp_path / "node", free_port())
-    n.expect_log(r"closed: .*vault")  # the forged PutVault of one test
     try:
         yield n
+    finally:
+        n.kill()
+
+
+@dataclass
+class Owner:
+    node: SyncNode
+    address: str
+    cli: Cli
+    phrase: str
+    env: dict[str, str]
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def owner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Owner]:
+    """One node and one account with a space on it, for the tests of bad input (they run in file order)."""
+    import os
+
+    from tests.conftest import PASSPHRASE, TEST_LOG2N
+
+    root = tmp_path_factory.mktemp("vault")
+    env = dict(os.environ, ANYSYNCFS_PASSPHRASE=PASSPHRASE.decode(),
+               ANYSYNCFS_INSECURE_TEST_SCRYPT_LOG2N=str(TEST_LOG2N))
+    n = SyncNode(root / "node", free_port())
+    try:
+        address = n.start()
+        cli = Cli(env, root / "owner")
+        phrase = cli.init("owner")
+        cli("space", "create", "s")
+        cli("space", "add-peer", "s", address)
+        yield Owner(n, address, cli, phrase, env, root)
     finally:
         n.kill()
 
@@ -74,11 +107,12 @@ def test_offline_devices_both_keep_their_new_spaces(tmp_path: Path, cli_env: dic
     address = node.start()
     laptop, phone, third = (Cli(cli_env, tmp_path / n) for n in ("laptop", "phone", "third"))
     phrase = laptop.init("laptop")
-    laptop("space", "create", "home")
-    assert "vault version 2 on 1/1 providers" in laptop("space", "add-peer", "home", address).stderr
-    laptop("sync", "home")
+    laptop("space", "create", "home-space")
+    assert "vault version 2 on 1/1 providers" in laptop("space", "add-peer", "home-space", address).stderr
+    laptop("sync", "home-space")
+    served = id_mod.from_text(id_mod.PREFIX_SPACE, laptop.space_id("home-space"))
     phone("init", "--restore", "--device-name", "phone", "--peer", address, input=phrase)
-    assert phone("space", "list").stdout.split()[1::2] == ["home"]
+    assert phone("space", "list").stdout.split()[1::2] == ["home-space"]
 
     node.stop()  # both devices are offline now
     p = laptop("space", "create", "from-laptop")
@@ -88,30 +122,36 @@ def test_offline_devices_both_keep_their_new_spaces(tmp_path: Path, cli_env: dic
     laptop("vault", "sync")
     phone("vault", "sync")  # the node holds the laptop's version 3: the phone merges and pushes version 4
     shown = laptop("vault", "show").stdout
-    assert all(name in shown for name in ("home", "from-laptop", "from-phone")), shown
+    assert all(name in shown for name in ("home-space", "from-laptop", "from-phone")), shown
     listed = third("init", "--restore", "--peer", address, "--list-only", input=phrase).stdout.split()[1::2]
-    assert sorted(listed) == ["from-laptop", "from-phone", "home"]
+    assert sorted(listed) == ["from-laptop", "from-phone", "home-space"]
     assert not (tmp_path / "third").exists()  # --list-only creates nothing
 
     # rename and leave travel too
     phone("space", "rename", "from-phone", "phone-renamed")
-    laptop("space", "leave", "home")
+    laptop("space", "leave", "home-space")
     listed = third("init", "--restore", "--peer", address, "--list-only", input=phrase).stdout.split()[1::2]
     assert sorted(listed) == ["from-laptop", "phone-renamed"]
-    assert "home" not in laptop("space", "list").stdout
+    assert "home-space" not in laptop("space", "list").stdout
+
+    # The provider's files: its vault lists every space, yet no name is readable, nor the ID of a space it does
+    # not serve (the two made offline never had a provider).
+    node.stop()
+    unserved = [phone.space_id("phone-renamed"), laptop.space_id("from-laptop")]
+    blob = b"".join(p.read_bytes() for p in node.data.rglob("*") if p.is_file())
+    assert vault_row(node.data)[0] >= 4 and served in blob  # (the grep sees what the node does hold)
+    for name in ("home-space", "from-laptop", "from-phone", "phone-renamed"):
+        assert name.encode() not in blob
+    for text in unserved:
+        assert text.encode() not in blob and id_mod.from_text(id_mod.PREFIX_SPACE, text) not in blob
 
 
-def test_wrong_phrase_finds_nothing(tmp_path: Path, cli_env: dict[str, str], node: SyncNode) -> None:
-    address = node.start()
-    owner = Cli(cli_env, tmp_path / "owner")
-    owner.init("owner")
-    owner("space", "create", "s")
-    owner("space", "add-peer", "s", address)
-    stranger = Cli(cli_env, tmp_path / "stranger")
-    p = stranger("init", "--restore", "--peer", address, input=keys.generate_phrase(), ok=False)
+def test_wrong_phrase_finds_nothing(owner: Owner) -> None:
+    stranger = Cli(owner.env, owner.root / "stranger")
+    p = stranger("init", "--restore", "--peer", owner.address, input=keys.generate_phrase(), ok=False)
     assert p.returncode != 0
-    assert p.stderr.strip().splitlines() == [f"anysyncfs: error: no vault for this recovery phrase on {address}"]
-    assert not (tmp_path / "stranger" / "master.keys").exists()
+    assert p.stderr.strip().splitlines() == [f"anysyncfs: error: no vault for this recovery phrase on {owner.address}"]
+    assert not (owner.root / "stranger" / "master.keys").exists()
 
 
 async def _put(address: str, raw: bytes) -> object:
@@ -122,13 +162,25 @@ async def _put(address: str, raw: bytes) -> object:
         await conn.abort("done")
 
 
-def test_forged_vault_is_refused_by_node_and_device(tmp_path: Path, cli_env: dict[str, str],
-                                                     node: SyncNode) -> None:
-    address = node.start()
-    owner = Cli(cli_env, tmp_path / "owner")
-    phrase = owner.init("owner")
-    owner("space", "create", "s")
-    owner("space", "add-peer", "s", address)
+def test_rollback_is_reported(owner: Owner) -> None:
+    node, address, cli = owner.node, owner.address, owner.cli
+    old_version, old = vault_row(node.data)
+    cli("space", "create", "b")
+    new_version, _ = vault_row(node.data)
+    assert new_version > old_version
+    node.stop()
+    set_vault_row(node.data, old_version, old)  # the provider rolls the vault back
+    node.start()
+    p = cli("vault", "sync")
+    rollback = [line for line in p.stderr.splitlines() if "rollback" in line]
+    assert rollback == [f"anysyncfs: WARNING: vault rollback: {address} served vault version {old_version}, older "
+                        f"than version {new_version} seen before (kept the newer one)"]
+    assert vault_row(node.data)[0] >= new_version  # and the device put the newer one back
+
+
+def test_forged_vault_is_refused_by_node_and_device(owner: Owner) -> None:
+    node, address, phrase = owner.node, owner.address, owner.phrase
+    node.expect_log(r"closed: .*vault")
     version, good = vault_row(node.data)
 
     # The node: a record whose signature does not verify, and a record of another key under our discovery ID.
@@ -137,7 +189,6 @@ def test_forged_vault_is_refused_by_node_and_device(tmp_path: Path, cli_env: dic
     flipped[-1] ^= 1
     other = v.VaultKeys.from_account_seed(bytes(32))
     rec = v.parse_vault_record(v.seal_vault(v.EMPTY, other, version + 1, bytes(24)))
-    from anysyncfs.core import encoding
     body = encoding.encode(v.VaultBody(ours.discovery_id, other.signing.public, version + 1, rec.nonce,
                                        rec.ciphertext))
     prefix = encoding.PREFIX.pack(v.FORMAT_VAULT, 1, len(body))
@@ -155,59 +206,8 @@ def test_forged_vault_is_refused_by_node_and_device(tmp_path: Path, cli_env: dic
     node.stop()
     set_vault_row(node.data, version, bytes(flipped))
     node.start()
-    p = owner("vault", "show")
+    p = owner.cli("vault", "show")
     assert "WARNING: " in p.stderr and "served a vault that does not verify" in p.stderr
     assert "  s  " in p.stdout
-    p = Cli(cli_env, tmp_path / "new")("init", "--restore", "--peer", address, input=phrase, ok=False)
+    p = Cli(owner.env, owner.root / "new")("init", "--restore", "--peer", address, input=phrase, ok=False)
     assert p.returncode != 0 and "does not verify" in p.stderr
-
-
-def test_rollback_is_reported(tmp_path: Path, cli_env: dict[str, str], node: SyncNode) -> None:
-    address = node.start()
-    owner = Cli(cli_env, tmp_path / "owner")
-    owner.init("owner")
-    owner("space", "create", "a")
-    owner("space", "add-peer", "a", address)
-    old_version, old = vault_row(node.data)
-    owner("space", "create", "b")
-    new_version, _ = vault_row(node.data)
-    assert new_version > old_version
-    node.stop()
-    set_vault_row(node.data, old_version, old)  # the provider rolls the vault back
-    node.start()
-    p = owner("vault", "sync")
-    rollback = [line for line in p.stderr.splitlines() if "rollback" in line]
-    assert rollback == [f"anysyncfs: WARNING: vault rollback: {address} served vault version {old_version}, older "
-                        f"than version {new_version} seen before (kept the newer one)"]
-    assert vault_row(node.data)[0] >= new_version  # and the device put the newer one back
-
-
-def test_provider_files_hold_no_space_names_or_foreign_ids(tmp_path: Path, cli_env: dict[str, str]) -> None:
-    """Two providers: each holds the vault (every space of the account listed) but only its own spaces."""
-    n1, n2 = SyncNode(tmp_path / "n1", free_port()), SyncNode(tmp_path / "n2", free_port())
-    try:
-        a1, a2 = n1.start(), n2.start()
-        dev = Cli(cli_env, tmp_path / "dev")
-        dev.init("dev")
-        names = {"kitchen-recipes": a1, "tax-returns-2026": a2, "local-only-diary": ""}
-        for name, address in names.items():
-            dev("space", "create", name)
-            if address:
-                dev("space", "add-peer", name, address)
-                dev("sync", name)
-        ids = {name: dev.space_id(name) for name in names}
-        n1.stop()
-        n2.stop()
-        for node, own in ((n1, "kitchen-recipes"), (n2, "tax-returns-2026")):
-            assert vault_row(node.data)[0] >= 1  # the vault is there
-            blob = b"".join(p.read_bytes() for p in node.data.rglob("*") if p.is_file())
-            for name in names:
-                assert name.encode() not in blob
-            from anysyncfs.core import ids as id_mod
-            for name, text in ids.items():
-                raw = id_mod.from_text(id_mod.PREFIX_SPACE, text)
-                present = raw in blob or text.encode() in blob
-                assert present == (name == own), (node.data, name)
-    finally:
-        n1.kill()
-        n2.kill()
