@@ -157,9 +157,12 @@ def cmd_space_leave(ctx: Context) -> int:
     if lock.exists() and lock_held(lock):
         raise UsageError("that space is mounted: unmount it first")
     device = unlocked.identity.device_id
+    from ..replica.leave import leave_space
+
     report = _update(unlocked, lambda c: leave_entry(c, device, space_id))
-    store.forget_space(space_id)
-    print(f"{ids.space_text(space_id)}: left (forgotten on this device and removed from the account's vault)")
+    deleted = leave_space(unlocked, space_id)
+    print(f"{ids.space_text(space_id)}: left (forgotten on this device, {deleted} content file(s) deleted, and "
+          f"removed from the account's vault)")
     _report(report, quiet=True)
     return 0
 

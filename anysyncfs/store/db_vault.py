@@ -61,10 +61,13 @@ class VaultQueries:
     def rename_space(self, space_id: bytes, name: str) -> None:
         self._run(update(S.spaces).where(S.spaces.c.id == space_id).values(name=name))
 
-    def forget_space(self, space_id: bytes) -> None:
-        """Delete every row of a space on this device, in one transaction (blob files are not touched)."""
+    def forget_space(self, space_id: bytes, blobs: list[bytes]) -> None:
+        """Delete every row of a space on this device and the index rows of ``blobs`` (the caller deletes their
+        files afterwards), in one transaction."""
         with self.transaction():
             for name in _SPACE_TABLES:
                 table = S.metadata.tables[name]
                 self._run(delete(table).where(table.c.space == space_id))
             self._run(delete(S.spaces).where(S.spaces.c.id == space_id))
+            for start in range(0, len(blobs), 500):
+                self._run(delete(S.blobs).where(S.blobs.c.id.in_(blobs[start:start + 500])))

@@ -109,6 +109,7 @@ def test_offline_devices_both_keep_their_new_spaces(tmp_path: Path, cli_env: dic
     phrase = laptop.init("laptop")
     laptop("space", "create", "home-space")
     assert "vault version 2 on 1/1 providers" in laptop("space", "add-peer", "home-space", address).stderr
+    laptop("put", "home-space", "/a.txt", input="".join(str(i) for i in range(30_000)))
     laptop("sync", "home-space")
     served = id_mod.from_text(id_mod.PREFIX_SPACE, laptop.space_id("home-space"))
     phone("init", "--restore", "--device-name", "phone", "--peer", address, input=phrase)
@@ -129,7 +130,11 @@ def test_offline_devices_both_keep_their_new_spaces(tmp_path: Path, cli_env: dic
 
     # rename and leave travel too
     phone("space", "rename", "from-phone", "phone-renamed")
-    laptop("space", "leave", "home-space")
+    blob_files = lambda: [f for f in (tmp_path / "laptop" / "blobs").rglob("*") if f.is_file()]  # noqa: E731
+    assert blob_files()
+    before = len(blob_files())
+    assert f"{before} content file(s) deleted" in laptop("space", "leave", "home-space").stdout
+    assert not blob_files()  # the only space that used it is gone
     listed = third("init", "--restore", "--peer", address, "--list-only", input=phrase).stdout.split()[1::2]
     assert sorted(listed) == ["from-laptop", "phone-renamed"]
     assert "home-space" not in laptop("space", "list").stdout
