@@ -87,6 +87,10 @@ def owner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Owner]:
         phrase = cli.init("owner")
         cli("space", "create", "s")
         cli("space", "add-peer", "s", address)
+        cli("space", "create", "t")
+        cli("space", "add-peer", "t", address)
+        cli("sync", "s")
+        cli("sync", "t")
         yield Owner(n, address, cli, phrase, env, root)
     finally:
         n.kill()
@@ -157,6 +161,16 @@ def test_wrong_phrase_finds_nothing(owner: Owner) -> None:
     assert p.returncode != 0
     assert p.stderr.strip().splitlines() == [f"anysyncfs: error: no vault for this recovery phrase on {owner.address}"]
     assert not (owner.root / "stranger" / "master.keys").exists()
+
+
+def test_restore_selected_spaces(owner: Owner) -> None:
+    new = Cli(owner.env, owner.root / "selective")
+    p = new("init", "--restore", "--peer", owner.address, "--space", "nope", input=owner.phrase, ok=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "anysyncfs: error: the vault lists no space named 'nope'"]
+    p = new("init", "--restore", "--peer", owner.address, "--space", "t", input=owner.phrase)
+    assert p.stdout.count("restored sp-") == 1
+    assert new("space", "list").stdout.split()[1::2] == ["t"]
 
 
 async def _put(address: str, raw: bytes) -> object:
