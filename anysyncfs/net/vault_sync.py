@@ -181,13 +181,17 @@ async def sync_vault(store: Store, vkeys: VaultKeys,
         candidates = [(r.version, r.raw, c) for _, r, c in remote]
         if local_raw is not None:
             candidates.append((version, local_raw, local))
-        version, raw = _choose(merged, max(highest, version), candidates,
-                               [(r.version, r.raw) for _, r, _ in remote], vkeys)
+        held = [(r.version, r.raw) for _, r, _ in remote]
+        damaged = [f.address for f in fetched if f.error and "does not verify" in f.error]
+        if damaged:  # a provider holds bytes that do not verify: a new version replaces them there
+            held.append((max(highest, version), b""))
+        version, raw = _choose(merged, max(highest, version), candidates, held, vkeys)
         local_raw, local = raw, merged
         await trio.to_thread.run_sync(store.put_vault, vkeys.discovery_id, version, raw, highest)
         report.contents, report.version = merged, version
         holding = {f.address for f in fetched if f.record is not None and f.record.raw == raw}
-        lacking = [f.address for f in fetched if f.error is None and f.address not in holding]
+        lacking = [f.address for f in fetched if (f.error is None or f.address in damaged)
+                   and f.address not in holding]
         stale = False
         stored = len(holding)
 

@@ -225,8 +225,11 @@ def test_forged_vault_is_refused_by_node_and_device(owner: Owner) -> None:
     node.stop()
     set_vault_row(node.data, version, bytes(flipped))
     node.start()
+    p = Cli(owner.env, owner.root / "new")("init", "--restore", "--peer", address, input=phrase, ok=False)
+    assert p.returncode != 0 and "does not verify" in p.stderr
+    assert not (owner.root / "new" / "master.keys").exists()
     p = owner.cli("vault", "show")
     assert "WARNING: " in p.stderr and "served a vault that does not verify" in p.stderr
     assert "  s  " in p.stdout
-    p = Cli(owner.env, owner.root / "new")("init", "--restore", "--peer", address, input=phrase, ok=False)
-    assert p.returncode != 0 and "does not verify" in p.stderr
+    healed_version, healed = vault_row(node.data)  # the device replaced the damaged record with a newer one
+    assert healed_version == version + 1 and v.parse_vault_record(healed, ours.discovery_id)
