@@ -24,10 +24,16 @@ def cmd_init(ctx: "Context") -> int:
     if home.has_identity():
         raise UsageError(f"an identity already exists in {home.root}")
     name = ctx.args.device_name or socket.gethostname() or "device"
+    if (ctx.args.peer or ctx.args.list_only or ctx.args.space) and not (ctx.args.restore and ctx.args.peer):
+        raise UsageError("--peer, --list-only and --space go with --restore (and --list-only, --space need --peer)")
     if ctx.args.restore:
         if sys.stdin.isatty():
             print("Recovery phrase (24 words): ", end="", file=sys.stderr, flush=True)
         phrase = keys.normalize_phrase(sys.stdin.read(PHRASE_MAX))
+        if ctx.args.peer:
+            from .vault_cmd import restore
+
+            return restore(ctx, phrase, name)
     else:
         phrase = keys.generate_phrase()
     unlocked = home.create_identity(phrase, name, ctx.passphrase(new=True))
@@ -50,6 +56,9 @@ def cmd_space_create(ctx: "Context") -> int:
     unlocked = ctx.home.unlock(ctx.passphrase())
     replica = create_space(unlocked, ctx.args.name)
     print(ids.space_text(replica.space_id))
+    from .vault_cmd import record_space
+
+    record_space(ctx, replica.space_id, unlocked)
     return 0
 
 

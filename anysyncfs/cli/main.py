@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import AnysyncError, UsageError
 from ..replica.home import Home, default_home
-from . import commands, config, mount_cmd, service, offline_cmd, share_cmd, sync_cmd, versions
+from . import commands, config, mount_cmd, offline_cmd, service, share_cmd, sync_cmd, vault_cmd, versions
 
 PASSPHRASE_ENV = "ANYSYNCFS_PASSPHRASE"
 # Test-only: lowers the scrypt cost of keyrings written by this process (never use for real keys).
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("init", help="create this device's identity (or restore one from a recovery phrase)")
     s.add_argument("--device-name", default=None, help="label for this device (default: the host name)")
     s.add_argument("--restore", action="store_true", help="read a recovery phrase from stdin instead")
+    vault_cmd.add_restore_options(s)
     s.set_defaults(func=commands.cmd_init)
 
     s = sub.add_parser("whoami", help="print the account ID and device ID")
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     offline_cmd.add_parsers(sub, space_sub)
     config.add_parsers(sub)
     service.add_parsers(sub)
+    vault_cmd.add_parsers(sub, space_sub)
     return p
 
 

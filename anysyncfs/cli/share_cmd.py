@@ -270,4 +270,7 @@ def cmd_join(ctx: Context) -> int:
     how = "joined (completing an earlier attempt)" if result.rejoined else "joined"
     print(f"{how} {ids.space_text(result.space_id)} as {result.role.name.lower()} (local name {result.name}); "
           f"{result.sync.fetched} changes fetched, file contents are fetched when read")
+    from .vault_cmd import record_space
+
+    record_space(ctx, result.space_id, unlocked)
     return 0

@@ -65,6 +65,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                         "collected (default 24h; e.g. 90m, 2d)")
     s.add_argument("--gc-interval", default="1h", metavar="DURATION",
                    help="time between two collections of unreferenced blobs (default 1h; 0 never)")
+    s.add_argument("--vault-quota", default="128K", metavar="SIZE",
+                   help="bytes one account vault may hold here (default 128K; the node holds at most 10000 vaults)")
     s.set_defaults(func=cmd_node_serve, needs_identity=False)
     s = node.add_parser("gc", help="collect now the blobs no accepted change references (the node must not be "
                                    "serving this data directory: a serving node collects by itself)")
@@ -191,8 +193,11 @@ def cmd_node_serve(ctx: Context) -> int:
     db, blobs = open_backends(a)
     # One process per SQLite database (its lock file); a PostgreSQL database takes several at once.
     lock = lock_node_data(a.data) if db is None else None
+    from ..replica.vault_board import VaultPolicy
+
     node = Node(a.data, db=db, blobs=blobs, allowed_accounts=allowed, limits=limits, gc_grace_us=int(grace * 1e6),
-                gc_interval=interval, clock=node_clock(), **quotas)
+                gc_interval=interval, clock=node_clock(),
+                vault_policy=VaultPolicy(per_vault=_size_option("--vault-quota", a.vault_quota)), **quotas)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -256,7 +261,16 @@ def cmd_add_peer(ctx: Context) -> int:
     space_id = _space_id(ctx, ctx.args.space)
     ctx.home.store().add_peer(space_id, str(addr), addr.device)
     print(f"{ids.space_text(space_id)}: peer {addr}")
+    _record_in_vault(ctx, space_id)
     return 0
+
+
+def _record_in_vault(ctx: Context, space_id: bytes) -> None:
+    """The providers of a space held here changed: so does the account's vault (cli/vault_cmd.py)."""
+    from .vault_cmd import record_space
+
+    if any(r.id == space_id for r in ctx.home.store().spaces()):
+        record_space(ctx, space_id)
 
 
 def cmd_remove_peer(ctx: Context) -> int:
@@ -264,6 +278,7 @@ def cmd_remove_peer(ctx: Context) -> int:
     space_id = _space_id(ctx, ctx.args.space)
     if not ctx.home.store().remove_peer(space_id, str(addr)):
         raise NotFound(f"{addr} is not a peer of that space")
+    _record_in_vault(ctx, space_id)
     return 0
 
 

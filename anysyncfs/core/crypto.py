@@ -15,7 +15,9 @@ import nacl.exceptions as _nacl_exc
 import nacl.public as _nacl_public
 import nacl.signing as _nacl_signing
 from cryptography.exceptions import InvalidTag as _InvalidTag
+from cryptography.hazmat.primitives import hashes as _hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM as _AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF as _HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt as _Scrypt
 
 from ..errors import AuthenticationFailed, BadSignature, DecodeError
@@ -156,7 +158,36 @@ class Aead:
             raise AuthenticationFailed(f"AES-GCM input rejected: {e}") from None
 
 
+XNONCE_LEN = 24  # XChaCha20-Poly1305 nonce: long enough to draw at random for every message
+
+
+def xchacha_encrypt(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """XChaCha20-Poly1305 (IETF, libsodium): ciphertext followed by the 16-byte tag."""
+    import nacl.bindings as _nacl_bindings
+
+    if len(key) != KEY_LEN or len(nonce) != XNONCE_LEN:
+        raise ValueError("XChaCha20-Poly1305 needs a 32-byte key and a 24-byte nonce")
+    return _nacl_bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, key)
+
+
+def xchacha_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    """Open :func:`xchacha_encrypt`; :class:`AuthenticationFailed` when the key, nonce, AAD or bytes differ."""
+    import nacl.bindings as _nacl_bindings
+
+    if len(key) != KEY_LEN or len(nonce) != XNONCE_LEN:
+        raise ValueError("XChaCha20-Poly1305 needs a 32-byte key and a 24-byte nonce")
+    try:
+        return _nacl_bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, aad, nonce, key)
+    except (_nacl_exc.CryptoError, ValueError, TypeError):
+        raise AuthenticationFailed("XChaCha20-Poly1305 tag does not verify") from None
+
+
 # ---------------------------------------------------------------------------------------------------- KDF
+def hkdf_sha256(material: bytes, info: bytes, length: int = KEY_LEN) -> bytes:
+    """HKDF-SHA256 (RFC 5869) without salt (a zero salt): a subkey of ``material`` bound to ``info``."""
+    return _HKDF(algorithm=_hashes.SHA256(), length=length, salt=None, info=info).derive(material)
+
+
 SCRYPT_MAX_LOG2_N = 22
 SCRYPT_MAX_R = 32
 SCRYPT_MAX_P = 16

@@ -45,6 +45,7 @@ from ..replica import blob_gc, heads_board
 from ..replica.ledger import ForkRefused, Ledger, QuotaExceeded
 from ..replica.quota import QuotaPolicy
 from ..replica.shared_quota import StoredQuotaBook, backfill_space_state
+from ..replica.vault_board import VaultPolicy
 from ..store.blobfiles import BlobFiles
 from ..store.blobstore import BlobStore
 from ..store.db import Store
@@ -55,6 +56,7 @@ from .endpoint import Endpoint, serve_tcp
 from .limits import ConnectionLimits
 from .runner import Runner
 from .tls import make_tls_identity
+from . import vault_node
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,7 @@ class Node:
                  max_spaces_per_account: int | None = DEFAULT_SPACES_PER_ACCOUNT,
                  allowed_accounts: frozenset[bytes] | None = None, limits: ConnectionLimits | None = None,
                  gc_grace_us: int = blob_gc.DEFAULT_GRACE_US, gc_interval: float = DEFAULT_GC_INTERVAL,
-                 clock: Callable[[], int] = blob_gc.now_us) -> None:
+                 clock: Callable[[], int] = blob_gc.now_us, vault_policy: VaultPolicy | None = None) -> None:
         """``gc_grace_us``: how long an uploaded blob may wait for a change that references it; ``gc_interval``:
         seconds between collections while serving (0: never); ``clock``: µs now (tests move it forward);
         ``db``: a PostgreSQL URL (default: SQLite ``<data>/node.db``); ``blobs``: where blob bytes go (default:
@@ -147,6 +149,7 @@ class Node:
         # The token this process signs its change notices with, so it ignores its own (only on a shared database).
         self.notice = uuid.uuid4().hex if self.store.shared else None
         self.quota = quota_bytes
+        self.vault_policy = vault_policy or VaultPolicy()  # account vaults: bytes per discovery ID, how many
         # Every space is charged to its owner account; ledgers check and update the figures in the database under
         # the write lock (one per database: every node process on it shares the quotas).
         policy = QuotaPolicy(per_space=quota_bytes, per_account=account_quota_bytes,
@@ -423,6 +426,8 @@ class Node:
             return m.Bits(m.bits_of(flags))
         if isinstance(body, (m.PutHeads, m.GetHeads)):
             return await self._signed_heads(conn, body)
+        if isinstance(body, (m.PutVault, m.GetVault)):
+            return await vault_node.handle(self, conn, body)
         raise ServiceError(m.ErrorCode.BAD_REQUEST, f"unsupported request {type(body).__name__}")
 
     async def _blob_ranges(self, conn: Connection, body: m.GetBlobRanges) -> m.BlobSlice:

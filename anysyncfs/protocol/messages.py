@@ -18,6 +18,7 @@ from ..core.blob import MAX_BLOB_LEN
 from ..core.change import MAX_CHANGE_SIZE
 from ..core.signed_heads import MAX_DEVICES_PER_SPACE as MAX_SIGNED_HEADS
 from ..core.signed_heads import MAX_RECORD_LEN as MAX_SIGNED_HEADS_LEN
+from ..core.vault import MAX_RECORD_LEN as MAX_VAULT_LEN
 from ..errors import ProtocolError
 
 PROTOCOL_VERSION = 1  # the only version so far; Hello carries a [min, max] range for later ones
@@ -185,8 +186,21 @@ class GetBlobRanges(_Tagged, frozen=True, tag=70):
     ranges: Annotated[list[tuple[Offset, RangeLen]], msgspec.Meta(min_length=1, max_length=MAX_RANGES)]
 
 
+class PutVault(_Tagged, frozen=True, tag=40):
+    """Store an account vault record (docs/protocol.md 25) under its discovery ID; anyone may (the signature and
+    the node's vault quotas decide)."""
+
+    record: Annotated[bytes, msgspec.Meta(max_length=MAX_VAULT_LEN)]
+
+
+class GetVault(_Tagged, frozen=True, tag=41):
+    """The vault record held under a discovery ID (NOT_FOUND: none)."""
+
+    discovery_id: Id32
+
+
 RequestBody = Union[OpenSpace, Reconcile, GetChanges, PutChanges, PutAcl, GetBlob, PutBlob, HasBlobs, PushSpace,
-                    GetAcl, PutHeads, GetHeads, GetBlobRanges]
+                    GetAcl, PutHeads, GetHeads, GetBlobRanges, PutVault, GetVault]
 
 
 # ---------------------------------------------------------------------------------------------- responses
@@ -235,8 +249,17 @@ class BlobSlice(_Tagged, frozen=True, tag=170):
     slice: Annotated[bytes, msgspec.Meta(max_length=MAX_SLICE_LEN)]  # the slice (50.8), verified by the asker
 
 
+class VaultRecordReply(_Tagged, frozen=True, tag=140):
+    record: Annotated[bytes, msgspec.Meta(max_length=MAX_VAULT_LEN)]  # the newest record held, verbatim
+
+
+class VaultStored(_Tagged, frozen=True, tag=141):
+    stored: bool  # False: the node holds this version or a newer one (it kept that)
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]  # the version held now
+
+
 ResponseBody = Union[SpaceInfo, ReconcileReply, Changes, Accepted, Blob, Ok, Bits, AclRecords, HeadsRecords,
-                     BlobSlice]
+                     BlobSlice, VaultRecordReply, VaultStored]
 
 
 # ---------------------------------------------------------------------------------------------- notifications

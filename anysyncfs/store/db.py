@@ -28,6 +28,7 @@ from . import schema as S
 from .db_gc import GcQueries
 from .db_heads import HeadsQueries
 from .db_node import NodeQueries
+from .db_vault import VaultQueries
 from .db_sync import IN_BATCH, BlobRow, PeerRow, SyncQueries, _batches, now_us
 from .db_uploads import UploadQueries
 from .files import PRIVATE_FILE_MODE, tighten
@@ -91,7 +92,7 @@ def split_ids(packed: bytes, size: int = 32) -> tuple[bytes, ...]:
     return tuple(packed[i : i + size] for i in range(0, len(packed), size))
 
 
-class Store(SyncQueries, HeadsQueries, GcQueries, UploadQueries, NodeQueries):
+class Store(SyncQueries, HeadsQueries, GcQueries, UploadQueries, NodeQueries, VaultQueries):
     """One database for every space of a home directory or a node: a SQLite file (``path``), or for a node a
     PostgreSQL database (``path`` is then a ``postgresql://`` URL; see :mod:`.dialect`)."""
 

@@ -34,12 +34,13 @@ from sqlalchemy import (
 
 from .dialect import EmptyBytes
 
-SCHEMA_VERSION = 3  # bump on any change below; the store refuses a database with another version
+SCHEMA_VERSION = 4  # bump on any change below; the store refuses a database with another version
 # Version history (the store upgrades an older database in place, in one transaction; see db.py):
 #   1  first release
 #   2  space_blobs, pins, pinned_blobs (new); peers.device_key, peers.last_attempt_us, peers.last_error;
 #      blobs.remote_confirmed
 #   3  changes.unreadable
+#   4  vaults (new)
 
 metadata = MetaData()
 
@@ -285,10 +286,26 @@ node_spaces = Table(
            "(ACL, DAG, heads, usage) was read at another generation reloads it"),
 )
 Index("node_spaces_by_owner", node_spaces.c.owner)
+# The account vault (docs/protocol.md 25): one table for both sides, added in version 4.
+vaults = Table(
+    "vaults",
+    metadata,
+    Column("discovery_id", LargeBinary(32), primary_key=True,
+           doc="discovery ID of a vault (HKDF of its signing key: links to no account without the phrase)"),
+    Column("version", BigInteger, nullable=False, doc="version of the record held in `record`"),
+    Column("record", LargeBinary, nullable=False,
+           doc="the signed, encrypted vault record, verbatim (a provider: the newest it accepted, which it serves; "
+           "a device: its own account's vault as it last merged it, which it pushes)"),
+    Column("highest_seen", BigInteger, nullable=False,
+           doc="on a device: the highest version any provider served or accepted (a lower one later is a "
+           "rollback); on a provider equal to `version`"),
+    Column("stored_us", BigInteger, nullable=False, doc="when the row last changed, µs"),
+)
 
 # Upgrades of an older database, by the version they start from: the columns to append (ALTER TABLE ADD COLUMN,
 # with their DDL as declared above). Tables that did not exist are then created by ``metadata.create_all``.
 COLUMNS_ADDED_AFTER: dict[int, tuple[Column, ...]] = {
     1: (peers.c.device_key, peers.c.last_attempt_us, peers.c.last_error, blobs.c.remote_confirmed),
     2: (changes.c.unreadable,),
+    3: (),  # version 4 only adds the table vaults
 }
