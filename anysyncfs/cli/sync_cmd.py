@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from ..core import ids
@@ -81,11 +82,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     s.add_argument("space")
     s.set_defaults(func=cmd_peers)
 
-    s = sub.add_parser("sync", help="reconcile a space once with every known peer, then exit")
+    s = sub.add_parser("sync", help="reconcile a space once with every known peer, then exit (--watch: keep it "
+                                    "in sync until stopped)")
     s.add_argument("space", help="space name or ID (an ID fetches a space this device does not hold yet)")
     s.add_argument("--name", help="local name for a space fetched for the first time")
     s.add_argument("--metadata-only", action="store_true", help="fetch changes but not file contents")
     s.add_argument("--timeout", type=float, default=600.0, help="seconds per peer (default 600)")
+    s.add_argument("--watch", action="store_true",
+                   help="keep syncing until SIGINT/SIGTERM, without a mount: dial peers, accept members' devices, "
+                        "find members on the LAN")
+    s.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT…]",
+                   help="with --watch: listen=HOST:PORT|off (default all interfaces, port 7734 or a free one), "
+                        "discovery=on|off (mDNS, default on), sync_interval=SECONDS")
     s.set_defaults(func=cmd_sync)
 
     s = sub.add_parser("status", help="peers, pending changes and blobs, last sync of each space")
@@ -259,6 +267,12 @@ def cmd_sync(ctx: Context) -> int:
 
     unlocked = ctx.home.unlock(ctx.passphrase())
     space_id = _space_id(ctx, ctx.args.space)
+    if ctx.args.watch:
+        from .watch_cmd import watch_space
+
+        return watch_space(unlocked, space_id, ctx.args.options)
+    if ctx.args.options:
+        raise UsageError("-o is for sync --watch")
     with ProgressBars() as bars:
         report = sync_space(unlocked, space_id, name=ctx.args.name, content=not ctx.args.metadata_only,
                             progress=bars, timeout=ctx.args.timeout)
@@ -290,10 +304,17 @@ def cmd_status(ctx: Context) -> int:
         live = _read_status(status_path(ctx.home.root, row.id))
         live_peers = {p["address"]: p for p in live.get("peers", [])} if live else {}
         peers = []
-        for p in store.peers(row.id):
-            lp = live_peers.get(p.address, {})
+        recorded = store.peers(row.id)
+        listed = {p.address for p in recorded}
+        found = [lp for a, lp in live_peers.items() if a not in listed]  # found by address records or mDNS
+        for p in [*recorded, *found]:
+            lp = p if isinstance(p, dict) else live_peers.get(p.address, {})
+            p = SimpleNamespace(**{"last_sync_us": None, "last_error": ""} | p) if isinstance(p, dict) else p
             peers.append({
                 "address": p.address,
+                # how it was found: provider (a recorded peer that is not a member's device), manual (a device
+                # recorded with add-peer), address record, mdns
+                "found_by": _found_by(lp),
                 "connected": bool(lp.get("connected", False)),
                 "last_sync_us": lp.get("last_sync_us") or p.last_sync_us,
                 "last_error": lp.get("last_error") or p.last_error or "",
@@ -307,6 +328,7 @@ def cmd_status(ctx: Context) -> int:
         out.append({
             "space": ids.space_text(row.id), "name": row.name, "mounted": live is not None,
             "blobs_to_upload": store.count_pending_uploads(row.id), "peers": peers, "warnings": warnings,
+            "listen": list(live.get("listen", [])) if live else [],  # this device's anysync://dv-…@HOST:PORT
             # accepted changes whose payload does not open or decode here: kept, skipped by the fold (fsck lists
             # them with their reasons)
             "unreadable_changes": len(unreadable),
@@ -318,6 +340,8 @@ def cmd_status(ctx: Context) -> int:
         return 0
     for s in out:
         print(f"{s['space']}  {s['name']}  {'mounted (syncing)' if s['mounted'] else 'not mounted'}")
+        for address in s["listen"]:
+            print(f"  listening at {address}")
         print(f"  blobs not yet uploaded: {s['blobs_to_upload']}")
         if s["unreadable_changes"]:
             more = s["unreadable_changes"] - len(s["unreadable_change_ids"])
@@ -330,12 +354,19 @@ def cmd_status(ctx: Context) -> int:
             print("  no peers (anysyncfs space add-peer SPACE ADDRESS)")
         for p in s["peers"]:
             state = "connected" if p["connected"] else "not connected"
-            print(f"  {p['address']}: {state}, last sync {_when(p['last_sync_us'])}, "
+            print(f"  {p['address']} ({p['found_by']}): {state}, last sync {_when(p['last_sync_us'])}, "
                   f"changes to fetch {p['changes_to_fetch']}, to send {p['changes_to_send']}"
                   + (f", last error: {p['last_error']}" if p["last_error"] else ""))
         for w in s["warnings"]:  # a provider caught keeping changes back (signed heads, protocol.md 70.9)
             print(f"  WARNING: {w['message']} (first seen {_when(w['first_us'])}, last {_when(w['last_us'])})")
     return 0
+
+
+def _found_by(live: dict[str, Any]) -> str:
+    via = str(live.get("via", "manual"))
+    if via == "manual":
+        return {"provider": "provider", "device": "manual"}.get(str(live.get("kind", "")), "manual")
+    return via
 
 
 def _read_status(path: Path) -> dict | None:

@@ -38,6 +38,8 @@ POLL_S = 0.05  # how often the engine looks for local commits (a read of one att
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 HOSTILE_BACKOFF_S = 60.0  # after a peer sent invalid data
+DISCOVERED_BACKOFF_MAX_S = 300.0  # a discovered address that keeps failing is tried at most this often
+BLOB_ATTEMPT_S = 10.0  # one peer's turn at a blob fetch: a dead path is left after this, the next peer asked
 UPLOAD_BATCH = 64
 TRANSFERS_IN_FLIGHT = 4  # concurrent blob uploads / content fetches per sync
 
@@ -55,6 +57,8 @@ class PeerStatus:
     to_send: int = 0  # changes we had that the peer lacked
     rounds: int = 0  # reconciliation round trips of the last run
     next_attempt: float = 0.0
+    via: str = "manual"  # how it was found: manual (peers table), address record, mdns
+    kind: str = ""  # once connected: "device" (a member's device) or "provider"
 
 
 @dataclass
@@ -92,7 +96,12 @@ class SpaceSync:
         self._fetching: dict[bytes, trio.Event] = {}
         self._known_heads = replica.heads
         self.pending_uploads = 0
+        self.exchange_addresses: Callable[[SpaceSync, Connection], Awaitable[None]] | None = None  # address records
         self.witness = HeadsWitness(replica, run)  # signed heads: catches a provider keeping changes back
+        self.discovered: dict[str, tuple[PeerAddress, str]] = {}  # found by address records or mDNS, with how
+        self._new_address = trio.Event()
+        self._connected_devices: dict[bytes, str] = {}  # device key -> the address we are connected to it by
+        self._is_device: dict[str, bool] = {}  # peer key -> a member's device (True) or a provider
 
     # ------------------------------------------------------------------------------------------ addresses
     async def addresses(self) -> list[PeerAddress]:
@@ -105,6 +114,16 @@ class SpaceSync:
                 log.warning("ignoring peer %r: %s", r.address, e)
         return out
 
+    def add_discovered(self, addr: PeerAddress, via: str) -> None:
+        """An address found by an address record or on the LAN: dialled like a recorded peer (this device's own
+        addresses are ignored)."""
+        if addr.device == self.endpoint.identity.device_id:
+            return
+        key = str(addr)
+        if key not in self.discovered:
+            self.discovered[key] = (addr, via)
+            self._new_address.set()
+
     # ------------------------------------------------------------------------------------------ long-running
     async def run_forever(self) -> None:
         """Keep every known peer connected and in sync until cancelled (new peers are picked up on the go)."""
@@ -112,12 +131,15 @@ class SpaceSync:
             nursery.start_soon(self._watch_local_commits)
             running: set[str] = set()
             while True:
-                for addr in await self.addresses():
+                found = [(addr, "manual") for addr in await self.addresses()] + list(self.discovered.values())
+                for addr, via in found:
                     key = str(addr)
                     if key not in running:
                         running.add(key)
-                        nursery.start_soon(self._peer_loop, addr)
-                await trio.sleep(min(self.interval, 5.0))
+                        nursery.start_soon(self._peer_loop, addr, via)
+                with trio.move_on_after(min(self.interval, 5.0)):
+                    await self._new_address.wait()
+                self._new_address = trio.Event()
 
     async def _watch_local_commits(self) -> None:
         """Live push: when our heads move (a local commit, or changes fetched from another peer), wake every
@@ -130,11 +152,16 @@ class SpaceSync:
                 for ev in self._wake.values():
                     ev.set()
 
-    async def _peer_loop(self, addr: PeerAddress) -> None:
+    async def _peer_loop(self, addr: PeerAddress, via: str = "manual") -> None:
         key = str(addr)
-        st = self.peers.setdefault(key, PeerStatus(key))
+        st = self.peers.setdefault(key, PeerStatus(key, via=via))
         backoff = BACKOFF_MIN_S
+        most = BACKOFF_MAX_S if via == "manual" else DISCOVERED_BACKOFF_MAX_S
         while True:
+            other = self._connected_devices.get(addr.device)
+            if other is not None and other != key:
+                await trio.sleep(BACKOFF_MAX_S * (0.5 + random.random()))  # already connected by another address
+                continue
             try:
                 conn = await self.endpoint.dial(addr, on_notify=self._on_notify)
             except (NetworkError, IntegrityError, ProtocolError) as e:
@@ -144,16 +171,19 @@ class SpaceSync:
                 st.next_attempt = time.time() + wait
                 log.info("%s: %s (retry in %.1f s)", key, e, wait)
                 await trio.sleep(wait)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                backoff = min(backoff * 2, most)
                 continue
             backoff = BACKOFF_MIN_S
             hostile = False
+            self._connected_devices.setdefault(addr.device, key)
             try:
                 hostile = await self._connected_session(key, conn, st)
             finally:
                 st.connected = False
                 self._conns.pop(key, None)
                 self._wake.pop(key, None)
+                if self._connected_devices.get(addr.device) == key:
+                    del self._connected_devices[addr.device]
                 await conn.abort("done")
             await trio.sleep(HOSTILE_BACKOFF_S if hostile else BACKOFF_MIN_S)
 
@@ -214,10 +244,17 @@ class SpaceSync:
         raised (so a peer that sent invalid data is still disconnected and backed off)."""
         if await self.run(self.replica.refresh_acl) and self.on_changed is not None:
             await self.on_changed()  # another process (the CLI) changed the ACL: roles or keys may have moved
+        device = self.peer_is_device(conn)
+        if st is not None:
+            st.kind = "device" if device else "provider"
         await self._open(conn)
         fetch_failures: list[AnysyncError] = []
         await self._sync_acl(conn, fetch_failures)
-        uploaded = await self.upload_blobs(conn, progress)
+        if self.exchange_addresses is not None:
+            await self.exchange_addresses(self, conn)
+        # Blobs go up to providers only: a device fetches what it reads (GetBlob), and an upload confirmed by a
+        # device must not count as safe on a provider.
+        uploaded = [] if device else await self.upload_blobs(conn, progress)
 
         async def changes_round() -> tuple[int, int, int]:
             # Everything the peer lacks is sent before the first fetch failure is raised; the witness then judges
@@ -227,14 +264,26 @@ class SpaceSync:
                 raise fetch_failures[0]
             return result
 
-        fetched, sent, rounds = await self.witness.checked_round(conn, changes_round)
-        await self.confirm_uploads(uploaded)
+        if device:  # signed heads judge providers; a member's device is no provider
+            fetched, sent, rounds = await changes_round()
+        else:
+            fetched, sent, rounds = await self.witness.checked_round(conn, changes_round)
+            await self.confirm_uploads(uploaded)
         if st is not None:
             st.last_sync_us = time.time_ns() // 1000
             st.last_error = ""
             st.rounds = rounds
         await self._note(conn.label, ok=True)
         return fetched, sent, len(uploaded)
+
+    def peer_is_device(self, conn: Connection) -> bool:
+        """A member's device (its account is in the space's ACL), not a provider (whose account never is)."""
+        key = conn.label
+        known = self._is_device.get(key)
+        if known is None:
+            assert conn.peer is not None
+            known = self._is_device[key] = self.replica.role_of(conn.peer.peer_account) is not None
+        return known
 
     async def _sync_acl(self, conn: Connection, fetch_failures: list[AnysyncError]) -> None:
         """Reconcile ACL record IDs by ranges; fetch the records we lack (verified on adding), send theirs."""
@@ -426,19 +475,24 @@ class SpaceSync:
         errors: list[str] = []
         while True:
             candidates = [(k, c) for k, c in self._conns.items() if k not in tried and not c.closed.is_set()]
+            # Path choice: a member's device (on the LAN, found by mDNS, or by its address record) before a
+            # provider; each peer gets a bounded turn, so a dead path is left for the next one.
+            candidates.sort(key=lambda kc: (not self._is_device.get(kc[0], False), self._via_rank(kc[0])))
             for key, conn in candidates:
                 tried.add(key)
                 try:
-                    with trio.fail_at(deadline):
+                    with trio.fail_at(min(deadline, trio.current_time() + BLOB_ATTEMPT_S)):
                         reply = await conn.request(m.GetBlob(self.space_id, blob_id))
                     if not isinstance(reply, m.Blob):
                         raise ProtocolError(f"expected Blob, got {type(reply).__name__}")
                     data = bytes(reply.data)
                     # Verify and write the file without the mount's lock (hashing and fsync take milliseconds:
-                    # file-system requests go on meanwhile), then index it under the lock. Only providers answer
-                    # GetBlob, and only with blobs they store: the cache may evict it.
+                    # file-system requests go on meanwhile), then index it under the lock. A provider answers
+                    # GetBlob only with blobs it stores: the cache may evict it. A device may evict its own copy:
+                    # not a confirmation.
                     await trio.to_thread.run_sync(self.replica.write_fetched_blob, blob_id, data)
-                    await self.run(functools.partial(self.replica.index_fetched_blob, remote_confirmed=True),
+                    confirmed = not self._is_device.get(key, False)
+                    await self.run(functools.partial(self.replica.index_fetched_blob, remote_confirmed=confirmed),
                                    blob_id, len(data))
                     return
                 except (IntegrityError, ProtocolError) as e:
@@ -455,6 +509,10 @@ class SpaceSync:
                 await self._conn_changed.wait()
             tried.clear()
         raise NotFound(f"blob {label} could not be fetched ({'; '.join(errors[-2:]) or 'no peer reachable'})")
+
+    def _via_rank(self, key: str) -> int:
+        st = self.peers.get(key)
+        return {"mdns": 0, "address record": 1}.get(st.via if st else "", 2)
 
     async def hold_connection(self, addr: PeerAddress) -> None:
         """Keep one connection open for blob fetches (no sync), until cancelled or it breaks."""

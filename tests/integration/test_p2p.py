@@ -1,0 +1,143 @@
+"""Devices syncing directly, without a provider, over real TCP on loopback (issue 13).
+
+Each device runs what a mount or ``sync --watch`` runs: its sync engine and its listener (DeviceServer), each
+with its own endpoint; every connection is TLS 1.3 + the session handshake, as between processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from anysyncfs.core import keys
+from anysyncfs.core.address import PeerAddress
+from anysyncfs.errors import NetworkError
+from anysyncfs.net.connection import RemoteError, while_serving
+from anysyncfs.net.device_server import ListenSpec, parse_listen
+from anysyncfs.net.endpoint import Endpoint
+from anysyncfs.net.fetch_space import _missing_blobs
+from anysyncfs.net.p2p import DevicePeering
+from anysyncfs.net.runner import Runner
+from anysyncfs.net.sync import SpaceSync
+from anysyncfs.protocol import messages as m
+from anysyncfs.replica import Replica, adopt_space, create_space
+from anysyncfs.replica.files import put_file, read_file, resolve
+
+from tests.integration.test_sync import content, eventually
+
+pytestmark = pytest.mark.trio
+
+LOOPBACK = ListenSpec("127.0.0.1", 0, False)
+
+
+@asynccontextmanager
+async def device(replica: Replica, *, discovery: bool = False) -> AsyncIterator[tuple[SpaceSync, DevicePeering]]:
+    """A device as a mount runs it: sync engine + listener (+ address records / mDNS when asked)."""
+    sync = SpaceSync(replica, Endpoint(replica.identity), Runner(), interval=5.0, fetch_timeout=10.0)
+    peering = DevicePeering(sync, listen=LOOPBACK, discovery=discovery)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peering.run)
+        nursery.start_soon(sync.run_forever)
+        yield sync, peering
+        nursery.cancel_scope.cancel()
+
+
+def second_device(make_home, a: Replica, phrase: str, name: str) -> Replica:
+    home = make_home(name, phrase)
+    return adopt_space(home, "docs", a.header_raw, [raw for _rid, raw in a.acl_raws()])
+
+
+def own_address(peering: DevicePeering) -> PeerAddress:
+    assert peering.server is not None
+    return peering.server.addresses()[0]
+
+
+async def test_listen_option() -> None:
+    assert parse_listen(None) == ListenSpec(None, 7734, True)
+    assert parse_listen("off") is None
+    assert parse_listen("127.0.0.1:0") == ListenSpec("127.0.0.1", 0, False)
+    assert parse_listen("[::1]:9000") == ListenSpec("::1", 9000, False)
+    with pytest.raises(Exception, match="HOST:PORT"):
+        parse_listen("nonsense")
+
+
+async def test_two_devices_sync_both_ways_through_a_manual_device_address(make_home) -> None:
+    phrase = keys.generate_phrase()
+    a = create_space(make_home("a", phrase), "docs")
+    put_file(a, "/before.txt", b"written before b existed")
+    b = second_device(make_home, a, phrase, "b")
+    big = os.urandom(300_000)
+    async with device(a) as (sa, pa), device(b) as (sb, pb):
+        # Only b knows a's address (add-peer with a device address); a learns nothing of b.
+        b.store.add_peer(b.space_id, str(own_address(pa)), own_address(pa).device)
+        await eventually(lambda: b.tree.canonical() == a.tree.canonical(), "b has a's tree")
+        assert content(b, "/before.txt") == b"written before b existed"  # blob fetched from a device
+        st = next(iter(sb.peers.values()))
+        assert st.kind == "device" and st.via == "manual"
+        # live push a -> b (over b's connection: a announces its heads to its subscribers)
+        put_file(a, "/big.bin", big)
+        await eventually(lambda: resolve_or_none(b, "/big.bin"), "a's new file reached b")
+        await fetch_missing(sb)  # what a read in a mount does: GetBlob from the connected device
+        assert content(b, "/big.bin") == big
+        # and b -> a over the same connection (b pushes its commit to a's listener)
+        put_file(b, "/from-b.txt", b"hello a" * 20000)
+        await eventually(lambda: resolve_or_none(a, "/from-b.txt"), "b's file reached a")
+        assert b.store.count_pending_uploads(b.space_id) > 0  # a device is no provider: nothing counts as uploaded
+        # a reads b's blobs once it dials b (it learns b's address here by hand)
+        a.store.add_peer(a.space_id, str(own_address(pb)), own_address(pb).device)
+        await eventually(lambda: "device" in [p.kind for p in sa.peers.values()], "a connected to b")
+        await fetch_missing(sa)
+        assert blob_here(a, "/from-b.txt")
+
+
+async def fetch_missing(sync: SpaceSync) -> None:
+    for _ in range(4):  # a manifest first, then its chunks
+        missing = _missing_blobs(sync.replica)
+        if not missing:
+            return
+        for blob_id in missing:
+            await sync.fetch_blob(blob_id, timeout=10)
+    raise AssertionError("blobs still missing")
+
+
+def resolve_or_none(r: Replica, path: str) -> bool:
+    try:
+        resolve(r.tree, path)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def blob_here(r: Replica, path: str) -> bool:
+    try:
+        return b"".join(read_file(r, resolve(r.tree, path))) == b"hello a" * 20000
+    except Exception:  # noqa: BLE001
+        return False
+
+
+async def test_a_stranger_is_refused_after_authentication_and_learns_nothing(make_home) -> None:
+    phrase = keys.generate_phrase()
+    a = create_space(make_home("a", phrase), "secret-docs")
+    put_file(a, "/names-are-secret.txt", b"x" * 1000)
+    stranger = make_home("stranger")  # another account
+    other = create_space(stranger, "theirs")
+    async with device(a) as (_sa, pa):
+        endpoint = Endpoint(stranger.identity)
+        conn = await endpoint.dial(own_address(pa))  # TLS + authentication succeed: the key was pinned right
+
+        async def ask() -> object:
+            return await conn.request(m.OpenSpace(a.space_id, with_acl=True))
+
+        with pytest.raises((NetworkError, RemoteError)) as info:
+            await while_serving(conn, ask)
+        assert isinstance(info.value, NetworkError)  # closed at once: no answer at all, not even "forbidden"
+        received = conn.bytes_in
+        await conn.abort("done")
+        assert pa.server is not None and pa.server.refused_strangers == 1
+        # Everything it received is the handshake (TLS records of a few KiB); no reply frame ever arrived.
+        assert received < 8192
+        del other
