@@ -33,6 +33,7 @@ from ..core.reconcile import IdSet
 from ..errors import NotFound, UsageError
 from ..protocol import messages as m
 from ..replica import Replica
+from ..replica.address_board import AddressBoard
 from ..replica.ledger import Usage
 from .connection import Connection, ServiceError
 from .endpoint import Endpoint, serve_tcp
@@ -109,6 +110,7 @@ class DeviceServer(Node):
         self._device_sets: dict[tuple[bytes, int], tuple[object, IdSet]] = {}
         self._subscribers: dict[bytes, set[Connection]] = {}
         self.connections: set[Connection] = set()
+        self.address_board = AddressBoard()
         self.listeners: list[trio.SocketListener] = []
         self.refused_strangers = 0
 

@@ -10,10 +10,16 @@ How peers are found (``PeerStatus.via``): ``manual`` (the peers table: providers
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import trio
 
+from ..core import address_record as ar
+from ..core.address import PeerAddress
+from ..errors import AuthenticationFailed, DecodeError, PermissionDenied, ProtocolError
+from ..protocol import messages as m
+from .connection import Connection, RemoteError
 from .device_server import DeviceServer, ListenSpec
 from .sync import SpaceSync
 
@@ -32,6 +38,8 @@ class DevicePeering:
         if listen is not None:
             self.server = DeviceServer(sync.endpoint, sync.run)
             self.server.add_replica(sync.replica, on_changed)
+        self._record: tuple[tuple[object, ...], bytes] | None = None  # (what it says, the signed record)
+        sync.exchange_addresses = self.exchange_addresses
 
     def addresses(self) -> list[str]:
         return [str(a) for a in self.server.addresses()] if self.server is not None else []
@@ -53,3 +61,53 @@ class DevicePeering:
                 else:
                     log.info("listening for members' devices at %s", ", ".join(self.addresses()))
             task_status.started()
+
+    # ------------------------------------------------------------------------------------------ address records
+    def own_record(self) -> bytes | None:
+        """Our signed, sealed address record (signed again only when the addresses or the epoch change)."""
+        if self.server is None:
+            return None
+        pairs = [(a.host, a.port) for a in self.server.addresses()][: ar.MAX_ADDRESSES]
+        if not pairs:
+            return None
+        replica = self.sync.replica
+        try:
+            epoch, key = replica.current_epoch_key()
+        except PermissionDenied:
+            return None
+        what = (tuple(pairs), epoch)
+        if self._record is None or self._record[0] != what:
+            raw = ar.sign_addresses(replica.identity, replica.space_id, epoch, key, pairs, time.time_ns() // 1000)
+            self._record = (what, raw)
+            self.server.address_board.offer(replica.space_id, replica.role_of, raw)  # served to members too
+        return self._record[1]
+
+    async def exchange_addresses(self, sync: SpaceSync, conn: Connection) -> None:
+        """In every sync round: publish our record to the peer, read the records it holds, dial what they name.
+        A peer that does not keep records (refuses) costs nothing; forged records close the connection."""
+        space_id = sync.space_id
+        own = self.own_record()
+        try:
+            if own is not None:
+                await conn.request(m.PutAddresses(space_id, own))
+            reply = await conn.request(m.GetAddresses(space_id))
+        except RemoteError as e:
+            log.debug("%s: no address records: %s", conn.label, e)
+            return
+        if not isinstance(reply, m.AddressRecords):
+            raise ProtocolError(f"expected AddressRecords, got {type(reply).__name__}")
+        replica = sync.replica
+        me = replica.identity.device_id
+        for raw in reply.records:
+            record = ar.parse_address_record(bytes(raw), space_id)  # forged: IntegrityError, the peer is dropped
+            if record.device == me or replica.role_of(record.account) is None:
+                continue
+            try:
+                pairs = ar.open_addresses(record, replica.keys)
+            except (AuthenticationFailed, DecodeError) as e:  # a member sealed garbage, or an epoch we lack
+                log.info("%s: an address record does not open: %s", conn.label, e)
+                continue
+            if self.server is not None:
+                self.server.address_board.offer(space_id, replica.role_of, record.raw)
+            for host, port in pairs:
+                sync.add_discovered(PeerAddress(record.device, host, port), "address record")

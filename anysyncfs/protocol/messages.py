@@ -16,6 +16,8 @@ import msgspec
 from ..core.blob import MAX_BLOB_LEN
 from ..core.change import MAX_CHANGE_SIZE
 from ..core.signed_heads import MAX_DEVICES_PER_SPACE as MAX_SIGNED_HEADS
+from ..core.address_record import MAX_RECORD_LEN as MAX_ADDRESS_RECORD_LEN
+from ..core.address_record import MAX_RECORDS_PER_SPACE as MAX_ADDRESS_RECORDS
 from ..core.signed_heads import MAX_RECORD_LEN as MAX_SIGNED_HEADS_LEN
 from ..errors import ProtocolError
 
@@ -166,8 +168,21 @@ class GetHeads(_Tagged, frozen=True, tag=12):
     space: Id32
 
 
+class PutAddresses(_Tagged, frozen=True, tag=50):
+    """Offer a device's address record (docs/protocol.md 70.10): signed by the device, sealed for members."""
+
+    space: Id32
+    record: Annotated[bytes, msgspec.Meta(max_length=MAX_ADDRESS_RECORD_LEN)]
+
+
+class GetAddresses(_Tagged, frozen=True, tag=51):
+    """The newest address record of every member device the responder holds for a space."""
+
+    space: Id32
+
+
 RequestBody = Union[OpenSpace, Reconcile, GetChanges, PutChanges, PutAcl, GetBlob, PutBlob, HasBlobs, PushSpace,
-                    GetAcl, PutHeads, GetHeads]
+                    GetAcl, PutHeads, GetHeads, PutAddresses, GetAddresses]
 
 
 # ---------------------------------------------------------------------------------------------- responses
@@ -212,7 +227,13 @@ class HeadsRecords(_Tagged, frozen=True, tag=109):
                        msgspec.Meta(max_length=MAX_SIGNED_HEADS)]  # signed heads records, one per device
 
 
-ResponseBody = Union[SpaceInfo, ReconcileReply, Changes, Accepted, Blob, Ok, Bits, AclRecords, HeadsRecords]
+class AddressRecords(_Tagged, frozen=True, tag=151):
+    records: Annotated[list[Annotated[bytes, msgspec.Meta(max_length=MAX_ADDRESS_RECORD_LEN)]],
+                       msgspec.Meta(max_length=MAX_ADDRESS_RECORDS)]  # address records, one per device
+
+
+ResponseBody = Union[SpaceInfo, ReconcileReply, Changes, Accepted, Blob, Ok, Bits, AclRecords, HeadsRecords,
+                     AddressRecords]
 
 
 # ---------------------------------------------------------------------------------------------- notifications

@@ -20,6 +20,7 @@ from anysyncfs.net.connection import RemoteError, while_serving
 from anysyncfs.net.device_server import ListenSpec, parse_listen
 from anysyncfs.net.endpoint import Endpoint
 from anysyncfs.net.fetch_space import _missing_blobs
+from anysyncfs.net.node import Node
 from anysyncfs.net.p2p import DevicePeering
 from anysyncfs.net.runner import Runner
 from anysyncfs.net.sync import SpaceSync
@@ -141,3 +142,42 @@ async def test_a_stranger_is_refused_after_authentication_and_learns_nothing(mak
         # Everything it received is the handshake (TLS records of a few KiB); no reply frame ever arrived.
         assert received < 8192
         del other
+
+
+async def test_devices_dial_each_other_through_published_address_records_and_survive_the_provider(
+        tmp_path: Path, make_home) -> None:
+    phrase = keys.generate_phrase()
+    a = create_space(make_home("a", phrase), "docs")
+    b = second_device(make_home, a, phrase, "b")
+    async with trio.open_nursery() as outer:
+        node_scope = trio.CancelScope()
+        node = Node(tmp_path / "node")
+
+        async def serve_node(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            with node_scope:
+                await node.serve("127.0.0.1", 0, task_status=task_status)
+
+        listeners = await outer.start(serve_node)
+        provider = node.address("127.0.0.1", listeners[0].socket.getsockname()[1])
+        for r in (a, b):  # each device knows only the provider
+            r.store.add_peer(r.space_id, str(provider), provider.device)
+        async with device(a) as (sa, pa), device(b) as (sb, pb):
+            # The provider keeps the records sealed: it holds them, it cannot read them.
+            await eventually(lambda: len(node.address_board.served(a.space_id, lambda _a: 1)) == 2, "both published")
+            for raw in node.address_board.served(a.space_id, lambda _a: 1):
+                assert b"127.0.0.1" not in raw
+            # Each dials the other at the address it published.
+            await eventually(lambda: any(p.via == "address record" and p.kind == "device" and p.connected
+                                         for p in sb.peers.values()), "b dialled a by its record")
+            assert str(own_address(pa)) in sb.peers
+            await eventually(lambda: any(p.via == "address record" and p.connected for p in sa.peers.values()),
+                             "a dialled b by its record")
+            node_scope.cancel()  # the provider dies
+            await eventually(lambda: not any(p.connected for k, p in sb.peers.items() if k == str(provider)),
+                             "b noticed the provider is gone")
+            put_file(a, "/after-provider.txt", b"direct" * 50_000)
+            await eventually(lambda: resolve_or_none(b, "/after-provider.txt"), "a's file reached b directly")
+            await fetch_missing(sb)
+            assert content(b, "/after-provider.txt") == b"direct" * 50_000
+        outer.cancel_scope.cancel()
+    node.close()
