@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -22,6 +23,9 @@ from ..protocol import messages as m
 from .connection import Connection, RemoteError
 from .device_server import DeviceServer, ListenSpec
 from .sync import SpaceSync
+
+if TYPE_CHECKING:
+    from .lan import LanDiscovery
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ class DevicePeering:
         if listen is not None:
             self.server = DeviceServer(sync.endpoint, sync.run)
             self.server.add_replica(sync.replica, on_changed)
+        self.lan: LanDiscovery | None = None
         self._record: tuple[tuple[object, ...], bytes] | None = None  # (what it says, the signed record)
         sync.exchange_addresses = self.exchange_addresses
 
@@ -60,7 +65,17 @@ class DevicePeering:
                     self.server = None
                 else:
                     log.info("listening for members' devices at %s", ", ".join(self.addresses()))
+            if self.server is not None and self.discovery:
+                from .lan import LanDiscovery
+
+                self.lan = LanDiscovery(self.sync, self._hosts_and_port)
+                nursery.start_soon(self.lan.run)
             task_status.started()
+
+    def _hosts_and_port(self) -> tuple[list[str], int | None]:
+        if self.server is None:
+            return [], None
+        return [a.host for a in self.server.addresses()], self.server.bound_port()
 
     # ------------------------------------------------------------------------------------------ address records
     def own_record(self) -> bytes | None:

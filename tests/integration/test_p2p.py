@@ -6,6 +6,7 @@ with its own endpoint; every connection is TLS 1.3 + the session handshake, as b
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +18,7 @@ from anysyncfs.core import keys
 from anysyncfs.core.address import PeerAddress
 from anysyncfs.errors import NetworkError
 from anysyncfs.net.connection import RemoteError, while_serving
-from anysyncfs.net.device_server import ListenSpec, parse_listen
+from anysyncfs.net.device_server import DeviceServer, ListenSpec, parse_listen
 from anysyncfs.net.endpoint import Endpoint
 from anysyncfs.net.fetch_space import _missing_blobs
 from anysyncfs.net.node import Node
@@ -181,3 +182,103 @@ async def test_devices_dial_each_other_through_published_address_records_and_sur
             assert content(b, "/after-provider.txt") == b"direct" * 50_000
         outer.cancel_scope.cancel()
     node.close()
+
+
+async def test_mdns_sealed_device_key_opens_only_for_the_space_and_window() -> None:
+    from anysyncfs.net import lan
+
+    key, space, device = b"k" * 32, b"s" * 32, b"d" * 32
+    now = 1_800_000_000.0
+    value = lan.seal_device(key, space, lan.window_of(now), 7734, device).encode()
+    assert device not in value and len(value) <= lan.MAX_TXT_VALUE
+    assert lan.open_device(value, key, space, 7734, now) == device
+    assert lan.open_device(value, key, space, 7734, now + lan.WINDOW_S) == device  # the next window still opens
+    assert lan.open_device(value, key, space, 7734, now + 3 * lan.WINDOW_S) is None  # an old announcement
+    assert lan.open_device(value, b"x" * 32, space, 7734, now) is None  # another space's members
+    assert lan.open_device(value, key, b"t" * 32, 7734, now) is None
+    assert lan.open_device(value, key, space, 7735, now) is None  # moved to another port
+    assert lan.open_device(b"A" * 500, key, space, 7734, now) is None  # oversized: not even decoded
+
+
+async def test_two_devices_find_each_other_by_mdns_on_this_host(make_home) -> None:
+    phrase = keys.generate_phrase()
+    a = create_space(make_home("a", phrase), "docs")
+    b = second_device(make_home, a, phrase, "b")
+    start = trio.current_time()
+    async with device(a, discovery=True) as (sa, _pa), device(b, discovery=True) as (sb, _pb):
+        await eventually(lambda: any(p.via == "mdns" and p.connected for p in sb.peers.values())
+                         and any(p.via == "mdns" and p.connected for p in sa.peers.values()), "found by mDNS", 10)
+        found_after = trio.current_time() - start
+        put_file(a, "/lan.txt", b"over the LAN")
+        await eventually(lambda: resolve_or_none(b, "/lan.txt"), "a's file reached b")
+    assert found_after < 5.0, found_after
+
+
+async def test_a_strangers_oversized_frame_is_refused_like_at_a_node(make_home) -> None:
+    from tests.integration.hostile import random_identity
+    from tests.integration.test_node_limits import read_until_hangup, send_until_refused, tls_to
+
+    from anysyncfs.protocol.frames import LENGTH, FrameType
+
+    phrase = keys.generate_phrase()
+    a = create_space(make_home("a", phrase), "docs")
+    async with device(a) as (_sa, pa):
+        stream, session = await tls_to(own_address(pa), random_identity("stranger"))
+        header = LENGTH.pack(16 * 2**20 + 1) + bytes([FrameType.REQUEST])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_until_refused, stream, session.data_to_send() + header, 17 * 2**20)
+            await read_until_hangup(stream)  # hung up long before 16 MiB
+        await trio.aclose_forcefully(stream)
+        assert pa.server is not None and pa.server.refused_strangers == 0  # never authenticated
+        assert a.store.heads(a.space_id) == a.heads
+
+
+async def test_a_spoofed_mdns_announcement_leads_to_a_listener_that_fails_authentication(make_home) -> None:
+    """An attacker replays a member's announcement (it cannot make one) with its own listener's address, same
+    port: a member that dials it pins the announced device key, the hostile listener cannot prove it, and
+    nothing is stored. Garbage announcements are ignored."""
+    from zeroconf import IPVersion, ServiceInfo, Zeroconf
+
+    from anysyncfs.net import lan
+
+    phrase = keys.generate_phrase()
+    a = create_space(make_home("a", phrase), "docs")
+    put_file(a, "/real.txt", b"real")
+    b = second_device(make_home, a, phrase, "b")
+    stranger = make_home("stranger")
+    hostile_space = create_space(stranger, "bait")
+    put_file(hostile_space, "/bait.txt", b"bait")
+    hostile_sync = SpaceSync(hostile_space, Endpoint(stranger.identity), Runner())
+    async with device(a) as (_sa, pa):
+        port = own_address(pa).port
+        a_value = lan.seal_device(a.current_epoch_key()[1], a.space_id, lan.window_of(time.time()),
+                                  port, a.identity.device_id)
+        server = DeviceServer(hostile_sync.endpoint, hostile_sync.run)
+        server.add_replica(hostile_space)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.listen, ListenSpec("127.0.0.2", port, False))
+            zc = await trio.to_thread.run_sync(lambda: Zeroconf(ip_version=IPVersion.V4Only))
+            try:
+                spoofed = ServiceInfo(lan.SERVICE_TYPE, f"spoof.{lan.SERVICE_TYPE}", port=port,
+                                      properties={"v": "1", "s": a_value}, server="spoof.local.",
+                                      addresses=[bytes([127, 0, 0, 2])])
+                garbage = ServiceInfo(lan.SERVICE_TYPE, f"junk.{lan.SERVICE_TYPE}", port=port,
+                                      properties={"v": "1", "s": "A" * 80}, server="junk.local.",
+                                      addresses=[bytes([127, 0, 0, 2])])
+                await trio.to_thread.run_sync(zc.register_service, spoofed)
+                await trio.to_thread.run_sync(zc.register_service, garbage)
+                # b knows nobody; it listens on loopback only, so it dials what mDNS tells it
+                async with device(b, discovery=True) as (sb, pb):
+                    spoof_key = str(PeerAddress(a.identity.device_id, "127.0.0.2", port))
+                    await eventually(lambda: spoof_key in sb.peers and sb.peers[spoof_key].last_error != "",
+                                     "b dialled the spoofed address", 10)
+                    assert not sb.peers[spoof_key].connected
+                    assert "not device" in sb.peers[spoof_key].last_error
+                    assert pb.lan is not None
+                    await eventually(lambda: pb.lan.ignored >= 1, "the garbage announcement was ignored", 10)
+            finally:
+                await trio.to_thread.run_sync(zc.close)
+            nursery.cancel_scope.cancel()
+    # nothing of the hostile listener's space reached b
+    assert not any(r.id == hostile_space.space_id for r in b.store.spaces())
+    assert not resolve_or_none(b, "/bait.txt")
