@@ -7,7 +7,7 @@ as_root() {
 
 ensure_system_packages() {
     local missing=()
-    for pkg in fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rsync sqlite3 git; do
+    for pkg in fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rsync sqlite3 git iproute2; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then

@@ -1,0 +1,247 @@
+"""Three devices in their own network namespaces, joined by veth pairs and a bridge: no provider, members find
+each other by mDNS alone and sync directly (issue 13). Each device is a real ``anysyncfs sync SPACE --watch``
+process started with ``ip netns exec``; the test commits as another process on the device would (``anysyncfs
+put``: a commit to the device's store, picked up by its watch process) and reads the other devices' stores.
+
+Needs root (network namespaces); skipped with the reason otherwise. Every namespace is deleted in a finalizer
+(which takes its veth ends with it), and every process is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from anysyncfs.core import ids, keys
+from anysyncfs.replica import Replica, adopt_space, create_space
+from anysyncfs.replica.files import list_dir, put_file, read_file, resolve
+from anysyncfs.replica.home import Unlocked
+from tests.conftest import PASSPHRASE, TEST_LOG2N
+
+ROOT = Path(__file__).resolve().parents[2]
+DEBUG = ["--debug"] if os.environ.get("P2P_DEBUG") else []
+SUBNET = "10.77.{}.{}"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@dataclass
+class Lan:
+    bridge_ns: str
+    namespaces: list[str]
+    bridge_ports: list[str]
+    hosts: list[str]
+
+    def cut(self, i: int) -> None:
+        _ip("-n", self.bridge_ns, "link", "set", self.bridge_ports[i], "down")
+
+    def mend(self, i: int) -> None:
+        _ip("-n", self.bridge_ns, "link", "set", self.bridge_ports[i], "up")
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root (CI runs as root)")
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 is not installed")
+    tag = secrets.token_hex(2)
+    net = int(tag, 16) % 200 + 20
+    bridge_ns = f"asbr{tag}"
+    names = [f"as{tag}{x}" for x in "abc"]
+    made: list[str] = []
+    try:
+        for ns in [bridge_ns, *names]:
+            _ip("netns", "add", ns)
+            made.append(ns)
+        _ip("-n", bridge_ns, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        _ip("-n", bridge_ns, "link", "set", "br0", "up")
+        ports, hosts = [], []
+        for i, ns in enumerate(names):
+            dev, port = f"v{tag}{i}", f"p{tag}{i}"
+            _ip("link", "add", dev, "type", "veth", "peer", "name", port)
+            _ip("link", "set", dev, "netns", ns)
+            _ip("link", "set", port, "netns", bridge_ns)
+            host = SUBNET.format(net, i + 1)
+            _ip("-n", ns, "addr", "add", f"{host}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
+            _ip("-n", bridge_ns, "link", "set", port, "master", "br0")
+            _ip("-n", bridge_ns, "link", "set", port, "up")
+            ports.append(port)
+            hosts.append(host)
+        yield Lan(bridge_ns, names, ports, hosts)
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+@dataclass
+class Device:
+    name: str
+    unlocked: Unlocked
+    space_id: bytes
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def home(self) -> Path:
+        return self.unlocked.home.root
+
+    def replica(self) -> Replica:
+        home = self.unlocked.home
+        return Replica(self.unlocked, home.store(), home.blobs(), self.space_id)
+
+    def heads(self) -> set[bytes]:
+        return set(self.unlocked.home.store().heads(self.space_id))
+
+    def status(self) -> dict:
+        path = self.home / "run" / f"{ids.space_text(self.space_id)}.status.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+def env_for(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(ANYSYNCFS_PASSPHRASE=PASSPHRASE.decode(), ANYSYNCFS_INSECURE_TEST_SCRYPT_LOG2N=str(TEST_LOG2N),
+               ANYSYNCFS_HOME=str(home), PYTHONPATH=str(ROOT))
+    return env
+
+
+@pytest.fixture
+def devices(lan: Lan, make_home) -> Iterator[list[Device]]:
+    phrase = keys.generate_phrase()
+    a_home = make_home("a", phrase)
+    a = create_space(a_home, "docs")
+    acl = [raw for _rid, raw in a.acl_raws()]
+    out = [Device("a", a_home, a.space_id)]
+    for name in "bc":
+        home = make_home(name, phrase)
+        adopt_space(home, "docs", a.header_raw, acl)
+        out.append(Device(name, home, a.space_id))
+    try:
+        yield out
+    finally:
+        for d in out:
+            stop(d)
+
+
+def start(lan: Lan, d: Device, i: int) -> None:
+    d.log = d.home / "watch.log"
+    d.proc = subprocess.Popen(
+        ["ip", "netns", "exec", lan.namespaces[i], sys.executable, "-m", "anysyncfs", *DEBUG, "sync",
+         ids.space_text(d.space_id), "--watch", "-o", "sync_interval=2"],
+        env=env_for(d.home), stdout=subprocess.PIPE, stderr=d.log.open("wb"))
+    assert d.proc.stdout is not None
+    for line in d.proc.stdout:
+        if line.startswith(b"watching"):
+            return
+    raise AssertionError(f"{d.name} did not start: {d.log.read_text()[-2000:]}")
+
+
+def stop(d: Device) -> None:
+    if d.proc is not None and d.proc.poll() is None:
+        d.proc.send_signal(signal.SIGTERM)
+        try:
+            d.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            d.proc.kill()
+            d.proc.wait(10)
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float) -> float:
+    """Seconds until ``check`` held (polled every 5 ms); AssertionError after ``timeout``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if check():
+            return time.monotonic() - t0
+        time.sleep(0.005)
+    raise AssertionError(f"never happened within {timeout} s: {what}")
+
+
+def connected_devices(d: Device) -> dict[str, str]:
+    """Address -> how it was found, of the member devices ``d`` is connected to."""
+    return {p["address"]: p["via"] for p in d.status().get("peers", []) if p.get("kind") == "device"
+            and p.get("connected")}
+
+
+def found_on_the_lan(d: Device) -> bool:
+    """Connected to both others; the first found by mDNS (there is nothing else to start from: no provider, no
+    recorded peer — the second may come from the first's address records)."""
+    found = connected_devices(d)
+    return len(found) >= 2 and "mdns" in found.values() and set(found.values()) <= {"mdns", "address record"}
+
+
+def commit(d: Device, path: str, data: bytes) -> bytes:
+    """What ``anysyncfs put`` does on the device: a commit to its store by another process."""
+    r = d.replica()
+    change = put_file(r, path, data)
+    r.sync()
+    return change.id
+
+
+def content(d: Device, path: str) -> bytes:
+    r = d.replica()
+    return b"".join(read_file(r, resolve(r.tree, path)))
+
+
+def test_three_devices_sync_by_mdns_alone_and_converge_after_a_partition(lan: Lan, devices: list[Device]) -> None:
+    a, b, c = devices
+    t0 = time.monotonic()
+    for i, d in enumerate(devices):
+        start(lan, d, i)
+    started = time.monotonic() - t0
+    # Each device finds the other two on the LAN (no provider, no address recorded anywhere).
+    try:
+        found = wait_for(lambda: all(found_on_the_lan(d) for d in devices), "everyone found on the LAN", 15)
+    except AssertionError:
+        for d in devices:
+            print(d.name, d.status())
+        for d in devices:
+            stop(d)
+            print(d.name, d.log.read_text()[-6000:] if d.log else "")
+        raise
+    print(f"\nLAN discovery: all three connected {found:.2f} s after the last watch started ({started:.1f} s "
+          "to start three)")
+
+    # A file saved on A is readable on B in under a second.
+    change = commit(a, "/hello.txt", b"hello from a")
+    latency = wait_for(lambda: change in b.heads(), "a's change on b", 5)
+    assert content(b, "/hello.txt") == b"hello from a"
+    print(f"save-to-readable A -> B: {latency * 1000:.0f} ms")
+    assert latency < 1.0, latency
+    wait_for(lambda: change in c.heads(), "a's change on c", 5)
+
+    # C is cut off; A and C edit the same file, B another one.
+    lan.cut(2)
+    time.sleep(0.3)
+    commit(a, "/shared.txt", b"a's version")
+    commit(c, "/shared.txt", b"c's version")
+    commit(b, "/b.txt", b"b while c was away")
+    wait_for(lambda: a.heads() == b.heads(), "a and b converge", 5)
+    assert c.heads() != a.heads()
+    lan.mend(2)
+    wait_for(lambda: a.heads() == b.heads() == c.heads(), "all three converge", 40)
+    trees = [d.replica().tree for d in devices]
+    assert trees[0].canonical() == trees[1].canonical() == trees[2].canonical()
+    names = [entry.name for entry in list_dir(trees[0], "/")]
+    conflicts = [n for n in names if n.startswith("shared.sync-conflict-")]
+    assert "shared.txt" in names and len(conflicts) == 1, names
+    versions = {content(c, "/shared.txt"), content(c, "/" + conflicts[0])}
+    assert versions == {b"a's version", b"c's version"}
+    assert content(c, "/b.txt") == b"b while c was away"
