@@ -29,6 +29,7 @@ import trio
 
 from ..core import ids
 from ..core.address import PeerAddress
+from ..core.address_record import AddressRecord, parse_address_record
 from ..core.reconcile import IdSet
 from ..errors import NotFound, UsageError
 from ..protocol import messages as m
@@ -111,6 +112,7 @@ class DeviceServer(Node):
         self._subscribers: dict[bytes, set[Connection]] = {}
         self.connections: set[Connection] = set()
         self.address_board = AddressBoard()
+        self.on_address_record: Callable[[AddressRecord, str], None] | None = None
         self.listeners: list[trio.SocketListener] = []
         self.refused_strangers = 0
 
@@ -180,7 +182,10 @@ class DeviceServer(Node):
             ledger = self._ledgers.get(space_id)
             if ledger is None or ledger.role_of(conn.peer.peer_account) is None:
                 raise ServiceError(m.ErrorCode.FORBIDDEN, _REFUSED)  # held or not: the same answer
-        return await super().handle(conn, body)
+        reply = await super().handle(conn, body)
+        if isinstance(body, m.PutAddresses) and self.on_address_record is not None:
+            self.on_address_record(parse_address_record(bytes(body.record), body.space), conn.label)
+        return reply
 
     def _id_set(self, ledger: ReplicaLedger, kind: int) -> IdSet:  # type: ignore[override]
         """(blocking) The IDs of one set, cached while the replica's heads and ACL stay the same (a local commit

@@ -42,6 +42,7 @@ class DevicePeering:
         if listen is not None:
             self.server = DeviceServer(sync.endpoint, sync.run)
             self.server.add_replica(sync.replica, on_changed)
+            self.server.on_address_record = self.learn  # a device that dialled us is dialled back
         self.lan: LanDiscovery | None = None
         self._record: tuple[tuple[object, ...], bytes] | None = None  # (what it says, the signed record)
         sync.exchange_addresses = self.exchange_addresses
@@ -111,18 +112,22 @@ class DevicePeering:
             return
         if not isinstance(reply, m.AddressRecords):
             raise ProtocolError(f"expected AddressRecords, got {type(reply).__name__}")
-        replica = sync.replica
-        me = replica.identity.device_id
         for raw in reply.records:
-            record = ar.parse_address_record(bytes(raw), space_id)  # forged: IntegrityError, the peer is dropped
-            if record.device == me or replica.role_of(record.account) is None:
-                continue
-            try:
-                pairs = ar.open_addresses(record, replica.keys)
-            except (AuthenticationFailed, DecodeError) as e:  # a member sealed garbage, or an epoch we lack
-                log.info("%s: an address record does not open: %s", conn.label, e)
-                continue
-            if self.server is not None:
-                self.server.address_board.offer(space_id, replica.role_of, record.raw)
-            for host, port in pairs:
-                sync.add_discovered(PeerAddress(record.device, host, port), "address record")
+            self.learn(ar.parse_address_record(bytes(raw), space_id), conn.label)  # forged: the peer is dropped
+
+    def learn(self, record: ar.AddressRecord, source: str) -> None:
+        """A verified record of this space (from a peer we dialled, or offered to our listener): keep it, serve
+        it, and dial what it names."""
+        replica = self.sync.replica
+        if record.space != replica.space_id or record.device == replica.identity.device_id \
+                or replica.role_of(record.account) is None:
+            return
+        try:
+            pairs = ar.open_addresses(record, replica.keys)
+        except (AuthenticationFailed, DecodeError) as e:  # a member sealed garbage, or an epoch we lack
+            log.info("%s: an address record does not open: %s", source, e)
+            return
+        if self.server is not None:
+            self.server.address_board.offer(replica.space_id, replica.role_of, record.raw)
+        for host, port in pairs:
+            self.sync.add_discovered(PeerAddress(record.device, host, port), "address record")

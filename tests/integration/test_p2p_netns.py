@@ -245,3 +245,40 @@ def test_three_devices_sync_by_mdns_alone_and_converge_after_a_partition(lan: La
     versions = {content(c, "/shared.txt"), content(c, "/" + conflicts[0])}
     assert versions == {b"a's version", b"c's version"}
     assert content(c, "/b.txt") == b"b while c was away"
+
+
+def test_with_the_provider_killed_devices_keep_syncing_directly(lan: Lan, devices: list[Device],
+                                                                 tmp_path: Path) -> None:
+    """A provider on the bridge is each device's only recorded peer; it is killed (SIGKILL: no goodbye), and a
+    file saved on A still reaches B within a second, over their direct connection."""
+    a, b, _c = devices
+    provider_host = lan.hosts[0].rsplit(".", 1)[0] + ".254"
+    _ip("-n", lan.bridge_ns, "addr", "add", f"{provider_host}/24", "dev", "br0")
+    node = subprocess.Popen(
+        ["ip", "netns", "exec", lan.bridge_ns, sys.executable, "-m", "anysyncfs", "node", "serve", "--listen",
+         f"{provider_host}:7733", "--data", str(tmp_path / "node")],
+        env=env_for(tmp_path / "nodehome"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert node.stdout is not None
+        provider = node.stdout.readline().decode().strip()
+        assert provider.startswith("anysync://"), provider
+        for d in (a, b):
+            d.unlocked.home.store().add_peer(d.space_id, provider, ids.from_text("dv", provider[10:].split("@")[0]))
+        start(lan, a, 0)
+        start(lan, b, 1)
+
+        def provider_and_device(d: Device) -> bool:
+            peers = {p["address"]: p for p in d.status().get("peers", []) if p.get("connected")}
+            return provider in peers and peers[provider]["kind"] == "provider" and len(peers) >= 2
+
+        wait_for(lambda: provider_and_device(a) and provider_and_device(b), "connected to provider and device", 15)
+        node.kill()
+        node.wait(10)
+        change = commit(a, "/after-provider.txt", b"the provider is dead")
+        latency = wait_for(lambda: change in b.heads(), "a's change on b without the provider", 5)
+        assert latency < 1.0, latency
+        assert content(b, "/after-provider.txt") == b"the provider is dead"
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait(10)
