@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Changed = Callable[[], Awaitable[None]]
+EXCHANGE_EVERY_S = 30.0  # address records are exchanged with a connected peer at most this often
 
 
 class DevicePeering:
@@ -44,6 +45,7 @@ class DevicePeering:
             self.server.add_replica(sync.replica, on_changed)
             self.server.on_address_record = self.learn  # a device that dialled us is dialled back
         self.lan: LanDiscovery | None = None
+        self._exchanged: dict[int, tuple[float, bytes | None]] = {}  # connection -> when, what we published
         self._record: tuple[tuple[object, ...], bytes] | None = None  # (what it says, the signed record)
         sync.exchange_addresses = self.exchange_addresses
 
@@ -103,6 +105,13 @@ class DevicePeering:
         A peer that does not keep records (refuses) costs nothing; forged records close the connection."""
         space_id = sync.space_id
         own = self.own_record()
+        # Once per connection and then every EXCHANGE_EVERY_S (and when our record changed): not in every live
+        # push, whose latency is the point.
+        last = self._exchanged.get(id(conn))
+        if last is not None and last[1] is own and time.monotonic() - last[0] < EXCHANGE_EVERY_S:
+            return
+        self._exchanged = {k: v for k, v in self._exchanged.items() if time.monotonic() - v[0] < EXCHANGE_EVERY_S}
+        self._exchanged[id(conn)] = (time.monotonic(), own)
         try:
             if own is not None:
                 await conn.request(m.PutAddresses(space_id, own))
