@@ -296,3 +296,23 @@ def test_with_the_provider_killed_devices_keep_syncing_directly(lan: Lan, device
         if node.poll() is None:
             node.kill()
             node.wait(10)
+
+
+@pytest.mark.slow
+def test_direct_blob_throughput_between_namespaces(lan: Lan, devices: list[Device]) -> None:
+    """C, across the bridge, fetches a large file's blobs from A's listener alone (``anysyncfs sync`` with A's
+    device address as its only peer). Size: $ANYSYNCFS_P2P_BENCH_MIB (default 32; scripts/bench_p2p uses more)."""
+    a, _b, c = devices
+    size = int(os.environ.get("ANYSYNCFS_P2P_BENCH_MIB", "32")) << 20
+    data = os.urandom(size)
+    commit(a, "/big.bin", data)
+    start(lan, (a, 0))
+    [address] = wait_for(lambda: a.status().get("listen"), "a listening", 10) and a.status()["listen"]
+    c.unlocked.home.store().add_peer(c.space_id, address, ids.from_text("dv", address[10:].split("@")[0]))
+    t0 = time.monotonic()
+    subprocess.run(["ip", "netns", "exec", lan.namespaces[2], sys.executable, "-m", "anysyncfs", "sync",
+                    ids.space_text(c.space_id)], env=env_for(c.home), check=True, capture_output=True, timeout=600)
+    took = time.monotonic() - t0
+    assert content(c, "/big.bin") == data
+    print(f"\ndirect blob fetch A -> C across the bridge: {size >> 20} MiB in {took:.2f} s = "
+          f"{size / took / 2**20:.1f} MiB/s (process start and unlock included)")
