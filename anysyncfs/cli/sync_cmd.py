@@ -354,7 +354,7 @@ def cmd_status(ctx: Context) -> int:
             print("  no peers (anysyncfs space add-peer SPACE ADDRESS)")
         for p in s["peers"]:
             state = "connected" if p["connected"] else "not connected"
-            print(f"  {p['address']} ({p['found_by']}): {state}, last sync {_when(p['last_sync_us'])}, "
+            print(f"  {p['address']}: {state} ({p['found_by']}), last sync {_when(p['last_sync_us'])}, "
                   f"changes to fetch {p['changes_to_fetch']}, to send {p['changes_to_send']}"
                   + (f", last error: {p['last_error']}" if p["last_error"] else ""))
         for w in s["warnings"]:  # a provider caught keeping changes back (signed heads, protocol.md 70.9)

@@ -108,7 +108,13 @@ class LanDiscovery:
                            addresses=[socket.inet_aton(h) for h in hosts if _is_ipv4(h)])
 
     async def run(self) -> None:
-        """Until cancelled. Failures of mDNS itself (no multicast here) are logged once: sync goes on without."""
+        """Until cancelled. Failures of mDNS itself (no multicast here, no zeroconf) are logged: sync goes on."""
+        try:
+            await self._run()
+        except Exception as e:  # noqa: BLE001 - discovery is a convenience; it must never end a mount
+            log.warning("LAN discovery stopped: %s", e)
+
+    async def _run(self) -> None:
         from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
 
         token = trio.lowlevel.current_trio_token()
