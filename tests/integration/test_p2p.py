@@ -287,3 +287,41 @@ async def test_a_spoofed_mdns_announcement_leads_to_a_listener_that_fails_authen
     # nothing of the hostile listener's space reached b
     assert not any(r.id == hostile_space.space_id for r in b.store.spaces())
     assert not resolve_or_none(b, "/bait.txt")
+
+
+async def test_a_member_is_answered_only_for_its_own_spaces(tmp_path: Path, make_home) -> None:
+    """The device serves two spaces; another account is a member of the first only. For the second — and for a
+    space the device does not hold at all — it gets the same refusal, so it cannot tell which the device holds."""
+    from anysyncfs.core import acl
+    from tests.integration.test_replicas import invite_and_join
+
+    owner = make_home("owner")
+    shared = create_space(owner, "shared")
+    private = create_space(owner, "private")
+    put_file(private, "/mine.txt", b"only mine")
+    friend = make_home("friend")
+    invite_and_join(shared, friend, acl.Role.WRITER)
+    sync = SpaceSync(shared, Endpoint(owner.identity), Runner())
+    peering = DevicePeering(sync, listen=LOOPBACK, discovery=False)
+    assert peering.server is not None
+    peering.server.add_replica(private)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peering.run)
+        conn = await Endpoint(friend.identity).dial(own_address(peering))
+
+        async def ask() -> list[str]:
+            info = await conn.request(m.OpenSpace(shared.space_id, with_acl=False))
+            assert isinstance(info, m.SpaceInfo) and list(info.heads) == list(shared.heads)
+            refusals = []
+            for space_id in (private.space_id, os.urandom(32)):
+                for body in (m.OpenSpace(space_id), m.GetChanges(space_id, private.change_ids()[:1]),
+                             m.GetBlob(space_id, os.urandom(32))):
+                    with pytest.raises(RemoteError) as info_:
+                        await conn.request(body)
+                    refusals.append(f"{info_.value.code} {info_.value.remote_message}")
+            return refusals
+
+        refusals = await while_serving(conn, ask)
+        await conn.abort("done")
+        assert set(refusals) == {f"{int(m.ErrorCode.FORBIDDEN)} not available to you here"}
+        nursery.cancel_scope.cancel()
