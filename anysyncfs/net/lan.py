@@ -166,8 +166,9 @@ class LanDiscovery:
                     if info is not None:
                         await trio.to_thread.run_sync(zc.unregister_service, info)  # type: ignore[attr-defined]
                     if new is not None:
-                        await trio.to_thread.run_sync(
-                            lambda: zc.register_service(new, allow_name_change=True))  # type: ignore[attr-defined]
+                        # No uniqueness probing (≈ 1 s): the instance name is 64 random bits of this process.
+                        await trio.to_thread.run_sync(lambda: zc.register_service(  # type: ignore[attr-defined]
+                            new, allow_name_change=True, cooperating_responders=True))
                     info, current = new, state
                 except Exception as e:  # noqa: BLE001 - mDNS failing must never stop sync
                     log.warning("mDNS announcement failed: %s", e)

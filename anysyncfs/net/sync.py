@@ -100,6 +100,7 @@ class SpaceSync:
         self.witness = HeadsWitness(replica, run)  # signed heads: catches a provider keeping changes back
         self.discovered: dict[str, tuple[PeerAddress, str]] = {}  # found by address records or mDNS, with how
         self._new_address = trio.Event()
+        self._retry: dict[str, trio.Event] = {}  # peer key -> set to cut the backoff of its dial short
         self._connected_devices: dict[bytes, str] = {}  # device key -> the address we are connected to it by
         self._is_device: dict[str, bool] = {}  # peer key -> a member's device (True) or a provider
 
@@ -123,6 +124,10 @@ class SpaceSync:
         if key not in self.discovered:
             self.discovered[key] = (addr, via)
             self._new_address.set()
+        else:  # heard of again (back on the LAN): a dial waiting out its backoff tries at once
+            retry = self._retry.get(key)
+            if retry is not None:
+                retry.set()
 
     # ------------------------------------------------------------------------------------------ long-running
     async def run_forever(self) -> None:
@@ -170,7 +175,9 @@ class SpaceSync:
                 wait = backoff * (0.5 + random.random())
                 st.next_attempt = time.time() + wait
                 log.info("%s: %s (retry in %.1f s)", key, e, wait)
-                await trio.sleep(wait)
+                retry = self._retry[key] = trio.Event()
+                with trio.move_on_after(wait):
+                    await retry.wait()
                 backoff = min(backoff * 2, most)
                 continue
             backoff = BACKOFF_MIN_S

@@ -8,6 +8,7 @@ Needs root (network namespaces); skipped with the reason otherwise. Every namesp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -186,6 +187,20 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float) -> float:
     raise AssertionError(f"never happened within {timeout} s: {what}")
 
 
+@contextlib.contextmanager
+def explained(devices: list[Device]) -> Iterator[None]:
+    """On a failure: print every device's live status and the end of its log."""
+    try:
+        yield
+    except AssertionError:
+        for d in devices:
+            print(d.name, json.dumps(d.status().get("peers")))
+        stop(*devices)
+        for d in devices:
+            print(d.name, d.log.read_text()[-6000:] if d.log else "")
+        raise
+
+
 def connected_devices(d: Device) -> dict[str, str]:
     """Address -> how it was found, of the member devices ``d`` is connected to."""
     return {p["address"]: p["via"] for p in d.status().get("peers", []) if p.get("kind") == "device"
@@ -219,15 +234,8 @@ def test_three_devices_sync_by_mdns_alone_and_converge_after_a_partition(lan: La
     start(lan, *((d, i) for i, d in enumerate(devices)))
     started = time.monotonic() - t0
     # Each device finds the other two on the LAN (no provider, no address recorded anywhere).
-    try:
+    with explained(devices):
         found = wait_for(lambda: found_on_the_lan(devices), "everyone found on the LAN", 15)
-    except AssertionError:
-        for d in devices:
-            print(d.name, d.status())
-        stop(*devices)
-        for d in devices:
-            print(d.name, d.log.read_text()[-6000:] if d.log else "")
-        raise
     print(f"\nLAN discovery: all three connected {found:.2f} s after the last watch started ({started:.1f} s "
           "to start three)")
 
@@ -251,7 +259,8 @@ def test_three_devices_sync_by_mdns_alone_and_converge_after_a_partition(lan: La
     wait_for(lambda: a.heads() == b.heads(), "a and b converge", 5)
     assert c.heads() != a.heads()
     lan.mend(2)
-    wait_for(lambda: a.heads() == b.heads() == c.heads(), "all three converge", 40)
+    with explained(devices):
+        wait_for(lambda: a.heads() == b.heads() == c.heads(), "all three converge", 60)
     trees = [d.replica().tree for d in devices]
     assert trees[0].canonical() == trees[1].canonical() == trees[2].canonical()
     names = [entry.name for entry in list_dir(trees[0], "/")]
