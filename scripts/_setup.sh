@@ -9,7 +9,7 @@ ensure_system_packages() {
     local missing=()
     # postgresql-15: the node's PostgreSQL backend tests start their own server with its initdb and pg_ctl.
     for pkg in fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rsync sqlite3 git systemd libglib2.0-bin \
-               postgresql-15; do
+               postgresql-15 iproute2; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then

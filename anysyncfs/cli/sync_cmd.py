@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from ..core import ids
@@ -88,11 +89,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     s.add_argument("space")
     s.set_defaults(func=cmd_peers)
 
-    s = sub.add_parser("sync", help="reconcile a space once with every known peer, then exit")
+    s = sub.add_parser("sync", help="reconcile a space once with every known peer, then exit (--watch: keep it "
+                                    "in sync until stopped)")
     s.add_argument("space", help="space name or ID (an ID fetches a space this device does not hold yet)")
     s.add_argument("--name", help="local name for a space fetched for the first time")
     s.add_argument("--metadata-only", action="store_true", help="fetch changes but not file contents")
     s.add_argument("--timeout", type=float, default=600.0, help="seconds per peer (default 600)")
+    s.add_argument("--watch", action="store_true",
+                   help="keep syncing until SIGINT/SIGTERM, without a mount: dial peers, accept members' devices, "
+                        "find members on the LAN")
+    s.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT…]",
+                   help="with --watch: listen=HOST:PORT|off (default all interfaces, port 7734 or a free one), "
+                        "discovery=on|off (mDNS, default on), sync_interval=SECONDS")
     s.set_defaults(func=cmd_sync)
 
     s = sub.add_parser("status", help="peers, pending changes and blobs, last sync of each space")
@@ -301,6 +309,12 @@ def cmd_sync(ctx: Context) -> int:
 
     unlocked = ctx.home.unlock(ctx.passphrase())
     space_id = _space_id(ctx, ctx.args.space)
+    if ctx.args.watch:
+        from .watch_cmd import watch_space
+
+        return watch_space(unlocked, space_id, ctx.args.options)
+    if ctx.args.options:
+        raise UsageError("-o is for sync --watch")
     names = config.space_names(ctx, ctx.args.space)[1] + ((ctx.args.name,) if ctx.args.name else ())
     config.record_peers(ctx, config.load(), space_id, names)
     with ProgressBars() as bars:
@@ -359,7 +373,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _status(ctx: Context) -> list[dict[str, Any]]:
     from ..fs.mount_sync import status_path
-    from ..net.providers import backlog
+    from ..net.providers import Backlog, backlog
     from ..replica.ledger import ACL_HISTORY_CHANGED
 
     store = ctx.home.store()
@@ -374,12 +388,22 @@ def _status(ctx: Context) -> list[dict[str, Any]]:
         live = _read_status(status_path(ctx.home.root, row.id))
         live_peers = {p["address"]: p for p in live.get("peers", [])} if live else {}
         peers = []
-        for p in store.peers(row.id):
-            lp = live_peers.get(p.address, {})
+        recorded = store.peers(row.id)
+        listed = {p.address for p in recorded}
+        found = [lp for a, lp in live_peers.items() if a not in listed]  # found by address records or mDNS
+        for p in [*recorded, *found]:
+            lp = p if isinstance(p, dict) else live_peers.get(p.address, {})
+            p = SimpleNamespace(**{"last_sync_us": None, "last_error": ""} | p) if isinstance(p, dict) else p
             synced = lp.get("last_sync_us") or p.last_sync_us
-            behind = backlog(store, row.id, p.device_key, synced)  # what this provider may still lack
+            device_key = getattr(p, "device_key", None)
+            # What this provider may still lack (a member's device found on the way holds no backlog of ours).
+            is_provider = device_key is not None and lp.get("kind") != "device"
+            behind = backlog(store, row.id, device_key, synced) if is_provider else Backlog(0, 0, 0, 0)
             peers.append({
                 "address": p.address,
+                # how it was found: provider (a recorded peer that is not a member's device), manual (a device
+                # recorded with add-peer), address record, mdns
+                "found_by": _found_by(lp),
                 "connected": bool(lp.get("connected", False)),
                 "last_sync_us": lp.get("last_sync_us") or p.last_sync_us,
                 "last_error": lp.get("last_error") or p.last_error or "",
@@ -397,6 +421,7 @@ def _status(ctx: Context) -> list[dict[str, Any]]:
         out.append({
             "space": ids.space_text(row.id), "name": row.name, "mounted": live is not None,
             "blobs_to_upload": store.count_pending_uploads(row.id), "peers": peers, "warnings": warnings,
+            "listen": list(live.get("listen", [])) if live else [],  # this device's anysync://dv-…@HOST:PORT
             # accepted changes whose payload does not open or decode here: kept, skipped by the fold (fsck lists
             # them with their reasons)
             "unreadable_changes": len(unreadable),
@@ -412,6 +437,8 @@ def _print_status(ctx: Context, out: list[dict[str, Any]]) -> None:
         return
     for s in out:
         print(f"{s['space']}  {s['name']}  {'mounted (syncing)' if s['mounted'] else 'not mounted'}")
+        for address in s["listen"]:
+            print(f"  listening at {address}")
         print(f"  blobs not yet uploaded: {s['blobs_to_upload']}")
         if s["unreadable_changes"]:
             more = s["unreadable_changes"] - len(s["unreadable_change_ids"])
@@ -424,7 +451,7 @@ def _print_status(ctx: Context, out: list[dict[str, Any]]) -> None:
             print("  no peers (anysyncfs space add-peer SPACE ADDRESS)")
         for p in s["peers"]:
             state = "connected" if p["connected"] else "not connected"
-            print(f"  {p['address']}: {state}, last sync {_when(p['last_sync_us'])}, "
+            print(f"  {p['address']}: {state} ({p['found_by']}), last sync {_when(p['last_sync_us'])}, "
                   f"changes to fetch {p['changes_to_fetch']}, to send {p['changes_to_send']}"
                   + (f", last error: {p['last_error']}" if p["last_error"] else ""))
             print(f"    behind: {p['changes_behind']} change(s), {p['blobs_behind']} blob(s), "
@@ -439,6 +466,13 @@ def _bytes(n: int) -> str:
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return f"{n} B"
+
+
+def _found_by(live: dict[str, Any]) -> str:
+    via = str(live.get("via", "manual"))
+    if via == "manual":
+        return {"provider": "provider", "device": "manual"}.get(str(live.get("kind", "")), "manual")
+    return via
 
 
 def _read_status(path: Path) -> dict | None:

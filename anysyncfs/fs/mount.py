@@ -48,6 +48,7 @@ import trio
 
 from ..core import acl, ids
 from ..errors import AnysyncError, BlobMissing, FsError, NotFound, UsageError
+from ..net.device_server import ListenSpec, parse_listen
 from ..replica.home import Unlocked
 from ..replica.replica import Replica, resolve_space
 from ..store.files import private_dir
@@ -92,6 +93,8 @@ class MountOptions:
     sync_interval: float = 30.0  # seconds between full reconciliations with each peer (new heads go at once)
     fetch_timeout: float = 30.0  # a read waits this long for a missing blob before EIO
     offline: bool = False  # no sync engine: no connections at all
+    listen: ListenSpec | None = field(default_factory=lambda: parse_listen(None))  # None: accept no sessions
+    discovery: bool = True  # announce and look for members on the LAN (mDNS)
     kernel: list[str] = field(default_factory=list)
     debug: bool = False
     first_sync_progress: Callable[[str, int, int], None] | None = None  # progress of the first sync (-f on a tty)
@@ -148,6 +151,10 @@ def parse_options(option_args: list[str], *, read_only: bool = False, foreground
                 opts.batch_interval = ms / 1000
             elif key in ("sync_interval", "fetch_timeout") and value:
                 setattr(opts, key, _seconds(key, value, 0.1, 86400))
+            elif key == "listen":
+                opts.listen = parse_listen(value)
+            elif key == "discovery" and value in ("on", "off"):
+                opts.discovery = value == "on"
             elif key == "offline" and not value:
                 opts.offline = True
             elif key == "allow_other" and not value:
@@ -458,8 +465,9 @@ async def _main_loop(ops: Operations, opts: MountOptions, replica: Replica) -> N
         nursery.start_soon(_commit_periodically, ops, opts.commit_interval)
         nursery.start_soon(_commit_batches, ops, opts.batch_interval)
         if not opts.offline:
-            nursery.start_soon(run_sync, ops, replica, opts.sync_interval, opts.fetch_timeout, opts.cache_size,
-                               opts.first_sync_progress)
+            nursery.start_soon(functools.partial(run_sync, ops, replica, opts.sync_interval, opts.fetch_timeout,
+                                                 opts.cache_size, opts.first_sync_progress, listen=opts.listen,
+                                                 discovery=opts.discovery))
         await pyfuse3.main(max_tasks=MAX_TASKS)
         nursery.cancel_scope.cancel()
 

@@ -26,7 +26,9 @@ import trio
 
 from ..core import ids
 from ..errors import AnysyncError
+from ..net.device_server import ListenSpec
 from ..net.endpoint import Endpoint
+from ..net.p2p import DevicePeering
 from ..net.runner import Runner
 from ..net.sync import Progress, SpaceSync
 from ..net.tls import make_tls_identity
@@ -50,7 +52,8 @@ def status_path(home_root: Path, space_id: bytes) -> Path:
 
 
 async def run_sync(ops: Operations, replica: Replica, interval: float, fetch_timeout: float,
-                   cache_size: int | None = None, first_sync_progress: Progress | None = None) -> None:
+                   cache_size: int | None = None, first_sync_progress: Progress | None = None, *,
+                   listen: ListenSpec | None = None, discovery: bool = False) -> None:
     identity = replica.identity
     endpoint = Endpoint(identity, make_tls_identity(identity.device))
     async def invalidate() -> None:
@@ -69,10 +72,12 @@ async def run_sync(ops: Operations, replica: Replica, interval: float, fetch_tim
 
     ops.fetcher = fetch
     path = status_path(replica.unlocked.home.root, replica.space_id)
+    peering = DevicePeering(sync, listen=listen, discovery=discovery, on_changed=invalidate)
     try:
         async with trio.open_nursery() as nursery:
+            await nursery.start(peering.run)
             nursery.start_soon(sync.run_forever)
-            nursery.start_soon(_publish_status, sync, path)
+            nursery.start_soon(publish_status, sync, path, peering.status)
             nursery.start_soon(_tend_cache, ops, runner)
             nursery.start_soon(_fetch_pinned, ops, sync, runner)
     finally:
@@ -145,11 +150,12 @@ async def _fetch_pinned(ops: Operations, sync: SpaceSync, runner: Runner) -> Non
                 break
 
 
-async def _publish_status(sync: SpaceSync, path: Path) -> None:
+async def publish_status(sync: SpaceSync, path: Path, extra: Callable[[], dict[str, object]] | None = None) -> None:
+    """Keep ``path`` (the status file) up to date until cancelled; ``extra``: more keys (the listener's)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     last = b""
     while True:
-        doc = sync.status() | {"pid": os.getpid(), "updated_us": time.time_ns() // 1000}
+        doc = sync.status() | (extra() if extra else {}) | {"pid": os.getpid(), "updated_us": time.time_ns() // 1000}
         body = {k: v for k, v in doc.items() if k != "updated_us"}
         data = json.dumps(body, sort_keys=True).encode()
         if data != last:

@@ -42,6 +42,7 @@ from ..core.reconcile import IdSet, Reconciler
 from ..errors import DecodeError, IntegrityError, KeyringCorrupt, NotFound, ProtocolError, StoreError
 from ..protocol import messages as m
 from ..replica import blob_gc, heads_board
+from ..replica.address_board import AddressBoard
 from ..replica.ledger import ForkRefused, Ledger, QuotaExceeded
 from ..replica.quota import QuotaPolicy
 from ..replica.shared_quota import StoredQuotaBook, backfill_space_state
@@ -164,6 +165,7 @@ class Node:
         self._sets: dict[tuple[bytes, int], _Sets] = {}
         self._subscribers: dict[bytes, set[Connection]] = {}
         self.connections: set[Connection] = set()
+        self.address_board = AddressBoard()
 
     def _total_quota(self, asked: int | None) -> int:
         """The total quota: ``asked`` (warned about when the disk cannot hold it), or by default the smaller of
@@ -428,6 +430,14 @@ class Node:
             return await self._signed_heads(conn, body)
         if isinstance(body, (m.PutVault, m.GetVault)):
             return await vault_node.handle(self, conn, body)
+        if isinstance(body, (m.PutAddresses, m.GetAddresses)):  # members' address records (70.13)
+            ledger = await self._member(conn, body.space)
+            if isinstance(body, m.GetAddresses):
+                return m.AddressRecords(self.address_board.served(body.space, ledger.role_of))
+            outcome = self.address_board.offer(body.space, ledger.role_of, bytes(body.record))  # forged: closes
+            if outcome in ("not-member", "full"):
+                raise ServiceError(m.ErrorCode.FORBIDDEN, f"address record not kept: {outcome}")
+            return m.Accepted(int(outcome == "stored"), int(outcome == "old"), [])
         raise ServiceError(m.ErrorCode.BAD_REQUEST, f"unsupported request {type(body).__name__}")
 
     async def _blob_ranges(self, conn: Connection, body: m.GetBlobRanges) -> m.BlobSlice:

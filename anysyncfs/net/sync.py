@@ -42,6 +42,8 @@ BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 HOSTILE_BACKOFF_S = 60.0  # after a peer sent invalid data
 PEERS_POLL_S = 0.5  # how often a running engine re-reads the space's peers (a removed one is dropped at once)
+DISCOVERED_BACKOFF_MAX_S = 300.0  # a discovered address that keeps failing is tried at most this often
+BLOB_ATTEMPT_S = 10.0  # one peer's turn at a blob fetch: a dead path is left after this, the next peer asked
 TRANSFERS_IN_FLIGHT = 4  # concurrent blob uploads / content fetches per sync
 
 Changed = Callable[[], Awaitable[None]]
@@ -60,6 +62,8 @@ class PeerStatus:
     next_attempt: float = 0.0
     blobs_to_backfill: int = 0  # blobs of the space the provider lacks, still being back-filled (net/providers.py)
     bytes_to_backfill: int = 0
+    via: str = "manual"  # how it was found: manual (peers table), address record, mdns
+    kind: str = ""  # once connected: "device" (a member's device) or "provider"
 
 
 @dataclass
@@ -101,6 +105,12 @@ class SpaceSync:
         self.referenced = providers.ReferencedBlobs(replica)  # what every provider should hold (back-fill)
         self.witness = HeadsWitness(replica, run)  # signed heads: catches a provider keeping changes back
         self.first_sync_progress: Progress | None = None
+        self.exchange_addresses: Callable[[SpaceSync, Connection], Awaitable[None]] | None = None  # address records
+        self.discovered: dict[str, tuple[PeerAddress, str]] = {}  # found by address records or mDNS, with how
+        self._new_address = trio.Event()
+        self._retry: dict[str, trio.Event] = {}  # peer key -> set to cut the backoff of its dial short
+        self._connected_devices: dict[bytes, str] = {}  # device key -> the address we are connected to it by
+        self._is_device: dict[str, bool] = {}  # peer key -> a member's device (True) or a provider
 
     # ------------------------------------------------------------------------------------------ addresses
     async def addresses(self) -> list[PeerAddress]:
@@ -113,6 +123,20 @@ class SpaceSync:
                 log.warning("ignoring peer %r: %s", r.address, e)
         return out
 
+    def add_discovered(self, addr: PeerAddress, via: str) -> None:
+        """An address found by an address record or on the LAN: dialled like a recorded peer (this device's own
+        addresses are ignored)."""
+        if addr.device == self.endpoint.identity.device_id:
+            return
+        key = str(addr)
+        if key not in self.discovered:
+            self.discovered[key] = (addr, via)
+            self._new_address.set()
+        else:  # heard of again (back on the LAN): a dial waiting out its backoff tries at once
+            retry = self._retry.get(key)
+            if retry is not None:
+                retry.set()
+
     # ------------------------------------------------------------------------------------------ long-running
     async def run_forever(self) -> None:
         """Keep every known peer connected and in sync until cancelled. The peers table is read again every
@@ -123,24 +147,29 @@ class SpaceSync:
             running: dict[str, trio.CancelScope] = {}
             while True:
                 try:
-                    wanted = {str(addr): addr for addr in await self.addresses()}
+                    wanted = {str(addr): (addr, "manual") for addr in await self.addresses()}
                 except AnysyncError as e:  # the store is busy or failing: keep the current peers, try again
                     log.warning("cannot read the peers of the space: %s", e)
-                    wanted = {key: parse_address(key) for key in running}
+                    wanted = {key: (parse_address(key), "manual") for key in running}
+                # Found by address records or mDNS: dialled as well, never "removed" by the peers table.
+                for key, found in self.discovered.items():
+                    wanted.setdefault(key, found)
                 for key in [k for k in running if k not in wanted]:
                     log.info("%s: no longer a peer of the space; disconnecting", key)
                     running.pop(key).cancel()  # its connection is closed by _peer_loop's cleanup
                     self.peers.pop(key, None)
-                for key, addr in wanted.items():
+                for key, (addr, via) in wanted.items():
                     if key not in running:
-                        running[key] = await nursery.start(self._peer_task, addr)
-                await trio.sleep(PEERS_POLL_S)
+                        running[key] = await nursery.start(self._peer_task, addr, via)
+                with trio.move_on_after(PEERS_POLL_S):  # a newly discovered address is dialled at once
+                    await self._new_address.wait()
+                self._new_address = trio.Event()
 
-    async def _peer_task(self, addr: PeerAddress, *, task_status: trio.TaskStatus[trio.CancelScope]
-                         = trio.TASK_STATUS_IGNORED) -> None:
+    async def _peer_task(self, addr: PeerAddress, via: str, *,
+                         task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
             task_status.started(scope)
-            await self._peer_loop(addr)
+            await self._peer_loop(addr, via)
 
     async def _watch_local_commits(self) -> None:
         """Live push: when our heads move (a local commit, or changes fetched from another peer), wake every
@@ -153,11 +182,16 @@ class SpaceSync:
                 for ev in self._wake.values():
                     ev.set()
 
-    async def _peer_loop(self, addr: PeerAddress) -> None:
+    async def _peer_loop(self, addr: PeerAddress, via: str = "manual") -> None:
         key = str(addr)
-        st = self.peers.setdefault(key, PeerStatus(key))
+        st = self.peers.setdefault(key, PeerStatus(key, via=via))
         backoff = BACKOFF_MIN_S
+        most = BACKOFF_MAX_S if via == "manual" else DISCOVERED_BACKOFF_MAX_S
         while True:
+            other = self._connected_devices.get(addr.device)
+            if other is not None and other != key:
+                await trio.sleep(BACKOFF_MAX_S * (0.5 + random.random()))  # already connected by another address
+                continue
             try:
                 conn = await self.endpoint.dial(addr, on_notify=self._on_notify)
             except (NetworkError, IntegrityError, ProtocolError) as e:
@@ -166,17 +200,22 @@ class SpaceSync:
                 wait = backoff * (0.5 + random.random())
                 st.next_attempt = time.time() + wait
                 log.info("%s: %s (retry in %.1f s)", key, e, wait)
-                await trio.sleep(wait)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                retry = self._retry[key] = trio.Event()
+                with trio.move_on_after(wait):
+                    await retry.wait()
+                backoff = min(backoff * 2, most)
                 continue
             backoff = BACKOFF_MIN_S
             hostile = False
+            self._connected_devices.setdefault(addr.device, key)
             try:
                 hostile = await self._connected_session(key, conn, st)
             finally:
                 st.connected = False
                 self._conns.pop(key, None)
                 self._wake.pop(key, None)
+                if self._connected_devices.get(addr.device) == key:
+                    del self._connected_devices[addr.device]
                 await conn.abort("done")
             await trio.sleep(HOSTILE_BACKOFF_S if hostile else BACKOFF_MIN_S)
 
@@ -240,10 +279,17 @@ class SpaceSync:
         if await self.run(self.replica.refresh_acl) and self.on_changed is not None:
             await self.on_changed()  # another process (the CLI) changed the ACL: roles or keys may have moved
         started_us = time.time_ns() // 1000  # every change stored before this reaches the peer in this round
+        device = self.peer_is_device(conn)
+        if st is not None:
+            st.kind = "device" if device else "provider"
         await self._open(conn)
         fetch_failures: list[AnysyncError] = []
         await self._sync_acl(conn, fetch_failures)
-        uploaded = await providers.upload_queued(self, conn, progress)
+        if self.exchange_addresses is not None:
+            await self.exchange_addresses(self, conn)
+        # Blobs go up to providers only: a device fetches what it reads, and an upload confirmed by a device must
+        # not count as safe on a provider.
+        uploaded = providers.Uploaded([]) if device else await providers.upload_queued(self, conn, progress)
 
         async def changes_round() -> tuple[int, int, int]:
             # Everything the peer lacks is sent before the first fetch failure is raised; the witness then judges
@@ -253,15 +299,27 @@ class SpaceSync:
                 raise fetch_failures[0]
             return result
 
-        fetched, sent, rounds = await self.witness.checked_round(conn, changes_round)
-        await providers.backfill(self, conn, st, uploaded)  # blobs made before this provider was added, or lost
-        await providers.confirm(self, conn, uploaded.held)
+        if device:  # signed heads judge providers; a member's device is no provider
+            fetched, sent, rounds = await changes_round()
+        else:
+            fetched, sent, rounds = await self.witness.checked_round(conn, changes_round)
+            await providers.backfill(self, conn, st, uploaded)  # blobs made before this provider was added, or lost
+            await providers.confirm(self, conn, uploaded.held)
         if st is not None:
             st.last_sync_us = started_us
             st.last_error = ""
             st.rounds = rounds
         await self._note(conn.label, ok=True, synced_us=started_us)
         return fetched, sent, uploaded.sent
+
+    def peer_is_device(self, conn: Connection) -> bool:
+        """A member's device (its account is in the space's ACL), not a provider (whose account never is)."""
+        key = conn.label
+        known = self._is_device.get(key)
+        if known is None:
+            assert conn.peer is not None
+            known = self._is_device[key] = self.replica.role_of(conn.peer.peer_account) is not None
+        return known
 
     async def _sync_acl(self, conn: Connection, fetch_failures: list[AnysyncError]) -> None:
         """Reconcile ACL record IDs by ranges; fetch the records we lack (verified on adding), send theirs."""
@@ -414,17 +472,28 @@ class SpaceSync:
         errors: list[str] = []
         while True:
             candidates = [(k, c) for k, c in self._conns.items() if k not in tried and not c.closed.is_set()]
+            # Path choice: a member's device (on the LAN, found by mDNS, or by its address record) before a
+            # provider; each peer gets a bounded turn, so a dead path is left for the next one.
+            candidates.sort(key=lambda kc: (not self._is_device.get(kc[0], False), self._via_rank(kc[0])))
             for key, conn in candidates:
                 tried.add(key)
                 try:
-                    with trio.fail_at(deadline):  # by verified ranges, each group checked on arrival (70.12)
-                        data, nodes = await range_fetch.fetch_whole(conn, self.space_id, blob_id, self._partials)
+                    with trio.fail_at(min(deadline, trio.current_time() + BLOB_ATTEMPT_S)):
+                        if self._is_device.get(key, False):  # a member's device answers GetBlob
+                            reply = await conn.request(m.GetBlob(self.space_id, blob_id))
+                            if not isinstance(reply, m.Blob):
+                                raise ProtocolError(f"expected Blob, got {type(reply).__name__}")
+                            data, nodes = bytes(reply.data), None
+                        else:  # a provider: by verified ranges, each group checked on arrival (70.12)
+                            data, nodes = await range_fetch.fetch_whole(conn, self.space_id, blob_id, self._partials)
                     # Verify and write the file without the mount's lock (hashing and fsync take milliseconds:
-                    # file-system requests go on meanwhile), then index it under the lock. Only providers answer
-                    # GetBlobRanges, and only with blobs they store: the cache may evict it.
+                    # file-system requests go on meanwhile), then index it under the lock. A provider answers
+                    # only with blobs it stores: the cache may evict it. A device may evict its own copy: not a
+                    # confirmation.
                     await trio.to_thread.run_sync(self.replica.write_fetched_blob, blob_id, data, nodes)
                     await trio.to_thread.run_sync(self._partials.delete, blob_id)
-                    await self.run(functools.partial(self.replica.index_fetched_blob, remote_confirmed=True),
+                    confirmed = not self._is_device.get(key, False)
+                    await self.run(functools.partial(self.replica.index_fetched_blob, remote_confirmed=confirmed),
                                    blob_id, len(data))
                     return
                 except (IntegrityError, ProtocolError) as e:
@@ -441,6 +510,10 @@ class SpaceSync:
                 await self._conn_changed.wait()
             tried.clear()
         raise NotFound(f"blob {label} could not be fetched ({'; '.join(errors[-2:]) or 'no peer reachable'})")
+
+    def _via_rank(self, key: str) -> int:
+        st = self.peers.get(key)
+        return {"mdns": 0, "address record": 1}.get(st.via if st else "", 2)
 
     async def hold_connection(self, addr: PeerAddress) -> None:
         """Keep one connection open for blob fetches (no sync), until cancelled or it breaks."""

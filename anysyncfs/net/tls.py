@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import socket
 import ssl
 import time
 import warnings
@@ -258,7 +259,27 @@ def peer_cert_der(stream: trio.SSLStream[trio.SocketStream]) -> bytes:
 
 def server_stream(tcp: trio.SocketStream, ident: TlsIdentity) -> trio.SSLStream[trio.SocketStream]:
     """Wrap an accepted connection; the handshake runs on first use (or an explicit ``do_handshake``)."""
+    watch_liveness(tcp)
     return trio.SSLStream(tcp, ident.server_context, server_side=True)
+
+
+LIVENESS_S = 20  # a peer that acknowledges nothing for this long (a cut link, a vanished device) is a dead path
+
+
+def watch_liveness(tcp: trio.SocketStream) -> None:
+    """Let the kernel end a connection whose peer vanished — sent data unacknowledged for ``LIVENESS_S``, or an
+    idle connection whose keepalive probes go unanswered for about as long — so nobody waits on a dead path
+    until a request times out; the peer is then dialled again. Best effort: options a platform lacks are skipped."""
+    sock = tcp.socket
+    for level, name, value in ((socket.SOL_SOCKET, "SO_KEEPALIVE", 1), (socket.IPPROTO_TCP, "TCP_KEEPIDLE", 10),
+                               (socket.IPPROTO_TCP, "TCP_KEEPINTVL", 5), (socket.IPPROTO_TCP, "TCP_KEEPCNT", 2),
+                               (socket.IPPROTO_TCP, "TCP_USER_TIMEOUT", LIVENESS_S * 1000)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            try:
+                sock.setsockopt(level, option, value)
+            except OSError:
+                pass
 
 
 def _reason(exc: BaseException) -> str:
@@ -283,6 +304,7 @@ async def open_tls_stream(
     try:
         with trio.fail_after(timeout):
             tcp = await trio.open_tcp_stream(host, port)
+            watch_liveness(tcp)
             stream = trio.SSLStream(tcp, ident.client_context, server_side=False, server_hostname=SNI_NAME)
             await stream.do_handshake()
         if stream.selected_alpn_protocol() != ALPN:

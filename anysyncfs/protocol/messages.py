@@ -17,6 +17,8 @@ from ..core import bao
 from ..core.blob import MAX_BLOB_LEN
 from ..core.change import MAX_CHANGE_SIZE
 from ..core.signed_heads import MAX_DEVICES_PER_SPACE as MAX_SIGNED_HEADS
+from ..core.address_record import MAX_RECORD_LEN as MAX_ADDRESS_RECORD_LEN
+from ..core.address_record import MAX_RECORDS_PER_SPACE as MAX_ADDRESS_RECORDS
 from ..core.signed_heads import MAX_RECORD_LEN as MAX_SIGNED_HEADS_LEN
 from ..core.vault import MAX_RECORD_LEN as MAX_VAULT_LEN
 from ..errors import ProtocolError
@@ -199,8 +201,21 @@ class GetVault(_Tagged, frozen=True, tag=41):
     discovery_id: Id32
 
 
+class PutAddresses(_Tagged, frozen=True, tag=50):
+    """Offer a device's address record (docs/protocol.md 70.13): signed by the device, sealed for members."""
+
+    space: Id32
+    record: Annotated[bytes, msgspec.Meta(max_length=MAX_ADDRESS_RECORD_LEN)]
+
+
+class GetAddresses(_Tagged, frozen=True, tag=51):
+    """The newest address record of every member device the responder holds for a space."""
+
+    space: Id32
+
+
 RequestBody = Union[OpenSpace, Reconcile, GetChanges, PutChanges, PutAcl, GetBlob, PutBlob, HasBlobs, PushSpace,
-                    GetAcl, PutHeads, GetHeads, GetBlobRanges, PutVault, GetVault]
+                    GetAcl, PutHeads, GetHeads, GetBlobRanges, PutVault, GetVault, PutAddresses, GetAddresses]
 
 
 # ---------------------------------------------------------------------------------------------- responses
@@ -258,8 +273,13 @@ class VaultStored(_Tagged, frozen=True, tag=141):
     version: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]  # the version held now
 
 
+class AddressRecords(_Tagged, frozen=True, tag=151):
+    records: Annotated[list[Annotated[bytes, msgspec.Meta(max_length=MAX_ADDRESS_RECORD_LEN)]],
+                       msgspec.Meta(max_length=MAX_ADDRESS_RECORDS)]  # address records, one per device
+
+
 ResponseBody = Union[SpaceInfo, ReconcileReply, Changes, Accepted, Blob, Ok, Bits, AclRecords, HeadsRecords,
-                     BlobSlice, VaultRecordReply, VaultStored]
+                     BlobSlice, VaultRecordReply, VaultStored, AddressRecords]
 
 
 # ---------------------------------------------------------------------------------------------- notifications

@@ -451,6 +451,13 @@ class Replica:
         self.unreadable.reload()
         self.tree = self._load_tree()
 
+    def pick_up_commits(self) -> bool:
+        """Another process (``anysyncfs put`` beside ``sync --watch``) committed: load its changes. True if any."""
+        if self.store.heads(self.space_id) == self.heads:
+            return False
+        self._reload()
+        return True
+
     # ------------------------------------------------------------------------------------------ receiving
     def ingest(self, raw: bytes, expected_id: bytes | None = None) -> IngestResult:
         """Verify and apply one change received from elsewhere (:meth:`ingest_batch` of one)."""

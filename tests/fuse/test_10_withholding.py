@@ -18,7 +18,8 @@ from tests.integration.test_withholding import WithholdingNode
 
 from .conftest import Mount, _check_fuse, assert_clean_log, eventually, init_device
 
-SYNC_OPTS = ("-o", "sync_interval=2,fetch_timeout=20")
+# Sync through the provider only: no listener, so no direct device-to-device path (tests/fuse/test_11_p2p.py).
+SYNC_OPTS = ("-o", "sync_interval=2,fetch_timeout=20,listen=off")
 
 
 class WithholdingNodeThread(NodeThread):

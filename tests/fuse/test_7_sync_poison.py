@@ -29,7 +29,8 @@ from tests.conftest import PASSPHRASE, TEST_LOG2N
 from .conftest import Mount, SyncNode, _check_fuse, cluster_cleanup, eventually, free_port, init_device
 from .conftest import write_synced as write
 
-SYNC_OPTS = ("-o", "sync_interval=2,fetch_timeout=20")
+# Sync through the provider only: no listener, so no direct device-to-device path (tests/fuse/test_11_p2p.py).
+SYNC_OPTS = ("-o", "sync_interval=2,fetch_timeout=20,listen=off")
 
 
 def has_bytes(path: Path, data: bytes) -> bool:

@@ -28,7 +28,8 @@ from .conftest import (
 from .conftest import write_synced as write
 from .test_7_sync import has_bytes
 
-SYNC_OPTS = ("-o", "sync_interval=2,fetch_timeout=20")
+# Sync through the provider only: no listener, so no direct device-to-device path (tests/fuse/test_11_p2p.py).
+SYNC_OPTS = ("-o", "sync_interval=2,fetch_timeout=20,listen=off")
 
 
 @dataclass

@@ -34,8 +34,8 @@ FILE_SIZE = 512 * KiB
 KEEP, REST = 10, 30  # files in keep/ (pinned on B) and rest/
 LIMIT = 4 * MiB
 FETCH_TIMEOUT = 3
-A_OPTS = ("-o", "sync_interval=2,fetch_timeout=20")
-B_OPTS = ("-o", f"sync_interval=2,fetch_timeout={FETCH_TIMEOUT},cache_size=4M")
+A_OPTS = ("-o", "sync_interval=2,fetch_timeout=20,listen=off")  # through the provider only
+B_OPTS = ("-o", f"sync_interval=2,fetch_timeout={FETCH_TIMEOUT},cache_size=4M,listen=off")
 A_SMALL_CACHE = ("-o", "sync_interval=2,fetch_timeout=20,cache_size=64K")
 
 

@@ -1,0 +1,243 @@
+"""A device answering sessions: the provider's request handling (:class:`~.node.Node`) over this device's own
+replicas, so two members sync directly, without a provider (issue 13, docs/protocol.md 70.13).
+
+What differs from a provider, and why:
+
+* It holds only its own replicas, and answers a connection only if the peer's account is a member of one of them:
+  a stranger is closed right after authentication, before it can ask anything (it learns no space ID, name or
+  size). A member asking about a space it is not a member of — or one this device does not hold — gets the same
+  FORBIDDEN either way, so it cannot probe which spaces the device holds.
+* It takes no new spaces (``PushSpace``), no uploads (``PutBlob``: members fetch blobs from each other with
+  ``GetBlob``; uploading is for providers, which must confirm what they hold) and no joiners (invites are
+  answered by providers). Signed heads (70.9) judge providers only: a device neither keeps nor serves them.
+* Every replica call runs through the device's own :class:`~.runner.Runner` — in a mount, the adapter's lock with
+  the open batch set aside for changes received — and changes received here reach ``on_changed`` (the kernel's
+  caches of what they touched are invalidated) like changes the device fetched itself.
+* Head announcements (``Heads``) go to every subscribed connection whenever this device's heads move, whatever
+  moved them (a local commit, a change received here or fetched elsewhere): that is the live push towards
+  devices that dialled us.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from ..core import ids
+from ..core.address import PeerAddress
+from ..core.address_record import AddressRecord, parse_address_record
+from ..core.reconcile import IdSet
+from ..errors import NotFound, UsageError
+from ..protocol import messages as m
+from ..replica import Replica
+from ..replica.address_board import AddressBoard
+from ..replica.ledger import Usage
+from .connection import Connection, ServiceError
+from .endpoint import Endpoint, serve_tcp
+from .node import Node
+from .runner import Runner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEVICE_PORT = 7734  # a provider's default is 7733
+ANNOUNCE_POLL_S = 0.05  # how often the heads of the served replicas are looked at (an attribute read)
+_REFUSED = "not available to you here"
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    """``-o listen=HOST:PORT``: where a device accepts sessions. ``host`` None: every interface. ``fallback``:
+    take a free port when ``port`` is in use (the default port only: an explicit one must be had or fail)."""
+
+    host: str | None
+    port: int
+    fallback: bool
+
+
+def parse_listen(value: str | None) -> ListenSpec | None:
+    """The value of the ``listen`` option; None for ``off``. UsageError with a one-line reason otherwise."""
+    if value is None or value == "":
+        return ListenSpec(None, DEFAULT_DEVICE_PORT, True)
+    if value == "off":
+        return None
+    text = value.strip()
+    if text.startswith("["):
+        host, close, rest = text[1:].partition("]")
+        port_text = rest[1:] if close and rest.startswith(":") else ""
+    else:
+        host, _colon, port_text = text.rpartition(":")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UsageError(f"listen must be HOST:PORT or off, not {value!r}")
+    return ListenSpec(host or None, int(port_text), False)
+
+
+class ReplicaLedger:
+    """A replica seen as the ledger :class:`Node` serves from. Attribute access goes to the replica itself, so
+    the runner sees the replica's own bound methods (the mount's runner sets the open batch aside for them)."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.replica, name)
+
+    def usage(self) -> Usage:
+        """Only the ACL bytes matter here: a handler reserves them before an ACL reply."""
+        acl_bytes = sum(len(raw) for _rid, raw in self.replica.acl_raws())
+        return Usage(changes=0, change_bytes=0, blobs=0, blob_bytes=0, acl_bytes=acl_bytes)
+
+
+Changed = Callable[[], Awaitable[None]]
+
+
+class DeviceServer(Node):
+    """Serves this device's replicas to the members of their spaces.
+
+    A subclass of :class:`Node` so that request handling exists once; it sets up only what the handlers use
+    (no node identity file, quota book or collector: a device stores what its own sync engine accepts)."""
+
+    def __init__(self, endpoint: Endpoint, run: Runner) -> None:  # noqa: super().__init__ opens a node's data
+        self.endpoint = endpoint
+        self.identity = endpoint.identity
+        self.run = run
+        self._ledgers: dict[bytes, ReplicaLedger] = {}  # type: ignore[assignment]
+        self._changed: dict[bytes, Changed | None] = {}
+        self._generation: dict[bytes, int] = {}
+        self._sets = {}
+        self._device_sets: dict[tuple[bytes, int], tuple[object, IdSet]] = {}
+        self._subscribers: dict[bytes, set[Connection]] = {}
+        self.connections: set[Connection] = set()
+        self.address_board = AddressBoard()
+        self.on_address_record: Callable[[AddressRecord, str], None] | None = None
+        self.listeners: list[trio.SocketListener] = []
+        self.refused_strangers = 0
+
+    def add_replica(self, replica: Replica, on_changed: Changed | None = None) -> None:
+        self._ledgers[replica.space_id] = ReplicaLedger(replica)
+        self._changed[replica.space_id] = on_changed
+
+    # ------------------------------------------------------------------------------------------ listening
+    async def listen(self, spec: ListenSpec, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
+                     = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept sessions until cancelled (the default port, or a free one when it is taken)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._announce_heads)
+            try:
+                self.listeners = await nursery.start(self.serve, spec.host, spec.port)
+            except OSError as e:
+                if not (spec.fallback and e.errno == errno.EADDRINUSE):
+                    raise
+                log.info("port %d is taken: listening on a free port", spec.port)
+                self.listeners = await nursery.start(self.serve, spec.host, 0)
+            task_status.started(self.listeners)
+
+    def bound_port(self) -> int | None:
+        return self.listeners[0].socket.getsockname()[1] if self.listeners else None
+
+    def addresses(self) -> list[PeerAddress]:
+        """This device's reachable addresses: the bound host, or every non-loopback IPv4 address of this host
+        when listening on all interfaces (loopback too when it has nothing else)."""
+        port = self.bound_port()
+        if port is None:
+            return []
+        hosts: list[str] = []
+        for ln in self.listeners:
+            host = ln.socket.getsockname()[0]
+            if host in ("0.0.0.0", "::"):
+                hosts.extend(h for h in local_ipv4_addresses() if h not in hosts)
+            elif host not in hosts:
+                hosts.append(host)
+        return [PeerAddress(self.identity.device_id, h, port) for h in hosts]
+
+    # ------------------------------------------------------------------------------------------ connections
+    async def _connection(self, conn: Connection) -> None:
+        assert conn.peer is not None
+        account = conn.peer.peer_account
+        if not any(ledger.role_of(account) is not None for ledger in self._ledgers.values()):
+            self.refused_strangers += 1
+            log.info("%s: refused: account %s is a member of no space served here", conn.label,
+                     ids.account_text(account)[:16])
+            await conn.abort("not a member")
+            return
+        await super()._connection(conn)
+
+    def _ledger(self, space_id: bytes) -> ReplicaLedger:  # type: ignore[override]
+        ledger = self._ledgers.get(space_id)
+        if ledger is None:
+            raise NotFound(_REFUSED)
+        return ledger
+
+    async def handle(self, conn: Connection, body: object) -> object:
+        assert conn.peer is not None
+        if isinstance(body, (m.PushSpace, m.PutBlob, m.PutHeads, m.GetHeads)):
+            raise ServiceError(m.ErrorCode.FORBIDDEN, f"a device does not take {type(body).__name__}")
+        if isinstance(body, m.OpenSpace) and body.invite_proof:
+            raise ServiceError(m.ErrorCode.FORBIDDEN, "a device does not answer invites")
+        space_id = getattr(body, "space", None)
+        if isinstance(space_id, bytes):
+            ledger = self._ledgers.get(space_id)
+            if ledger is None or ledger.role_of(conn.peer.peer_account) is None:
+                raise ServiceError(m.ErrorCode.FORBIDDEN, _REFUSED)  # held or not: the same answer
+        reply = await super().handle(conn, body)
+        if isinstance(body, m.PutAddresses) and self.on_address_record is not None:
+            self.on_address_record(parse_address_record(bytes(body.record), body.space), conn.label)
+        return reply
+
+    def _id_set(self, ledger: ReplicaLedger, kind: int) -> IdSet:  # type: ignore[override]
+        """(blocking) The IDs of one set, cached while the replica's heads and ACL stay the same (a local commit
+        moves them without passing through a handler here)."""
+        stamp = (ledger.replica.heads, id(ledger.replica.acl))
+        key = (ledger.replica.space_id, kind)
+        hit = self._device_sets.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        if kind == m.SetKind.CHANGES:
+            source = ledger.replica.change_ids()
+        elif kind == m.SetKind.ACL:
+            source = ledger.replica.acl_ids()
+        else:
+            source = ledger.replica.blob_ids()
+        built = IdSet(source)
+        self._device_sets[key] = (stamp, built)
+        return built
+
+    async def _announce(self, space_id: bytes, ledger: object, origin: Connection) -> None:
+        """After changes or ACL records arrived here: the mount's caches (announcements: :meth:`_announce_heads`)."""
+        changed = self._changed.get(space_id)
+        if changed is not None:
+            await changed()
+
+    async def _announce_heads(self) -> None:
+        seen = {sid: ledger.replica.heads for sid, ledger in self._ledgers.items()}
+        while True:
+            await trio.sleep(ANNOUNCE_POLL_S)
+            for sid, ledger in list(self._ledgers.items()):
+                heads = ledger.replica.heads  # replaced atomically by the replica: safe to read unlocked
+                if heads == seen.get(sid):
+                    continue
+                seen[sid] = heads
+                self._bump(sid)
+                for conn in list(self._subscribers.get(sid, ())):
+                    if conn.closed.is_set():
+                        continue
+                    try:
+                        await conn.notify(m.Heads(sid, list(heads)[: m.MAX_IDS]))
+                    except Exception as e:  # noqa: BLE001 - a dead subscriber must not stop the others
+                        log.info("%s: announce failed: %s", conn.label, e)
+
+
+def local_ipv4_addresses() -> list[str]:
+    """Non-loopback IPv4 addresses of this host's interfaces (``127.0.0.1`` when there is none)."""
+    import ifaddr  # a dependency of zeroconf
+
+    out: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127.") and ip.ip not in out:
+                out.append(ip.ip)
+    return out or ["127.0.0.1"]
+
