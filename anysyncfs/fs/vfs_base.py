@@ -177,8 +177,8 @@ class VfsCore:
         self._lookups: dict[int, int] = {}
         self._staged: dict[bytes, Staged] = {}
         self._opens: dict[bytes, int] = {}
-        # Files truncated through an open file (O_TRUNC, ftruncate, truncate while open), until their last handle
-        # closes: their ops stay in the batch like a new file's (:meth:`_held`), so `echo x > f` or an editor's
+        # Files truncated through an open file (O_TRUNC, ftruncate, truncate while open), until their last
+        # writable handle closes: their ops stay in the batch like a new file's (:meth:`_held`), so `echo x > f` or an editor's
         # rewrite is ONE change with the final content, never an empty (or half-written) intermediate.
         self._rewriting: set[bytes] = set()
         self._files: dict[int, FileHandle] = {}

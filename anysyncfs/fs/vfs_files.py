@@ -178,7 +178,10 @@ class FilesMixin(NamesMixin):
                 self._opens[node_id] = left
             else:
                 self._opens.pop(node_id, None)
-                self._rewriting.discard(node_id)  # its rewrite is complete: the batch may commit it now
+            if node_id in self._rewriting and not any(
+                h.node == node_id and h.writable and h.view is self.live for h in self._files.values()
+            ):
+                self._rewriting.discard(node_id)  # the last writer closed (readers may stay): commit it now
             self.drop_if_orphan(node_id)
 
     # ------------------------------------------------------------------------------------------ attributes

@@ -267,3 +267,17 @@ def test_ftruncate_then_writes_is_one_change_and_fsync_of_the_file_commits_it(be
     vfs.release(fh)
     vfs.flush_batch()
     assert _history_of(benv, b"f") == [b"0123456789", b"new"]
+
+
+def test_a_reader_keeping_the_file_open_does_not_hold_a_rewrite_back(benv: Env) -> None:
+    vfs = benv.vfs
+    f = write_file(vfs, ROOT_INODE, b"f", b"old")
+    vfs.flush_batch()
+    reader = vfs.open(f.inode, os.O_RDONLY, ROOT)  # tail -f, a viewer
+    fh = vfs.open(f.inode, os.O_WRONLY | os.O_TRUNC, ROOT)
+    vfs.flush(fh)
+    vfs.write(fh, 0, b"new")
+    vfs.release(fh)
+    vfs.flush_batch()
+    assert _history_of(benv, b"f") == [b"old", b"new"]
+    vfs.release(reader)
