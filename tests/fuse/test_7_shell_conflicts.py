@@ -126,3 +126,18 @@ def test_shell_and_editor_rewrites_on_two_offline_devices(pair: Pair) -> None:
     copies = sorted(n for n in contents if n.startswith("echo.sync-conflict-"))
     assert all(CONFLICT.match(n)["stem"] == "echo" for n in copies), copies  # type: ignore[index]
     assert {contents[n] for n in copies} == {b"copy-a\n", b"copy-b\n"}
+
+
+def test_unpin_of_a_path_that_stays_pinned_exits_15(pair: Pair) -> None:
+    """Exit code 15 (issue 16, item 2): the command did what it could, but the path is still pinned."""
+    a = pair.a
+    a.path("trip").mkdir()
+    write(a.path("trip", "map.txt"), b"north\n")
+    assert a.cli("pin", str(a.path("trip")), "--no-progress").returncode == 0
+    p = a.cli("unpin", str(a.path("trip", "map.txt")), check=False)
+    err = p.stderr.decode()
+    assert p.returncode == 15, err
+    assert err.splitlines()[-1] == "anysyncfs: error: 1 of 1 paths stay pinned through a pinned folder above them"
+    assert "stays pinned" in p.stdout.decode()
+    assert os.getxattr(a.path("trip", "map.txt"), "user.anysync.pinned") == b"1"
+    assert a.cli("unpin", str(a.path("trip"))).returncode == 0
