@@ -117,6 +117,14 @@ class NetworkError(AnysyncError):
     exit_code = 14
 
 
+class Incomplete(AnysyncError):
+    """A command did its work on this device, but part of it did not happen everywhere it should: a peer was not
+    reached, some content was not fetched, a path stayed pinned. What succeeded is kept; the message says what
+    is missing and how to finish it."""
+
+    exit_code = 15
+
+
 class BlobMissing(NotFound):
     """A blob needed for a read is not on this device (the sync layer may fetch it)."""
 

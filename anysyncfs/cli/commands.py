@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..core import ids, keys, ops
-from ..errors import FsckFailed, UsageError
+from ..errors import AlreadyExists, FsckFailed
 from ..replica import files
 from ..replica.fsck import fsck
 from ..replica.replica import create_space, open_replica, resolve_space
@@ -22,7 +22,7 @@ PHRASE_MAX = 4096
 def cmd_init(ctx: "Context") -> int:
     home = ctx.home
     if home.has_identity():
-        raise UsageError(f"an identity already exists in {home.root}")
+        raise AlreadyExists(f"an identity already exists in {home.root}")
     name = ctx.args.device_name or socket.gethostname() or "device"
     if (ctx.args.peer or ctx.args.list_only or ctx.args.space) and not (ctx.args.restore and ctx.args.peer):
         raise UsageError("--peer, --list-only and --space go with --restore (and --list-only, --space need --peer)")

@@ -22,13 +22,13 @@ if TYPE_CHECKING:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    s = sub.add_parser("mount", help="mount a space as a folder (in the background unless -f)")
+    s = sub.add_parser("mount", help="mount a space as a folder (in the background unless -f)",
+                       epilog=_OPTIONS_TABLE, formatter_class=_MountHelpFormatter)
     s.add_argument("space", help="space name or ID (sp-…)")
     s.add_argument("mountpoint", type=Path, help="an existing directory")
     s.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
     s.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT…]",
-                   help="ro, cache_size=SIZE, allow_other, batch_interval=MS, commit_interval=SECONDS, nosuid, nodev, "
-                        "noexec, noatime")
+                   help="mount options, comma-separated: see the table below")
     s.add_argument("--read-only", action="store_true", help="mount read-only (same as -o ro)")
     s.add_argument("--cache-size", metavar="SIZE",
                    help="keep at most SIZE of file contents on this device (e.g. 2G; same as -o cache_size=SIZE): "
@@ -40,6 +40,22 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open there")
     s.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the commit (default 120)")
     s.set_defaults(func=cmd_unmount)
+
+
+_OPTIONS_TABLE = "\0mount options table\0"  # the epilog, replaced when help is shown
+
+
+class _MountHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Writes the ``-o`` table (from the one table of mount options) only when help is shown: building it imports
+    the mount machinery (pyfuse3, trio), which other commands should not pay for at start."""
+
+    def add_text(self, text: str | None) -> None:
+        if text == _OPTIONS_TABLE:
+            from ..fs import mount
+            from ..fs.mount_options import help_text
+
+            text = help_text(mount.MountOptions(), mount.KERNEL_OPTIONS, mount.IGNORED_OPTIONS)
+        super().add_text(text)
 
 
 def cmd_mount(ctx: Context) -> int:

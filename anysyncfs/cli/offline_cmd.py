@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import AnysyncError, NetworkError, PermissionDenied, UsageError
+from ..errors import AnysyncError, Incomplete, NetworkError, PermissionDenied, UsageError
 from .progress import Progress, ProgressBars
 
 if TYPE_CHECKING:
@@ -242,12 +242,16 @@ def cmd_unpin(ctx: Context) -> int:
     paths = [os.path.abspath(p) for p in ctx.args.paths]
     for path in paths:
         _check_mounted(path)
+    still: list[str] = []
     for path in paths:
         _set(path, PINNED, b"0", "unpin")
         if _get(path, PINNED) == b"1":
             print(f"{path} stays pinned: a folder above it is pinned (unpin that folder)")
+            still.append(path)
         else:
             print(f"unpinned {path}")
+    if still:
+        raise Incomplete(f"{len(still)} of {len(paths)} paths stay pinned through a pinned folder above them")
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..core import acl as acl_mod
 from ..core import ids
 from ..core.ticket import encode_ticket, parse_ticket
-from ..errors import UsageError
+from ..errors import Incomplete, UsageError
 from . import config
 from .progress import ProgressBars
 
@@ -114,6 +114,18 @@ def _report_push(push: AclPush) -> None:
         print(f"sent to {push.reached}/{push.peers} peers", file=sys.stderr)
 
 
+def _check_delivered(push: AclPush, what: str, space: str, consequence: str = "",
+                     more: list[str] | None = None) -> None:
+    """Exit with :class:`Incomplete` when the change did not reach every recorded peer (or ``more`` lists other
+    failures): it is stored here and goes out at the next sync, but the user (or script) must know."""
+    problems = list(more or [])
+    if push.reached < push.peers:
+        problems.insert(0, f"{push.peers - push.reached} of {push.peers} peers could not be reached")
+    if problems:
+        raise Incomplete(f"{what} is stored on this device, but {'; '.join(problems)}{consequence}: run "
+                         f"`anysyncfs sync {space}` when they are reachable")
+
+
 def _member(text: str) -> bytes:
     return ids.from_text(ids.PREFIX_ACCOUNT, text)
 
@@ -156,6 +168,8 @@ def cmd_invite(ctx: Context) -> int:
     print(ticket)
     if ctx.args.qr:
         print(render_qr(ticket))
+    _check_delivered(push, "the invite", ctx.args.space, " (the joiner needs a peer that has it)",
+                     ["not every peer has the space's latest changes"] if new.sync_errors else None)
     return 0
 
 
@@ -206,6 +220,7 @@ def cmd_revoke_invite(ctx: Context) -> int:
     push = _apply(replica, revoke_builder(invite_id))[1]
     _report_push(push)
     print(f"{ids.space_text(replica.space_id)}: invite {ctx.args.invite} revoked")
+    _check_delivered(push, "the revocation", ctx.args.space, " (the ticket still works there)")
     return 0
 
 
@@ -226,6 +241,7 @@ def cmd_role(ctx: Context) -> int:
     push = _apply(replica, role_builder(member, role), presync=demotes and not _is_mounted(ctx, replica.space_id))[1]
     _report_push(push)
     print(f"{ids.space_text(replica.space_id)}: {ids.account_text(member)} is now a {role.name.lower()}")
+    _check_delivered(push, "the role change", ctx.args.space)
     return 0
 
 
@@ -248,6 +264,8 @@ def cmd_remove(ctx: Context) -> int:
     _report_push(push)
     print(f"{ids.space_text(replica.space_id)}: removed {ids.account_text(member)}; key epoch "
           f"{replica.acl.current.epoch} started for the remaining members")
+    _check_delivered(push, "the removal", ctx.args.space,
+                     more=["not every peer could be synced before it"] if presync and errors else None)
     return 0
 
 
@@ -273,4 +291,7 @@ def cmd_join(ctx: Context) -> int:
     from .vault_cmd import record_space
 
     record_space(ctx, result.space_id, unlocked)
+    if result.sync.errors:
+        raise Incomplete(f"joined, but {result.sync.peers - result.sync.reached} of {result.sync.peers} peers "
+                         f"could not be synced: run `anysyncfs sync {result.name}` when they are reachable")
     return 0

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import ids
 from ..core.address import parse_address
-from ..errors import AnysyncError, NetworkError, NotFound, UsageError
+from ..errors import AnysyncError, Incomplete, NetworkError, NotFound, UsageError
 from ..replica.unreadable import STATUS_IDS_MAX as UNREADABLE_IDS_SHOWN
 from . import config
 from .node_backends import add_backend_options, open_backends
@@ -328,6 +328,12 @@ def cmd_sync(ctx: Context) -> int:
         raise UsageError("no peers are recorded for this space (anysyncfs space add-peer SPACE ADDRESS)")
     if report.reached == 0:
         raise NetworkError("no peer could be reached")
+    missing = [f"{report.peers - report.reached} of {report.peers} peers failed"] if report.reached < report.peers else []
+    if report.blobs_failed:
+        missing.append(f"{report.blobs_failed} blobs could not be fetched")
+    if missing or report.errors:
+        raise Incomplete(f"sync incomplete: {', '.join(missing) or report.errors[0]}; run it again when the peers "
+                         "are reachable")
     return 0
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from . import ops
 from .tree_fold import IsAncestor, apply_change, conflict_copy_ids
-from .tree_names import conflict_name, display_names, split_name
+from .tree_names import conflict_name, display_names, original_name, split_name
 from .tree_state import ChangeInfo, Entry, Node, OrderKey, TreeIndex
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "conflict_copy_ids",
     "conflict_name",
     "display_names",
+    "original_name",
     "fold",
     "fold_order",
     "split_name",

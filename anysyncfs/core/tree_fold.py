@@ -124,8 +124,12 @@ class _ChangeFold:
         self.revive_ancestors(parent)
         self.listing_changed(parent, time_ns)
 
-    def keep_conflict_copy(self, node: Node) -> None:
-        """Copy the content a concurrent write is about to replace into a new file beside the node."""
+    def keep_conflict_copy(self, node: Node, identical: bool) -> None:
+        """Copy the content a concurrent write is about to replace into a new file beside the node. When the
+        write brings the same content (``identical``), the copy is made with its name already removed, as if by
+        the losing change: nobody needs two files with the same bytes, yet a replica that saw this copy with
+        other content (it lacked the losing change then) and edited it still finds the node, and that edit,
+        not having seen the losing change, brings the name back (rule 40.5 b)."""
         # Beside the oldest live name; for a file unlinked everywhere, beside its last name (reviving that
         # directory if need be): the copy must exist in every fold that has this change, whatever else it has.
         beside = self.state.primary_entry(node.id)
@@ -146,6 +150,11 @@ class _ChangeFold:
         self.state.put_node(copy)
         self.touched.add(copy_id)
         name = conflict_name(beside.name, node.write_wall_us, node.write_author)
+        if identical:
+            info = self.info
+            self.state.put_entry(Entry(entry_id, beside.parent, name, copy_id, False, self.order, info.wall_us,
+                                       info.author, loser))  # fmt: skip
+            return
         self.place_new_entry(entry_id, beside.parent, name, copy_id, self.now_ns)
 
 
@@ -196,9 +205,10 @@ def _write(f: _ChangeFold, op: ops.Write) -> None:
             state.set_live(entry, True, None)
             f.revive_ancestors(entry.parent)
             f.listing_changed(entry.parent, f.now_ns)
-    # The current content comes from a write this change did not see: keep it as a conflict copy.
+    # The current content comes from a write this change did not see: keep it as a conflict copy (shown only
+    # when it differs from what this write brings).
     if node.last_write is not None and not f.seen(node.last_write):
-        f.keep_conflict_copy(node)
+        f.keep_conflict_copy(node, identical=node.content == op.content)
     node.content = op.content
     node.mtime_ns = node.ctime_ns = _clamp_ns(op.mtime_ns)
     node.last_write, node.write_wall_us, node.write_author = f.info.id, f.info.wall_us, f.info.author

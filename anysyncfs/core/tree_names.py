@@ -11,11 +11,16 @@ conflicting version, the first 8 base32 characters of its author's account key, 
 when the name would still collide, and the extension after the last dot. A name without a dot after its first
 byte (``README``, ``.bashrc``) has no extension and keeps its whole self as the stem. The result is cut to
 NAME_MAX bytes by shortening the stem (at a UTF-8 character boundary when the stem is UTF-8).
+
+A conflict name is always built from the ORIGINAL name: a conflict of a conflict copy (both devices edited the
+copy) is ``report.sync-conflict-<its time>-<its author>.txt``, never a doubled
+``report.sync-conflict-….sync-conflict-….txt`` (:func:`original_name` strips what an earlier conflict added).
 """
 
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -27,6 +32,8 @@ AUTHOR_LABEL_LEN = 8  # base32 characters of the author key shown in a conflict 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 # Wall times come from other devices: clamp them into what a four-digit year can show.
 _MAX_WALL_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+# What conflict_name adds: the tail after the stem, and the extension (no dot in it) moved behind the tail.
+_CONFLICT_TAIL = re.compile(rb"^(.+?)\.sync-conflict-[0-9]{8}-[0-9]{6}-[a-z2-7]{8}(?:-[0-9]+)?(\.[^.]+)?$", re.DOTALL)
 
 
 class Placed(Protocol):
@@ -52,6 +59,17 @@ def split_name(name: bytes) -> tuple[bytes, bytes]:
     return name[:dot], name[dot + 1 :]
 
 
+def original_name(name: bytes) -> bytes:
+    """``name`` without the conflict tails :func:`conflict_name` added (``a.sync-conflict-…-ugq2dinb-2.txt`` ->
+    ``a.txt``; doubled names of older versions lose every tail). Other names are returned unchanged."""
+    for _ in range(len(name)):  # each pass makes the name shorter
+        m = _CONFLICT_TAIL.match(name)
+        if m is None:
+            return name
+        name = m.group(1) + (m.group(2) or b"")
+    return name
+
+
 def utc_stamp(wall_us: int) -> bytes:
     """``YYYYMMDD-HHMMSS`` of a wall-clock time in microseconds since the Unix epoch, in UTC."""
     clamped = min(max(wall_us, 0), _MAX_WALL_US)
@@ -72,7 +90,9 @@ def _cut(stem: bytes, room: int) -> bytes:
 
 def conflict_name(name: bytes, wall_us: int, author: bytes, counter: int = 1) -> bytes:
     """The conflict name for a version of ``name`` made at ``wall_us`` by ``author``; ``counter`` > 1 adds
-    ``-<counter>`` so that a colliding conflict name can be made unique."""
+    ``-<counter>`` so that a colliding conflict name can be made unique. A conflict name given as ``name`` is
+    named from its original (:func:`original_name`)."""
+    name = original_name(name)
     stem, ext = split_name(name)
     tail = CONFLICT_MARK + utc_stamp(wall_us) + b"-" + ids.short(author, AUTHOR_LABEL_LEN).encode("ascii")
     if counter > 1:

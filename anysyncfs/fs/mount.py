@@ -54,6 +54,7 @@ from ..replica.replica import Replica, resolve_space
 from ..store.files import private_dir
 from . import readahead
 from .fuse import Operations
+from .mount_options import OPTIONS, parse_size
 from .mount_sync import run_sync
 from .vfs import Vfs
 
@@ -112,72 +113,22 @@ class MountOptions:
         return opts
 
 
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``"512M"``, ``"10G"``, ``"1.5GiB"``, ``"4096"`` -> bytes (powers of 1024)."""
-    m = _SIZE.match(text.strip())
-    if m is None:
-        raise UsageError(f"not a size: {text!r} (use e.g. 512M or 10G)")
-    scale = 1024 ** " kmgtp".index((m.group(2) or " ").lower())
-    return int(float(m.group(1)) * scale)
-
-
 def parse_options(option_args: list[str], *, read_only: bool = False, foreground: bool = False) -> MountOptions:
     """``-o`` values (each may hold a comma-separated list) -> MountOptions; unknown options are an error."""
     opts = MountOptions(read_only=read_only, foreground=foreground)
     for arg in option_args:
         for item in filter(None, (s.strip() for s in arg.split(","))):
-            key, _, value = item.partition("=")
-            if key == "ro":
-                opts.read_only = True
-            elif key == "cache_size" and value:
-                opts.cache_size = parse_size(value)
-            elif key == "commit_interval" and value:
-                try:
-                    opts.commit_interval = float(value)
-                except ValueError:
-                    raise UsageError(f"commit_interval must be a number of seconds, not {value!r}") from None
-                if not 0.05 <= opts.commit_interval <= 3600:
-                    raise UsageError("commit_interval must be between 0.05 and 3600 seconds")
-            elif key == "batch_interval" and value:
-                try:
-                    ms = float(value.removesuffix("ms"))
-                except ValueError:
-                    raise UsageError(f"batch_interval must be a number of milliseconds, not {value!r}") from None
-                if not 1 <= ms <= 3_600_000:
-                    raise UsageError("batch_interval must be between 1 and 3600000 milliseconds")
-                opts.batch_interval = ms / 1000
-            elif key in ("sync_interval", "fetch_timeout") and value:
-                setattr(opts, key, _seconds(key, value, 0.1, 86400))
-            elif key == "listen":
-                opts.listen = parse_listen(value)
-            elif key == "discovery" and value in ("on", "off"):
-                opts.discovery = value == "on"
-            elif key == "offline" and not value:
-                opts.offline = True
-            elif key == "allow_other" and not value:
-                opts.allow_other = True
-            elif key == "noallow_other" and not value:
-                opts.allow_other = False
+            key, eq, value = item.partition("=")
+            option = OPTIONS.get(key)
+            if option is not None:
+                option.parse(opts, value if eq else None)
             elif key in KERNEL_OPTIONS and not value:
                 opts.kernel.append(key)
             elif key in IGNORED_OPTIONS or key.startswith(("x-", "comment=")) or key == "comment":
                 continue
             else:
-                raise UsageError(f"unknown mount option {item!r}")
+                raise UsageError(f"unknown mount option {item!r} (`anysyncfs mount --help` lists them)")
     return opts
-
-
-def _seconds(key: str, value: str, low: float, high: float) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise UsageError(f"{key} must be a number of seconds, not {value!r}") from None
-    if not low <= seconds <= high:
-        raise UsageError(f"{key} must be between {low} and {high} seconds")
-    return seconds
 
 
 # ---------------------------------------------------------------------------------------------- mountpoints

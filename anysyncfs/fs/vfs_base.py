@@ -177,6 +177,10 @@ class VfsCore:
         self._lookups: dict[int, int] = {}
         self._staged: dict[bytes, Staged] = {}
         self._opens: dict[bytes, int] = {}
+        # Files truncated through an open file (O_TRUNC, ftruncate, truncate while open), until their last
+        # writable handle closes: their ops stay in the batch like a new file's (:meth:`_held`), so `echo x > f` or an editor's
+        # rewrite is ONE change with the final content, never an empty (or half-written) intermediate.
+        self._rewriting: set[bytes] = set()
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
@@ -455,10 +459,13 @@ class VfsCore:
     def _held(self, batch: Batch, exclude: Collection[bytes] = ()) -> set[bytes]:
         """Files created in ``batch`` and still open, whose batched ops are only their own Create, Writes and
         SetAttrs (nothing else names them): a commit leaves them in the batch, so that a crash never finds a
-        name whose content was not written yet. Any other use of such a file commits it as it is."""
+        name whose content was not written yet. Any other use of such a file commits it as it is. Likewise the
+        Writes and SetAttrs of files being rewritten (``_rewriting``: truncated while open) stay until the last
+        handle closes: other devices then never see the truncated intermediate, and it never makes a conflict."""
+        rewriting = {node for node in self._rewriting if node in self._opens and node not in exclude}
         candidates = {node for node in self._opens if node in batch.created and node not in exclude}
         if not candidates:
-            return candidates
+            return rewriting
         entry_node: dict[bytes, bytes] = {}
         created_in: dict[bytes, set[bytes]] = {}  # parent directory -> candidates created in it so far
         for op_list in batch.op_lists:
@@ -476,7 +483,7 @@ class VfsCore:
                     candidates.discard(op.node)
                 elif isinstance(op, (ops.Rename, ops.Unlink)) and op.entry in entry_node:
                     candidates.discard(entry_node[op.entry])
-        return candidates
+        return candidates | (rewriting - batch.created)
 
     def _rollback(self, batch: Batch) -> None:
         """Undo the provisional application of ``batch``: the tree is the committed one again."""

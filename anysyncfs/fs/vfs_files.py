@@ -59,6 +59,7 @@ class FilesMixin(NamesMixin):
                 except FsError:
                     self.release(fh)
                     raise
+                self._rewriting.add(node_id)
         handle.keep_cache = self.seen_at_open(inode, node, immutable=view is not self.live)
         return fh
 
@@ -177,6 +178,10 @@ class FilesMixin(NamesMixin):
                 self._opens[node_id] = left
             else:
                 self._opens.pop(node_id, None)
+            if node_id in self._rewriting and not any(
+                h.node == node_id and h.writable and h.view is self.live for h in self._files.values()
+            ):
+                self._rewriting.discard(node_id)  # the last writer closed (readers may stay): commit it now
             self.drop_if_orphan(node_id)
 
     # ------------------------------------------------------------------------------------------ attributes
@@ -240,6 +245,8 @@ class FilesMixin(NamesMixin):
             # closing it): keep the attributes with the staged data and commit them together at close.
             if fields:
                 self.staged_for(node).set_attrs(fields, t)
+            if req.size is not None:
+                self._rewriting.add(node_id)  # ftruncate then writes: one change when the file is closed
         elif staged is not None:
             if fields:
                 staged.set_attrs(fields, t)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class FullReport(SyncReport):
     blobs_fetched: int = 0
+    blobs_failed: int = 0  # blobs of the tree that no reachable peer delivered
 
 
 def sync_space(unlocked: Unlocked, space_id: bytes, *, name: str | None, content: bool, progress: Progress | None,
@@ -123,6 +124,7 @@ async def _fetch_content(sync: SpaceSync, progress: Progress | None, timeout: fl
                     fetched += 1
                 except NotFound as e:
                     failed.add(blob_id)
+                    report.blobs_failed += 1
                     report.errors.append(str(e))
                 done += 1
                 if progress:

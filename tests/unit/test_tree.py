@@ -19,6 +19,7 @@ from anysyncfs.core.tree import (
     conflict_name,
     fold,
     fold_order,
+    original_name,
     split_name,
 )
 
@@ -631,3 +632,75 @@ def test_fold_vector() -> None:
     refolded = fold(infos, is_ancestor)
     assert refolded.canonical().hex() == stored["canonical"]
     assert crypto.blake3(refolded.canonical()).hex() == stored["canonical_blake3"]
+
+
+# ------------------------------------------------------------------------------- conflict names (issue 16)
+@pytest.mark.parametrize(("name", "original"), [
+    (b"a.sync-conflict-20260101-130405-ugq2dinb.txt", b"a.txt"),
+    (b"a.tar.sync-conflict-20260101-130405-ugq2dinb-2.gz", b"a.tar.gz"),
+    (b"README.sync-conflict-20260101-130405-wcylbmfq", b"README"),
+    (b".bashrc.sync-conflict-20260101-130405-wcylbmfq", b".bashrc"),
+    (b"live.sync-conflict-20260101-130405-nf6dh3b2.sync-conflict-20260101-130406-nf6dh3b2-2.txt", b"live.txt"),
+    (b"a.sync-conflict-notadate.txt", b"a.sync-conflict-notadate.txt"),  # not a tail conflict_name makes
+    (b".sync-conflict-20260101-130405-ugq2dinb", b".sync-conflict-20260101-130405-ugq2dinb"),  # no stem
+    (b"plain.txt", b"plain.txt"),
+])  # fmt: skip
+def test_original_name_strips_what_conflict_names_add(name: bytes, original: bytes) -> None:
+    assert original_name(name) == original
+    assert conflict_name(name, WALL0, BOB) == conflict_name(original, WALL0, BOB)
+
+
+def test_identical_concurrent_writes_make_no_conflict_copy() -> None:
+    dag = Dag()
+    base = dag.add([create("f", b"f.txt")])
+    dag.add([write("f", b"same")], base, author=ALICE)
+    dag.add([write("f", b"same")], base, author=BOB)
+    state = dag.fold()
+    assert names(state) == [b"f.txt"] and data_at(state, b"f.txt") == b"same"
+
+
+def test_identical_copy_comes_back_when_a_replica_that_saw_it_differ_edits_it() -> None:
+    # Replica R saw {base, c (z), b (x)}: b displaced c, a visible copy named by b. It edits that copy. Another
+    # replica also has a (x), which sorts between c and b: there b displaces a's identical x -> the copy named by
+    # b holds x with no live name. R's edit (which never saw a) must still show up.
+    dag = Dag()
+    base = dag.add([create("f", b"f.txt")])
+    c = dag.add([write("f", b"z")], base, author=ALICE)  # change 2
+    dag.add([write("f", b"x")], base, author=ALICE)  # change 3 (a): same lamport as b, sorts before it
+    b = dag.add([write("f", b"x")], base, author=BOB)  # change 4
+    seen_by_r = dag.fold(base, c, b)
+    copy_node, _ = conflict_copy_ids(nid("f"), b.id)
+    assert seen_by_r.nodes[copy_node].content.inline == b"z" and len(names(seen_by_r)) == 2
+    everything = dag.fold()
+    assert everything.nodes[copy_node].content.inline == b"x"
+    assert names(everything) == [b"f.sync-conflict-20260101-000002-ugq2dinb.txt", b"f.txt"]  # c's copy only
+    dag.add([ops.Write(node=copy_node, content=content(b"edited"), mtime_ns=9)], c, b)
+    state = dag.fold()
+    shown = {name: state.resolve(name).content.inline for name in names(state)}  # type: ignore[union-attr]
+    assert b"edited" in shown.values() and shown[b"f.txt"] == b"x"
+
+
+def test_conflict_of_a_conflict_copy_is_named_from_the_original() -> None:
+    dag = Dag()
+    base = dag.add([create("f", b"live.txt")])
+    a = dag.add([write("f", b"a")], base)
+    b = dag.add([write("f", b"b")], base, author=BOB)
+    copy_node, _ = conflict_copy_ids(nid("f"), b.id)
+    copy_name = b"live.sync-conflict-20260101-000002-ugq2dinb.txt"
+    assert data_at(dag.fold(), copy_name) == b"a"
+    # Both devices edit the copy concurrently: the copy of the copy is named from live.txt.
+    dag.add([ops.Write(node=copy_node, content=content(b"a2"), mtime_ns=9)], a, b)  # change 4
+    dag.add([ops.Write(node=copy_node, content=content(b"b2"), mtime_ns=9)], a, b, author=BOB)  # change 5
+    state = dag.fold()
+    assert names(state) == [copy_name, b"live.sync-conflict-20260101-000004-ugq2dinb.txt", b"live.txt"]
+    assert all(name.count(b".sync-conflict-") <= 1 for name in names(state))
+
+
+def test_colliding_conflict_copy_names_are_never_doubled() -> None:
+    # Two entries that carry the same conflict name (copied or renamed so): the later one is named from the
+    # original, with a counter when its own conflict name is taken.
+    state = TreeState()
+    info = ChangeInfo(bytes(31) + b"\x01", 1, ALICE, WALL0)
+    taken = b"x.sync-conflict-20260101-000000-ugq2dinb.txt"
+    state.apply(info, [create("a", taken), create("b", taken)], lambda a, b: False)
+    assert set(names(state)) == {taken, b"x.sync-conflict-20260101-000000-ugq2dinb-2.txt"}

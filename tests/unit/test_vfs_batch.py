@@ -198,3 +198,86 @@ def test_a_change_made_under_the_open_batch_is_caught(benv: Env, caplog: pytest.
     assert benv.replica.tree.canonical() == fresh_canonical(benv)
     assert sorted(listing(vfs, ROOT_INODE)) == [b"outside", b"pending"]
     assert read_all(vfs, path_inode(vfs, b"pending")) == b"in the batch"
+
+
+def _history_of(env: Env, name: bytes) -> list[bytes]:
+    """The content of ``name`` after each committed change that wrote it, oldest first."""
+    node = env.replica.tree.resolve(name)
+    assert node is not None
+    out = []
+    for _change, op_list in env.replica.payloads():
+        for op in op_list:
+            if isinstance(op, ops.Write) and op.node == node.id:
+                out.append(read_content(env, op.content))
+    return out
+
+
+def read_content(env: Env, content: ops.Content) -> bytes:
+    return env.vfs.reads.read(content, 0, content.size)
+
+
+@pytest.mark.parametrize("between", ["timer", "fsync of another file", "flush of a dup'd descriptor"])
+def test_a_truncating_open_then_writes_is_one_change_with_the_final_content(benv: Env, between: str) -> None:
+    """`echo x > f`: bash opens f with O_TRUNC, dup2()s it to stdout and closes the original (a FLUSH of the empty
+    file), writes, closes. Whatever commits the batch in between, other devices get ONE change: the final
+    content, never the empty intermediate (which made false conflicts on two offline devices)."""
+    vfs = benv.vfs
+    f = write_file(vfs, ROOT_INODE, b"f", b"old content")
+    other = write_file(vfs, ROOT_INODE, b"other", b"o")
+    vfs.flush_batch()
+    before = benv.changes()
+    fh = vfs.open(f.inode, os.O_WRONLY | os.O_TRUNC, ROOT)
+    if between == "flush of a dup'd descriptor":
+        vfs.flush(fh)
+    assert vfs.getattr(f.inode).size == 0  # the truncation is visible here at once
+    if between == "timer":
+        vfs.flush_batch()
+    elif between == "fsync of another file":
+        fh_o = vfs.open(other.inode, os.O_WRONLY, ROOT)
+        vfs.write(fh_o, 1, b"!")
+        vfs.fsync(fh_o, False)
+        vfs.release(fh_o)
+    else:
+        vfs.flush_batch()
+    assert benv.replica.fresh_fold().resolve(b"f").size == len(b"old content")  # type: ignore[union-attr]
+    vfs.write(fh, 0, b"x\n")
+    vfs.flush(fh)
+    vfs.flush_batch()  # still open: still held
+    assert benv.replica.fresh_fold().resolve(b"f").size == len(b"old content")  # type: ignore[union-attr]
+    vfs.release(fh)
+    vfs.flush_batch()
+    assert _history_of(benv, b"f") == [b"old content", b"x\n"]
+    assert benv.changes() - before == (2 if between == "fsync of another file" else 1)
+    assert benv.replica.tree.canonical() == fresh_canonical(benv)
+
+
+def test_ftruncate_then_writes_is_one_change_and_fsync_of_the_file_commits_it(benv: Env) -> None:
+    vfs = benv.vfs
+    f = write_file(vfs, ROOT_INODE, b"f", b"0123456789")
+    vfs.flush_batch()
+    fh = vfs.open(f.inode, os.O_RDWR, ROOT)
+    vfs.setattr(f.inode, SetAttrRequest(size=0), fh, ROOT)
+    vfs.flush(fh)  # a descriptor closed in between (a dup, a child process)
+    vfs.flush_batch()
+    vfs.write(fh, 0, b"new")
+    vfs.flush_batch()
+    assert _history_of(benv, b"f") == [b"0123456789"]
+    vfs.fsync(fh, False)  # asked for explicitly: the file goes as it is now
+    assert _history_of(benv, b"f") == [b"0123456789", b"new"]
+    vfs.release(fh)
+    vfs.flush_batch()
+    assert _history_of(benv, b"f") == [b"0123456789", b"new"]
+
+
+def test_a_reader_keeping_the_file_open_does_not_hold_a_rewrite_back(benv: Env) -> None:
+    vfs = benv.vfs
+    f = write_file(vfs, ROOT_INODE, b"f", b"old")
+    vfs.flush_batch()
+    reader = vfs.open(f.inode, os.O_RDONLY, ROOT)  # tail -f, a viewer
+    fh = vfs.open(f.inode, os.O_WRONLY | os.O_TRUNC, ROOT)
+    vfs.flush(fh)
+    vfs.write(fh, 0, b"new")
+    vfs.release(fh)
+    vfs.flush_batch()
+    assert _history_of(benv, b"f") == [b"old", b"new"]
+    vfs.release(reader)
