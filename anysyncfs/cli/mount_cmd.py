@@ -43,6 +43,9 @@ def cmd_mount(ctx: Context) -> int:
     from ..fs import mount
 
     args = ctx.args
+    if mount.is_remount(args.options):  # mount(8) -o remount,...: change the running mount; no keyring needed
+        mount.remount(args.mountpoint, [*args.options, *(["ro"] if args.read_only else [])], ctx.home.root)
+        return 0
     opts = mount.parse_options(args.options, read_only=args.read_only, foreground=args.foreground)
     opts.debug = bool(args.debug)
     if args.cache_size is not None:

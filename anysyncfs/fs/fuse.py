@@ -402,9 +402,11 @@ class Operations(pyfuse3.Operations):
         for name, attr, next_id in entries:
             if not pyfuse3.readdir_reply(token, name, entry_of(attr), next_id):
                 break
-            accepted.append(attr.inode)
+            if name not in (b".", b".."):
+                accepted.append(attr.inode)
         if accepted:
-            # readdirplus hands the kernel a reference to every entry it accepted, exactly like a lookup.
+            # readdirplus hands the kernel a reference to every entry it accepted, exactly like a lookup, except
+            # '.' and '..' (the kernel links neither: fuse_direntplus_link skips them, and never forgets them).
             await self.call("add_lookups", self.vfs.add_lookups, accepted, inline=True)
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
