@@ -381,7 +381,15 @@ class Operations(pyfuse3.Operations):
         return await self.call("read", self.vfs.read, fh, off, size, inline=True)
 
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
-        return await self.call("write", self.vfs.write, fh, off, buf, inline=True)
+        written = await self.call("write", self.vfs.write, fh, off, buf, inline=True)
+        inode = self.vfs.direct_io_inode(fh)
+        if inode is not None:
+            # An O_DIRECT write: the kernel dropped the cached pages of the range before sending it, but after an
+            # ASYNCHRONOUS one (io_submit, io_uring) it does not look again, so a buffered read that ran while the
+            # write was queued leaves the old bytes cached. Drop them now, before the write is answered (from a
+            # worker thread: the kernel may wait on a page whose read this trio thread must answer).
+            await trio.to_thread.run_sync(_invalidate, [inode])
+        return written
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         await self.call("flush", self.vfs.flush, fh, inline=self.vfs.commit_is_small(fh))

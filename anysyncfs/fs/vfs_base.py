@@ -816,6 +816,12 @@ class VfsCore:
                     out.add(inode)
         return out
 
+    def direct_io_inode(self, fh: int) -> int | None:
+        """The inode of a handle opened with O_DIRECT (None for others): its writes must drop the kernel's page
+        cache of the file (see ``Operations.write``). Reads one dict entry: no lock needed."""
+        handle = self._files.get(fh)
+        return handle.inode if handle is not None and handle.flags & os.O_DIRECT else None
+
     @locked
     def content_unchanged(self, fh: int) -> bool:
         return self.file_handle(fh).keep_cache

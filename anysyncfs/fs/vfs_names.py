@@ -131,6 +131,8 @@ class NamesMixin(VfsCore):
             # (open_by_handle_at, an NFS export) once it has forgotten it: no directory is searched.
             view, node_id = self.target(parent)
             attr = self.node_attr(view, node_id)
+            if attr.nlink == 0:  # removed (kept only for handles still open): a stale file handle
+                raise FsError(errno.ENOENT, "no such file or directory")
             self.count_lookup(attr.inode)
             return attr
         view, node = self._dir_view(parent)
