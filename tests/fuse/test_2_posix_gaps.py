@@ -66,6 +66,16 @@ def test_readdir_gives_dot_entries_with_their_inodes(workdir: Path) -> None:
     assert sorted(os.listdir(sub)) == ["f"]  # (Python hides the dot entries; the kernel sends them)
 
 
+def test_rename_whiteout_is_refused(workdir: Path) -> None:
+    """RENAME_NOREPLACE and RENAME_EXCHANGE: tests/fuse/test_2_posix.py; the third flag is not supported."""
+    (workdir / "a").write_bytes(b"a")
+    RENAME_WHITEOUT = 4
+    if libc.renameat2(-100, bytes(workdir / "a"), -100, bytes(workdir / "b"), RENAME_WHITEOUT) == 0:
+        pytest.fail("RENAME_WHITEOUT succeeded")
+    assert ctypes.get_errno() == errno.EINVAL
+    assert (workdir / "a").read_bytes() == b"a" and not (workdir / "b").exists()
+
+
 # ---------------------------------------------------------------------------------------------- exec
 def test_execute_only_file_runs_for_a_non_root_user(workdir: Path) -> None:
     """The mount uses default_permissions (the kernel checks exec permission); the open execve makes must not be
