@@ -62,6 +62,9 @@ def cmd_mount(ctx: Context) -> int:
     from ..fs import mount
 
     args = ctx.args
+    if mount.is_remount(args.options):  # mount(8) -o remount,...: change the running mount; no keyring needed
+        mount.remount(args.mountpoint, [*args.options, *(["ro"] if args.read_only else [])], ctx.home.root)
+        return 0
     cfg = config.load()  # config.toml: below the command line (its items come first; later -o items win)
     space_id, names = config.space_names(ctx, args.space)
     opts = mount.parse_options(cfg.mount_items(names) + args.options, read_only=args.read_only,

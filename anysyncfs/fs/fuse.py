@@ -381,7 +381,15 @@ class Operations(pyfuse3.Operations):
         return await self.call("read", self.vfs.read, fh, off, size, inline=True)
 
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
-        return await self.call("write", self.vfs.write, fh, off, buf, inline=True)
+        written = await self.call("write", self.vfs.write, fh, off, buf, inline=True)
+        inode = self.vfs.direct_io_inode(fh)
+        if inode is not None:
+            # An O_DIRECT write: the kernel dropped the cached pages of the range before sending it, but after an
+            # ASYNCHRONOUS one (io_submit, io_uring) it does not look again, so a buffered read that ran while the
+            # write was queued leaves the old bytes cached. Drop them now, before the write is answered (from a
+            # worker thread: the kernel may wait on a page whose read this trio thread must answer).
+            await trio.to_thread.run_sync(_invalidate, [inode])
+        return written
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         await self.call("flush", self.vfs.flush, fh, inline=self.vfs.commit_is_small(fh))
@@ -402,9 +410,11 @@ class Operations(pyfuse3.Operations):
         for name, attr, next_id in entries:
             if not pyfuse3.readdir_reply(token, name, entry_of(attr), next_id):
                 break
-            accepted.append(attr.inode)
+            if name not in (b".", b".."):
+                accepted.append(attr.inode)
         if accepted:
-            # readdirplus hands the kernel a reference to every entry it accepted, exactly like a lookup.
+            # readdirplus hands the kernel a reference to every entry it accepted, exactly like a lookup, except
+            # '.' and '..' (the kernel links neither: fuse_direntplus_link skips them, and never forgets them).
             await self.call("add_lookups", self.vfs.add_lookups, accepted, inline=True)
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
@@ -438,6 +448,11 @@ class Operations(pyfuse3.Operations):
         await self.call("setxattr", self.vfs.setxattr, inode, bytes(name), bytes(value), 0, ctx_of(ctx))
 
     async def getxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext) -> bytes:
+        if not bytes(name).startswith(b"user."):
+            # Only user.* exist (the Vfs answers ENODATA for every other name). The kernel asks for
+            # security.capability before EVERY write (file_remove_privs): answer without the Vfs, its lock and
+            # its timing, which made that request cost as much as the 4-byte write it precedes.
+            raise pyfuse3.FUSEError(errno.ENODATA)
         return await self.call("getxattr", self.vfs.getxattr, inode, bytes(name), ctx_of(ctx), inline=True)
 
     async def listxattr(

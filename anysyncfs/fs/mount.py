@@ -99,11 +99,14 @@ class MountOptions:
     kernel: list[str] = field(default_factory=list)
     debug: bool = False
     first_sync_progress: Callable[[str, int, int], None] | None = None  # progress of the first sync (-f on a tty)
+    list_virtual_xattrs: bool = False  # listxattr names the user.anysync.* attributes too
 
-    def fuse_options(self) -> set[str]:
+    def fuse_options(self, fsname: str = "anysyncfs") -> set[str]:
         """Options for pyfuse3.init. Large writes need none: libfuse 3 negotiates max_write = 1 MiB with the
-        kernel by itself (measured: a 64 MiB ``dd bs=1M`` arrives as 64 write requests)."""
-        opts = {"fsname=anysyncfs", "subtype=anysyncfs", "default_permissions"}
+        kernel by itself (measured: a 64 MiB ``dd bs=1M`` arrives as 64 write requests). ``fsname`` is the mount
+        source /proc/mounts shows (the space's name: ``findmnt -S NAME``). libfuse mounts nosuid,nodev unless
+        ``suid``/``dev`` are asked for (kept from ``self.kernel``; the kernel allows them to root only)."""
+        opts = {f"fsname={fsname}", "subtype=anysyncfs", "default_permissions"}
         allow_other = self.allow_other if self.allow_other is not None else os.geteuid() == 0
         if allow_other:
             opts.add("allow_other")
@@ -174,7 +177,7 @@ class MountLock:
         self.fd = fd
 
     @classmethod
-    def acquire(cls, home_root: Path, space_id: bytes, mountpoint: Path) -> MountLock:
+    def acquire(cls, home_root: Path, space_id: bytes, mountpoint: Path, read_only: bool = False) -> MountLock:
         d = home_root / LOCKS_DIR
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = d / f"{ids.space_text(space_id)}.lock"
@@ -187,7 +190,8 @@ class MountLock:
             where = f" at {holder['mountpoint']} (pid {holder['pid']})" if holder else ""
             raise MountFailed(f"space {ids.space_text(space_id)} is already mounted from this home{where}") from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "mountpoint": str(mountpoint)}).encode() + b"\n")
+        record = {"pid": os.getpid(), "mountpoint": str(mountpoint), "read_only": read_only}
+        os.write(fd, json.dumps(record).encode() + b"\n")
         return cls(path, fd)
 
     def release(self) -> None:
@@ -338,7 +342,7 @@ def serve(unlocked: Unlocked, space: str, mp: Path, opts: MountOptions, *, ready
     name = ids.space_text(space_id)
     if ready is not None:
         _log_to_file(home.root / LOGS_DIR / f"mount-{name}.log", opts.debug)
-    lock = MountLock.acquire(home.root, space_id, mp)
+    lock = MountLock.acquire(home.root, space_id, mp, read_only=opts.read_only)
     vfs: Vfs | None = None
     mounted = False
     code = 0
@@ -352,7 +356,8 @@ def serve(unlocked: Unlocked, space: str, mp: Path, opts: MountOptions, *, ready
         vfs = Vfs(replica, staging_dir=staging, read_only=opts.read_only, commit_interval=opts.commit_interval,
                   batch_interval=opts.batch_interval)
         ops = Operations(vfs, read_only=opts.read_only)
-        _fuse_init(ops, mp, opts.fuse_options())
+        vfs.list_virtual_xattrs = opts.list_virtual_xattrs
+        _fuse_init(ops, mp, opts.fuse_options(fsname=mount_source(replica.name, name)))
         mounted = True
         ops.read_ahead_device = readahead.mount_device(mp)
         log.info("mounted space %s (%s) at %s%s", name, replica.name, mp, " read-only" if opts.read_only else "")
@@ -490,6 +495,93 @@ async def _watch_signals(ops: Operations) -> None:
             await _commit_all(ops, "shutdown")
             pyfuse3.terminate()
             return
+
+
+def mount_source(space_name: str, space_text: str) -> str:
+    """The mount's source in /proc/mounts (``findmnt -S``): the space's name, as sshfs shows ``user@host:path``.
+    pyfuse3 hands options to libfuse as ASCII, and libfuse splits them at commas: a name that is not printable
+    ASCII without ``,`` and ``\\`` is shown as the space's ID (``sp-…``) instead."""
+    if space_name and all(" " <= ch <= "~" and ch not in ",\\" for ch in space_name):
+        return space_name
+    return space_text
+
+
+# ---------------------------------------------------------------------------------------------- remount
+# mount(2) flags (linux/mount.h) and the statvfs f_flag bits that report them (ST_RELATIME differs).
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_SYNCHRONOUS, MS_REMOUNT = 1, 2, 4, 8, 16, 32
+MS_DIRSYNC, MS_NOATIME, MS_NODIRATIME, MS_RELATIME, MS_STRICTATIME = 128, 1024, 2048, 1 << 21, 1 << 24
+_ST_TO_MS = ((os.ST_RDONLY, MS_RDONLY), (os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
+             (os.ST_NOEXEC, MS_NOEXEC), (os.ST_SYNCHRONOUS, MS_SYNCHRONOUS), (os.ST_NOATIME, MS_NOATIME),
+             (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME))
+# option -> (flags it sets, flags it clears)
+_REMOUNT_FLAGS = {
+    "ro": (MS_RDONLY, 0), "rw": (0, MS_RDONLY), "suid": (0, MS_NOSUID), "nosuid": (MS_NOSUID, 0),
+    "dev": (0, MS_NODEV), "nodev": (MS_NODEV, 0), "exec": (0, MS_NOEXEC), "noexec": (MS_NOEXEC, 0),
+    "sync": (MS_SYNCHRONOUS, 0), "async": (0, MS_SYNCHRONOUS), "dirsync": (MS_DIRSYNC, 0),
+    "atime": (0, MS_NOATIME), "noatime": (MS_NOATIME, MS_RELATIME | MS_STRICTATIME),
+    "relatime": (MS_RELATIME, MS_NOATIME | MS_STRICTATIME), "strictatime": (MS_STRICTATIME, MS_NOATIME | MS_RELATIME),
+    "nodiratime": (MS_NODIRATIME, 0), "diratime": (0, MS_NODIRATIME),
+}
+
+
+# What mount(8) adds to ``-o remount`` from /proc/self/mountinfo: FUSE's own mount options (fixed for the mount).
+_FUSE_MOUNT_KEYS = {"user_id", "group_id", "default_permissions", "allow_other", "rootmode", "max_read", "blksize",
+                    "fd"}
+
+
+def _items(option_args: list[str]) -> list[str]:
+    return [item for arg in option_args for item in filter(None, (s.strip() for s in arg.split(",")))]
+
+
+def is_remount(option_args: list[str]) -> bool:
+    return "remount" in _items(option_args)
+
+
+def remount_flags(current_st_flags: int, option_args: list[str]) -> int:
+    """The mount(2) flags of ``-o remount,...``: the mount's current flags (a remount sets every per-mount flag,
+    so one not repeated would be cleared: nosuid,nodev must stay) changed by the options given, last one wins.
+    FUSE's own options (from mountinfo) are passed over; our options are checked but apply at the next mount."""
+    flags = MS_REMOUNT
+    for st_bit, ms_bit in _ST_TO_MS:
+        if current_st_flags & st_bit:
+            flags |= ms_bit
+    for item in _items(option_args):
+        if item in _REMOUNT_FLAGS:
+            sets, clears = _REMOUNT_FLAGS[item]
+            flags = (flags & ~clears) | sets
+        elif item != "remount" and item.partition("=")[0] not in _FUSE_MOUNT_KEYS:
+            parse_options([item])  # an unknown option is an error here too
+    return flags
+
+
+def remount(mountpoint: Path, option_args: list[str], home_root: Path | None) -> None:
+    """``mount -o remount,ro|rw,...`` of a running anysyncfs mount (what mount(8) runs through the helper).
+
+    FUSE has no remount request: the kernel changes the superblock's and the mount's flags itself (it refuses ro
+    with EBUSY while a file is open for writing) and the mount process is not told. Read-only then holds in the
+    kernel, before any request reaches us; back to rw works, except for a mount made with ``-o ro`` (its Vfs
+    refuses writes itself, so that is refused here). Only root may remount (fusermount3 has no remount)."""
+    mp = Path(os.path.abspath(mountpoint))
+    kind = mount_table().get(str(mp))
+    if kind is None:
+        raise NotFound(f"{mp} is not mounted")
+    if kind != "fuse.anysyncfs":
+        raise UsageError(f"{mp} is not an anysyncfs mount ({kind})")
+    flags = remount_flags(os.statvfs(mp).f_flag, option_args)
+    if not flags & MS_RDONLY and home_root is not None:
+        holder = find_holder(home_root, mp)
+        info = read_lock(holder) if holder is not None else None
+        if info and info.get("read_only"):
+            raise UsageError(f"{mp} was mounted with -o ro: unmount it and mount it again without ro to write")
+    if os.geteuid() != 0:
+        raise MountFailed("only root can remount (fusermount3 cannot): unmount and mount again with the options")
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(None, os.fsencode(mp), None, ctypes.c_ulong(flags), None) != 0:
+        err = ctypes.get_errno()
+        why = " (a file there is open for writing)" if err == errno.EBUSY else ""
+        raise MountFailed(f"cannot remount {mp}: {os.strerror(err)}{why}")
 
 
 # ---------------------------------------------------------------------------------------------- unmount

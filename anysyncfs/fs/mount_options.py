@@ -122,6 +122,9 @@ OPTIONS: dict[str, MountOption] = {o.name: o for o in (
                 _discovery, lambda d: _on_off(d.discovery)),
     MountOption("offline", None, "no network at all for this mount", _flag("offline", True),
                 lambda d: _on_off(d.offline)),
+    MountOption("list_virtual_xattrs", None, "listxattr also names the user.anysync.* attributes (by default they "
+                "are readable by name only, so cp -a and rsync -X do not copy them)", _flag("list_virtual_xattrs", True),
+                lambda d: _on_off(d.list_virtual_xattrs)),
     MountOption("allow_other", None, "let other users use the mount (needs user_allow_other in /etc/fuse.conf "
                 "unless root)", _flag("allow_other", True), lambda d: "on as root, else off"),
     MountOption("noallow_other", None, "only the mounting user may use the mount (root included)",

@@ -97,9 +97,17 @@ def access_mask(mode: int) -> int:
     return mode & (os.R_OK | os.W_OK | os.X_OK)
 
 
+# The kernel's own flag on the open it does for execve(2) (and uselib): __FMODE_EXEC, which FUSE passes on in the
+# open flags. Such an open is read-only but was checked for EXECUTE permission, not read (mode 111 runs).
+FMODE_EXEC = 0o40
+
+
 def open_mask(flags: int) -> int:
-    """The R/W mask an open(2) with ``flags`` needs (O_TRUNC needs write permission as well)."""
+    """The R/W/X mask an open(2) with ``flags`` needs (O_TRUNC needs write permission as well; the kernel's open
+    for execve needs execute permission only)."""
     acc = flags & os.O_ACCMODE
+    if flags & FMODE_EXEC and acc == os.O_RDONLY and not flags & os.O_TRUNC:
+        return X
     want = {os.O_RDONLY: R, os.O_WRONLY: W, os.O_RDWR: R | W}.get(acc, R | W)
     if flags & os.O_TRUNC:
         want |= W

@@ -236,6 +236,8 @@ class VfsCore:
         """(view, node id) of a live or historical node inode; ENOENT for anything else."""
         if inode < VIRTUAL_BASE:
             node = self._node_of.get(inode)
+            if node is None and inode > ROOT_INODE:
+                node = self._node_of_stored_inode(inode)
             if node is None or node not in self.replica.tree.nodes:
                 raise FsError(errno.ENOENT, f"unknown inode {inode}")
             return self.live, node
@@ -250,6 +252,21 @@ class VfsCore:
         if node not in state.nodes:
             raise FsError(errno.ENOENT, f"unknown inode {inode}")
         return view, node
+
+    def _node_of_stored_inode(self, inode: int) -> bytes | None:
+        """An inode this mount has not handed out yet: a file handle (open_by_handle_at, an NFS export) made
+        before a remount names it, and the kernel asks for it by looking up '.' in it."""
+        row = inode - NODE_INODE_SHIFT
+        if row <= 0:
+            return None
+        with self.translated("inode"):
+            node = self.replica.store.node_of_inode(self.replica.space_id, row)
+        if node == ROOT_NODE:
+            return None  # the root's own row: its number is never handed out (ROOT_INODE is)
+        if node is not None:
+            self._ino_of[node] = inode
+            self._node_of[inode] = node
+        return node
 
     def count_lookup(self, inode: int, n: int = 1) -> None:
         self._lookups[inode] = self._lookups.get(inode, 0) + n
@@ -805,6 +822,12 @@ class VfsCore:
                 if inode is not None:
                     out.add(inode)
         return out
+
+    def direct_io_inode(self, fh: int) -> int | None:
+        """The inode of a handle opened with O_DIRECT (None for others): its writes must drop the kernel's page
+        cache of the file (see ``Operations.write``). Reads one dict entry: no lock needed."""
+        handle = self._files.get(fh)
+        return handle.inode if handle is not None and handle.flags & os.O_DIRECT else None
 
     @locked
     def content_unchanged(self, fh: int) -> bool:

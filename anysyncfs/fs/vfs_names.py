@@ -126,6 +126,15 @@ class NamesMixin(VfsCore):
             attr = self.getattr(inode)
             self.count_lookup(attr.inode)
             return attr
+        if name == b".":
+            # The kernel looks up '.' in an inode (of any kind) to reopen it from a file handle
+            # (open_by_handle_at, an NFS export) once it has forgotten it: no directory is searched.
+            view, node_id = self.target(parent)
+            attr = self.node_attr(view, node_id)
+            if attr.nlink == 0:  # removed (kept only for handles still open): a stale file handle
+                raise FsError(errno.ENOENT, "no such file or directory")
+            self.count_lookup(attr.inode)
+            return attr
         view, node = self._dir_view(parent)
         self.check_access(ctx, node, perms.X)
         if name == b".":
@@ -319,24 +328,35 @@ class NamesMixin(VfsCore):
             self.preload_inodes([e.node for e in children.values()])
         return [(name, view.inode_of(e.node)) for name, e in children.items()]
 
+    def _listing_with_dots(self, inode: int, ctx: Ctx) -> list[tuple[bytes, int]]:
+        """'.' and '..' first (``ls -f``, ``find`` and readdir-based tools expect both, with their inode numbers),
+        then the entries."""
+        entries = self._listing(inode, ctx)
+        if self.virtual.is_special(inode):
+            parent = self.virtual.parent_of(inode)
+        else:
+            view, node = self._dir_view(inode)
+            parent = self._parent_inode(view, node)
+        return [(b".", inode), (b"..", parent), *entries]
+
     @locked
     def opendir(self, inode: int, ctx: Ctx) -> int:
-        entries = self._listing(inode, ctx)
+        entries = self._listing_with_dots(inode, ctx)
         fh = self.new_fh()
         self._dirs[fh] = DirHandle(inode, entries, ctx)
         return fh
 
     @locked
     def readdir(self, fh: int, start_id: int) -> list[tuple[bytes, Attr, int]]:
-        """Entries from ``start_id`` on (at most READDIR_BATCH); '.' and '..' are not included. The listing is
-        a snapshot taken at opendir and again at every read from the start (rewinddir)."""
+        """Entries from ``start_id`` on (at most READDIR_BATCH), '.' and '..' first. The listing is a snapshot
+        taken at opendir and again at every read from the start (rewinddir)."""
         handle = self._dirs.get(fh)
         if handle is None:
             raise FsError(errno.EBADF, "unknown directory handle")
         start = max(start_id, 0)
         if start == 0:
             try:
-                handle.entries = self._listing(handle.inode, handle.ctx)
+                handle.entries = self._listing_with_dots(handle.inode, handle.ctx)
             except FsError:
                 pass  # removed or no longer readable since opendir: keep what was listed then
         out: list[tuple[bytes, Attr, int]] = []

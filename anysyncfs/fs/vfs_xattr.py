@@ -5,7 +5,10 @@ device-local offline controls (pin, evict) of the blob cache (:mod:`anysyncfs.re
   and directories only (EPERM elsewhere, as Linux does), with the permission rules of a local disk (write
   permission to set, read permission to get, sticky directories only by their owner).
 * ``user.anysync.state``, ``user.anysync.version`` (the ID of the last change that touched the node) and
-  ``user.anysync.author`` (that change's author) are computed, listed, and read-only (EPERM on set/remove).
+  ``user.anysync.author`` (that change's author) are computed and read-only (EPERM on set/remove). They are
+  readable by name but not listed (a listed attribute is one ``cp -a`` and ``rsync -X`` copy off the drive, and
+  that attribute counts and size limits include), unless the mount sets :attr:`XattrMixin.list_virtual_xattrs`
+  (``-o list_virtual_xattrs``).
   The state is ``conflict`` for a conflict copy; for a file ``remote-only`` when any of its blobs is not on this
   device, else ``pinned`` when it is pinned, else ``local``; for a directory ``pinned`` when it is pinned and
   every file below it is here (``remote-only`` when one is not), else ``local``.
@@ -54,7 +57,7 @@ SYNC_PREFIX = b"user.anysync."
 STATE_NAME = b"user.anysync.state"
 VERSION_NAME = b"user.anysync.version"
 AUTHOR_NAME = b"user.anysync.author"
-SYNC_NAMES = (AUTHOR_NAME, STATE_NAME, VERSION_NAME)  # listed
+SYNC_NAMES = (AUTHOR_NAME, STATE_NAME, VERSION_NAME)  # listed with -o list_virtual_xattrs
 PINNED_NAME = b"user.anysync.pinned"
 EVICT_NAME = b"user.anysync.evict"
 LOCAL_BYTES_NAME = b"user.anysync.local_bytes"
@@ -63,6 +66,7 @@ OFFLINE_SETTABLE = (PINNED_NAME, EVICT_NAME)
 
 
 class XattrMixin(FilesMixin):
+    list_virtual_xattrs = False  # listxattr also names SYNC_NAMES (set by the mount for -o list_virtual_xattrs)
     def __init__(
         self,
         replica: Replica,
@@ -317,4 +321,4 @@ class XattrMixin(FilesMixin):
             return []
         _, node = found
         stored = sorted(n for n in node.xattrs if n.startswith(USER_PREFIX) and not n.startswith(SYNC_PREFIX))
-        return stored + list(SYNC_NAMES)
+        return stored + list(SYNC_NAMES) if self.list_virtual_xattrs else stored

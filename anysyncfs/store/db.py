@@ -410,6 +410,12 @@ class Store(SyncQueries, HeadsQueries, GcQueries, UploadQueries, NodeQueries, Va
         self._run(_RESERVE_INODE, {"space": space_id, "node": node_id})
         return int(self._run(_SELECT_INODE, {"s": space_id, "n": node_id}).first()[0])
 
+    def node_of_inode(self, space_id: bytes, inode: int) -> bytes | None:
+        """The node an inode number belongs to in this space (None if none): numbers are never reused."""
+        n = S.nodes.c
+        row = self._run(select(n.node).where(n.space == space_id, n.inode == inode)).first()
+        return None if row is None else bytes(row[0])
+
     def inodes_of(self, space_id: bytes, node_ids: Sequence[bytes]) -> dict[bytes, int]:
         """The inode numbers of those ``node_ids`` that have one (many inode_of lookups in a few queries)."""
         return self._inodes_for(space_id, node_ids)

@@ -440,8 +440,7 @@ def test_xattrs(workdir: Path) -> None:
 def test_sync_state_xattrs(workdir: Path) -> None:
     f = workdir / "f"
     f.write_bytes(b"x" * 10_000)
-    names = set(os.listxattr(f))
-    assert {"user.anysync.state", "user.anysync.version", "user.anysync.author"} <= names
+    assert not any(n.startswith("user.anysync.") for n in os.listxattr(f))  # readable by name, not listed
     assert os.getxattr(f, "user.anysync.state") == b"local"
     assert os.getxattr(f, "user.anysync.version").startswith(b"ch-")
     assert os.getxattr(f, "user.anysync.author").startswith(b"ac-")

@@ -286,7 +286,7 @@ def test_pins_work_on_a_read_only_vfs_but_not_in_history(env: Env, tmp_path: Pat
     assert state(env, b"f") == b"pinned"
     history = env.vfs.lookup(env.vfs.lookup(ROOT_INODE, b".anysync", ROOT).inode, b"history", ROOT).inode
     fh = env.vfs.opendir(history, ROOT)
-    day = env.vfs.readdir(fh, 0)[0]
+    day = env.vfs.readdir(fh, 0)[2]  # after "." and ".."
     env.vfs.releasedir(fh)
     fh = env.vfs.opendir(day[1].inode, ROOT)
     change = env.vfs.readdir(fh, 0)[-1]

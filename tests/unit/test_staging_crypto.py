@@ -190,7 +190,8 @@ def test_staging_vector(tmp_path: Path) -> None:
 
 
 def test_a_failed_write_keeps_the_earlier_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A write that fails (disk full) leaves the block as it was before, readable, and never as zeros."""
+    """A write that fails (disk full) leaves the block as it was before, readable, and never as zeros; a small
+    write kept in memory (the tail block) that cannot be written out later fails the write that tried, and stays."""
     files = SegmentFiles(tmp_path, "f", b"\x03" * 16)
     files.write(0, b"a" * BLOCK_SIZE)
 
@@ -199,10 +200,38 @@ def test_a_failed_write_keeps_the_earlier_bytes(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(os, "pwrite", full)
     with pytest.raises(FsError) as e:
-        files.write(10, b"b" * 20)
+        files.write(10, b"b" * BLOCK_SIZE)  # two blocks: written through
+    assert e.value.errno == errno.ENOSPC
+    files.write(10, b"c" * 20)  # inside block 0, whose slot exists: kept in memory, no pwrite
+    with pytest.raises(FsError) as e:
+        files.write(BLOCK_SIZE * 5, b"d" * 4)  # elsewhere: block 0 must go to disk first, and cannot
     assert e.value.errno == errno.ENOSPC
     monkeypatch.undo()
     out = memoryview(bytearray(BLOCK_SIZE))
     files.read_into(out, 0)
-    assert bytes(out) == b"a" * BLOCK_SIZE
+    assert bytes(out) == b"a" * 10 + b"c" * 20 + b"a" * (BLOCK_SIZE - 30)
+    files.close()
+
+
+def test_small_writes_into_one_block_are_sealed_when_the_writer_moves_on(tmp_path: Path) -> None:
+    """The tail block: 4-byte appends inside a block whose slot exists change memory only; the slot on disk gets
+    the block (under a new nonce) once a write goes to another block."""
+    files = SegmentFiles(tmp_path, "t", b"\x04" * 16)
+    files.write(0, b"x" * 8)  # the block's first write: sealed and written
+    path = next(tmp_path.glob("t.*"))
+    on_disk = path.read_bytes()
+    for i in range(2, 100):
+        files.write(i * 4, b"abcd")
+    assert path.read_bytes() == on_disk  # not written yet
+    out = memoryview(bytearray(400))
+    files.read_into(out, 0)
+    assert bytes(out) == b"x" * 8 + b"abcd" * 98  # reads see it
+    files.write(BLOCK_SIZE, b"next")  # another block: block 0 goes to disk first
+    assert path.read_bytes()[:SLOT_SIZE] != on_disk[:SLOT_SIZE]
+    fresh = SegmentFiles.__new__(SegmentFiles)  # read the slot back through the checked path, without the tail
+    fresh.__dict__.update(files.__dict__)
+    fresh._tail = None
+    out = memoryview(bytearray(400))
+    fresh.read_into(out, 0)
+    assert bytes(out) == b"x" * 8 + b"abcd" * 98
     files.close()

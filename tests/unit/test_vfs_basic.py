@@ -360,7 +360,8 @@ def test_readdir_paging_and_hidden_folder(env: Env) -> None:
     first = vfs.readdir(fh, 0)
     assert 0 < len(first) < 1500  # answered in batches
     rest = vfs.readdir(fh, first[-1][2])
-    assert [n for n, _, _ in first + rest] == names
+    assert [n for n, _, _ in first + rest] == [b".", b"..", *names]
+    assert [a.inode for _, a, _ in first[:2]] == [d.inode, ROOT_INODE]  # '.' is the directory, '..' its parent
     assert vfs.readdir(fh, first[-1][2] + len(rest)) == []
     vfs.releasedir(fh)
     assert b".anysync" not in listing(vfs, ROOT_INODE)

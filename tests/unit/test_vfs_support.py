@@ -117,6 +117,7 @@ def path_inode(vfs: Vfs, path: bytes, ctx: Ctx = ROOT) -> int:
 
 
 def listing(vfs: Vfs, inode: int, ctx: Ctx = ROOT) -> list[bytes]:
+    """The names readdir gives, without '.' and '..'."""
     fh = vfs.opendir(inode, ctx)
     try:
         names = []
@@ -125,7 +126,7 @@ def listing(vfs: Vfs, inode: int, ctx: Ctx = ROOT) -> list[bytes]:
             batch = vfs.readdir(fh, start)
             if not batch:
                 return names
-            names.extend(name for name, _, _ in batch)
+            names.extend(name for name, _, _ in batch if name not in (b".", b".."))
             start = batch[-1][2]
     finally:
         vfs.releasedir(fh)

@@ -37,8 +37,12 @@ def test_user_xattrs_roundtrip(env: Env) -> None:
     assert vfs.getxattr(f.inode, b"user.empty", ROOT) == b""
     assert vfs.getxattr(d.inode, b"user.tag", ROOT) == b"\x00\xff" * 100
     names = vfs.listxattr(f.inode, ROOT)
+    assert names == [b"user.colour", b"user.empty"]  # the virtual user.anysync.* are readable, not listed
+    vfs.list_virtual_xattrs = True  # -o list_virtual_xattrs
+    names = vfs.listxattr(f.inode, ROOT)
     assert names[:2] == [b"user.colour", b"user.empty"]
     assert set(names[2:]) == {b"user.anysync.state", b"user.anysync.version", b"user.anysync.author"}
+    vfs.list_virtual_xattrs = False
     vfs.setxattr(f.inode, b"user.colour", b"red", XATTR_REPLACE, ROOT)
     assert vfs.getxattr(f.inode, b"user.colour", ROOT) == b"red"
     assert errno_of(vfs.setxattr, f.inode, b"user.colour", b"x", XATTR_CREATE, ROOT) == errno.EEXIST
