@@ -216,8 +216,9 @@ def cmd_node_serve(ctx: Context) -> int:
             nursery.start_soon(node.collect_periodically)
             nursery.start_soon(node.follow_other_processes)
             bound = listeners[0].socket.getsockname()[1]
-            print(node.address(host, bound), flush=True)
+            # The receiver first: whoever reads the address may stop the node at once, and must get a clean exit.
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                print(node.address(host, bound), flush=True)
                 async for signum in signals:
                     log.info("%s: stopping", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()

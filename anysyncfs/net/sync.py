@@ -279,12 +279,13 @@ class SpaceSync:
         if await self.run(self.replica.refresh_acl) and self.on_changed is not None:
             await self.on_changed()  # another process (the CLI) changed the ACL: roles or keys may have moved
         started_us = time.time_ns() // 1000  # every change stored before this reaches the peer in this round
-        device = self.peer_is_device(conn)
-        if st is not None:
-            st.kind = "device" if device else "provider"
         await self._open(conn)
         fetch_failures: list[AnysyncError] = []
         await self._sync_acl(conn, fetch_failures)
+        # After the ACL round: a space first fetched from a member's device learns only now that it is one.
+        device = self.peer_is_device(conn)
+        if st is not None:
+            st.kind = "device" if device else "provider"
         if self.exchange_addresses is not None:
             await self.exchange_addresses(self, conn)
         # Blobs go up to providers only: a device fetches what it reads, and an upload confirmed by a device must
@@ -314,11 +315,9 @@ class SpaceSync:
 
     def peer_is_device(self, conn: Connection) -> bool:
         """A member's device (its account is in the space's ACL), not a provider (whose account never is)."""
-        key = conn.label
-        known = self._is_device.get(key)
-        if known is None:
-            assert conn.peer is not None
-            known = self._is_device[key] = self.replica.role_of(conn.peer.peer_account) is not None
+        assert conn.peer is not None
+        # Asked again each round (a cheap lookup): the ACL may have arrived or changed since the last one.
+        known = self._is_device[conn.label] = self.replica.role_of(conn.peer.peer_account) is not None
         return known
 
     async def _sync_acl(self, conn: Connection, fetch_failures: list[AnysyncError]) -> None:

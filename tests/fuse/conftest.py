@@ -27,6 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 FUSERMOUNT = shutil.which("fusermount3")
 MOUNT_TIMEOUT = 30.0
 EXIT_TIMEOUT = 30.0
+# Before each test's own options (the last value of an option wins): a test mount accepts no device sessions and
+# sends no mDNS, so tests use only loopback and two mounts of a test meet only through the peers it gives them.
+TEST_MOUNT_OPTS = ("-o", "listen=off,discovery=off")
 BAD_LOG = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
 
 
@@ -107,7 +110,7 @@ class Mount:
             log.write(f"---- mount {' '.join(extra)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [*CLI, "mount", self.space, str(self.mountpoint), "-f", *extra],
+                [*CLI, "mount", self.space, str(self.mountpoint), "-f", *TEST_MOUNT_OPTS, *extra],
                 env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO,
             )
         deadline = time.monotonic() + MOUNT_TIMEOUT

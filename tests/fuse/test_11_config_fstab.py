@@ -66,7 +66,7 @@ def test_fstab_line_is_mounted_by_mount_a(fuse_space: Mount, tmp_path: Path) -> 
     fstab.write_text(
         "# a temporary fstab: only this file is read (mount -T)\n"
         f"{m.space}  {m.mountpoint}  fuse.anysyncfs  home={m.home},passphrase_file={passfile},anysyncfs={wrapper},"
-        "_netdev,nofail,nodev,x-systemd.automount  0 0\n"
+        "_netdev,nofail,nodev,x-systemd.automount,listen=off,discovery=off  0 0\n"
         f"{m.space}  {tmp_path / 'never'}  fuse.anysyncfs  noauto,home={m.home}  0 0\n")
     env = {k: v for k, v in m.env.items() if k not in ("ANYSYNCFS_PASSPHRASE", "ANYSYNCFS_HOME")}
     with installed_helper():

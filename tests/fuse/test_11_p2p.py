@@ -44,8 +44,12 @@ def test_two_mounts_sync_directly_without_a_provider(tmp_path: Path) -> None:
         other = os.urandom(1 << 20)
         write(b.path("from-b.bin"), other)
         eventually(lambda: a.path("from-b.bin").read_bytes() == other, "B's file read on A", 30)
-        [status] = json.loads(b.cli("status", b.space, "--json").stdout)
-        assert [p["found_by"] for p in status["peers"] if p["connected"]] == ["manual"]
+
+        def connected_by() -> list[str] | None:  # the mount rewrites its status file every second
+            [status] = json.loads(b.cli("status", b.space, "--json").stdout)
+            return [p["found_by"] for p in status["peers"] if p["connected"]] or None
+
+        assert eventually(connected_by, "B's status shows its session with A") == ["manual"]
     finally:
         for m in (a, b):
             m.stop()

@@ -19,6 +19,7 @@ from tests.conftest import CLI
 from .conftest import (
     MOUNT_TIMEOUT,
     REPO,
+    TEST_MOUNT_OPTS,
     Mount,
     SyncNode,
     _check_fuse,
@@ -106,9 +107,9 @@ def test_progress_of_join_first_mount_sync_and_pin(tmp_path: Path) -> None:
         owner.cli("put", owner.space, "/more/g0.txt", input=b"later")  # a change for the mount's first sync
         owner.cli("sync", owner.space)
         out = PtyOutput()
-        member.proc = subprocess.Popen([*CLI, "mount", member.space, str(member.mountpoint), "-f"], env=member.env,
-                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out.slave,
-                                       cwd=REPO)
+        member.proc = subprocess.Popen([*CLI, "mount", member.space, str(member.mountpoint), "-f", *TEST_MOUNT_OPTS],
+                                       env=member.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                       stderr=out.slave, cwd=REPO)
         out.started()
         try:
             eventually(lambda: os.path.ismount(member.mountpoint), "member mounted", MOUNT_TIMEOUT)

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import CLI
 
-from .conftest import FUSERMOUNT, REPO, Mount, is_mounted, pid_alive
+from .conftest import FUSERMOUNT, REPO, TEST_MOUNT_OPTS, Mount, is_mounted, pid_alive
 
 HELPER = REPO / "scripts" / "mount.fuse.anysyncfs"
 FM = FUSERMOUNT or "fusermount3"  # the fixtures skip when it is missing
@@ -231,7 +231,7 @@ def test_bad_input_one_line_errors(fuse_space: Mount, tmp_path: Path) -> None:
     # a non-empty mountpoint is fine, like any FUSE file system
     (ok_dir / "leftover").write_bytes(b"x")
     m.cli("space", "create", "second")
-    p = m.cli("mount", "second", str(ok_dir), check=False)
+    p = m.cli("mount", "second", str(ok_dir), *TEST_MOUNT_OPTS, check=False)
     try:
         assert p.returncode == 0, p.stderr.decode()
         assert os.listdir(ok_dir) == []

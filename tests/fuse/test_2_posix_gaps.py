@@ -181,7 +181,8 @@ def test_mount8_keeps_options_and_remounts_ro_and_rw(fuse_space: Mount, tmp_path
     env = {k: v for k, v in m.env.items() if k not in ("ANYSYNCFS_PASSPHRASE", "ANYSYNCFS_HOME")}
     p = subprocess.run(
         ["unshare", "-m", "--propagation", "private", sys.executable, str(REPO / "tests" / "fuse" / "_mount8.py"),
-         m.space, str(m.mountpoint), str(m.home), str(passfile), str(wrapper), f"anysyncfs={wrapper},suid,nodev"],
+         m.space, str(m.mountpoint), str(m.home), str(passfile), str(wrapper),
+         f"anysyncfs={wrapper},suid,nodev,listen=off,discovery=off"],
         env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout.strip().splitlines()[-1])

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import (
+    TEST_MOUNT_OPTS,
     Mount,
     SyncNode,
     _check_fuse,
@@ -114,7 +115,7 @@ def test_the_readers_background_mount_says_it_is_read_only(team: Team, tmp_path:
     # unmount the foreground one, mount in the background, check the message, then restore.
     r.unmount()
     try:
-        p = r.cli("mount", r.space, str(second), "-o", "sync_interval=2")
+        p = r.cli("mount", r.space, str(second), *TEST_MOUNT_OPTS, "-o", "sync_interval=2")
         assert b"read-only: you are a reader in this space" in p.stderr, p.stderr
         assert (second / "welcome.txt").read_bytes() == b"from the owner"
         with pytest.raises(OSError) as caught:

@@ -20,14 +20,14 @@ from tests.conftest import CLI
 REPO = Path(__file__).resolve().parents[2]
 HELPER = REPO / "scripts" / "mount.fuse.anysyncfs"
 EXAMPLES = {"cache_size": "512M", "batch_interval": "50ms", "commit_interval": "2", "sync_interval": "7",
-            "fetch_timeout": "9"}  # fmt: skip
+            "fetch_timeout": "9", "listen": "127.0.0.1:7001", "discovery": "off"}  # fmt: skip
 
 
 def test_help_lists_every_option_with_its_default(cli_env: dict[str, str]) -> None:
     p = subprocess.run([*CLI, "mount", "--help"], env=cli_env, capture_output=True, timeout=60, check=True)
     text = p.stdout.decode()
     defaults = mount.MountOptions()
-    rows = {m.group(1): m.group(2) for m in re.finditer(r"^  ([a-z_]+)(?:=[A-Z]+)?\s+(\S+(?: \S+)*?)\s{2,}",
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^  ([a-z_]+)(?:=\S+)?\s+(\S+(?: \S+)*?)\s{2,}",
                                                          text, re.MULTILINE)}  # fmt: skip
     assert set(OPTIONS) <= set(rows), text
     assert {"sync_interval", "fetch_timeout", "offline", "commit_interval", "batch_interval"} <= set(rows)
