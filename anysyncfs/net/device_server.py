@@ -136,22 +136,27 @@ class DeviceServer(Node):
             task_status.started(self.listeners)
 
     def bound_port(self) -> int | None:
-        return self.listeners[0].socket.getsockname()[1] if self.listeners else None
+        """The port of the IPv4 listener if there is one (mDNS announces IPv4 addresses), else the first one's."""
+        ports = [(":" in ln.socket.getsockname()[0], ln.socket.getsockname()[1]) for ln in self.listeners]
+        return min(ports)[1] if ports else None
 
     def addresses(self) -> list[PeerAddress]:
-        """This device's reachable addresses: the bound host, or every non-loopback IPv4 address of this host
-        when listening on all interfaces (loopback too when it has nothing else)."""
-        port = self.bound_port()
-        if port is None:
-            return []
-        hosts: list[str] = []
+        """This device's reachable addresses: the bound host, or when listening on all interfaces every
+        non-loopback IPv4 address of this host (loopback when it has nothing else), then its global and
+        unique-local IPv6 ones when the IPv6 wildcard is bound too (IPv4 first: the address record keeps the
+        first few). Each with its own listener's port (a free port is picked per listener)."""
+        out: list[PeerAddress] = []
         for ln in self.listeners:
-            host = ln.socket.getsockname()[0]
-            if host in ("0.0.0.0", "::"):
-                hosts.extend(h for h in local_ipv4_addresses() if h not in hosts)
-            elif host not in hosts:
-                hosts.append(host)
-        return [PeerAddress(self.identity.device_id, h, port) for h in hosts]
+            host, port = ln.socket.getsockname()[:2]
+            if host == "0.0.0.0":
+                hosts = local_ipv4_addresses()
+            elif host == "::":
+                hosts = local_ipv6_addresses()
+            else:
+                hosts = [host]
+            out.extend(PeerAddress(self.identity.device_id, h, port) for h in hosts)
+        unique = list(dict.fromkeys(out))
+        return sorted(unique, key=lambda a: ":" in a.host)  # IPv4 first (stable)
 
     # ------------------------------------------------------------------------------------------ connections
     async def _connection(self, conn: Connection) -> None:
@@ -241,3 +246,26 @@ def local_ipv4_addresses() -> list[str]:
                 out.append(ip.ip)
     return out or ["127.0.0.1"]
 
+
+
+def local_ipv6_addresses() -> list[str]:
+    """Global (routable) IPv6 addresses of this host's interfaces. Link-local ones are left out: they need the
+    interface's scope, which means nothing on the peer's side."""
+    import ipaddress
+
+    import ifaddr  # a dependency of zeroconf
+
+    out: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if not isinstance(ip.ip, tuple):  # ifaddr gives IPv6 as (address, flowinfo, scope_id)
+                continue
+            try:
+                addr = ipaddress.IPv6Address(ip.ip[0])
+            except ValueError:
+                continue
+            if addr.is_global or (addr.is_private and not addr.is_link_local and not addr.is_loopback):
+                text = str(addr)
+                if text not in out:
+                    out.append(text)
+    return out

@@ -424,13 +424,29 @@ class Replica:
             with self.store.transaction():
                 self.store.add_change(self.space_id, change.id, change.raw, h.parents, h.lamport, h.author,
                                       h.wall_us, schema.CHANGE_ACCEPTED)
-                self.dag.add(change.id, h.parents, h.lamport)
+                if self._committed_elsewhere():
+                    incremental = False  # the reloaded DAG holds this change and the other process's
+                else:
+                    self.dag.add(change.id, h.parents, h.lamport)
                 self.heads = self.dag.heads()
                 self.store.set_heads(self.space_id, self.heads)
                 self._fold_in([change], incremental=incremental)
         except BaseException:
             self._reload()
             raise
+
+    def _committed_elsewhere(self) -> bool:
+        """(Inside a write transaction, after its first write: the store's heads are the latest committed.)
+        Whether another process on this device (``anysyncfs put`` beside ``sync --watch`` or a mount) committed
+        since this replica last loaded its heads. If so the DAG is dropped, to be reloaded from the store with
+        both sides' changes: heads computed from our stale DAG alone would overwrite the stored heads and lose
+        the other process's change from them (and ``pick_up_commits`` would then never see it)."""
+        if set(self.store.heads(self.space_id)) == set(self.heads):
+            return False
+        log.info("space %s: another process committed meanwhile; reloading the change graph",
+                 ids.space_text(self.space_id)[:16])
+        self._dag = None
+        return True
 
     def _fold_in(self, changes: Sequence[Change], *, incremental: bool) -> None:
         """Bring the tree (and its cached rows) up to date with newly stored changes: applied on top, in fold
@@ -485,7 +501,9 @@ class Replica:
             with self.store.transaction():
                 ledger.store_batch(self.store, self.space_id, plan)
                 if plan.accepted:
-                    self.heads = dag.heads()
+                    if self._committed_elsewhere():
+                        incremental = False
+                    self.heads = self.dag.heads()
                     self.store.set_heads(self.space_id, self.heads)
                     self._fold_in(plan.accepted, incremental=incremental)
         except BaseException:

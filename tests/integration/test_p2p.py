@@ -18,7 +18,7 @@ from anysyncfs.core import keys
 from anysyncfs.core.address import PeerAddress
 from anysyncfs.errors import NetworkError
 from anysyncfs.net.connection import RemoteError, while_serving
-from anysyncfs.net.device_server import DeviceServer, ListenSpec, parse_listen
+from anysyncfs.net.device_server import DeviceServer, ListenSpec, local_ipv6_addresses, parse_listen
 from anysyncfs.net.endpoint import Endpoint
 from anysyncfs.net.fetch_space import _missing_blobs
 from anysyncfs.net.node import Node
@@ -324,4 +324,52 @@ async def test_a_member_is_answered_only_for_its_own_spaces(tmp_path: Path, make
         refusals = await while_serving(conn, ask)
         await conn.abort("done")
         assert set(refusals) == {f"{int(m.ErrorCode.FORBIDDEN)} not available to you here"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_two_devices_sync_over_ipv6_loopback(make_home) -> None:
+    phrase = keys.generate_phrase()
+    a = create_space(make_home("a", phrase), "docs")
+    put_file(a, "/v6.txt", b"over IPv6")
+    b = second_device(make_home, a, phrase, "b")
+    sync = SpaceSync(a, Endpoint(a.identity), Runner(), interval=5.0, fetch_timeout=10.0)
+    peering = DevicePeering(sync, listen=parse_listen("[::1]:0"), discovery=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peering.run)
+        nursery.start_soon(sync.run_forever)
+        address = own_address(peering)
+        assert address.host == "::1" and str(address).endswith(f"@[::1]:{address.port}")
+        async with device(b) as (sb, _pb):
+            b.store.add_peer(b.space_id, str(address), address.device)  # as `space add-peer` records it
+            await eventually(lambda: resolve_or_none(b, "/v6.txt"), "a's file reached b over IPv6")
+            await fetch_missing(sb)
+            assert content(b, "/v6.txt") == b"over IPv6"
+            put_file(b, "/back.txt", b"and back")
+            await eventually(lambda: resolve_or_none(a, "/back.txt"), "b's file reached a over IPv6")
+        nursery.cancel_scope.cancel()
+
+
+async def test_every_address_an_all_interfaces_listener_publishes_answers_as_this_device(make_home) -> None:
+    """Listening on every interface with a free port: IPv4 and IPv6 listeners get ports of their own, and each
+    published address (IPv6 ones too when the host has a routable one) reaches this device's listener."""
+    phrase = keys.generate_phrase()
+    a = create_space(make_home("a", phrase), "docs")
+    b = second_device(make_home, a, phrase, "b")
+    sync = SpaceSync(a, Endpoint(a.identity), Runner())
+    peering = DevicePeering(sync, listen=ListenSpec(None, 0, False), discovery=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peering.run)
+        assert peering.server is not None
+        published = peering.server.addresses()
+        assert published and all(addr.device == a.identity.device_id for addr in published)
+        if any(ln.socket.getsockname()[0] == "::" for ln in peering.server.listeners) \
+                and local_ipv6_addresses():
+            assert any(":" in addr.host for addr in published), published
+        for addr in published:
+            conn = await Endpoint(b.identity).dial(addr)  # pins a's device key: a wrong port would not answer
+            try:
+                reply = await while_serving(conn, lambda: conn.request(m.OpenSpace(a.space_id, with_acl=False)))
+                assert isinstance(reply, m.SpaceInfo)
+            finally:
+                await conn.abort("done")
         nursery.cancel_scope.cancel()

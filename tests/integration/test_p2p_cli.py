@@ -1,0 +1,104 @@
+"""A device address added with ``anysyncfs space add-peer`` is a member's device, never a provider (issue 13):
+through the CLI and two ``sync --watch`` processes on loopback (real TCP, TLS, the session handshake).
+
+Its confirmations must not count a blob as uploaded (a device may evict its copy), it is not back-filled, and
+``status`` shows no provider backlog for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from anysyncfs.core import ids, keys
+from anysyncfs.replica import adopt_space, create_space
+
+from tests.conftest import PASSPHRASE, TEST_LOG2N
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(ANYSYNCFS_PASSPHRASE=PASSPHRASE.decode(), ANYSYNCFS_INSECURE_TEST_SCRYPT_LOG2N=str(TEST_LOG2N),
+               ANYSYNCFS_HOME=str(home), PYTHONPATH=str(ROOT))
+    return env
+
+
+def _cli(home: Path, *args: str, stdin: bytes = b"") -> str:
+    done = subprocess.run([sys.executable, "-m", "anysyncfs", *args], input=stdin, env=_env(home),
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return done.stdout.decode()
+
+
+def _watch(home: Path, space: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    proc = subprocess.Popen([sys.executable, "-m", "anysyncfs", "sync", space, "--watch", "-o",
+                             "listen=127.0.0.1:0,discovery=off,sync_interval=1"], env=_env(home),
+                            stdout=subprocess.PIPE, stderr=log.open("wb"))
+    assert proc.stdout is not None
+    address = ""
+    for line in proc.stdout:
+        if line.startswith(b"listening at "):
+            address = line.split()[-1].decode()
+        if line.startswith(b"watching"):
+            return proc, address
+    raise AssertionError(f"sync --watch did not start: {log.read_text()[-2000:]}")
+
+
+def _wait_for(check, what: str, timeout: float = 20.0) -> None:  # noqa: ANN001
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never happened within {timeout} s: {what}")
+
+
+def test_a_device_added_with_add_peer_is_never_counted_as_a_provider(make_home, tmp_path: Path) -> None:
+    phrase = keys.generate_phrase()
+    a_home, b_home = make_home("a", phrase), make_home("b", phrase)
+    a = create_space(a_home, "docs")
+    adopt_space(b_home, "docs", a.header_raw, [raw for _rid, raw in a.acl_raws()])
+    space = ids.space_text(a.space_id)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        pa, a_address = _watch(a_home.home.root, space, tmp_path / "a.log")
+        procs.append(pa)
+        assert a_address.startswith("anysync://dv-")
+        _cli(b_home.home.root, "space", "add-peer", space, a_address)
+        pb, _ = _watch(b_home.home.root, space, tmp_path / "b.log")
+        procs.append(pb)
+        data = os.urandom(200_000)  # stored as blobs, queued for upload on b
+        _cli(b_home.home.root, "put", space, "/from-b.bin", stdin=data)
+
+        def a_has_it() -> bool:
+            return "from-b.bin" in _cli(a_home.home.root, "ls", space, "/")
+
+        _wait_for(a_has_it, "b's file listed on a")
+
+        def b_peer() -> dict:
+            (row,) = json.loads(_cli(b_home.home.root, "status", "--json", space))
+            (peer,) = row["peers"]
+            return row | {"peer": peer}
+
+        _wait_for(lambda: b_peer()["peer"]["last_sync_us"], "b synced with a")
+        time.sleep(1.5)  # one more round: an upload would have been confirmed by now
+        status = b_peer()
+        assert status["peer"]["address"] == a_address
+        assert status["peer"]["found_by"] == "manual"  # a device recorded by hand, not a provider
+        assert status["peer"]["blobs_behind"] == 0 and status["peer"]["bytes_behind"] == 0
+        assert status["blobs_to_upload"] > 0  # a device's copy does not count as uploaded
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
