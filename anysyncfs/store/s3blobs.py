@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ from .blobstore import BlobStoreUnavailable
 BLOB_ID_LEN = crypto.HASH_LEN
 PART_SIZE = 8 << 20  # multipart upload above this, in parts of this size
 READ_PIECE = 1 << 20
+HEAD_CONCURRENCY = 16  # HEAD requests in flight for one has_many (within the client's 32 pooled connections)
 _HEX = frozenset("0123456789abcdef")
 OUTBOARD_SUFFIX = ".ob"  # the blob's outboard object sits beside it
 
@@ -40,6 +43,8 @@ class S3Blobs:
         self.prefix = prefix.strip("/")
         self.client = client
         self.max_blob_len = max_blob_len
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, *, endpoint_url: str | None = None, region: str | None = None,
@@ -208,6 +213,19 @@ class S3Blobs:
 
     def has(self, blob_id: bytes) -> bool:
         return self._head(blob_id) is not None
+
+    def has_many(self, blob_ids: Sequence[bytes]) -> set[bytes]:
+        """Those of ``blob_ids`` stored here: HEAD requests, :data:`HEAD_CONCURRENCY` at once (S3 has no
+        multi-key existence check; a LIST of the ``ab/`` directories would read every key of a large bucket's
+        directories to find a few). :class:`BlobStoreUnavailable` if any request fails."""
+        unique = list(dict.fromkeys(blob_ids))
+        if len(unique) <= 1:
+            return {b for b in unique if self.has(b)}
+        with self._pool_lock:
+            if self._pool is None:  # made on first use, kept: threads are not started per request
+                self._pool = ThreadPoolExecutor(HEAD_CONCURRENCY, thread_name_prefix="s3-head")
+        found = list(self._pool.map(self.has, unique))
+        return {b for b, here in zip(unique, found, strict=True) if here}
 
     def size_of(self, blob_id: bytes) -> int:
         head = self._head(blob_id)

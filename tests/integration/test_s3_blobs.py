@@ -67,3 +67,19 @@ def test_an_unreachable_server_is_a_retryable_error(pg_s3: PgS3) -> None:
         down.put(crypto.blake3(data), data)
     with pytest.raises(BlobStoreUnavailable):
         down.has(crypto.blake3(data))
+    with pytest.raises(BlobStoreUnavailable):
+        down.has_many([crypto.blake3(data), crypto.blake3(b"other")])
+
+
+def test_has_many_answers_for_each_id_with_concurrent_requests(pg_s3: PgS3) -> None:
+    blobs = pg_s3.blob_store()
+    stored = [os.urandom(100 + n) for n in range(40)]
+    for data in stored:
+        blobs.put(crypto.blake3(data), data)
+    held = [crypto.blake3(d) for d in stored]
+    absent = [crypto.blake3(b"absent %d" % n) for n in range(40)]
+    asked = [x for pair in zip(held, absent) for x in pair] + held[:3]  # interleaved, with repeats
+    assert blobs.has_many(asked) == set(held)
+    assert blobs.has_many([]) == set() and blobs.has_many(absent[:1]) == set() and blobs.has_many(held[:1]) == {held[0]}
+    blobs.delete(held[5])
+    assert blobs.has_many(held) == set(held) - {held[5]}
