@@ -83,3 +83,33 @@ def test_has_many_answers_for_each_id_with_concurrent_requests(pg_s3: PgS3) -> N
     assert blobs.has_many([]) == set() and blobs.has_many(absent[:1]) == set() and blobs.has_many(held[:1]) == {held[0]}
     blobs.delete(held[5])
     assert blobs.has_many(held) == set(held) - {held[5]}
+
+
+def test_a_small_slice_reads_only_its_groups_and_a_damaged_group_is_never_served(
+        pg_s3: PgS3, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anysyncfs.core import bao
+    from anysyncfs.store.blobfiles import BlobFiles
+
+    blobs = pg_s3.blob_store()
+    data = os.urandom(3 << 20)  # 192 groups
+    blob_id = crypto.blake3(data)
+    blobs.put(blob_id, data)
+    reference = BlobFiles(tmp_path / "ref")
+    reference.put(blob_id, data)
+    ranges = [(100, 10), (2 << 20, 40_000), (len(data) - 5, 5)]
+    asked: list[str] = []
+    real = blobs.client.get_object
+    monkeypatch.setattr(blobs.client, "get_object", lambda **kw: asked.append(kw.get("Range", "whole")) or real(**kw))
+    got = blobs.read_slice(blob_id, ranges)
+    assert got == reference.read_slice(blob_id, ranges)
+    bao.decode_slice(blob_id, got, ranges)  # verifies against the ID (raises on a bad slice)
+    ranged = [r for r in asked if r.startswith("bytes=")]
+    assert ranged and "whole" not in asked[1:]  # the outboard object is read whole; the blob only in ranges
+    assert sum(int(b) - int(a) + 1 for a, b in (r[6:].split("-") for r in ranged)) < 100_000
+
+    # One byte flipped inside a group the slice needs: refused, not served.
+    damaged = bytearray(data)
+    damaged[(2 << 20) + 1] ^= 1
+    blobs.client.put_object(Bucket=blobs.bucket, Key=blobs.key_of(blob_id), Body=bytes(damaged))
+    with pytest.raises(IdMismatch):
+        blobs.read_slice(blob_id, ranges)
