@@ -64,12 +64,16 @@ def start_node(tree: Path, data: Path, extra: list[str], env: dict[str, str], lo
     return proc, line[0].decode().strip()
 
 
-async def load(replica, address: str, clients: int, size: int) -> None:
+async def push_space(replica, address: str) -> None:
     addr = parse_address(address)
     replica.store.add_peer(replica.space_id, address, addr.device)
     report = await SpaceSync(replica, Endpoint(replica.identity), Runner()).sync_once()
     assert report.reached == 1 and not report.errors, report.errors
-    blobs = [os.urandom(size) for _ in range(clients)]
+
+
+async def load(replica, address: str, blobs: list[bytes], put: bool) -> None:
+    """Every blob at once over its own connection: PutBlob (``put``) or GetBlob."""
+    addr = parse_address(address)
 
     async def one(data: bytes, put: bool) -> None:
         conn = await Endpoint(replica.identity).dial(addr)
@@ -84,14 +88,13 @@ async def load(replica, address: str, clients: int, size: int) -> None:
             await conn.abort("done")
             nursery.cancel_scope.cancel()
 
-    for put in (True, False):
-        async with trio.open_nursery() as nursery:
-            for data in blobs:
-                nursery.start_soon(one, data, put)
+    async with trio.open_nursery() as nursery:
+        for data in blobs:
+            nursery.start_soon(one, data, put)
 
 
 def memory(name: str, root: Path, args: argparse.Namespace, pg: PostgresServer | None, s3: S3Server | None
-           ) -> tuple[str, float, float]:
+           ) -> tuple[str, float, float, float]:
     work = root / name
     work.mkdir()
     home = Home(work / "dev", scrypt_log2_n=10)
@@ -107,13 +110,17 @@ def memory(name: str, root: Path, args: argparse.Namespace, pg: PostgresServer |
     proc, address = start_node(args.tree, work / "node", extra, env, work / "node.log")
     try:
         time.sleep(0.5)
+        trio.run(push_space, replica, address)
         base = peak_rss_mib(proc.pid)
-        trio.run(load, replica, address, args.clients, args.mib << 20)
-        peak = peak_rss_mib(proc.pid)
+        blobs = [os.urandom(args.mib << 20) for _ in range(args.clients)]
+        trio.run(load, replica, address, blobs, True)
+        after_put = peak_rss_mib(proc.pid)
+        trio.run(load, replica, address, blobs, False)
+        after_get = peak_rss_mib(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
-    return name, base, peak
+    return name, base, after_put, after_get
 
 
 def has_many_timing(root: Path, args: argparse.Namespace, s3: S3Server) -> tuple[float, float]:
@@ -167,10 +174,12 @@ def main() -> None:
             s3.stop()
         shutil.rmtree(root, ignore_errors=True)
     print(f"node from {args.tree}; {args.clients} connections × PutBlob then GetBlob of {args.mib} MiB at once")
-    print("| backend | peak RSS after start | peak RSS after the load | growth per concurrent blob |")
-    print("|---|---|---|---|")
-    for name, base, peak in rows:
-        print(f"| {name} | {base:.0f} MiB | {peak:.0f} MiB | {(peak - base) / args.clients / args.mib:.2f} × blob |")
+    print("| backend | peak RSS before | after the PutBlobs | after the GetBlobs | growth per concurrent blob |")
+    print("|---|---|---|---|---|")
+    for name, base, put, get in rows:
+        print(f"| {name} | {base:.0f} MiB | {put:.0f} MiB | {get:.0f} MiB | "
+              f"{(put - base) / args.clients / args.mib:.2f} × (put), {(get - base) / args.clients / args.mib:.2f} × "
+              f"(put, then get) |")
     if timing is not None:
         print(f"HasBlobs on S3, {args.has} IDs (half stored), median of {args.runs}: one HEAD after another "
               f"{timing[0] * 1000:.0f} ms, has_many {timing[1] * 1000:.0f} ms ({timing[0] / timing[1]:.1f}×)")
