@@ -30,7 +30,9 @@ from .blobstore import BlobStoreUnavailable
 BLOB_ID_LEN = crypto.HASH_LEN
 PART_SIZE = 8 << 20  # multipart upload above this, in parts of this size
 READ_PIECE = 1 << 20
-HEAD_CONCURRENCY = 16  # HEAD requests in flight for one has_many (within the client's 32 pooled connections)
+HEAD_CONCURRENCY = 16  # requests in flight for one has_many (within the client's 32 pooled connections)
+LIST_MIN = 2  # has_many reads a directory with one LIST page when asked about this many of its IDs
+LIST_PAGE = 1000  # keys in that page (S3's most)
 _HEX = frozenset("0123456789abcdef")
 OUTBOARD_SUFFIX = ".ob"  # the blob's outboard object sits beside it
 
@@ -253,17 +255,51 @@ class S3Blobs:
         return self._head(blob_id) is not None
 
     def has_many(self, blob_ids: Sequence[bytes]) -> set[bytes]:
-        """Those of ``blob_ids`` stored here: HEAD requests, :data:`HEAD_CONCURRENCY` at once (S3 has no
-        multi-key existence check; a LIST of the ``ab/`` directories would read every key of a large bucket's
-        directories to find a few). :class:`BlobStoreUnavailable` if any request fails."""
-        unique = list(dict.fromkeys(blob_ids))
+        """Those of ``blob_ids`` stored here, in few requests: S3 has no multi-key existence check, so the IDs are
+        grouped by their ``ab/`` directory; a directory asked about :data:`LIST_MIN` or more IDs is read with one
+        LIST page from just before its smallest asked key (up to :data:`LIST_PAGE` keys: it answers every asked
+        key up to the last one listed), and the rest — lone IDs, and those past a page that ended early in a
+        crowded directory — with HEAD requests. Both kinds run :data:`HEAD_CONCURRENCY` at once. So a batch costs
+        at most one LIST per directory plus HEADs, whatever the bucket holds. :class:`BlobStoreUnavailable` if
+        any request fails."""
+        unique = sorted(set(blob_ids))
         if len(unique) <= 1:
             return {b for b in unique if self.has(b)}
+        by_dir: dict[int, list[bytes]] = {}
+        for b in unique:
+            by_dir.setdefault(b[0], []).append(b)
+        listed = [ids for ids in by_dir.values() if len(ids) >= LIST_MIN]
+        heads = [b for ids in by_dir.values() if len(ids) < LIST_MIN for b in ids]
+        pool = self._workers()
+        found: set[bytes] = set()
+        for present, unresolved in pool.map(self._list_among, listed):
+            found |= present
+            heads.extend(unresolved)
+        found.update(b for b, here in zip(heads, pool.map(self.has, heads), strict=True) if here)
+        return found
+
+    def _list_among(self, ids: list[bytes]) -> tuple[set[bytes], list[bytes]]:
+        """One LIST page over the keys of ``ids`` (sorted, one directory): (those present, those it did not reach)."""
+        keys = [self.key_of(b) for b in ids]
+        directory = keys[0][: keys[0].rindex("/") + 1]
+        try:
+            # Every key >= keys[0] sorts after keys[0] without its last character.
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=directory, StartAfter=keys[0][:-1],
+                                               MaxKeys=LIST_PAGE)
+        except Exception as e:  # noqa: BLE001
+            raise _unavailable("list", directory, e) from None
+        items = [item["Key"] for item in page.get("Contents", ())]
+        reached = items[-1] if page.get("IsTruncated") and items else None  # None: the page reached the end
+        present = set(items)
+        here = {b for b, k in zip(ids, keys, strict=True) if k in present}
+        unresolved = [b for b, k in zip(ids, keys, strict=True) if reached is not None and k > reached]
+        return here, unresolved
+
+    def _workers(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:  # made on first use, kept: threads are not started per request
-                self._pool = ThreadPoolExecutor(HEAD_CONCURRENCY, thread_name_prefix="s3-head")
-        found = list(self._pool.map(self.has, unique))
-        return {b for b, here in zip(unique, found, strict=True) if here}
+                self._pool = ThreadPoolExecutor(HEAD_CONCURRENCY, thread_name_prefix="s3-has")
+            return self._pool
 
     def size_of(self, blob_id: bytes) -> int:
         head = self._head(blob_id)

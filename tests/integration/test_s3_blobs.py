@@ -113,3 +113,29 @@ def test_a_small_slice_reads_only_its_groups_and_a_damaged_group_is_never_served
     blobs.client.put_object(Bucket=blobs.bucket, Key=blobs.key_of(blob_id), Body=bytes(damaged))
     with pytest.raises(IdMismatch):
         blobs.read_slice(blob_id, ranges)
+
+
+def test_has_many_lists_a_crowded_directory_and_heads_what_a_short_page_did_not_reach(
+        pg_s3: PgS3, monkeypatch: pytest.MonkeyPatch) -> None:
+    blobs = pg_s3.blob_store()
+    same_dir: list[bytes] = []  # blobs whose IDs share their first byte: one "ab/" directory
+    n = 0
+    while len(same_dir) < 12:
+        data = b"blob %d" % n
+        n += 1
+        if crypto.blake3(data)[0] == 0x5A:
+            same_dir.append(data)
+    ids = sorted(crypto.blake3(d) for d in same_dir)
+    for data in same_dir[::2]:  # half of them stored
+        blobs.put(crypto.blake3(data), data)
+    stored = {crypto.blake3(d) for d in same_dir[::2]}
+    calls: list[str] = []
+    for name in ("list_objects_v2", "head_object"):
+        real = getattr(blobs.client, name)
+        monkeypatch.setattr(blobs.client, name, lambda real=real, name=name, **kw: calls.append(name) or real(**kw))
+    assert blobs.has_many(ids) == stored
+    assert calls == ["list_objects_v2"]  # one page answered all twelve
+    calls.clear()
+    monkeypatch.setattr(s3blobs, "LIST_PAGE", 3)  # a page that ends early: the rest by HEAD
+    assert blobs.has_many(ids) == stored
+    assert calls.count("list_objects_v2") == 1 and 0 < calls.count("head_object") < len(ids)
