@@ -1,9 +1,9 @@
 """Blob bytes as objects in an S3-compatible bucket, through boto3 (see docs/architecture.md for the choice).
 
 A blob with ID ``abcdef…`` is the object ``<prefix>/ab/cdef…`` (the same fan-out as the blob directory, which
-also spreads keys over an object store's partitions). An object is written with one PUT (or a multipart upload
-above :data:`PART_SIZE`, fed from the bytes in pieces); S3 makes it visible and durable when the request
-returns, which is what :class:`~.blobstore.BlobStore` promises. Reads go in :data:`READ_PIECE` pieces into one
+also spreads keys over an object store's partitions). An object is written with one PUT (a multipart upload only
+above :data:`PART_SIZE`, which no blob within the blob limit reaches); S3 makes it visible and durable when the
+request returns, which is what :class:`~.blobstore.BlobStore` promises. Reads go in :data:`READ_PIECE` pieces into one
 buffer bounded by the blob size limit before any byte is read (the object's length comes first), hashed as they
 arrive; the bytes are verified against the ID before they are returned.
 
@@ -28,7 +28,11 @@ from ..errors import AnysyncError, IdMismatch, NotFound, StoreError
 from .blobstore import BlobStoreUnavailable
 
 BLOB_ID_LEN = crypto.HASH_LEN
-PART_SIZE = 8 << 20  # multipart upload above this, in parts of this size
+# Multipart upload above this, in parts of this size. Above every blob within the 16.5 MiB limit: the node holds
+# the blob anyway, and one PUT of it costs about 2 MiB more, parts (8 MiB, copied for their file object and read
+# again for their checksum) about 16 MiB more (measured; docs/benchmarks.md "Node memory"). Parts remain for a
+# store opened with a larger ``max_blob_len``.
+PART_SIZE = 32 << 20
 READ_PIECE = 1 << 20
 HEAD_CONCURRENCY = 16  # requests in flight for one has_many (within the client's 32 pooled connections)
 LIST_MIN = 2  # has_many reads a directory with one LIST page when asked about this many of its IDs
