@@ -246,7 +246,7 @@ def cmd_node_gc(ctx: Context) -> int:
     if db is None and not (a.data / "node.db").exists():
         raise UsageError(f"{a.data} holds no node data")
     if db is not None and not (a.data / "node.identity").exists():
-        raise UsageError(f"{a.data} holds no node identity (give the --data of the node serving {a.db.split('@')[-1]})")
+        raise UsageError(f"{a.data} holds no node identity (give the --data of the nodes serving that database)")
     # One process per SQLite database (its lock file). On PostgreSQL the serving processes may go on: each space
     # is collected under the database's write lock, and a blob object is deleted only once no space links it.
     lock = lock_node_data(a.data) if db is None else None

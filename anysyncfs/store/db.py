@@ -539,7 +539,8 @@ class Store(SyncQueries, HeadsQueries, GcQueries, UploadQueries, NodeQueries, Va
         sb = S.space_blobs.c
         out: set[bytes] = set()
         for part in _batches(blob_ids):
-            out.update(r[0] for r in self._run(select(sb.blob).where(sb.space == space_id, sb.blob.in_(part))).fetchall())
+            query = select(sb.blob).where(sb.space == space_id, sb.blob.in_(part))
+            out.update(r[0] for r in self._run(query).fetchall())
         return out
 
     def space_blob_ids(self, space_id: bytes) -> list[bytes]:
