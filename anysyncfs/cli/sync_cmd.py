@@ -69,9 +69,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     s.add_argument("--vault-quota", default="128K", metavar="SIZE",
                    help="bytes one account vault may hold here (default 128K; the node holds at most 10000 vaults)")
     s.set_defaults(func=cmd_node_serve, needs_identity=False)
-    s = node.add_parser("gc", help="collect now the blobs no accepted change references (the node must not be "
-                                   "serving this data directory: a serving node collects by itself)")
-    s.add_argument("--data", type=Path, required=True, help="the node's data directory")
+    s = node.add_parser("gc", help="collect now the blobs no accepted change references (on the SQLite default "
+                                   "the node must not be serving this data directory: a serving node collects by "
+                                   "itself; on PostgreSQL it may, as each space is collected under the database's "
+                                   "write lock)")
+    s.add_argument("--data", type=Path, required=True, help="the node's data directory (with --db and --blobs: "
+                   "only its identity)")
+    add_backend_options(s)
     s.add_argument("--gc-grace", default="24h", metavar="DURATION",
                    help="keep blobs uploaded less than this long ago (default 24h; 0 collects every "
                         "unreferenced blob: only when no device is between uploading and committing)")
@@ -236,18 +240,25 @@ def cmd_node_serve(ctx: Context) -> int:
 def cmd_node_gc(ctx: Context) -> int:
     from ..net.node import Node
 
-    grace = parse_duration(ctx.args.gc_grace, "--gc-grace")
-    if not (ctx.args.data / "node.db").exists():
-        raise UsageError(f"{ctx.args.data} holds no node data")
-    lock = lock_node_data(ctx.args.data)
+    a = ctx.args
+    grace = parse_duration(a.gc_grace, "--gc-grace")
+    db, blobs = open_backends(a)
+    if db is None and not (a.data / "node.db").exists():
+        raise UsageError(f"{a.data} holds no node data")
+    if db is not None and not (a.data / "node.identity").exists():
+        raise UsageError(f"{a.data} holds no node identity (give the --data of the nodes serving that database)")
+    # One process per SQLite database (its lock file). On PostgreSQL the serving processes may go on: each space
+    # is collected under the database's write lock, and a blob object is deleted only once no space links it.
+    lock = lock_node_data(a.data) if db is None else None
     try:
-        node = Node(ctx.args.data, gc_grace_us=int(grace * 1e6), clock=node_clock())
+        node = Node(a.data, db=db, blobs=blobs, gc_grace_us=int(grace * 1e6), clock=node_clock())
         try:
             done = node.collect_garbage_now()
         finally:
             node.close()
     finally:
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
     print(f"unlinked {done.unlinked} blob(s) ({done.unlinked_bytes} bytes) from their spaces; "
           f"deleted {done.files_deleted} file(s) ({done.file_bytes} bytes)")
     return 0

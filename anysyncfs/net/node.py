@@ -424,7 +424,7 @@ class Node:
             return m.Ok()
         if isinstance(body, m.HasBlobs):
             ledger = await self._member(conn, body.space)
-            flags = await self.run(lambda: [ledger.has_blob(b) for b in body.ids])
+            flags = await self.run(self._has_blobs, ledger, body.ids)
             return m.Bits(m.bits_of(flags))
         if isinstance(body, (m.PutHeads, m.GetHeads)):
             return await self._signed_heads(conn, body)
@@ -439,6 +439,13 @@ class Node:
                 raise ServiceError(m.ErrorCode.FORBIDDEN, f"address record not kept: {outcome}")
             return m.Accepted(int(outcome == "stored"), int(outcome == "old"), [])
         raise ServiceError(m.ErrorCode.BAD_REQUEST, f"unsupported request {type(body).__name__}")
+
+    def _has_blobs(self, ledger: Ledger, blob_ids: list[bytes]) -> list[bool]:
+        """(blocking) :meth:`Ledger.has_blob` of many IDs at once: one database query for the space's links, and
+        the blob store asked only about the linked ones, in one batch (concurrent requests on S3)."""
+        linked = self.store.space_blobs_among(ledger.space_id, blob_ids)
+        stored = self.blobs.has_many([b for b in blob_ids if b in linked]) if linked else set()
+        return [b in stored for b in blob_ids]
 
     async def _blob_ranges(self, conn: Connection, body: m.GetBlobRanges) -> m.BlobSlice:
         """Byte ranges of a blob as a verified slice (protocol.md 70.12): checked against the blob's size and the

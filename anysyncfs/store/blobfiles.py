@@ -250,6 +250,10 @@ class BlobFiles:
         """Whether a file exists for ``blob_id`` (its content is checked only by :meth:`get`)."""
         return self.path_of(blob_id).is_file()
 
+    def has_many(self, blob_ids: Sequence[bytes]) -> set[bytes]:
+        """Those of ``blob_ids`` with a file (a stat each: local, no round trips to save)."""
+        return {b for b in blob_ids if self.has(b)}
+
     def size_of(self, blob_id: bytes) -> int:
         try:
             return self.path_of(blob_id).stat().st_size

@@ -49,6 +49,10 @@ class BlobStore(Protocol):
 
     def has(self, blob_id: bytes) -> bool: ...
 
+    def has_many(self, blob_ids: Sequence[bytes]) -> set[bytes]:
+        """Those of ``blob_ids`` stored here (an object store asks in few requests, not one per ID)."""
+        ...
+
     def size_of(self, blob_id: bytes) -> int:
         """Stored size (:class:`NotFound` when absent)."""
         ...

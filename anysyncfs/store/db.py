@@ -534,6 +534,15 @@ class Store(SyncQueries, HeadsQueries, GcQueries, UploadQueries, NodeQueries, Va
         sb = S.space_blobs.c
         return self._run(select(sb.blob).where(sb.space == space_id, sb.blob == blob_id)).first() is not None
 
+    def space_blobs_among(self, space_id: bytes, blob_ids: Sequence[bytes]) -> set[bytes]:
+        """Those of ``blob_ids`` linked to a space (one query per :data:`IN_BATCH` IDs, not one per ID)."""
+        sb = S.space_blobs.c
+        out: set[bytes] = set()
+        for part in _batches(blob_ids):
+            query = select(sb.blob).where(sb.space == space_id, sb.blob.in_(part))
+            out.update(r[0] for r in self._run(query).fetchall())
+        return out
+
     def space_blob_ids(self, space_id: bytes) -> list[bytes]:
         """Blob IDs linked to a space, in ID order."""
         sb = S.space_blobs.c

@@ -1,9 +1,9 @@
 """Blob bytes as objects in an S3-compatible bucket, through boto3 (see docs/architecture.md for the choice).
 
 A blob with ID ``abcdef…`` is the object ``<prefix>/ab/cdef…`` (the same fan-out as the blob directory, which
-also spreads keys over an object store's partitions). An object is written with one PUT (or a multipart upload
-above :data:`PART_SIZE`, fed from the bytes in pieces); S3 makes it visible and durable when the request
-returns, which is what :class:`~.blobstore.BlobStore` promises. Reads go in :data:`READ_PIECE` pieces into one
+also spreads keys over an object store's partitions). An object is written with one PUT (a multipart upload only
+above :data:`PART_SIZE`, which no blob within the blob limit reaches); S3 makes it visible and durable when the
+request returns, which is what :class:`~.blobstore.BlobStore` promises. Reads go in :data:`READ_PIECE` pieces into one
 buffer bounded by the blob size limit before any byte is read (the object's length comes first), hashed as they
 arrive; the bytes are verified against the ID before they are returned.
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from collections.abc import Sequence
@@ -26,8 +28,15 @@ from ..errors import AnysyncError, IdMismatch, NotFound, StoreError
 from .blobstore import BlobStoreUnavailable
 
 BLOB_ID_LEN = crypto.HASH_LEN
-PART_SIZE = 8 << 20  # multipart upload above this, in parts of this size
+# Multipart upload above this, in parts of this size. Above every blob within the 16.5 MiB limit: the node holds
+# the blob anyway, and one PUT of it costs about 2 MiB more, parts (8 MiB, copied for their file object and read
+# again for their checksum) about 16 MiB more (measured; docs/benchmarks.md "Node memory"). Parts remain for a
+# store opened with a larger ``max_blob_len``.
+PART_SIZE = 32 << 20
 READ_PIECE = 1 << 20
+HEAD_CONCURRENCY = 16  # requests in flight for one has_many (within the client's 32 pooled connections)
+LIST_MIN = 2  # has_many reads a directory with one LIST page when asked about this many of its IDs
+LIST_PAGE = 1000  # keys in that page (S3's most)
 _HEX = frozenset("0123456789abcdef")
 OUTBOARD_SUFFIX = ".ob"  # the blob's outboard object sits beside it
 
@@ -40,6 +49,8 @@ class S3Blobs:
         self.prefix = prefix.strip("/")
         self.client = client
         self.max_blob_len = max_blob_len
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, *, endpoint_url: str | None = None, region: str | None = None,
@@ -138,14 +149,49 @@ class S3Blobs:
         return size, self._put_outboard(blob_id, self.get(blob_id), None)
 
     def read_slice(self, blob_id: bytes, ranges: Sequence[bao.Range]) -> bytes:
-        """The verified-streaming slice (50.8) of ``ranges``. The object is read whole and checked against its ID
-        (one request; blobs are at most a few MiB), which vouches for every group it serves."""
+        """The verified-streaming slice (50.8) of ``ranges``. A slice of most of the blob reads the object whole
+        and checks it against its ID; a smaller one reads only its groups, one ranged GET per run of adjacent
+        groups, each group checked against its chaining value from the verified outboard before it is served —
+        so a request for a few ranges of a 16 MiB blob costs the node the slice, not the blob."""
         size, nodes = self.outboard(blob_id)
         want = bao.wanted(size, ranges)
-        view = memoryview(self.get(blob_id))
-        if len(view) != size:
-            raise IdMismatch(f"blob object {blob_id.hex()} changed size while read")
-        return bao.encode_slice(lambda o, n: view[o : o + n], nodes, size, want)
+        groups = bao.groups_of(want)
+        if len(groups) * 2 > bao.group_count(size):
+            view = memoryview(self.get(blob_id))
+            if len(view) != size:
+                raise IdMismatch(f"blob object {blob_id.hex()} changed size while read")
+            return bao.encode_slice(lambda o, n: view[o : o + n], nodes, size, want)
+        cvs = bao.group_cvs(blob_id, size, nodes)
+        by_offset: dict[int, bytes] = {}
+        for first, last in _runs(groups):
+            start, end = first * bao.GROUP_LEN, min(size, (last + 1) * bao.GROUP_LEN)
+            run = self._read_range(blob_id, start, end)
+            for g in range(first, last + 1):
+                offset = g * bao.GROUP_LEN
+                piece = run[offset - start : min(size, offset + bao.GROUP_LEN) - start]
+                if not bao.verify_group(cvs[g], g, piece, is_root=len(cvs) == 1):
+                    raise IdMismatch(f"blob object {blob_id.hex()} is corrupted (group {g})")
+                by_offset[offset] = piece
+        return bao.encode_slice(lambda o, _n: by_offset[o], nodes, size, want)
+
+    def _read_range(self, blob_id: bytes, start: int, end: int) -> bytes:
+        """Bytes ``start``..``end`` (exclusive) of the object, exactly that many (:class:`IdMismatch` if the object
+        is shorter: it does not match the outboard's size); checked by the caller."""
+        key = self.key_of(blob_id)
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+            body = reply["Body"]
+            try:
+                data = body.read(end - start + 1)  # one byte more than asked: a server ignoring Range shows
+            finally:
+                body.close()
+        except Exception as e:  # noqa: BLE001
+            if _is_missing(e):
+                raise NotFound(f"blob {blob_id.hex()} is not stored here") from None
+            raise _unavailable("read", key, e) from None
+        if len(data) != end - start:
+            raise IdMismatch(f"blob object {blob_id.hex()} gave {len(data)} bytes for a range of {end - start}")
+        return data
 
     def _multipart(self, key: str, view: memoryview) -> None:
         upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
@@ -179,23 +225,26 @@ class S3Blobs:
             if size > self.max_blob_len:
                 raise StoreError(f"object {key} is {size} bytes, more than the limit of {self.max_blob_len}")
             buffer = bytearray(size)
+            view = memoryview(buffer)
             hasher = crypto.Hasher()
             at = 0
             try:
-                while at < size:
-                    piece = body.read(min(READ_PIECE, size - at))
-                    if not piece:
+                while at < size:  # straight into the buffer, hashed piece by piece as it arrives
+                    n = body.readinto(view[at : at + min(READ_PIECE, size - at)])
+                    if not n:
                         break
-                    buffer[at:at + len(piece)] = piece
-                    hasher.update(piece)
-                    at += len(piece)
+                    hasher.update(view[at : at + n])
+                    at += n
             except Exception as e:  # noqa: BLE001
                 raise _unavailable("read", key, e) from None
+            finally:
+                view.release()
         finally:
             body.close()
         if at != size or hasher.digest() != blob_id:
             raise IdMismatch(f"blob object {blob_id.hex()} is corrupted")
-        return bytes(buffer)
+        # The buffer itself (bytes-like), not a bytes copy of it: a copy would hold the blob twice at once.
+        return buffer  # type: ignore[return-value]
 
     def _head(self, blob_id: bytes) -> dict[str, Any] | None:
         key = self.key_of(blob_id)
@@ -208,6 +257,53 @@ class S3Blobs:
 
     def has(self, blob_id: bytes) -> bool:
         return self._head(blob_id) is not None
+
+    def has_many(self, blob_ids: Sequence[bytes]) -> set[bytes]:
+        """Those of ``blob_ids`` stored here, in few requests: S3 has no multi-key existence check, so the IDs are
+        grouped by their ``ab/`` directory; a directory asked about :data:`LIST_MIN` or more IDs is read with one
+        LIST page from just before its smallest asked key (up to :data:`LIST_PAGE` keys: it answers every asked
+        key up to the last one listed), and the rest — lone IDs, and those past a page that ended early in a
+        crowded directory — with HEAD requests. Both kinds run :data:`HEAD_CONCURRENCY` at once. So a batch costs
+        at most one LIST per directory plus HEADs, whatever the bucket holds. :class:`BlobStoreUnavailable` if
+        any request fails."""
+        unique = sorted(set(blob_ids))
+        if len(unique) <= 1:
+            return {b for b in unique if self.has(b)}
+        by_dir: dict[int, list[bytes]] = {}
+        for b in unique:
+            by_dir.setdefault(b[0], []).append(b)
+        listed = [ids for ids in by_dir.values() if len(ids) >= LIST_MIN]
+        heads = [b for ids in by_dir.values() if len(ids) < LIST_MIN for b in ids]
+        pool = self._workers()
+        found: set[bytes] = set()
+        for present, unresolved in pool.map(self._list_among, listed):
+            found |= present
+            heads.extend(unresolved)
+        found.update(b for b, here in zip(heads, pool.map(self.has, heads), strict=True) if here)
+        return found
+
+    def _list_among(self, ids: list[bytes]) -> tuple[set[bytes], list[bytes]]:
+        """One LIST page over the keys of ``ids`` (sorted, one directory): (those present, those it did not reach)."""
+        keys = [self.key_of(b) for b in ids]
+        directory = keys[0][: keys[0].rindex("/") + 1]
+        try:
+            # Every key >= keys[0] sorts after keys[0] without its last character.
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=directory, StartAfter=keys[0][:-1],
+                                               MaxKeys=LIST_PAGE)
+        except Exception as e:  # noqa: BLE001
+            raise _unavailable("list", directory, e) from None
+        items = [item["Key"] for item in page.get("Contents", ())]
+        reached = items[-1] if page.get("IsTruncated") and items else None  # None: the page reached the end
+        present = set(items)
+        here = {b for b, k in zip(ids, keys, strict=True) if k in present}
+        unresolved = [b for b, k in zip(ids, keys, strict=True) if reached is not None and k > reached]
+        return here, unresolved
+
+    def _workers(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:  # made on first use, kept: threads are not started per request
+                self._pool = ThreadPoolExecutor(HEAD_CONCURRENCY, thread_name_prefix="s3-has")
+            return self._pool
 
     def size_of(self, blob_id: bytes) -> int:
         head = self._head(blob_id)
@@ -238,6 +334,17 @@ class S3Blobs:
         except Exception as e:  # noqa: BLE001
             raise _unavailable("list", prefix, e) from None
         return out
+
+
+def _runs(groups: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted group indices as (first, last) runs of adjacent groups."""
+    out: list[tuple[int, int]] = []
+    for g in groups:
+        if out and g == out[-1][1] + 1:
+            out[-1] = (out[-1][0], g)
+        else:
+            out.append((g, g))
+    return out
 
 
 def _is_missing(e: BaseException) -> bool:
