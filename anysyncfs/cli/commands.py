@@ -14,7 +14,7 @@ from ..replica.fsck import fsck
 from ..replica.replica import create_space, open_replica, resolve_space
 
 if TYPE_CHECKING:
-    from .main import Context
+    from .context import Context
 
 PHRASE_MAX = 4096
 

@@ -22,12 +22,12 @@ from ..replica.replica import Replica, open_replica, resolve_space
 from .mounted_write import write_in_mount
 
 if TYPE_CHECKING:
-    from .main import Context
+    from .context import Context
 
 
 def locate_mounted(home_root: Path, path: str) -> tuple[str, Path, str]:
     """(space text, mountpoint, path inside the space) of a path inside a mount served from this home."""
-    from ..fs.mount import find_holder  # here, not at the top: it imports pyfuse3, which other commands skip
+    from ..replica.home import find_holder
 
     target = Path(os.path.abspath(path))
     candidate = target
