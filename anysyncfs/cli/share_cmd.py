@@ -185,9 +185,9 @@ def render_qr(ticket: str) -> str:
 
 
 def _when(us: int) -> str:
-    from ..net.share import format_time_us
+    from ..clock import format_minute_utc
 
-    return format_time_us(us)
+    return format_minute_utc(us)
 
 
 def cmd_invites(ctx: Context) -> int:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..clock import format_time_us
 from ..core import ids, ops
 from ..errors import NotFound, UsageError
 from ..replica import files
@@ -60,7 +61,7 @@ def _read_only(unlocked: Unlocked, space: str) -> Replica:
 def cmd_history(ctx: "Context") -> int:
     replica, rel, _ = _open(ctx)
     for v in files.history(replica, rel):
-        print(f"{files.format_time_us(v.wall_us)}  {ids.change_text(v.change)}  {ids.account_text(v.author)[:11]}  "
+        print(f"{format_time_us(v.wall_us)}  {ids.change_text(v.change)}  {ids.account_text(v.author)[:11]}  "
               f"{v.what}")
     return 0
 

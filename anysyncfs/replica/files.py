@@ -6,7 +6,6 @@ same). Every write is one change: missing parent directories are created in the 
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -169,11 +168,6 @@ def _describe(op: ops.Op) -> str:
     if isinstance(op, ops.Link):
         return f"link as {os.fsdecode(op.name)}"
     return "unlink"
-
-
-def format_time_us(us: int) -> str:
-    t = _dt.datetime.fromtimestamp(us / 1e6, tz=_dt.timezone.utc)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def tree_blobs(replica: Replica, on_error: Callable[[tree.Node, AnysyncError], None] | None = None) -> list[bytes]:

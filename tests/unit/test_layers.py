@@ -3,7 +3,8 @@ pinned.
 
 Every ``import`` statement of every module is read with :mod:`ast` (so imports inside functions and under
 ``if TYPE_CHECKING:`` count as much as those at the top) and resolved to the package it names. A module may import
-from its own package, from a lower layer, and from the top-level modules every layer shares (``errors``). Packages
+from its own package, from a lower layer, and from the top-level modules every layer shares (``errors``,
+``clock``). Packages
 of one rank (``store`` and ``protocol``) do not import each other. Across packages only public names are imported
 (no ``_name`` module or attribute): what one package reaches of another is what it may rely on.
 """
@@ -33,7 +34,7 @@ RANKS: dict[str, int] = {
     "fs": 4,  # the mount runs the sync engine (fs/mount_sync.py): fs sits above net
     "cli": 5,
 }
-SHARED = {"errors"}  # top-level modules below every package
+SHARED = {"errors", "clock"}  # top-level modules below every package
 ENTRY_POINTS = {"__main__": "cli"}  # top-level modules above a package (python -m anysyncfs)
 # The one compiled extension is built for core (core/bao.py is its only importer).
 PRIVATE_ALLOWED = {("core", "_bao_native")}
