@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..clock import format_time_us
 from ..core import ids, keys, ops
-from ..errors import AlreadyExists, FsckFailed
+from ..errors import AlreadyExists, FsckFailed, UsageError
 from ..replica import files
 from ..replica.fsck import fsck
 from ..replica.replica import create_space, open_replica, resolve_space
