@@ -136,7 +136,8 @@ def cmd_invite(ctx: Context) -> int:
     import trio
 
     from ..net.share import create_invite, require_admin
-    from ..replica.replica import now_us, open_replica
+    from ..clock import now_us
+    from ..replica.replica import open_replica
 
     role = GRANTABLE[ctx.args.role]
     ttl_s = parse_expiry(ctx.args.expires)

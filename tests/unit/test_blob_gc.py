@@ -19,7 +19,8 @@ from anysyncfs.errors import TooLarge
 from anysyncfs.fs.errnos import errno_of
 from anysyncfs.replica import Replica, blob_gc, create_space
 from anysyncfs.replica.files import put_file, resolve
-from tests.unit.test_ledger import Node, _removal_setup, feed, new_home, now_us, raws_of
+from anysyncfs.clock import now_us
+from tests.unit.test_ledger import Node, _removal_setup, feed, new_home, raws_of
 
 
 
