@@ -106,6 +106,34 @@ class FsError(AnysyncError):
         self.errno = errno
 
 
+class TooLarge(AnysyncError):
+    """A file would exceed a limit of the format (more chunks than one manifest or one change may list)."""
+
+    exit_code = 13
+
+
+class PathError(AnysyncError):
+    """A path names the wrong kind of thing for what was asked, or holds a name the tree cannot keep."""
+
+    exit_code = 13
+
+
+class NameTooLong(PathError):
+    """A path component is longer than a tree name may be."""
+
+
+class NotADirectory(PathError):
+    """A path goes through, or names, something that is not a directory where a directory is needed."""
+
+
+class IsADirectory(PathError):
+    """A path names a directory where a file is needed."""
+
+
+class NotARegularFile(PathError):
+    """A path names something other than a regular file (a symlink, a device) where file content is needed."""
+
+
 class ProtocolError(DecodeError):
     """A peer sent bytes that break the wire protocol (bad frame, unknown message, wrong state, over a limit).
     The connection is closed and the peer backed off."""

@@ -51,3 +51,25 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 
 
 CLI = [sys.executable, "-m", "anysyncfs"]
+
+
+# ------------------------------------------------------------------------------------ helpers the suites share
+def free_port() -> int:
+    """A 127.0.0.1 port that nothing listens on (bound once, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def eventually(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    """Wait (trio) until ``check()`` is true; fail with ``what`` after ``timeout`` seconds (generous: a loaded
+    machine must not fail a test on timing)."""
+    import trio
+
+    with trio.move_on_after(timeout):
+        while not check():
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"never happened: {what}")

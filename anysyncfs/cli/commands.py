@@ -7,14 +7,15 @@ import stat
 import sys
 from typing import TYPE_CHECKING
 
+from ..clock import format_time_us
 from ..core import ids, keys, ops
-from ..errors import AlreadyExists, FsckFailed
+from ..errors import AlreadyExists, FsckFailed, UsageError
 from ..replica import files
 from ..replica.fsck import fsck
 from ..replica.replica import create_space, open_replica, resolve_space
 
 if TYPE_CHECKING:
-    from .main import Context
+    from .context import Context
 
 PHRASE_MAX = 4096
 
@@ -112,7 +113,7 @@ def cmd_ls(ctx: "Context") -> int:
                 ops.KIND_DIR: stat.S_IFDIR, ops.KIND_SYMLINK: stat.S_IFLNK, ops.KIND_FIFO: stat.S_IFIFO,
                 ops.KIND_SOCKET: stat.S_IFSOCK, ops.KIND_CHAR: stat.S_IFCHR, ops.KIND_BLOCK: stat.S_IFBLK,
             }.get(item.kind, stat.S_IFREG)  # fmt: skip
-            when = files.format_time_us(item.mtime_ns // 1000)[:19]
+            when = format_time_us(item.mtime_ns // 1000)[:19]
             print(f"{stat.filemode(kind | item.mode)} {item.size:>12} {when} {item.name}")
         else:
             print(item.name + ("/" if item.kind == ops.KIND_DIR else ""))

@@ -44,7 +44,7 @@ from ..core.address import parse_address
 from ..errors import AnysyncError, NotFound, UsageError
 
 if TYPE_CHECKING:
-    from .main import Context
+    from .context import Context
 
 CONFIG_ENV = "ANYSYNCFS_CONFIG"
 CONFIG_MAX_BYTES = 1 << 20  # a configuration file is small; a huge one is a mistake

@@ -18,7 +18,7 @@ from . import config
 from .progress import ProgressBars
 
 if TYPE_CHECKING:
-    from .main import Context
+    from .context import Context
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

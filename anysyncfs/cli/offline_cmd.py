@@ -32,7 +32,7 @@ from ..errors import AnysyncError, Incomplete, NetworkError, PermissionDenied, U
 from .progress import Progress, ProgressBars
 
 if TYPE_CHECKING:
-    from .main import Context
+    from .context import Context
 
 STATE = "user.anysync.state"
 PINNED = "user.anysync.pinned"

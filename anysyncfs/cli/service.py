@@ -36,7 +36,7 @@ from ..errors import ServiceError, UsageError
 from . import config
 
 if TYPE_CHECKING:
-    from .main import Context
+    from .context import Context
 
 TEMPLATE_NAME = "anysyncfs@.service"
 NODE_UNIT_NAME = "anysyncfs-node.service"
@@ -231,7 +231,7 @@ def cmd_service_install(ctx: Context) -> int:
     passfile = passfile.resolve()
     if not passfile.is_file():
         raise UsageError(f"{passfile} is not a file")
-    from .main import read_passphrase
+    from .context import read_passphrase
 
     # The unit would fail at every login with a wrong passphrase: check the file's now.
     ctx.home.unlock(read_passphrase(passfile, new=False))

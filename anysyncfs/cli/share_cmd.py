@@ -22,7 +22,7 @@ from .progress import ProgressBars
 if TYPE_CHECKING:
     from ..net.share import AclPush, Build
     from ..replica.replica import Replica
-    from .main import Context
+    from .context import Context
 
 GRANTABLE = {"reader": acl_mod.Role.READER, "writer": acl_mod.Role.WRITER, "admin": acl_mod.Role.ADMIN}
 _DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
@@ -85,10 +85,9 @@ def parse_expiry(text: str) -> int | None:
 
 
 def _is_mounted(ctx: Context, space_id: bytes) -> bool:
-    from ..fs.mount import LOCKS_DIR, lock_held  # the mount owns the lock file format
+    from ..replica.home import space_mounted
 
-    lock = ctx.home.root / LOCKS_DIR / f"{ids.space_text(space_id)}.lock"
-    return lock.exists() and lock_held(lock)
+    return space_mounted(ctx.home.root, space_id)
 
 
 def _apply(replica: Replica, build: Build, *, presync: bool = False) -> tuple[bytes, AclPush, list[str]]:
@@ -137,7 +136,8 @@ def cmd_invite(ctx: Context) -> int:
     import trio
 
     from ..net.share import create_invite, require_admin
-    from ..replica.replica import now_us, open_replica
+    from ..clock import now_us
+    from ..replica.replica import open_replica
 
     role = GRANTABLE[ctx.args.role]
     ttl_s = parse_expiry(ctx.args.expires)
@@ -186,9 +186,9 @@ def render_qr(ticket: str) -> str:
 
 
 def _when(us: int) -> str:
-    from ..net.share import format_time_us
+    from ..clock import format_minute_utc
 
-    return format_time_us(us)
+    return format_minute_utc(us)
 
 
 def cmd_invites(ctx: Context) -> int:

@@ -25,7 +25,7 @@ from .node_backends import add_backend_options, open_backends
 from .progress import ProgressBars
 
 if TYPE_CHECKING:
-    from .main import Context
+    from .context import Context
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _status(ctx: Context) -> list[dict[str, Any]]:
-    from ..fs.mount_sync import status_path
+    from ..replica.home import status_path
     from ..net.providers import Backlog, backlog
     from ..replica.ledger import ACL_HISTORY_CHANGED
 

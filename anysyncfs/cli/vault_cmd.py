@@ -22,7 +22,7 @@ from ..replica.home import Unlocked
 from .progress import ProgressBars
 
 if TYPE_CHECKING:
-    from .main import Context
+    from .context import Context
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -147,14 +147,13 @@ def cmd_space_rename(ctx: Context) -> int:
 
 
 def cmd_space_leave(ctx: Context) -> int:
-    from ..fs.mount import LOCKS_DIR, lock_held
+    from ..replica.home import space_mounted
     from ..replica.replica import resolve_space
 
     unlocked = ctx.home.unlock(ctx.passphrase())
     store = unlocked.home.store()
     space_id = resolve_space(store, ctx.args.space)
-    lock = ctx.home.root / LOCKS_DIR / f"{ids.space_text(space_id)}.lock"
-    if lock.exists() and lock_held(lock):
+    if space_mounted(ctx.home.root, space_id):
         raise UsageError("that space is mounted: unmount it first")
     device = unlocked.identity.device_id
     from ..replica.leave import leave_space

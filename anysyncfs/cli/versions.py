@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..clock import format_time_us
 from ..core import ids, ops
 from ..errors import NotFound, UsageError
 from ..replica import files
@@ -22,12 +23,12 @@ from ..replica.replica import Replica, open_replica, resolve_space
 from .mounted_write import write_in_mount
 
 if TYPE_CHECKING:
-    from .main import Context
+    from .context import Context
 
 
 def locate_mounted(home_root: Path, path: str) -> tuple[str, Path, str]:
     """(space text, mountpoint, path inside the space) of a path inside a mount served from this home."""
-    from ..fs.mount import find_holder  # here, not at the top: it imports pyfuse3, which other commands skip
+    from ..replica.home import find_holder
 
     target = Path(os.path.abspath(path))
     candidate = target
@@ -60,7 +61,7 @@ def _read_only(unlocked: Unlocked, space: str) -> Replica:
 def cmd_history(ctx: "Context") -> int:
     replica, rel, _ = _open(ctx)
     for v in files.history(replica, rel):
-        print(f"{files.format_time_us(v.wall_us)}  {ids.change_text(v.change)}  {ids.account_text(v.author)[:11]}  "
+        print(f"{format_time_us(v.wall_us)}  {ids.change_text(v.change)}  {ids.account_text(v.author)[:11]}  "
               f"{v.what}")
     return 0
 

@@ -15,10 +15,11 @@ import sys
 import trio
 
 from ..errors import AnysyncError, UsageError
-from ..fs.mount_sync import publish_status, status_path
+from ..fs.mount_sync import publish_status
+from ..replica.home import status_path
 from ..net.device_server import ListenSpec, parse_listen
 from ..net.endpoint import Endpoint
-from ..net.fetch_space import _check_not_mounted
+from ..net.fetch_space import check_not_mounted
 from ..net.p2p import DevicePeering
 from ..net.runner import Runner
 from ..net.sync import SpaceSync
@@ -54,7 +55,7 @@ def parse_watch_options(option_args: list[str]) -> tuple[ListenSpec | None, bool
 
 def watch_space(unlocked: Unlocked, space_id: bytes, options: list[str]) -> int:
     listen, discovery, interval = parse_watch_options(options)
-    _check_not_mounted(unlocked, space_id)
+    check_not_mounted(unlocked, space_id)
     store = unlocked.home.store()
     if not any(r.id == space_id for r in store.spaces()):
         raise UsageError("sync --watch needs a space this device holds (fetch it first: anysyncfs sync SPACE-ID)")

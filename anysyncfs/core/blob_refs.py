@@ -20,10 +20,9 @@ payload only, never blobs a device may or may not hold, so every device decides 
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Iterable, Sequence
 
-from ..errors import FsError
+from ..errors import TooLarge
 from . import content as content_mod
 from .change import MAX_BLOB_REFS
 from .ops import Content, Op, Write
@@ -62,12 +61,12 @@ def check_refs(listed: Sequence[bytes], payload_ops: Sequence[Op]) -> str | None
 def writer_refs(payload_ops: Sequence[Op], get_blob: content_mod.GetBlob) -> list[bytes]:
     """Every distinct blob the ``Write`` contents depend on, sorted (manifests are opened through ``get_blob``).
 
-    :class:`FsError` (EFBIG) when they are more than one change may list."""
+    :class:`TooLarge` when they are more than one change may list."""
     refs: set[bytes] = set()
     for c in _contents(payload_ops):
         refs.update(r.blob for r in content_mod.blob_refs(c, get_blob))
     if len(refs) > MAX_BLOB_REFS:
-        raise FsError(errno.EFBIG, f"file too large: {len(refs)} distinct chunks exceed {MAX_BLOB_REFS}")
+        raise TooLarge(f"file too large: {len(refs)} distinct chunks exceed {MAX_BLOB_REFS}")
     return sorted(refs)
 
 

@@ -17,7 +17,6 @@ pool; blobs are still handed to ``put_blob`` in file order, on the calling threa
 
 from __future__ import annotations
 
-import errno
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -26,7 +25,7 @@ from typing import Annotated, BinaryIO
 
 import msgspec
 
-from ..errors import DecodeError, FsError
+from ..errors import DecodeError, TooLarge
 from . import blob as blobs
 from .chunking import DEFAULT_PARAMS, ChunkParams, Readable, iter_chunks
 from .encoding import decode, encode
@@ -121,7 +120,7 @@ class ContentBuilder:
         if len(extents) <= MANIFEST_INLINE_EXTENTS:
             return Content(size=size, extents=extents)
         if len(extents) > MAX_MANIFEST_EXTENTS:
-            raise FsError(errno.EFBIG, f"file too large: {len(extents)} chunks exceed {MAX_MANIFEST_EXTENTS}")
+            raise TooLarge(f"file too large: {len(extents)} chunks exceed {MAX_MANIFEST_EXTENTS}")
         manifest, manifest_blob = blobs.seal_chunk(encode(extents), self._key_base)
         if manifest.blob not in seen:
             put_blob(manifest.blob, manifest_blob)

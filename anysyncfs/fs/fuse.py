@@ -1,4 +1,5 @@
-"""The pyfuse3 adapter: kernel requests -> :class:`~anysyncfs.fs.vfs.Vfs` calls, and the ONE error -> errno table.
+"""The pyfuse3 adapter: kernel requests -> :class:`~anysyncfs.fs.vfs.Vfs` calls; every error becomes an errno through
+the one table of :mod:`.errnos`.
 
 Nothing here knows POSIX semantics; the Vfs does. This module only converts types (``EntryAttributes``,
 ``SetattrFields``, ``RequestContext``, ``FileInfo``), keeps the trio thread free, and turns every exception into a
@@ -33,8 +34,9 @@ from typing import Any, TypeVar, cast
 import pyfuse3
 import trio
 
-from ..errors import BlobMissing, FsError, IntegrityError, NotFound, PermissionDenied, StoreError
+from ..errors import BlobMissing, FsError, IntegrityError, Rejected
 from . import readahead
+from .errnos import errno_of
 from .vfs import Attr, Ctx, SetAttrRequest, Vfs
 
 log = logging.getLogger(__name__)
@@ -59,24 +61,10 @@ BLKSIZE = 128 * 1024  # st_blksize: the preferred I/O size (tools like cp size t
 
 
 def fuse_errno(exc: BaseException, *, read_only: bool = False) -> int | None:
-    """THE error -> errno table of the project; ``None`` means "unexpected: log it with its traceback"."""
+    """The errno a handler answers (:func:`.errnos.errno_of`, the one table); ``None``: unexpected, log it."""
     if isinstance(exc, pyfuse3.FUSEError):
         return exc.errno
-    if isinstance(exc, FsError):
-        return exc.errno
-    if isinstance(exc, BlobMissing):
-        return errno.EIO  # content this device lacks and could not fetch: an I/O error, not "no such file"
-    if isinstance(exc, NotFound):
-        return errno.ENOENT
-    if isinstance(exc, PermissionDenied):
-        return errno.EROFS if read_only else errno.EACCES
-    if isinstance(exc, IntegrityError):
-        return errno.EIO
-    if isinstance(exc, StoreError) and "disk full" in str(exc).lower():
-        return errno.ENOSPC
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return errno.ENOSPC  # a staging file or blob write hit a full disk: the writer must see it
-    return None
+    return errno_of(exc, read_only=read_only)
 
 
 def ctx_of(rc: pyfuse3.RequestContext) -> Ctx:
@@ -212,7 +200,7 @@ class Operations(pyfuse3.Operations):
     def errno_for(self, what: str, exc: Exception) -> int:
         code = fuse_errno(exc, read_only=self.read_only or self.vfs.read_only)
         if code is not None:
-            if isinstance(exc, IntegrityError) and not isinstance(exc, FsError):
+            if isinstance(exc, (IntegrityError, Rejected)) and not isinstance(exc, FsError):
                 log.error("%s: %s: %s (EIO)", what, type(exc).__name__, exc)
             return code
         key = (what, type(exc).__name__)

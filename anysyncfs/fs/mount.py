@@ -29,7 +29,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
-import json
 import logging
 import os
 import re
@@ -49,7 +48,7 @@ import trio
 from ..core import acl, ids
 from ..errors import AnysyncError, BlobMissing, FsError, NotFound, UsageError
 from ..net.device_server import ListenSpec, parse_listen
-from ..replica.home import Unlocked
+from ..replica.home import Unlocked, find_holder, lock_held, lock_path, lock_record, read_lock
 from ..replica.replica import Replica, resolve_space
 from ..store.files import private_dir
 from . import readahead
@@ -60,7 +59,6 @@ from .vfs import Vfs
 
 log = logging.getLogger(__name__)
 
-LOCKS_DIR = "locks"
 STAGING_DIR = "staging"
 LOGS_DIR = "logs"
 DEFAULT_COMMIT_INTERVAL = 5.0
@@ -178,9 +176,8 @@ class MountLock:
 
     @classmethod
     def acquire(cls, home_root: Path, space_id: bytes, mountpoint: Path, read_only: bool = False) -> MountLock:
-        d = home_root / LOCKS_DIR
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = d / f"{ids.space_text(space_id)}.lock"
+        path = lock_path(home_root, space_id)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -190,8 +187,7 @@ class MountLock:
             where = f" at {holder['mountpoint']} (pid {holder['pid']})" if holder else ""
             raise MountFailed(f"space {ids.space_text(space_id)} is already mounted from this home{where}") from None
         os.ftruncate(fd, 0)
-        record = {"pid": os.getpid(), "mountpoint": str(mountpoint), "read_only": read_only}
-        os.write(fd, json.dumps(record).encode() + b"\n")
+        os.write(fd, lock_record(mountpoint, read_only))
         return cls(path, fd)
 
     def release(self) -> None:
@@ -199,40 +195,6 @@ class MountLock:
             os.ftruncate(self.fd, 0)
             os.close(self.fd)  # closing drops the flock
             self.fd = -1
-
-
-def read_lock(path: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads(path.read_text() or "null")
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def lock_held(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also drops our probe lock
-    return False
-
-
-def find_holder(home_root: Path, mountpoint: Path) -> Path | None:
-    """The lock file of the mount serving ``mountpoint`` from this home, if any."""
-    d = home_root / LOCKS_DIR
-    if not d.is_dir():
-        return None
-    for path in sorted(d.glob("*.lock")):
-        info = read_lock(path)
-        if info and info.get("mountpoint") == str(mountpoint) and lock_held(path):
-            return path
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- mount

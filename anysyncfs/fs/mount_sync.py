@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 import trio
 
-from ..core import ids
 from ..errors import AnysyncError
 from ..net.device_server import ListenSpec
 from ..net.endpoint import Endpoint
@@ -32,6 +31,7 @@ from ..net.p2p import DevicePeering
 from ..net.runner import Runner
 from ..net.sync import Progress, SpaceSync
 from ..net.tls import make_tls_identity
+from ..replica.home import status_path
 from ..replica.replica import Replica
 from ..store.files import atomic_write
 from .fuse import Operations
@@ -41,14 +41,9 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-RUN_DIR = "run"
 STATUS_EVERY_S = 1.0
 CACHE_TICK_S = 10.0
 PREFETCH_BATCH = 64  # pinned blobs listed per query of the background fetcher
-
-
-def status_path(home_root: Path, space_id: bytes) -> Path:
-    return home_root / RUN_DIR / f"{ids.space_text(space_id)}.status.json"
 
 
 async def run_sync(ops: Operations, replica: Replica, interval: float, fetch_timeout: float,

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..core import acl, ops, tree
 from ..core.ids import NODE_ID_LEN, ROOT_NODE
-from ..errors import FsError, IntegrityError, NotFound, PermissionDenied, Rejected, StoreError
+from ..errors import AnysyncError, FsError, StoreError
 from ..replica.replica import Replica
 from ..store.files import private_dir
 from . import perms
@@ -43,6 +43,7 @@ from .attrs import (
 )
 from .batch import HARD_MAX_OPS, SOFT_MAX_OPS, Batch, fold_ops, is_provisional, provisional_id, split_payloads
 from .commit import build_content
+from .errnos import errno_of
 from .reading import ContentReads
 from .staging import Staged, clear_leftovers
 from .virtual import HistView, Virtual
@@ -365,26 +366,19 @@ class VfsCore:
     # ------------------------------------------------------------------------------------------ committing
     @contextlib.contextmanager
     def translated(self, what: str) -> Iterator[None]:
-        """Turn store, integrity and permission errors into FsError (ENOSPC, EIO, EROFS)."""
+        """Turn store, integrity and permission errors of work on a resolved node into FsError through the one
+        table (:func:`.errnos.errno_of`: ENOSPC, EROFS, EFBIG, else EIO)."""
         try:
             yield
         except FsError:
             raise
-        except StoreError as e:
-            if "disk full" in str(e).lower():
-                raise FsError(errno.ENOSPC, f"{what}: {e}") from None
-            log.error("%s: store error: %s", what, e)
-            raise FsError(errno.EIO, f"{what}: {e}") from None
-        except PermissionDenied as e:
-            raise FsError(errno.EROFS, f"{what}: {e}") from None
-        except (IntegrityError, Rejected, NotFound) as e:
-            log.error("%s: %s: %s", what, type(e).__name__, e)
-            raise FsError(errno.EIO, f"{what}: {e}") from None
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise FsError(errno.ENOSPC, f"{what}: disk full") from None
-            log.error("%s: %s", what, e)
-            raise FsError(errno.EIO, f"{what}: {e}") from None
+        except (AnysyncError, OSError) as e:
+            code = errno_of(e, read_only=True, resolved=True)
+            if code is None:
+                raise
+            if code == errno.EIO:
+                log.error("%s: %s: %s", what, type(e).__name__, e)
+            raise FsError(code, f"{what}: {e}") from None
 
     def _touched(self, op_list: Sequence[ops.Op]) -> set[bytes]:
         """Nodes an op list changes (the node, and the directories whose listing changes)."""

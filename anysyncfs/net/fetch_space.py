@@ -20,7 +20,7 @@ from ..errors import (
 )
 from ..protocol import messages as m
 from ..replica.files import tree_blobs
-from ..replica.home import Unlocked
+from ..replica.home import Unlocked, space_mounted
 from ..replica.replica import Replica, adopt_space
 from .connection import RemoteError, while_serving
 from .endpoint import Endpoint
@@ -42,17 +42,14 @@ def sync_space(unlocked: Unlocked, space_id: bytes, *, name: str | None, content
     return trio.run(_sync_space, unlocked, space_id, name, content, progress, timeout)
 
 
-def _check_not_mounted(unlocked: Unlocked, space_id: bytes) -> None:
-    from ..fs.mount import LOCKS_DIR, lock_held  # the mount owns the lock file format
-
-    lock = unlocked.home.root / LOCKS_DIR / f"{ids.space_text(space_id)}.lock"
-    if lock.exists() and lock_held(lock):
+def check_not_mounted(unlocked: Unlocked, space_id: bytes) -> None:
+    if space_mounted(unlocked.home.root, space_id):
         raise UsageError("that space is mounted on this device: its mount syncs it already")
 
 
 async def _sync_space(unlocked: Unlocked, space_id: bytes, name: str | None, content: bool,
                       progress: Progress | None, timeout: float) -> FullReport:
-    _check_not_mounted(unlocked, space_id)
+    check_not_mounted(unlocked, space_id)
     store = unlocked.home.store()
     endpoint = Endpoint(unlocked.identity, make_tls_identity(unlocked.identity.device))
     report = FullReport()

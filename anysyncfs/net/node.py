@@ -43,7 +43,7 @@ from ..errors import DecodeError, IntegrityError, KeyringCorrupt, NotFound, Prot
 from ..protocol import messages as m
 from ..replica import blob_gc, heads_board
 from ..replica.address_board import AddressBoard
-from ..replica.ledger import ForkRefused, Ledger, QuotaExceeded
+from ..replica.ledger import ForkRefused, IngestStatus, Ledger, QuotaExceeded
 from ..replica.quota import QuotaPolicy
 from ..replica.shared_quota import StoredQuotaBook, backfill_space_state
 from ..replica.vault_board import VaultPolicy
@@ -385,11 +385,12 @@ class Node:
                 results = await self.run(ledger.ingest_batch, body.changes)
             except QuotaExceeded as e:
                 raise ServiceError(m.ErrorCode.QUOTA, str(e)) from None
-            accepted = sum(r.status == "applied" for r in results)
-            known = sum(r.status == "known" for r in results)
+            accepted = sum(r.status == IngestStatus.APPLIED for r in results)
+            known = sum(r.status == IngestStatus.KNOWN for r in results)
             missing = sorted({p for r in results for p in r.missing})[: m.MAX_IDS]
-            if any(r.status == "rejected" for r in results):
-                raise ServiceError(m.ErrorCode.INVALID, next(r.reason for r in results if r.status == "rejected"))
+            if any(r.status == IngestStatus.REJECTED for r in results):
+                raise ServiceError(m.ErrorCode.INVALID,
+                                   next(r.reason for r in results if r.status == IngestStatus.REJECTED))
             if accepted:
                 self._bump(body.space)
                 await self._announce(body.space, ledger, conn)

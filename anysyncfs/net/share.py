@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import trio
 
+from ..clock import format_minute_utc, now_us
 from ..core import acl as acl_mod
 from ..core import crypto, ids
 from ..core.address import PeerAddress, parse_address
@@ -39,7 +39,7 @@ from ..errors import (
 )
 from ..protocol import messages as m
 from ..replica.home import Unlocked
-from ..replica.replica import Replica, adopt_space, now_us
+from ..replica.replica import Replica, adopt_space
 from .connection import Connection, RemoteError, while_serving
 from .endpoint import Endpoint
 from .runner import Runner
@@ -327,10 +327,6 @@ def list_invites(replica: Replica, now: int | None = None) -> list[InviteInfo]:
     return out
 
 
-def format_time_us(us: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(us / 1e6))
-
-
 # ---------------------------------------------------------------------------------------------------- joining
 @dataclass
 class JoinResult:
@@ -378,7 +374,7 @@ def _check_invite(view: acl_mod.AclView, ticket: Ticket, me: bytes, now: int, pe
     if inv.revoked:
         raise PermissionDenied("this invite was revoked: ask for a new one")
     if inv.expires_us and now > inv.expires_us:
-        raise PermissionDenied(f"this invite expired on {format_time_us(inv.expires_us)}: ask for a new one")
+        raise PermissionDenied(f"this invite expired on {format_minute_utc(inv.expires_us)}: ask for a new one")
     if inv.role != ticket.role:
         raise IntegrityError(f"the ticket says {ticket.role.name.lower()} but its invite grants "
                              f"{inv.role.name.lower()}: the ticket was altered")
@@ -466,7 +462,7 @@ async def join_space(unlocked: Unlocked, ticket: Ticket, name: str | None = None
     space's changes once (file contents are fetched later, when read)."""
     now = now_us()
     if ticket.expired(now):
-        raise PermissionDenied(f"this invite expired on {format_time_us(ticket.expires_us)}: ask for a new one")
+        raise PermissionDenied(f"this invite expired on {format_minute_utc(ticket.expires_us)}: ask for a new one")
     if not ticket.peers:
         raise UsageError("the ticket names no peer to join through: ask the inviter to add a node to the space "
                          "(anysyncfs space add-peer) and invite again")

@@ -25,6 +25,7 @@ from ..core.reconcile import IdSet, Reconciler
 from ..errors import AnysyncError, IdMismatch, IntegrityError, NetworkError, NotFound, ProtocolError, UsageError
 from ..protocol import messages as m
 from ..replica import Replica
+from ..replica.ledger import IngestStatus
 from . import providers
 from ..store.partial import PartialBlobs
 from . import range_fetch
@@ -416,8 +417,8 @@ class SpaceSync:
             if progress:
                 progress("changes", len(raws), len(need))
         results = await self.run(self.replica.ingest_batch, raws)
-        applied = sum(r.status == "applied" for r in results)
-        rejected = [r for r in results if r.status == "rejected"]
+        applied = sum(r.status == IngestStatus.APPLIED for r in results)
+        rejected = [r for r in results if r.status == IngestStatus.REJECTED]
         if rejected:
             log.warning("%s: %d changes rejected (%s)", conn.label, len(rejected), rejected[0].reason)
         if applied and self.on_changed is not None:

@@ -20,10 +20,10 @@ so an upload never interleaves with a collection.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..clock import now_us
 from ..core import ids
 from ..errors import NotFound
 from ..store.blobstore import BlobStore
@@ -33,10 +33,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_US = 24 * 3600 * 1_000_000  # a blob may wait this long for the change that references it
 SWEEP_BATCH = 500  # orphan files checked and deleted per store call
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True, slots=True)

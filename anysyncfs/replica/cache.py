@@ -29,11 +29,11 @@ Not thread-safe: in a mount every call runs under the adapter lock, like every o
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
+from ..clock import now_us
 from ..core import ids, ops
 from ..core.content import load_extents
 from ..core.ops import Content
@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 MANIFEST_MEMO = 4096  # manifest blob -> its chunk blob IDs (a manifest never changes: its ID is its hash)
 EVICT_PAGE = 256  # candidate rows read per query while choosing what to evict
 LOW_WATER_DIVISOR = 16  # evict down to limit - limit / 16
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass

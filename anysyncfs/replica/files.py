@@ -6,8 +6,6 @@ same). Every write is one change: missing parent directories are created in the 
 
 from __future__ import annotations
 
-import datetime as _dt
-import errno
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +14,8 @@ from typing import BinaryIO
 
 from ..core import content, ids, ops, tree
 from ..core.change import Change
-from ..errors import AnysyncError, BlobMissing, FsError, NotFound, UsageError
+from ..errors import (AnysyncError, BlobMissing, IsADirectory, NameTooLong, NotADirectory, NotARegularFile, NotFound,
+                      UsageError)
 from .replica import Replica
 
 READ_PIECE = 4 << 20
@@ -29,7 +28,7 @@ def split_path(path: str) -> list[bytes]:
     for p in parts:
         if not ops.valid_name(p):
             if len(p) > ops.NAME_MAX:
-                raise FsError(errno.ENAMETOOLONG, f"name too long ({len(p)} bytes, the limit is {ops.NAME_MAX})")
+                raise NameTooLong(f"name too long ({len(p)} bytes, the limit is {ops.NAME_MAX})")
             raise UsageError(f"invalid path component {os.fsdecode(p)!r}")
     return parts
 
@@ -72,16 +71,16 @@ def put_file(replica: Replica, path: str, source: BinaryIO | bytes, *, mode: int
             continue
         child = state.nodes[entry.node]
         if child.kind != ops.KIND_DIR:
-            raise FsError(errno.ENOTDIR, f"{os.fsdecode(part)} is not a directory")
+            raise NotADirectory(f"{os.fsdecode(part)} is not a directory")
         parent = child.id
     name = parts[-1]
     existing = None if below_new else state.lookup(parent, name)
     if existing is not None:
         target = state.nodes[existing.node]
         if target.kind == ops.KIND_DIR:
-            raise FsError(errno.EISDIR, f"{path} is a directory")
+            raise IsADirectory(f"{path} is a directory")
         if target.kind != ops.KIND_FILE:
-            raise FsError(errno.EINVAL, f"{path} is not a regular file")
+            raise NotARegularFile(f"{path} is not a regular file")
         node_id = target.id
     else:
         node_id = new_id()
@@ -95,7 +94,7 @@ def put_file(replica: Replica, path: str, source: BinaryIO | bytes, *, mode: int
 def read_file(replica: Replica, node: tree.Node) -> Iterator[bytes]:
     """The verified content of a file, in pieces cut at chunk boundaries (each blob is read once)."""
     if node.kind == ops.KIND_DIR:
-        raise FsError(errno.EISDIR, "is a directory")
+        raise IsADirectory("is a directory")
     if node.kind == ops.KIND_SYMLINK:
         yield node.target
         return
@@ -169,11 +168,6 @@ def _describe(op: ops.Op) -> str:
     if isinstance(op, ops.Link):
         return f"link as {os.fsdecode(op.name)}"
     return "unlink"
-
-
-def format_time_us(us: int) -> str:
-    t = _dt.datetime.fromtimestamp(us / 1e6, tz=_dt.timezone.utc)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def tree_blobs(replica: Replica, on_error: Callable[[tree.Node, AnysyncError], None] | None = None) -> list[bytes]:

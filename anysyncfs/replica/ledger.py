@@ -27,6 +27,7 @@ children, so a batch may carry a change together with its ancestors. Each gets o
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,11 +47,19 @@ from .quota import QuotaBook, QuotaExceeded
 
 log = logging.getLogger(__name__)
 
-APPLIED = "applied"
-KNOWN = "known"
-MISSING_PARENTS = "missing-parents"
-MISSING_ACL = "missing-acl"
-REJECTED = "rejected"
+class IngestStatus(enum.StrEnum):
+    """What happened to a received change (see the module docstring). A StrEnum: the values are the words logs and
+    tests have always shown, and a member compares equal to its word."""
+
+    APPLIED = "applied"
+    KNOWN = "known"
+    MISSING_PARENTS = "missing-parents"
+    MISSING_ACL = "missing-acl"
+    REJECTED = "rejected"
+
+
+APPLIED, KNOWN, REJECTED = IngestStatus.APPLIED, IngestStatus.KNOWN, IngestStatus.REJECTED
+MISSING_PARENTS, MISSING_ACL = IngestStatus.MISSING_PARENTS, IngestStatus.MISSING_ACL
 ACL_HISTORY_CHANGED = "ACL history changed: "  # reason prefix of a change rejected after it was accepted
 
 
@@ -58,7 +67,7 @@ ACL_HISTORY_CHANGED = "ACL history changed: "  # reason prefix of a change rejec
 class IngestResult:
     """What happened to a received change (see the module docstring for the statuses)."""
 
-    status: str  # APPLIED | KNOWN | MISSING_PARENTS | MISSING_ACL | REJECTED
+    status: IngestStatus
     missing: tuple[bytes, ...] = ()
     reason: str = ""
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import time
 from collections.abc import Iterable, Sequence
 
+from ..clock import now_us
 from ..core import acl as acl_mod
 from ..core import blob, blob_refs, crypto, ids, ops, space, tree, validate
 from ..core.change import MAX_PARENTS, Change, make_change, parse_change
@@ -35,10 +35,6 @@ log = logging.getLogger(__name__)
 
 FOLD_VERSION = 3  # bump when fold rules or the node/entry serialisation change: cached trees are rebuilt
 # (2: rows sealed under their own ID and covered by a keyed stamp, docs/protocol.md 60.3)
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def heads_digest(heads: Iterable[bytes]) -> bytes:

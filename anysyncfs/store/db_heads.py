@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 
+from ..clock import now_us
 from . import schema as S
-from .db_sync import now_us
 
 MAX_WARNINGS_PER_SPACE = 64  # provider warnings kept per space (the most recently seen ones)
 

@@ -3,20 +3,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
+from ..clock import now_us
 from . import schema as S
 
 _TOUCH_BLOB = update(S.blobs).where(S.blobs.c.id == bindparam("i")).values(last_access_us=bindparam("t"))
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _batches(ids: Sequence[bytes]) -> Iterator[list[bytes]]:

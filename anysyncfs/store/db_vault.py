@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
+from ..clock import now_us
 from . import schema as S
-from .db_sync import now_us
 
 # The tables a space's rows live in on a device, children first (``forget_space`` deletes in this order).
 _SPACE_TABLES = ("provider_warnings", "heads_served", "signed_heads", "upload_queue", "peers", "pinned_blobs", "pins",

@@ -295,15 +295,6 @@ NODE_START_TIMEOUT = 30.0
 NODE_STOP_TIMEOUT = 15.0
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (chosen once, so a node can restart on it)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class SyncNode:
     """``anysyncfs node serve`` in a subprocess on a fixed port; stopped with SIGTERM, always killed in cleanup.
 

@@ -26,9 +26,9 @@ import pytest
 
 from anysyncfs.core import ids
 from anysyncfs.core.change import parse_change
-from tests.conftest import CLI
+from tests.conftest import CLI, free_port
 
-from .conftest import REPO, Mount, SyncNode, _check_fuse, assert_clean_log, eventually, free_port, init_device
+from .conftest import REPO, Mount, SyncNode, _check_fuse, assert_clean_log, eventually, init_device
 from .conftest import write_synced as write
 
 SYNC_OPTS = ("-o", "sync_interval=2,fetch_timeout=20")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Mount, SyncNode, _check_fuse, cluster_cleanup, free_port, init_device
+from tests.conftest import free_port
+from .conftest import Mount, SyncNode, _check_fuse, cluster_cleanup, init_device
 
 
 def test_the_phrase_brings_back_every_space(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Mount, SyncNode, _check_fuse, cluster_cleanup, eventually, free_port, init_device
+from tests.conftest import free_port
+from .conftest import Mount, SyncNode, _check_fuse, cluster_cleanup, eventually, init_device
 from .conftest import write_synced as write
 
 SYNC_OPTS = ("-o", "sync_interval=2,fetch_timeout=20")

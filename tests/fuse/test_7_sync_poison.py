@@ -23,10 +23,11 @@ from anysyncfs.net.share import with_connection
 from anysyncfs.protocol import messages as m
 from anysyncfs.replica.files import new_id
 from anysyncfs.replica.home import Home
-from anysyncfs.replica.replica import now_us, open_replica
-from tests.conftest import PASSPHRASE, TEST_LOG2N
+from anysyncfs.clock import now_us
+from anysyncfs.replica.replica import open_replica
+from tests.conftest import PASSPHRASE, TEST_LOG2N, free_port
 
-from .conftest import Mount, SyncNode, _check_fuse, cluster_cleanup, eventually, free_port, init_device
+from .conftest import Mount, SyncNode, _check_fuse, cluster_cleanup, eventually, init_device
 from .conftest import write_synced as write
 
 # Sync through the provider only: no listener, so no direct device-to-device path (tests/fuse/test_11_p2p.py).

@@ -26,7 +26,7 @@ from anysyncfs.net.share import create_invite, join_space, remove_builder, role_
 from anysyncfs.protocol import messages as m
 from anysyncfs.replica import Replica, create_space
 from anysyncfs.replica.files import put_file
-from anysyncfs.replica.replica import now_us
+from anysyncfs.clock import now_us
 from tests.integration.test_sharing import fetch_all, forged_change, join, put_changes
 from tests.integration.test_sync import engine, running_node
 

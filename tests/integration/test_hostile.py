@@ -59,6 +59,7 @@ from anysyncfs.protocol.frames import (
 from anysyncfs.replica import Replica, adopt_space, create_space
 from anysyncfs.replica.files import put_file, read_file, resolve
 from anysyncfs.replica.home import Unlocked
+from tests.conftest import eventually
 
 HELLO_TEXT = b"hello from a"
 GARBAGE = random.Random(7).randbytes(70_000)  # more than any handshake frame may hold: it cannot just be waited on
@@ -101,14 +102,6 @@ def engine(replica: Replica, timeouts: Timeouts | None = None, **kw: object) -> 
 
 def add_peer(replica: Replica, address: PeerAddress) -> None:
     replica.store.add_peer(replica.space_id, str(address), address.device)
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = HANGUP_BOUND_S) -> None:
-    with trio.move_on_after(timeout):
-        while not check():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"never happened: {what}")
 
 
 async def run_until_refused(sync: SpaceSync, provider: HostileProvider, address: PeerAddress) -> str:
@@ -281,7 +274,6 @@ async def test_an_oversized_frame_from_a_provider_closes_the_connection(make_hom
     assert "invalid data" in error and "exceeds its limit" in error
     assert all(c.ended.is_set() for c in provider.connections)
     assert state(b) == before
-
 
 
 @pytest.mark.trio

@@ -34,7 +34,7 @@ from anysyncfs.replica import Replica, create_space
 from anysyncfs.replica.blob_gc import DEFAULT_GRACE_US
 from anysyncfs.replica.files import put_file, read_file, resolve
 from anysyncfs.replica.home import Unlocked
-from anysyncfs.replica.replica import now_us
+from anysyncfs.clock import now_us
 from anysyncfs.replica.unreadable import REFS_LIE
 from tests.conftest import CLI
 

@@ -43,19 +43,11 @@ from anysyncfs.protocol.frames import LENGTH, PRE_AUTH_MAX_FRAME, FrameType
 from anysyncfs.protocol.session import ErrorReceived, Role, Session
 from anysyncfs.replica import create_space
 from anysyncfs.replica.home import Unlocked
-from tests.conftest import CLI
+from tests.conftest import CLI, eventually
 
 MiB = 1024 * 1024
 MakeHome = Callable[..., Unlocked]
 HANDSHAKE_FAILED = re.compile(r"handshake failed after (\d+) bytes: (.*)")
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = HANGUP_BOUND_S) -> None:
-    with trio.move_on_after(timeout):
-        while not check():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"never happened: {what}")
 
 
 def handshake_failures(logs: RecordLogs) -> list[tuple[int, str]]:

@@ -27,7 +27,8 @@ from anysyncfs.replica.files import put_file, resolve
 from anysyncfs.replica.ledger import Ledger, measure_usage
 from anysyncfs.replica.quota import QuotaExceeded
 from tests.backends.fixtures import PgS3
-from tests.integration.test_sync import content, engine, eventually
+from tests.conftest import eventually
+from tests.integration.test_sync import content, engine
 
 
 class NodeProcess:

@@ -29,7 +29,8 @@ from anysyncfs.protocol import messages as m
 from anysyncfs.replica import Replica, adopt_space, create_space
 from anysyncfs.replica.files import put_file, read_file, resolve
 
-from tests.integration.test_sync import content, eventually
+from tests.conftest import eventually
+from tests.integration.test_sync import content
 
 pytestmark = pytest.mark.trio
 

@@ -24,7 +24,7 @@ from anysyncfs.net.share import create_invite
 from anysyncfs.protocol import messages as m
 from anysyncfs.replica import Replica
 from anysyncfs.replica.files import history, list_dir, new_id, put_file
-from anysyncfs.replica.replica import now_us
+from anysyncfs.clock import now_us
 from tests.conftest import CLI
 from tests.integration.test_sharing import join, put_changes, team
 from tests.integration.test_sync import content, engine

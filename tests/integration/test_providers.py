@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -30,14 +29,9 @@ from anysyncfs.replica.replica import open_replica
 from anysyncfs.errors import NotFound
 from anysyncfs.replica.files import put_file, read_file, resolve
 from anysyncfs.store.db import Store
+from tests.conftest import eventually, free_port
 
 pytestmark = pytest.mark.trio
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager
@@ -61,14 +55,6 @@ def node_address(path: Path, port: int) -> PeerAddress:
 
 def engine(replica: Replica, **kw: object) -> SpaceSync:
     return SpaceSync(replica, Endpoint(replica.identity), Runner(), **kw)  # type: ignore[arg-type]
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    with trio.move_on_after(timeout):
-        while not check():
-            await trio.sleep(0.05)
-        return
-    raise AssertionError(f"never happened: {what}")
 
 
 def space_refs(a: Replica) -> tuple[set[bytes], set[bytes]]:

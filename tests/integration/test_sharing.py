@@ -32,11 +32,13 @@ from anysyncfs.protocol import messages as m
 from anysyncfs.replica import Replica, create_space
 from anysyncfs.replica.files import new_id, put_file
 from anysyncfs.replica.home import Unlocked
-from anysyncfs.replica.replica import now_us, open_replica
+from anysyncfs.clock import now_us
+from anysyncfs.replica.replica import open_replica
 from anysyncfs.store.blobfiles import BlobFiles
 from anysyncfs.store.db import Store
 from tests.conftest import CLI
-from tests.integration.test_sync import content, engine, eventually, running_node
+from tests.conftest import eventually
+from tests.integration.test_sync import content, engine, running_node
 
 
 @dataclass

@@ -6,7 +6,7 @@ processes; only the mount is absent (tests/fuse/test_7_sync.py runs the three-pr
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from anysyncfs.net.sync import SpaceSync
 from anysyncfs.replica import Replica, create_space
 from anysyncfs.replica.files import put_file, read_file, resolve
 from anysyncfs.replica.home import Unlocked
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.trio
 
@@ -42,14 +43,6 @@ async def running_node(path: Path, **backend: Any) -> AsyncIterator[tuple[Node, 
 
 def engine(replica: Replica, **kw: object) -> SpaceSync:
     return SpaceSync(replica, Endpoint(replica.identity), Runner(), **kw)  # type: ignore[arg-type]
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    with trio.move_on_after(timeout):
-        while not check():
-            await trio.sleep(0.05)
-        return
-    raise AssertionError(f"never happened: {what}")
 
 
 def content(replica: Replica, path: str) -> bytes:

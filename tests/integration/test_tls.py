@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
-import socket
 import ssl
 import tempfile
 import time
@@ -25,6 +24,7 @@ from hypothesis import strategies as st
 from anysyncfs.core import crypto, ids
 from anysyncfs.errors import AuthenticationFailed, DecodeError, IntegrityError, NetworkError, ProtocolError
 from anysyncfs.net import tls
+from tests.conftest import free_port
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, issue time for certificates built at a fixed moment
 DAY = 86_400
@@ -76,13 +76,6 @@ def tls_echo(ident: tls.TlsIdentity) -> Handler:
             await trio.aclose_forcefully(stream)
 
     return handler
-
-
-def free_port() -> int:
-    """A 127.0.0.1 port that nothing listens on (bound once, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def forge(

@@ -28,7 +28,8 @@ from anysyncfs.net.connection import RemoteError, while_serving
 from anysyncfs.net.vault_sync import throwaway_endpoint
 from anysyncfs.protocol import messages as m
 from tests.conftest import CLI
-from tests.fuse.conftest import SyncNode, free_port
+from tests.conftest import free_port
+from tests.fuse.conftest import SyncNode
 
 
 class Cli:

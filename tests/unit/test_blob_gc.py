@@ -15,10 +15,12 @@ from anysyncfs.core import acl, blob_refs, crypto, ops
 from anysyncfs.core import content as content_mod
 from anysyncfs.core.change import make_change, open_payload, parse_change
 from anysyncfs.core.chunking import ChunkParams
-from anysyncfs.errors import FsError
+from anysyncfs.errors import TooLarge
+from anysyncfs.fs.errnos import errno_of
 from anysyncfs.replica import Replica, blob_gc, create_space
 from anysyncfs.replica.files import put_file, resolve
-from tests.unit.test_ledger import Node, _removal_setup, feed, new_home, now_us, raws_of
+from anysyncfs.clock import now_us
+from tests.unit.test_ledger import Node, _removal_setup, feed, new_home, raws_of
 
 
 
@@ -78,9 +80,9 @@ def test_writer_refs_open_the_manifest_and_are_bounded(monkeypatch: pytest.Monke
     assert set(expected) == set(stored)
     assert blob_refs.check_refs(expected, [write(content)]) is None
     monkeypatch.setattr(blob_refs, "MAX_BLOB_REFS", len(expected) - 1)
-    with pytest.raises(FsError) as e:
+    with pytest.raises(TooLarge) as e:
         blob_refs.writer_refs([write(content)], stored.__getitem__)
-    assert e.value.errno == errno.EFBIG
+    assert errno_of(e.value) == errno.EFBIG
 
 
 def test_commit_lists_exactly_the_blobs_of_the_content(tmp_path: Path) -> None:

@@ -308,9 +308,10 @@ def test_manifest_size_bound() -> None:
 def test_too_many_extents_is_efbig(monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    from anysyncfs.errors import FsError
+    from anysyncfs.errors import TooLarge
+    from anysyncfs.fs.errnos import errno_of
 
     monkeypatch.setattr(content, "MAX_MANIFEST_EXTENTS", 150)
-    with pytest.raises(FsError) as info:
+    with pytest.raises(TooLarge) as info:
         build_content(rand(200_000), KEY_BASE, Store().put, SMALL)
-    assert info.value.errno == errno.EFBIG
+    assert errno_of(info.value) == errno.EFBIG  # what a FUSE writer sees

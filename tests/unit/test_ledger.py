@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 
+from anysyncfs.clock import now_us
 from anysyncfs.core import acl, crypto, keys, ops
 from anysyncfs.core.blob import MAX_BLOB_LEN
 from anysyncfs.core.change import make_change, parse_change
@@ -25,10 +25,6 @@ from anysyncfs.store import schema
 from anysyncfs.store.blobfiles import BlobFiles
 from anysyncfs.store.db import IN_BATCH, Store
 from tests.conftest import PASSPHRASE, TEST_LOG2N
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

@@ -19,7 +19,7 @@ from anysyncfs.core.change import Change, make_change
 from anysyncfs.replica import Replica, adopt_space, create_space
 from anysyncfs.replica.files import history, list_dir, new_id, put_file
 from anysyncfs.replica.fsck import fsck
-from anysyncfs.replica.replica import now_us
+from anysyncfs.clock import now_us
 from anysyncfs.replica.treecache import TreeCodec
 from anysyncfs.replica.unreadable import UNDECODABLE, UNOPENABLE
 
