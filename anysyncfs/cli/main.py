@@ -13,9 +13,14 @@ import os
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ..errors import AnysyncError, UsageError
-from ..replica.home import Home, default_home
-from . import commands, config, mount_cmd, offline_cmd, service, share_cmd, sync_cmd, vault_cmd, versions
+from ..home_dir import default_home
+from . import unmount_cmd
+
+if TYPE_CHECKING:
+    from ..replica.home import Home
 
 PASSPHRASE_ENV = "ANYSYNCFS_PASSPHRASE"
 # Test-only: lowers the scrypt cost of keyrings written by this process (never use for real keys).
@@ -23,12 +28,18 @@ TEST_SCRYPT_ENV = "ANYSYNCFS_INSECURE_TEST_SCRYPT_LOG2N"
 DEFAULT_SCRYPT_LOG2N = 14  # N = 16384
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
     p = argparse.ArgumentParser(prog="anysyncfs", description="End-to-end encrypted, peer-to-peer synced drive.")
     p.add_argument("--home", type=Path, help="home directory (default: $ANYSYNCFS_HOME or the XDG data dir)")
     p.add_argument("--passphrase-file", type=Path, help="read the keyring passphrase from this file")
     p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    return p, p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import commands, config, mount_cmd, offline_cmd, service, share_cmd, sync_cmd, vault_cmd, versions
+
+    p, sub = _top_parser()
 
     s = sub.add_parser("init", help="create this device's identity (or restore one from a recovery phrase)")
     s.add_argument("--device-name", default=None, help="label for this device (default: the host name)")
@@ -93,14 +104,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def unmount_parser() -> argparse.ArgumentParser:
+    """The parser for ``anysyncfs unmount`` alone: the same top-level options and subcommand as in
+    :func:`build_parser`, without importing the other commands (their imports are most of a remount's unmount)."""
+    p, sub = _top_parser()
+    unmount_cmd.add_parser(sub)
+    return p
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (the first word that is neither a top-level option nor its value)."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--home", "--passphrase-file"):
+            next(words, None)
+        elif word in ("-h", "--help"):
+            return None
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 class Context:
     """What every command gets: the home and a way to get the passphrase (asked at most once)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         root = args.home if args.home is not None else default_home()
-        self.home = Home(root, scrypt_log2_n=scrypt_cost())
+        self.home_root = Path(root).absolute()  # a daemonized mount chdirs to /: never depend on the cwd
+        self._home: Home | None = None
         self._passphrase: bytes | None = None
+
+    @property
+    def home(self) -> Home:
+        """The home (opened on first use: importing it loads the store layer, which ``unmount`` does without)."""
+        if self._home is None:
+            from ..replica.home import Home
+
+            self._home = Home(self.home_root, scrypt_log2_n=scrypt_cost())
+        return self._home
+
+    def close(self) -> None:
+        if self._home is not None:
+            self._home.close()
 
     def passphrase(self, *, new: bool = False) -> bytes:
         if self._passphrase is None:
@@ -142,8 +188,9 @@ def read_passphrase(path: Path | None, *, new: bool) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = unmount_parser() if command_word(words) in unmount_cmd.NAMES else build_parser()
+    args = parser.parse_args(words)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="anysyncfs: %(levelname)s: %(message)s",
@@ -170,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 70
     finally:
         if ctx is not None:
-            ctx.home.close()
+            ctx.close()
 
 
 if __name__ == "__main__":

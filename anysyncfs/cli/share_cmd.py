@@ -85,7 +85,7 @@ def parse_expiry(text: str) -> int | None:
 
 
 def _is_mounted(ctx: Context, space_id: bytes) -> bool:
-    from ..fs.mount import LOCKS_DIR, lock_held  # the mount owns the lock file format
+    from ..mounts import LOCKS_DIR, lock_held  # the mount owns the lock file format
 
     lock = ctx.home.root / LOCKS_DIR / f"{ids.space_text(space_id)}.lock"
     return lock.exists() and lock_held(lock)

@@ -147,7 +147,7 @@ def cmd_space_rename(ctx: Context) -> int:
 
 
 def cmd_space_leave(ctx: Context) -> int:
-    from ..fs.mount import LOCKS_DIR, lock_held
+    from ..mounts import LOCKS_DIR, lock_held
     from ..replica.replica import resolve_space
 
     unlocked = ctx.home.unlock(ctx.passphrase())

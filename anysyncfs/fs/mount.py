@@ -32,13 +32,10 @@ import functools
 import json
 import logging
 import os
-import re
 import signal
 import stat
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +45,7 @@ import trio
 
 from ..core import acl, ids
 from ..errors import AnysyncError, BlobMissing, FsError, NotFound, UsageError
+from ..mounts import LOCKS_DIR, MountFailed, find_holder, mount_table, read_lock
 from ..net.device_server import ListenSpec, parse_listen
 from ..replica.home import Unlocked
 from ..replica.replica import Replica, resolve_space
@@ -60,13 +58,11 @@ from .vfs import Vfs
 
 log = logging.getLogger(__name__)
 
-LOCKS_DIR = "locks"
 STAGING_DIR = "staging"
 LOGS_DIR = "logs"
 DEFAULT_COMMIT_INTERVAL = 5.0
 DEFAULT_BATCH_INTERVAL = 0.2  # group commit: seconds the open batch may wait (see anysyncfs.fs.batch)
 MAX_TASKS = 32  # concurrent pyfuse3 request tasks (they mostly wait for the Vfs lock in worker threads)
-UNMOUNT_TIMEOUT = 120.0
 MAX_COMMIT_FETCHES = 64  # blobs a periodic commit may fetch (base content of edited files) before giving up
 
 # Options mount(8) and fstab hand to every helper; meaningless for us, accepted and dropped.
@@ -75,12 +71,6 @@ IGNORED_OPTIONS = {"defaults", "auto", "noauto", "user", "users", "nouser", "own
 # Generic mount flags the kernel understands; passed through to the FUSE mount.
 KERNEL_OPTIONS = {"suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime", "relatime",
                   "strictatime", "nodiratime", "sync", "dirsync"}
-
-
-class MountFailed(AnysyncError):
-    """The mount could not be set up (busy mountpoint, already mounted, FUSE refused...)."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -135,21 +125,6 @@ def parse_options(option_args: list[str], *, read_only: bool = False, foreground
 
 
 # ---------------------------------------------------------------------------------------------- mountpoints
-def mount_table() -> dict[str, str]:
-    """Mounted paths -> file system type, from /proc/self/mounts (octal escapes decoded)."""
-    out: dict[str, str] = {}
-    try:
-        text = Path("/proc/self/mounts").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 3:
-            path = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])
-            out[path] = parts[2]
-    return out
-
-
 def check_mountpoint(path: Path) -> Path:
     """An absolute mountpoint that exists, is a directory and has nothing mounted on it; else one-line errors."""
     mp = Path(os.path.abspath(path))
@@ -199,40 +174,6 @@ class MountLock:
             os.ftruncate(self.fd, 0)
             os.close(self.fd)  # closing drops the flock
             self.fd = -1
-
-
-def read_lock(path: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads(path.read_text() or "null")
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def lock_held(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also drops our probe lock
-    return False
-
-
-def find_holder(home_root: Path, mountpoint: Path) -> Path | None:
-    """The lock file of the mount serving ``mountpoint`` from this home, if any."""
-    d = home_root / LOCKS_DIR
-    if not d.is_dir():
-        return None
-    for path in sorted(d.glob("*.lock")):
-        info = read_lock(path)
-        if info and info.get("mountpoint") == str(mountpoint) and lock_held(path):
-            return path
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- mount
@@ -582,37 +523,3 @@ def remount(mountpoint: Path, option_args: list[str], home_root: Path | None) ->
         err = ctypes.get_errno()
         why = " (a file there is open for writing)" if err == errno.EBUSY else ""
         raise MountFailed(f"cannot remount {mp}: {os.strerror(err)}{why}")
-
-
-# ---------------------------------------------------------------------------------------------- unmount
-def unmount(mountpoint: Path, home_root: Path | None, *, lazy: bool = False, timeout: float = UNMOUNT_TIMEOUT) -> None:
-    """Unmount (the kernel then releases every file, the Vfs commits) and wait until the mount process is done."""
-    mp = Path(os.path.abspath(mountpoint))
-    table = mount_table()
-    if str(mp) not in table:
-        raise NotFound(f"{mp} is not mounted")
-    if not table[str(mp)].startswith("fuse"):
-        raise UsageError(f"{mp} is not a FUSE mount ({table[str(mp)]})")
-    holder = find_holder(home_root, mp) if home_root is not None else None
-    cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mp)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        if os.geteuid() != 0:
-            raise MountFailed("fusermount3 is not installed (package fuse3)") from None
-        done = subprocess.run(["umount", *(["-l"] if lazy else []), str(mp)], capture_output=True, text=True,
-                              check=False)
-    if done.returncode != 0:
-        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
-        reason = lines[-1] if lines else f"exit status {done.returncode}"
-        if "busy" in reason.lower():
-            reason += " (close the files open there, or use --lazy)"
-        raise MountFailed(f"cannot unmount {mp}: {reason}")
-    if holder is None:
-        return
-    deadline = time.monotonic() + timeout
-    while lock_held(holder):  # the mount process commits staged writes, then drops the lock and exits
-        if time.monotonic() > deadline:
-            raise MountFailed(f"unmounted {mp}, but its process is still committing after {timeout:.0f} s")
-        time.sleep(0.05)
-

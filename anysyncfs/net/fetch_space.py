@@ -43,7 +43,7 @@ def sync_space(unlocked: Unlocked, space_id: bytes, *, name: str | None, content
 
 
 def _check_not_mounted(unlocked: Unlocked, space_id: bytes) -> None:
-    from ..fs.mount import LOCKS_DIR, lock_held  # the mount owns the lock file format
+    from ..mounts import LOCKS_DIR, lock_held  # the mount owns the lock file format
 
     lock = unlocked.home.root / LOCKS_DIR / f"{ids.space_text(space_id)}.lock"
     if lock.exists() and lock_held(lock):

@@ -14,16 +14,14 @@ The default home is ``$XDG_DATA_HOME/anysyncfs`` (platformdirs); ``--home`` or `
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import platformdirs
-
 from ..core import keyring as kr
 from ..core.keys import Identity
 from ..errors import AlreadyExists, KeyringCorrupt, KeyringError, NotFound, StoreError
+from ..home_dir import default_home  # noqa: F401 - part of this module's interface (anysyncfs.replica)
 from ..store.blobfiles import BlobFiles
 from ..store.db import Store
 from ..store.files import PRIVATE_DIR_MODE, atomic_write, private_dir, read_bounded, tighten
@@ -36,13 +34,6 @@ BLOBS_DIR = "blobs"
 # folders of installs made before that rule.
 PRIVATE_SUBDIRS = (BLOBS_DIR, "staging", "locks", "logs", "run")
 KEYRING_MAX_SIZE = 16 << 20
-
-
-def default_home() -> Path:
-    env = os.environ.get("ANYSYNCFS_HOME")
-    if env:
-        return Path(env)
-    return Path(platformdirs.user_data_dir("anysyncfs", appauthor=False))
 
 
 @dataclass
