@@ -8,9 +8,13 @@ import getpass
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..replica.home import Home, default_home
+from ..home_dir import default_home
+
+if TYPE_CHECKING:
+    from ..replica.home import Home
 
 PASSPHRASE_ENV = "ANYSYNCFS_PASSPHRASE"
 # Test-only: lowers the scrypt cost of keyrings written by this process (never use for real keys).
@@ -24,8 +28,22 @@ class Context:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         root = args.home if args.home is not None else default_home()
-        self.home = Home(root, scrypt_log2_n=scrypt_cost())
+        self.home_root = Path(root).absolute()  # a daemonized mount chdirs to /: never depend on the cwd
+        self._home: Home | None = None
         self._passphrase: bytes | None = None
+
+    @property
+    def home(self) -> Home:
+        """The home, opened on first use: importing it loads the store layer, which ``unmount`` does without."""
+        if self._home is None:
+            from ..replica.home import Home
+
+            self._home = Home(self.home_root, scrypt_log2_n=scrypt_cost())
+        return self._home
+
+    def close(self) -> None:
+        if self._home is not None:
+            self._home.close()
 
     def passphrase(self, *, new: bool = False) -> bytes:
         if self._passphrase is None:

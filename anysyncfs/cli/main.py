@@ -13,16 +13,22 @@ import sys
 from pathlib import Path
 
 from ..errors import AnysyncError
-from . import commands, config, mount_cmd, offline_cmd, service, share_cmd, sync_cmd, vault_cmd, versions
+from . import unmount_cmd
 from .context import Context
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
     p = argparse.ArgumentParser(prog="anysyncfs", description="End-to-end encrypted, peer-to-peer synced drive.")
     p.add_argument("--home", type=Path, help="home directory (default: $ANYSYNCFS_HOME or the XDG data dir)")
     p.add_argument("--passphrase-file", type=Path, help="read the keyring passphrase from this file")
     p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    return p, p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import commands, config, mount_cmd, offline_cmd, service, share_cmd, sync_cmd, vault_cmd, versions
+
+    p, sub = _top_parser()
 
     s = sub.add_parser("init", help="create this device's identity (or restore one from a recovery phrase)")
     s.add_argument("--device-name", default=None, help="label for this device (default: the host name)")
@@ -87,9 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def unmount_parser() -> argparse.ArgumentParser:
+    """The parser for ``anysyncfs unmount`` alone: the same top-level options and subcommand as in
+    :func:`build_parser`, without importing the other commands (their imports are most of a remount's unmount)."""
+    p, sub = _top_parser()
+    unmount_cmd.add_parser(sub)
+    return p
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (the first word that is neither a top-level option nor its value)."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--home", "--passphrase-file"):
+            next(words, None)
+        elif word in ("-h", "--help"):
+            return None
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = unmount_parser() if command_word(words) in unmount_cmd.NAMES else build_parser()
+    args = parser.parse_args(words)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="anysyncfs: %(levelname)s: %(message)s",
@@ -116,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 70
     finally:
         if ctx is not None:
-            ctx.home.close()
+            ctx.close()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import config
+from . import config, unmount_cmd
 from .progress import ProgressBars
 
 if TYPE_CHECKING:
@@ -35,11 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         "beyond it, contents a provider holds and nobody pinned are evicted, oldest use first")
     s.set_defaults(func=cmd_mount)
 
-    s = sub.add_parser("unmount", aliases=["umount"], help="unmount, after committing every staged write")
-    s.add_argument("mountpoint", type=Path)
-    s.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open there")
-    s.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the commit (default 120)")
-    s.set_defaults(func=cmd_unmount)
+    unmount_cmd.add_parser(sub)
 
 
 _OPTIONS_TABLE = "\0mount options table\0"  # the epilog, replaced when help is shown
@@ -89,10 +85,3 @@ def cmd_mount(ctx: Context) -> int:
     finally:
         if opts.first_sync_progress is not None:
             bars.close()
-
-
-def cmd_unmount(ctx: Context) -> int:
-    from ..fs import mount
-
-    mount.unmount(ctx.args.mountpoint, ctx.home.root, lazy=ctx.args.lazy, timeout=ctx.args.timeout)
-    return 0

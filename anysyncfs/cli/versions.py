@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 def locate_mounted(home_root: Path, path: str) -> tuple[str, Path, str]:
     """(space text, mountpoint, path inside the space) of a path inside a mount served from this home."""
-    from ..replica.home import find_holder
+    from ..mounts import find_holder
 
     target = Path(os.path.abspath(path))
     candidate = target

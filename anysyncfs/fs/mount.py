@@ -31,13 +31,10 @@ import fcntl
 import functools
 import logging
 import os
-import re
 import signal
 import stat
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +44,9 @@ import trio
 
 from ..core import acl, ids
 from ..errors import AnysyncError, BlobMissing, FsError, NotFound, UsageError
+from ..mounts import MountFailed, find_holder, lock_record, mount_table, read_lock
 from ..net.device_server import ListenSpec, parse_listen
-from ..replica.home import Unlocked, find_holder, lock_held, lock_path, lock_record, read_lock
+from ..replica.home import Unlocked, lock_path
 from ..replica.replica import Replica, resolve_space
 from ..store.files import private_dir
 from . import readahead
@@ -64,7 +62,6 @@ LOGS_DIR = "logs"
 DEFAULT_COMMIT_INTERVAL = 5.0
 DEFAULT_BATCH_INTERVAL = 0.2  # group commit: seconds the open batch may wait (see anysyncfs.fs.batch)
 MAX_TASKS = 32  # concurrent pyfuse3 request tasks (they mostly wait for the Vfs lock in worker threads)
-UNMOUNT_TIMEOUT = 120.0
 MAX_COMMIT_FETCHES = 64  # blobs a periodic commit may fetch (base content of edited files) before giving up
 
 # Options mount(8) and fstab hand to every helper; meaningless for us, accepted and dropped.
@@ -73,12 +70,6 @@ IGNORED_OPTIONS = {"defaults", "auto", "noauto", "user", "users", "nouser", "own
 # Generic mount flags the kernel understands; passed through to the FUSE mount.
 KERNEL_OPTIONS = {"suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime", "relatime",
                   "strictatime", "nodiratime", "sync", "dirsync"}
-
-
-class MountFailed(AnysyncError):
-    """The mount could not be set up (busy mountpoint, already mounted, FUSE refused...)."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -133,21 +124,6 @@ def parse_options(option_args: list[str], *, read_only: bool = False, foreground
 
 
 # ---------------------------------------------------------------------------------------------- mountpoints
-def mount_table() -> dict[str, str]:
-    """Mounted paths -> file system type, from /proc/self/mounts (octal escapes decoded)."""
-    out: dict[str, str] = {}
-    try:
-        text = Path("/proc/self/mounts").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 3:
-            path = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])
-            out[path] = parts[2]
-    return out
-
-
 def check_mountpoint(path: Path) -> Path:
     """An absolute mountpoint that exists, is a directory and has nothing mounted on it; else one-line errors."""
     mp = Path(os.path.abspath(path))
@@ -544,37 +520,3 @@ def remount(mountpoint: Path, option_args: list[str], home_root: Path | None) ->
         err = ctypes.get_errno()
         why = " (a file there is open for writing)" if err == errno.EBUSY else ""
         raise MountFailed(f"cannot remount {mp}: {os.strerror(err)}{why}")
-
-
-# ---------------------------------------------------------------------------------------------- unmount
-def unmount(mountpoint: Path, home_root: Path | None, *, lazy: bool = False, timeout: float = UNMOUNT_TIMEOUT) -> None:
-    """Unmount (the kernel then releases every file, the Vfs commits) and wait until the mount process is done."""
-    mp = Path(os.path.abspath(mountpoint))
-    table = mount_table()
-    if str(mp) not in table:
-        raise NotFound(f"{mp} is not mounted")
-    if not table[str(mp)].startswith("fuse"):
-        raise UsageError(f"{mp} is not a FUSE mount ({table[str(mp)]})")
-    holder = find_holder(home_root, mp) if home_root is not None else None
-    cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mp)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        if os.geteuid() != 0:
-            raise MountFailed("fusermount3 is not installed (package fuse3)") from None
-        done = subprocess.run(["umount", *(["-l"] if lazy else []), str(mp)], capture_output=True, text=True,
-                              check=False)
-    if done.returncode != 0:
-        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
-        reason = lines[-1] if lines else f"exit status {done.returncode}"
-        if "busy" in reason.lower():
-            reason += " (close the files open there, or use --lazy)"
-        raise MountFailed(f"cannot unmount {mp}: {reason}")
-    if holder is None:
-        return
-    deadline = time.monotonic() + timeout
-    while lock_held(holder):  # the mount process commits staged writes, then drops the lock and exits
-        if time.monotonic() > deadline:
-            raise MountFailed(f"unmounted {mp}, but its process is still committing after {timeout:.0f} s")
-        time.sleep(0.05)
-

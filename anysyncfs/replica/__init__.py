@@ -5,12 +5,12 @@ Public surface: :class:`Home` (a device's home directory), :class:`Replica` (one
 :class:`SpaceData` (what the sync layer needs of either).
 """
 
-from .home import Home, Unlocked, default_home
+from .home import Home, Unlocked
 from .ledger import IngestResult, Ledger, QuotaExceeded, SpaceData, Usage
 from .replica import Replica, adopt_space, create_space, open_replica, resolve_space
 from .fsck import fsck
 
 __all__ = [
-    "Home", "Unlocked", "default_home", "IngestResult", "Ledger", "QuotaExceeded", "SpaceData", "Usage",
+    "Home", "Unlocked", "IngestResult", "Ledger", "QuotaExceeded", "SpaceData", "Usage",
     "Replica", "adopt_space", "create_space", "open_replica", "resolve_space", "fsck",
 ]  # fmt: skip

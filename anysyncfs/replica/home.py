@@ -11,24 +11,20 @@ Layout::
 The home and its folders are 0700 and store.db (with its -wal and -shm files) 0600; opening the store narrows
 the modes an older install left wider.
 
-The default home is ``$XDG_DATA_HOME/anysyncfs`` (platformdirs); ``--home`` or ``ANYSYNCFS_HOME`` override it.
+The default home is ``$XDG_DATA_HOME/anysyncfs`` (platformdirs, in anysyncfs/home_dir.py); ``--home`` or ``ANYSYNCFS_HOME`` override it.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import platformdirs
 
 from ..core import ids
 from ..core import keyring as kr
 from ..core.keys import Identity
 from ..errors import AlreadyExists, KeyringCorrupt, KeyringError, NotFound, StoreError
+from ..mounts import LOCKS_DIR, RUN_DIR, lock_held
 from ..store.blobfiles import BlobFiles
 from ..store.db import Store
 from ..store.files import PRIVATE_DIR_MODE, atomic_write, private_dir, read_bounded, tighten
@@ -36,19 +32,10 @@ from ..store.files import PRIVATE_DIR_MODE, atomic_write, private_dir, read_boun
 KEYRING_FILE = "master.keys"
 STORE_FILE = "store.db"
 BLOBS_DIR = "blobs"
-LOCKS_DIR = "locks"  # the mount locks (format below: lock_path, lock_record, read_lock, lock_held)
-RUN_DIR = "run"  # the status files (status_path)
 # Folders of a home that hold secrets-adjacent data (blob files, staged writes, locks, logs, sync status): 0700.
 # They are listed here so opening the store narrows the folders of installs made before that rule.
 PRIVATE_SUBDIRS = (BLOBS_DIR, "staging", LOCKS_DIR, "logs", RUN_DIR)
 KEYRING_MAX_SIZE = 16 << 20
-
-
-def default_home() -> Path:
-    env = os.environ.get("ANYSYNCFS_HOME")
-    if env:
-        return Path(env)
-    return Path(platformdirs.user_data_dir("anysyncfs", appauthor=False))
 
 
 @dataclass
@@ -139,9 +126,10 @@ def require_identity(home: Home) -> None:
 
 
 # ------------------------------------------------------------------------------------- mount locks, status files
-# The formats of the files by which a mount tells other commands of this home that it serves a space. The mount
-# (fs/mount.py) takes the lock; `sync`, `share` and `vault` refuse work a mount does already; `status` reads the
-# status file a mount (fs/mount_sync.py) or `watch` publishes.
+# Where the files are by which a mount tells other commands of this home that it serves a space (their formats and
+# probes are in anysyncfs/mounts.py, which `unmount` imports alone). The mount (fs/mount.py) takes the lock;
+# `sync`, `share` and `vault` refuse work a mount does already; `status` reads the status file a mount
+# (fs/mount_sync.py) or `watch` publishes.
 def lock_path(home_root: Path, space_id: bytes) -> Path:
     return home_root / LOCKS_DIR / f"{ids.space_text(space_id)}.lock"
 
@@ -150,46 +138,8 @@ def status_path(home_root: Path, space_id: bytes) -> Path:
     return home_root / RUN_DIR / f"{ids.space_text(space_id)}.status.json"
 
 
-def lock_record(mountpoint: Path, read_only: bool) -> bytes:
-    """What the holder of a mount lock writes into it."""
-    return json.dumps({"pid": os.getpid(), "mountpoint": str(mountpoint), "read_only": read_only}).encode() + b"\n"
-
-
-def read_lock(path: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads(path.read_text() or "null")
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def lock_held(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also drops our probe lock
-    return False
-
-
 def space_mounted(home_root: Path, space_id: bytes) -> bool:
     """Whether a mount from this home serves the space now (its lock is held)."""
     lock = lock_path(home_root, space_id)
     return lock.exists() and lock_held(lock)
 
-
-def find_holder(home_root: Path, mountpoint: Path) -> Path | None:
-    """The lock file of the mount serving ``mountpoint`` from this home, if any."""
-    d = home_root / LOCKS_DIR
-    if not d.is_dir():
-        return None
-    for path in sorted(d.glob("*.lock")):
-        info = read_lock(path)
-        if info and info.get("mountpoint") == str(mountpoint) and lock_held(path):
-            return path
-    return None

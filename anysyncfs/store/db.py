@@ -68,6 +68,9 @@ def _tree_upserts(dialect_name: str) -> tuple[Any, Any, Any]:
 
 _SELECT_INODE = select(S.nodes.c.inode).where(S.nodes.c.space == bindparam("s"), S.nodes.c.node == bindparam("n"))
 _RESERVE_INODE = insert(S.nodes).values(kind=0, size=0, version=None, state=None)
+# The cached tree of a space in the driver's SQL (SQLite only: see Store.tree_rows); {} is "" or " NOT INDEXED".
+_TREE_NODE_ROWS = "SELECT inode, node, state FROM nodes{} WHERE space = ? AND state IS NOT NULL"
+_TREE_ENTRY_ROWS = "SELECT entry, state FROM entries{} WHERE space = ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,10 +386,35 @@ class Store(SyncQueries, HeadsQueries, GcQueries, UploadQueries, NodeQueries, Va
     def tree_rows(self, space_id: bytes) -> tuple[list[tuple[int, bytes, bytes]], list[tuple[bytes, bytes]]]:
         """([(inode, node id, node state)], [(entry id, entry state)]) of the cached tree."""
         n, e = S.nodes.c, S.entries.c
-        q = select(n.inode, n.node, n.state).where(n.space == space_id, n.state.is_not(None))
-        nodes_ = self._run(q).fetchall()
-        entries_ = self._run(select(e.entry, e.state).where(e.space == space_id)).fetchall()
+        if self._engine.dialect.name == "sqlite":
+            # Straight from the driver: SQLAlchemy's row objects cost 3-4x the query itself for 200,000 rows.
+            nodes_, entries_ = self._driver_tree_rows(space_id)
+        else:
+            q = select(n.inode, n.node, n.state).where(n.space == space_id, n.state.is_not(None))
+            nodes_ = self._run(q).fetchall()
+            entries_ = self._run(select(e.entry, e.state).where(e.space == space_id)).fetchall()
         return [(r[0], r[1], r[2]) for r in nodes_], [(r[0], r[1]) for r in entries_]
+
+    def _driver_tree_rows(self, space_id: bytes) -> tuple[list[Any], list[Any]]:
+        # Without statistics SQLite reads these through the (space, node) and (space, parent) indexes: one random
+        # lookup into the table per row, ~4x slower than reading the table in order (measured on a 100,000-file
+        # space; worse when the pages are cold). When the space is most of the table, read the table in order.
+        hint = " NOT INDEXED" if self._holds_most_rows(space_id) else ""
+        nodes_sql, entries_sql = _TREE_NODE_ROWS.format(hint), _TREE_ENTRY_ROWS.format(hint)
+        try:
+            with contextlib.ExitStack() as stack:
+                conn = self._conn if self._conn is not None else stack.enter_context(self._engine.begin())
+                raw = conn.connection.dbapi_connection
+                return raw.execute(nodes_sql, (space_id,)).fetchall(), raw.execute(entries_sql, (space_id,)).fetchall()
+        except (DBAPIError, sqlite3.Error) as e:
+            raise StoreError(f"store operation failed: {_reason(e)}") from None
+
+    def _holds_most_rows(self, space_id: bytes) -> bool:
+        """True if at least half of the node rows belong to this space (two counts over indexes: milliseconds)."""
+        n = S.nodes.c
+        mine = int(self._run(select(func.count()).select_from(S.nodes).where(n.space == space_id)).scalar_one())
+        every = int(self._run(select(func.count()).select_from(S.nodes)).scalar_one())
+        return 2 * mine >= every
 
     def tree_row_states(self, space_id: bytes, node_ids: Sequence[bytes],
                         entry_ids: Sequence[bytes]) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
