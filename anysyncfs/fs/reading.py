@@ -16,8 +16,9 @@ preads ~64 KiB and decrypts one segment (64 us). Through FUSE, 4 KiB random read
 
 The cache holds decrypted 64 KiB segments (and, for a blob read whole, the verified blob until every segment of it is
 decrypted). A chunk read by ranges is decrypted only where reads touch it, except that a sequential reader (a read
-starting in or right after a segment already decrypted) gets a bounded read-ahead of ``READ_AHEAD_SEGMENTS`` in the
-same pread; random readers never pay for segments nobody asked for. A chunk read whole from ``get_blob`` and read a
+starting where the last read of the same content ended) gets a bounded read-ahead of ``READ_AHEAD_SEGMENTS`` in the
+same pread, and, near the end of a chunk, the next chunk's blob file prefetched into the page cache (``prefetch``);
+random readers never pay for segments nobody asked for. A chunk read whole from ``get_blob`` and read a
 second time is being read sequentially or is hot: the rest is decrypted then and the blob dropped, leaving only the
 plaintext. A compressed chunk cannot be decrypted by ranges: its whole plaintext is cached as one piece. One LRU
 bounded in bytes holds all of it.

@@ -5,7 +5,8 @@ byte names a directory (so no directory holds more than 1/256 of the blobs), the
 Files are written atomically (temporary file, fsync, rename, fsync of the directory), mode 0o600, directories
 0o700. :meth:`BlobFiles.get` re-hashes the bytes, so a corrupted file is reported (:class:`IdMismatch`) and never
 served. :meth:`BlobFiles.read_ranges` reads only some bytes of a file and checks nothing: its caller (the read path
-of a mount) authenticates every AES-GCM segment it decrypts from them instead (see :mod:`..core.blob`).
+of a mount) authenticates every AES-GCM segment it decrypts from them instead (see :mod:`..core.blob`). It reads
+through descriptors kept open between reads (a small LRU); a file replaced or deleted since is opened anew.
 Temporary files start with a dot and are skipped by listings.
 
 **Outboards** (docs/protocol.md 50.8): a blob larger than one 16 KiB group has its BLAKE3 tree's parent nodes
