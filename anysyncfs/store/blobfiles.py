@@ -235,11 +235,6 @@ class BlobFiles:
             if opened is not None:
                 self._open_blobs.release(opened)
 
-    def forget_open(self, blob_id: bytes) -> None:
-        """Close the descriptor kept for ``blob_id`` (its file is being replaced or deleted, or a read from it
-        failed verification and the next read should open the file again)."""
-        self._open_blobs.forget(blob_id)
-
     def close(self) -> None:
         """Close the descriptors kept open for reads (the store stays usable: later reads open files again)."""
         self._open_blobs.close_all()
