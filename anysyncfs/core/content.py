@@ -219,6 +219,11 @@ class ContentReader:
         self.extents = load_extents(content, get_blob, verify_id=verify_ids)
         self._starts = [e.offset for e in self.extents]
 
+    def extent_after(self, extent_offset: int) -> Extent | None:
+        """The extent following the one that starts at ``extent_offset`` (None after the last)."""
+        at = bisect_right(self._starts, extent_offset)
+        return self.extents[at] if at < len(self.extents) else None
+
     def plan(self, offset: int, size: int) -> tuple[int, list[Piece]]:
         """The result length (clipped to the file) and the chunk pieces that fill it; everything else is zero.
         Lets an async caller fetch exactly the blobs a read needs before calling :meth:`read`."""

@@ -168,7 +168,7 @@ class VfsCore:
         self.batch_interval = batch_interval
         self._batch: Batch | None = None
         self._id_pool: list[bytes] = []  # node IDs with reserved inodes (see new_node_id)
-        self.reads = ContentReads(self._get_blob, read_ranges=self._read_blob_ranges)
+        self.reads = ContentReads(self._get_blob, read_ranges=self._read_blob_ranges, prefetch=self._prefetch_blob)
         self.live = LiveView(self)
         self._root_owner = (os.getuid(), os.getgid())
         self.virtual = Virtual(replica, lambda: self.owner_of(self.replica.tree.nodes[ROOT_NODE]))
@@ -463,6 +463,12 @@ class VfsCore:
         if self.pending_blob(blob_id) is not None:
             return None
         return self.replica.read_blob_ranges(blob_id, ranges)
+
+    def _prefetch_blob(self, blob_id: bytes) -> None:
+        """Have a local blob file read into the page cache ahead of a sequential reader (nothing for the open
+        batch's blobs, which are in memory)."""
+        if self.pending_blob(blob_id) is None:
+            self.replica.prefetch_blob(blob_id)
 
     def blob_here(self, blob_id: bytes) -> bool:
         return self.pending_blob(blob_id) is not None or self.replica.blobs.has(blob_id)

@@ -80,7 +80,8 @@ class XattrMixin(FilesMixin):
                          batch_interval=batch_interval)
         self.cache = BlobCache(replica)
         # The same verified reads, through a getter that also notes each blob read (the cache's LRU order).
-        self.reads = ContentReads(self._get_blob_noting_access, read_ranges=self._read_blob_ranges_noting_access)
+        self.reads = ContentReads(self._get_blob_noting_access, read_ranges=self._read_blob_ranges_noting_access,
+                                  prefetch=self._prefetch_blob)
 
     def _get_blob_noting_access(self, blob_id: bytes) -> bytes:
         pending = self.pending_blob(blob_id)  # the open batch's own, not written yet

@@ -118,6 +118,8 @@ class Home:
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._blobs is not None:
+            self._blobs.close()  # the descriptors kept open for reads
 
 
 def require_identity(home: Home) -> None:

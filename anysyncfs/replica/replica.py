@@ -565,6 +565,10 @@ class Replica:
                 blob_id, f"blob {ids.to_text(ids.PREFIX_BLOB, blob_id)[:20]}… is not on this device"
             ) from None
 
+    def prefetch_blob(self, blob_id: bytes) -> None:
+        """Start reading a local blob file into the page cache (best effort; nothing if it is not here)."""
+        self.blobs.prefetch(blob_id)
+
     def blob_ids(self) -> list[bytes]:
         """Blobs whose file is on this device, in ID order. Every local blob of this home, not only this space's:
         the blob index does not record spaces (blob IDs reveal nothing, and each blob is encrypted under its

@@ -5,7 +5,8 @@ byte names a directory (so no directory holds more than 1/256 of the blobs), the
 Files are written atomically (temporary file, fsync, rename, fsync of the directory), mode 0o600, directories
 0o700. :meth:`BlobFiles.get` re-hashes the bytes, so a corrupted file is reported (:class:`IdMismatch`) and never
 served. :meth:`BlobFiles.read_ranges` reads only some bytes of a file and checks nothing: its caller (the read path
-of a mount) authenticates every AES-GCM segment it decrypts from them instead (see :mod:`..core.blob`).
+of a mount) authenticates every AES-GCM segment it decrypts from them instead (see :mod:`..core.blob`). It reads
+through descriptors kept open between reads (a small LRU); a file replaced or deleted since is opened anew.
 Temporary files start with a dot and are skipped by listings.
 
 **Outboards** (docs/protocol.md 50.8): a blob larger than one 16 KiB group has its BLAKE3 tree's parent nodes
@@ -17,6 +18,8 @@ store serve verified byte ranges (:meth:`BlobFiles.read_slice`) without hashing 
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from .files import StrPath, _store_error, atomic_write, fsync_dir, fsync_paths, 
 
 BLOB_ID_LEN = crypto.HASH_LEN
 OUTBOARD_SUFFIX = ".ob"
+OPEN_BLOBS = 64  # blob file descriptors kept open for reads (a 64 MiB span of 1 MiB chunks)
 _HEX = frozenset("0123456789abcdef")
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ class BlobFiles:
         self.root = Path(root)
         self._root_text = os.fspath(self.root)
         self.max_blob_len = max_blob_len
+        self._open_blobs = _OpenBlobs(self._root_text)
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
@@ -79,6 +84,7 @@ class BlobFiles:
                 fsync_dir(self.root)  # else make_durable does it
         if len(data) > bao.GROUP_LEN:  # before the blob: a blob file present has its outboard (barring damage)
             self._write_outboard(blob_id, data, durable=durable, nodes=nodes)
+        self._open_blobs.forget(blob_id)  # a damaged copy is replaced: no read goes on from the old file
         try:
             atomic_write(path, data, 0o600, durable=durable)
         except StoreError:
@@ -203,48 +209,50 @@ class BlobFiles:
         return data
 
     def read_ranges(self, blob_id: bytes, ranges: Sequence[tuple[int, int]]) -> tuple[int, list[bytes]]:
-        """The file's size and the bytes at each ``(offset, size)`` of ``ranges``, read with one open and a pread
-        per range (adjacent ranges are read at once). NOT verified: a range runs short where the file ends, and
-        a damaged byte is returned as it is, so the caller must authenticate what it uses. :class:`NotFound` if
-        absent; :class:`StoreError` for a file larger than the limit or a read error."""
+        """The file's size and the bytes at each ``(offset, size)`` of ``ranges``, read with a pread per range
+        (adjacent ranges are read at once) through a descriptor kept open between reads (:class:`_OpenBlobs`).
+        NOT verified: a range runs short where the file ends, and a damaged byte is returned as it is, so the
+        caller must authenticate what it uses. :class:`NotFound` if absent; :class:`StoreError` for a file larger
+        than the limit or a read error."""
         if len(blob_id) != BLOB_ID_LEN:
             raise ValueError("a blob ID is 32 bytes")
-        text = blob_id.hex()
-        path = f"{self._root_text}/{text[:2]}/{text[2:]}"  # path_of without pathlib: this is every read's path
+        opened: _OpenBlob | None = self._open_blobs.acquire(blob_id)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound(f"blob {blob_id.hex()} is not stored here") from None
+            assert opened is not None
+            stat = os.fstat(opened.fd)
+            if stat.st_nlink == 0:
+                # Unlinked (deleted, or replaced by a rename) since it was opened, by another process: this store
+                # drops its own descriptor when it does either. Read what the path names now.
+                self._open_blobs.release(opened)
+                opened = None
+                self._open_blobs.forget(blob_id)
+                opened = self._open_blobs.acquire(blob_id)
+                stat = os.fstat(opened.fd)
+            return _pread_ranges(opened.fd, opened.path, stat.st_size, self.max_blob_len, ranges)
         except OSError as e:
-            raise _store_error("open", path, e) from None
-        try:
-            size = os.fstat(fd).st_size
-            if size > self.max_blob_len:
-                raise StoreError(f"{path} is {size} bytes, more than the limit of {self.max_blob_len}")
-            out: list[bytes] = []
-            at = 0
-            while at < len(ranges):
-                offset, length = ranges[at]
-                group = at + 1  # merge the ranges that follow on directly
-                while group < len(ranges) and ranges[group][0] == offset + length:
-                    length += ranges[group][1]
-                    group += 1
-                data = os.pread(fd, length, offset) if length > 0 else b""
-                while 0 < len(data) < length:  # a short read before EOF (rare): go on until EOF or done
-                    more = os.pread(fd, length - len(data), offset + len(data))
-                    if not more:
-                        break
-                    data += more
-                cut = 0
-                for _, part_length in ranges[at:group]:
-                    out.append(data[cut : cut + part_length])
-                    cut += part_length
-                at = group
-            return size, out
-        except OSError as e:
-            raise _store_error("read", path, e) from None
+            raise _store_error("read", f"blob {blob_id.hex()}", e) from None
         finally:
-            os.close(fd)
+            if opened is not None:
+                self._open_blobs.release(opened)
+
+    def close(self) -> None:
+        """Close the descriptors kept open for reads (the store stays usable: later reads open files again)."""
+        self._open_blobs.close_all()
+
+    def prefetch(self, blob_id: bytes) -> None:
+        """Ask the kernel to start reading ``blob_id``'s file into the page cache (posix_fadvise WILLNEED: the
+        disk read runs while the caller decrypts the chunk before it). Best effort: a missing file or an error
+        is ignored (the read that follows reports it)."""
+        try:
+            opened = self._open_blobs.acquire(blob_id)
+        except (NotFound, StoreError):
+            return
+        try:
+            os.posix_fadvise(opened.fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            self._open_blobs.release(opened)
 
     def has(self, blob_id: bytes) -> bool:
         """Whether a file exists for ``blob_id`` (its content is checked only by :meth:`get`)."""
@@ -264,6 +272,7 @@ class BlobFiles:
 
     def delete(self, blob_id: bytes) -> bool:
         """Remove the blob; ``False`` if it was not there."""
+        self._open_blobs.forget(blob_id)
         try:
             os.unlink(self._outboard_path(blob_id))
         except FileNotFoundError:
@@ -323,3 +332,135 @@ class BlobFiles:
                 name = entry.name
                 if len(name) == 2 * BLOB_ID_LEN - 2 and set(name) <= _HEX and entry.is_file():
                     yield entry, bytes.fromhex(top.name + name)
+
+
+def _pread_ranges(fd: int, path: str, size: int, max_len: int,
+                  ranges: Sequence[tuple[int, int]]) -> tuple[int, list[bytes]]:
+    if size > max_len:
+        raise StoreError(f"{path} is {size} bytes, more than the limit of {max_len}")
+    out: list[bytes] = []
+    at = 0
+    while at < len(ranges):
+        offset, length = ranges[at]
+        group = at + 1  # merge the ranges that follow on directly
+        while group < len(ranges) and ranges[group][0] == offset + length:
+            length += ranges[group][1]
+            group += 1
+        data = os.pread(fd, length, offset) if length > 0 else b""
+        while 0 < len(data) < length:  # a short read before EOF (rare): go on until EOF or done
+            more = os.pread(fd, length - len(data), offset + len(data))
+            if not more:
+                break
+            data += more
+        if group == at + 1:
+            out.append(data)
+        else:
+            cut = 0
+            for _, part_length in ranges[at:group]:
+                out.append(data[cut : cut + part_length])
+                cut += part_length
+        at = group
+    return size, out
+
+
+class _OpenBlob:
+    __slots__ = ("fd", "forgotten", "path", "users")
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        self.path = path
+        self.users = 0
+        self.forgotten = False
+
+
+class _OpenBlobs:
+    """Read-only descriptors of recently read blob files, least recently used closed first.
+
+    Why: a random 4 KiB read of a mount preads one 64 KiB segment; opening the file for it (a path walk of three
+    components and a new file table entry) and closing it again cost as much as the pread from the page cache.
+
+    Thread-safe. A descriptor is closed only when no reader holds it (``users``), so a pread never reaches a
+    descriptor number that was closed and reused for another file. Correctness does not rest on this cache being
+    fresh: every segment read through it is authenticated by its reader; ``read_ranges`` reopens a file unlinked
+    since (st_nlink 0), and the store drops the descriptor of a blob it replaces or deletes."""
+
+    def __init__(self, root: str, capacity: int = OPEN_BLOBS) -> None:
+        self._root = root
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._open: OrderedDict[bytes, _OpenBlob] = OrderedDict()
+
+    def acquire(self, blob_id: bytes) -> _OpenBlob:
+        with self._lock:
+            hit = self._open.get(blob_id)
+            if hit is not None:
+                self._open.move_to_end(blob_id)
+                hit.users += 1
+                return hit
+        text = blob_id.hex()
+        path = f"{self._root}/{text[:2]}/{text[2:]}"  # path_of without pathlib: this is every cold read's path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"blob {text} is not stored here") from None
+        except OSError as e:
+            raise _store_error("open", path, e) from None
+        # Reads of a blob file ask for exactly the segments they need (a sequential reader asks for a run of them
+        # and has the next file prefetched): the kernel's read-ahead would only read segments nobody uses.
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        except OSError:
+            pass
+        entry = _OpenBlob(fd, path)
+        closing: list[int] = []
+        with self._lock:
+            hit = self._open.get(blob_id)
+            if hit is not None:  # another thread opened it meanwhile: keep one
+                closing.append(fd)
+                entry = hit
+            else:
+                self._open[blob_id] = entry
+                while len(self._open) > self._capacity:
+                    _, old = self._open.popitem(last=False)
+                    old.forgotten = True
+                    if old.users == 0:
+                        closing.append(old.fd)
+            entry.users += 1
+        for old_fd in closing:
+            os.close(old_fd)
+        return entry
+
+    def release(self, entry: _OpenBlob) -> None:
+        with self._lock:
+            entry.users -= 1
+            close = entry.forgotten and entry.users == 0
+        if close:
+            os.close(entry.fd)
+
+    def forget(self, blob_id: bytes) -> None:
+        with self._lock:
+            entry = self._open.pop(blob_id, None)
+            if entry is None:
+                return
+            entry.forgotten = True
+            close = entry.users == 0
+        if close:
+            os.close(entry.fd)
+
+    def __del__(self) -> None:
+        try:
+            self.close_all()
+        except Exception:  # noqa: BLE001 - at interpreter exit os or the lock may be gone already
+            pass
+
+    def close_all(self) -> None:
+        with self._lock:
+            entries = list(self._open.values())
+            self._open.clear()
+            closing = []
+            for entry in entries:
+                entry.forgotten = True
+                if entry.users == 0:
+                    closing.append(entry.fd)
+        for fd in closing:
+            os.close(fd)

@@ -284,6 +284,43 @@ def test_a_sequential_reader_gets_a_bounded_read_ahead(env: Env) -> None:
     assert env.pread_bytes == 0
 
 
+def test_a_random_read_next_to_a_decrypted_segment_gets_no_read_ahead(env: Env) -> None:
+    """Read-ahead is for readers that go on where they stopped: a read that merely lands right after a decrypted
+    segment (as random reads do more and more often once the cache fills) reads its own segment only."""
+    data = data_of(18)
+    _, content = env.add(data)
+    env.fresh()
+    assert env.reads.read(content, 9 * SEG, 4096) == data[9 * SEG :][:4096]
+    assert env.reads.read(content, 2 * SEG, 4096) == data[2 * SEG :][:4096]  # elsewhere: not sequential
+    env.pread_bytes = 0
+    assert env.reads.read(content, 3 * SEG + 512, 4096) == data[3 * SEG + 512 :][:4096]
+    assert env.pread_bytes == SEALED
+
+
+def test_a_sequential_reader_near_a_chunk_end_prefetches_the_next_blob_once(tmp_path: Path) -> None:
+    """A reader that goes on where it stopped, within 512 KiB of its chunk's end, has the next chunk's blob
+    prefetched (once); a random reader never does."""
+    files = BlobFiles(tmp_path / "blobs")
+    prefetched: list[bytes] = []
+    reads = ContentReads(files.get, read_ranges=files.read_ranges, prefetch=prefetched.append)
+    first, second = data_of(19), data_of(20)
+    ref1, sealed1 = blob.seal_chunk(first, KEY_BASE, compress=False)
+    ref2, sealed2 = blob.seal_chunk(second, KEY_BASE, compress=False)
+    files.put(ref1.blob, sealed1)
+    files.put(ref2.blob, sealed2)
+    content = Content(size=2 * LENGTH, extents=[Extent(offset=0, chunk=ref1), Extent(offset=LENGTH, chunk=ref2)])
+    assert reads.read(content, LENGTH - SEG, 4096) == first[-SEG:][:4096]  # first read: not sequential
+    assert reads.read(content, 3 * SEG, 4096) == first[3 * SEG :][:4096]  # a jump: not sequential
+    assert prefetched == []
+    at = LENGTH - 4 * SEG
+    assert reads.read(content, at, SEG) == first[at : at + SEG]  # another jump
+    for _ in range(3):  # then on where it stopped
+        assert reads.read(content, at + SEG, SEG) == first[at + SEG : at + 2 * SEG]
+        at += SEG
+    assert prefetched == [ref2.blob]
+    assert reads.read(content, LENGTH, 4096) == second[:4096]
+
+
 def test_a_reference_longer_than_any_chunk_reads_nothing(env: Env) -> None:
     """A ChunkRef claiming more than 16 MiB (a bad or hostile op) gives EIO before any byte of the file is read."""
     data = data_of(17)
