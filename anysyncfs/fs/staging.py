@@ -10,6 +10,12 @@ The staging bytes live in files of 1 TiB segments (``<node hex>.<segment>``; a s
 by the seal of each block), so any offset a file may have (up to 2**63 - 1) maps to a file the local file system
 can hold (ext4 stops at 16 TiB per file).
 
+A file whose staged bytes stay small (at most MEMORY_BLOCKS_PER_NODE blocks, and while every node's in-memory
+blocks together stay within MEMORY_BUDGET_BLOCKS) keeps them in this process's memory (:class:`MemoryBlocks`) and
+never opens a staging file: an untar of small files paid for a file open, a seal, a pwrite, a pread, an open of
+the seal, a close and an unlink per file. The first write past either bound moves the node's blocks into its
+staging files (sealed as below) for the rest of its staging.
+
 Staging is a cache, not a journal: what is not committed when the process dies is lost, exactly like dirty
 pages of a local disk that were never fsynced. Staging files left by a crash are removed at start.
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,6 +50,9 @@ SLOT_SIZE = crypto.NONCE_LEN + BLOCK_SIZE + crypto.TAG_LEN  # bytes of one seale
 BLOCKS_PER_SEGMENT = SEGMENT_SIZE // BLOCK_SIZE
 STAGING_SUFFIX = ".stage"
 STAGING_AAD = b"anysyncfs staging block v1\x00"  # || node id (16) || block index (u64 big-endian)
+
+MEMORY_BLOCKS_PER_NODE = 16  # 64 KiB: a node with more staged blocks moves them to its (sealed) staging files
+MEMORY_BUDGET_BLOCKS = 4096  # 16 MiB: staged bytes all nodes together may keep in memory
 
 ReadBase = Callable[[Content, int, int], bytes]
 
@@ -308,6 +318,92 @@ class SegmentFiles:
         self._sealed.clear()
 
 
+class MemoryBudget:
+    """Blocks taken by every node's :class:`MemoryBlocks`, process-wide (bounds the memory staging may hold)."""
+
+    lock = threading.Lock()
+    used = 0
+
+    @classmethod
+    def take(cls, blocks: int) -> bool:
+        with cls.lock:
+            if cls.used + blocks > MEMORY_BUDGET_BLOCKS:
+                return False
+            cls.used += blocks
+            return True
+
+    @classmethod
+    def give_back(cls, blocks: int) -> None:
+        with cls.lock:
+            cls.used -= blocks
+
+
+class MemoryBlocks:
+    """A small node's staged blocks, in plaintext in this process's memory (the same interface as
+    :class:`SegmentFiles`). ``write`` returns False, changing nothing, when the blocks it needs would pass the
+    node's bound or the process-wide budget: the caller then moves the node to its staging files."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, bytearray] = {}
+
+    def write(self, offset: int, data: bytes | memoryview) -> bool:
+        view = memoryview(data).cast("B")
+        end = offset + len(view)
+        first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        blocks = self.blocks
+        new = [i for i in range(first, last + 1) if i not in blocks]
+        if new and (len(blocks) + len(new) > MEMORY_BLOCKS_PER_NODE or not MemoryBudget.take(len(new))):
+            return False
+        for i in new:
+            blocks[i] = bytearray(BLOCK_SIZE)
+        index = first
+        while index <= last:
+            start = index * BLOCK_SIZE
+            lo, hi = max(offset, start), min(end, start + BLOCK_SIZE)
+            blocks[index][lo - start : hi - start] = view[lo - offset : hi - offset]
+            index += 1
+        return True
+
+    def read_into(self, out: memoryview, offset: int) -> None:
+        end = offset + len(out)
+        index = offset // BLOCK_SIZE
+        while index * BLOCK_SIZE < end:
+            start = index * BLOCK_SIZE
+            lo, hi = max(offset, start), min(end, start + BLOCK_SIZE)
+            block = self.blocks.get(index)
+            if block is None:
+                out[lo - offset : hi - offset] = bytes(hi - lo)
+            else:
+                out[lo - offset : hi - offset] = memoryview(block)[lo - start : hi - start]
+            index += 1
+
+    def truncate(self, size: int) -> None:
+        """As :meth:`SegmentFiles.truncate`: blocks wholly at or after ``size`` go."""
+        keep = -(-size // BLOCK_SIZE)
+        gone = [i for i in self.blocks if i >= keep]
+        for i in gone:
+            del self.blocks[i]
+        if gone:
+            MemoryBudget.give_back(len(gone))
+
+    def move_to(self, files: SegmentFiles) -> None:
+        """Seal every block into ``files`` (consecutive blocks in one write); on an error the blocks stay here."""
+        indexes = sorted(self.blocks)
+        run_start = 0
+        for k in range(1, len(indexes) + 1):
+            if k == len(indexes) or indexes[k] != indexes[k - 1] + 1:
+                run = indexes[run_start:k]
+                data = b"".join(self.blocks[i] for i in run)
+                files.write(run[0] * BLOCK_SIZE, data)
+                run_start = k
+        self.close()
+
+    def close(self) -> None:
+        if self.blocks:
+            MemoryBudget.give_back(len(self.blocks))
+            self.blocks.clear()
+
+
 class Staged:
     """One node's uncommitted writes: an overlay over ``base`` (the content the writes started from), and the
     attribute changes made while the file was open (``attrs``: SetAttr fields), committed with the data."""
@@ -318,7 +414,8 @@ class Staged:
         self.size = base.size
         self.base_limit = base.size  # base bytes at or after this offset were truncated away (read as zeros)
         self.dirty = Intervals()
-        self.files = SegmentFiles(directory, node.hex(), node)
+        self._directory = directory
+        self.files: MemoryBlocks | SegmentFiles = MemoryBlocks()  # SegmentFiles once past the memory bounds
         self.mtime_ns = mtime_ns
         self.ctime_ns = ctime_ns
         self.data_changed = False  # writes or truncation happened (else only attributes are pending)
@@ -327,7 +424,19 @@ class Staged:
     def write(self, offset: int, data: bytes, now_ns: int) -> None:
         if not data:
             return
-        self.files.write(offset, data)
+        files = self.files
+        if isinstance(files, MemoryBlocks):
+            if not files.write(offset, data):
+                on_disk = SegmentFiles(self._directory, self.node.hex(), self.node)
+                try:
+                    files.move_to(on_disk)
+                except BaseException:
+                    on_disk.close()  # the blocks stay in memory; this write fails (ENOSPC, EIO)
+                    raise
+                self.files = on_disk
+                on_disk.write(offset, data)
+        else:
+            files.write(offset, data)
         self.dirty.add(offset, offset + len(data))
         self.size = max(self.size, offset + len(data))
         self.mtime_ns = self.ctime_ns = now_ns

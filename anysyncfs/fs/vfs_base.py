@@ -168,6 +168,7 @@ class VfsCore:
         self.batch_interval = batch_interval
         self._batch: Batch | None = None
         self._id_pool: list[bytes] = []  # node IDs with reserved inodes (see new_node_id)
+        self._ids_drawn = False  # new_node_id was called: the timer keeps the pool filled (see flush_due)
         self.reads = ContentReads(self._get_blob, read_ranges=self._read_blob_ranges, prefetch=self._prefetch_blob)
         self.live = LiveView(self)
         self._root_owner = (os.getuid(), os.getgid())
@@ -203,15 +204,20 @@ class VfsCore:
     def new_node_id(self) -> bytes:
         """A fresh random node ID whose inode number is reserved already: IDs are drawn in advance, and their
         inodes reserved together in one transaction (a create then needs no store write of its own)."""
+        self._ids_drawn = True
         if not self._id_pool:
-            fresh = [new_id() for _ in range(ID_POOL)]
-            with self.translated("inode"):
-                found = self.replica.store.reserve_inodes(self.replica.space_id, fresh)
-            for node, row in found.items():
-                self._ino_of[node] = row + NODE_INODE_SHIFT
-                self._node_of[row + NODE_INODE_SHIFT] = node
-            self._id_pool = fresh[::-1]
+            self._refill_id_pool()
         return self._id_pool.pop()
+
+    def _refill_id_pool(self) -> None:
+        """Draw ID_POOL more node IDs and reserve their inodes (one store transaction, with its fsync)."""
+        fresh = [new_id() for _ in range(ID_POOL)]
+        with self.translated("inode"):
+            found = self.replica.store.reserve_inodes(self.replica.space_id, fresh)
+        for node, row in found.items():
+            self._ino_of[node] = row + NODE_INODE_SHIFT
+            self._node_of[row + NODE_INODE_SHIFT] = node
+        self._id_pool[:0] = fresh[::-1]  # pop() takes from the end: the older IDs go first
 
     def live_inode(self, node: bytes) -> int:
         inode = self._ino_of.get(node)
@@ -650,6 +656,11 @@ class VfsCore:
                 if data is not None:
                     batch.pending_bytes -= len(data)
         self.flush_batch()
+        if self._ids_drawn and len(self._id_pool) < ID_POOL // 2 and not self.read_only:
+            # Creates are drawing IDs (an untar): reserve the next ones here, in the timer's worker thread, rather
+            # than in the create that empties the pool (inline on the trio thread, which then serves nothing for
+            # the transaction's ~9 ms).
+            self._refill_id_pool()
         return self._batch is not batch
 
     def batch_due(self) -> bool:

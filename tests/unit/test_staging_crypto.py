@@ -17,11 +17,19 @@ import pytest
 
 from anysyncfs.core import crypto
 from anysyncfs.errors import FsError
+from anysyncfs.fs import staging
 from anysyncfs.fs.staging import BLOCK_SIZE, SLOT_SIZE, STAGING_SUFFIX, SegmentFiles
 from anysyncfs.fs.vfs import ROOT_INODE
 from tests.unit.test_vfs_support import ROOT, Env, env  # noqa: F401  (env is a fixture)
 
 REGION = 3 * BLOCK_SIZE + 100  # not block-aligned: partial blocks at both ends
+
+
+@pytest.fixture(autouse=True)
+def on_disk_staging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the sealed staging FILES: a file this small would otherwise stay in memory
+    (tests/unit/test_staging_memory.py covers that path and its move to the files)."""
+    monkeypatch.setattr(staging, "MEMORY_BLOCKS_PER_NODE", 0)
 
 
 def staging_file(env: Env) -> Path:
