@@ -450,7 +450,9 @@ class VfsCore:
             batch.pending[blob_id] = bytes(data)
             batch.pending_bytes += len(data)
         else:
-            self.replica.blobs.put(blob_id, data, verified=True, durable=False)
+            # Its outboard (a BLAKE3 tree: more CPU than sealing the chunk) is written by make_durable, in
+            # parallel threads and mostly without the lock (the batch timer), not here under it.
+            self.replica.blobs.put(blob_id, data, verified=True, durable=False, outboard=False)
         batch.blobs[blob_id] = len(data)
 
     def pending_blob(self, blob_id: bytes) -> bytes | None:
