@@ -334,6 +334,7 @@ class Staged:
         stream = self.stream
         if stream is None:
             return
+        stream.drain()
         tail = stream.tail()
         if len(tail):
             self.files.write(stream.start, tail)  # may fail (disk full): the stream then stays as it is
@@ -392,6 +393,7 @@ class Staged:
         view = memoryview(out)
         stream = self.stream
         if stream is not None:  # nothing is dirty, and the file ends at the stream's end
+            stream.drain()
             if offset < stream.start:
                 prefix = Content(size=stream.start, extents=list(stream.sealed))
                 data = read_base(prefix, offset, min(end, stream.start) - offset)

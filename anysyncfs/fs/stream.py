@@ -23,11 +23,13 @@ unreferenced, as those of a commit that had not finished were.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..core import blob as blobs
 from ..core.chunking import ChunkParams
-from ..core.ops import Extent
+from ..core.ops import ChunkRef, Extent
 
 PutBlob = Callable[[bytes, bytes], None]
 
@@ -37,6 +39,18 @@ PutBlob = Callable[[bytes, bytes], None]
 CUT_EVERY = 4 << 20
 _TRANSLATE_PIECE = 256 << 10  # translated while still in the CPU cache (see core/chunking.py)
 _ZERO_PROBE = bytes(64)
+# Sealing (the chunk key's BLAKE3, the compression probe, AES-GCM, the blob ID) runs on one worker thread while
+# the FUSE thread takes the next write, translates and cuts it: two cores in use. At most this many chunks are in
+# flight (a few MiB): the writer waits for the oldest beyond that.
+SEAL_WINDOW = 3
+_sealer: ThreadPoolExecutor | None = None
+
+
+def _seal_pool() -> ThreadPoolExecutor:
+    global _sealer  # noqa: PLW0603 - one worker for the process, started on first use
+    if _sealer is None:
+        _sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anysyncfs-seal")
+    return _sealer
 
 
 def _is_zero(data: memoryview) -> bool:
@@ -60,6 +74,8 @@ class SealStream:
         self._translation = params.translation
         self.sealed = sealed
         self.start = start
+        # Chunks handed to the sealing thread, in file order; their bytes are copies (the buffer moves on).
+        self._pending: deque[tuple[int, Future[tuple[ChunkRef, bytes]]]] = deque()
         capacity = params.max_size + CUT_EVERY
         self._buf = memoryview(bytearray(max(capacity, len(tail))))
         # Keyed chunking cuts the translated bytes: keep the translation of the buffered tail beside it, so each
@@ -80,6 +96,21 @@ class SealStream:
     def tail(self) -> memoryview:
         """The buffered bytes ``[start, end)`` (a view: valid until the next append)."""
         return self._buf[: self._fill]
+
+    def drain(self) -> None:
+        """Wait for every chunk in flight and store it: :attr:`sealed` then covers ``[0, start)``. A failed store
+        (disk full) leaves that chunk first in line, so calling again retries it."""
+        while self._pending:
+            self._store_first()
+
+    def _store_first(self) -> None:
+        offset, future = self._pending[0]
+        ref, blob = future.result()
+        if ref.blob not in self._seen:
+            self._put_blob(ref.blob, blob)
+            self._seen.add(ref.blob)
+        self._pending.popleft()
+        self.sealed.append(Extent(offset=offset, chunk=ref))
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
@@ -126,8 +157,6 @@ class SealStream:
     def _seal(self, offset: int, data: memoryview) -> None:
         if _is_zero(data):
             return  # a hole, as in every commit
-        ref, blob = blobs.seal_chunk(data, self._key_base)
-        if ref.blob not in self._seen:
-            self._seen.add(ref.blob)
-            self._put_blob(ref.blob, blob)
-        self.sealed.append(Extent(offset=offset, chunk=ref))
+        while len(self._pending) >= SEAL_WINDOW:
+            self._store_first()
+        self._pending.append((offset, _seal_pool().submit(blobs.seal_chunk, bytes(data), self._key_base)))
