@@ -216,7 +216,15 @@ class BlobFiles:
 
         def complete(item: tuple[bytes, int]) -> None:
             blob_id, _size = item
-            self._write_outboard(blob_id, read_bounded(self.path_of(blob_id), self.max_blob_len))
+            data = read_bounded(self.path_of(blob_id), self.max_blob_len)
+            try:
+                self._write_outboard(blob_id, data)
+            except IdMismatch:
+                raise  # the blob file is damaged: the commit must not reference it
+            except StoreError as e:
+                # Derived data: a missing outboard is rebuilt on first use (and by fsck --repair). A full disk
+                # must not hold back the commit of blobs that are written already.
+                log.debug("outboard of blob %s not written (%s): rebuilt when needed", blob_id.hex()[:16], e)
 
         if len(missing) == 1:
             complete(missing[0])
