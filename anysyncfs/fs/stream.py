@@ -4,7 +4,7 @@ A file written front to back (``dd``, ``cp``, a download, an editor's save) used
 4 KiB staging block and writing it, then at commit reading and opening that block again before cutting and
 sealing the chunk. A :class:`SealStream` takes such a writer's bytes straight from the write call: it keeps the
 not yet final end of the file in memory, cuts it with the space's keyed FastCDC, and seals every chunk as soon as
-it is final, handing the blob to ``put_blob`` (the open batch: written without fsync, made durable by the group
+it is final (on one worker thread, a few chunks in flight), handing the blob to ``put_blob`` in file order (the open batch: written without fsync, made durable by the group
 commit timer in the background, or at the fsync). The staging files never see these bytes.
 
 The cuts are those of cutting the whole file at once: a chunk starting at ``s`` is decided by at most

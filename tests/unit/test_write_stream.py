@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 
 from anysyncfs.core import content as content_mod
-from anysyncfs.fs.vfs import ROOT_INODE
+from anysyncfs.fs.vfs import ROOT_INODE, SetAttrRequest
 from tests.unit.test_vfs_support import ROOT, Env, read_all, small_env  # noqa: F401 - fixture
 
 PIECE = 64 << 10  # above STREAM_MIN_WRITE
@@ -96,7 +96,6 @@ def test_other_writes_and_truncation_settle_the_stream(small_env: Env) -> None:
     for at in range(0, len(new), PIECE):
         vfs.write(fh, at, new[at : at + PIECE])
     assert vfs._staged[vfs.target(attr.inode)[1]].stream is not None
-    from anysyncfs.fs.vfs import SetAttrRequest
     vfs.setattr(attr.inode, SetAttrRequest(size=700_001), fh, ROOT)  # cut inside the sealed part
     vfs.write(fh, 700_001, b"end")
     vfs.release(fh)
