@@ -50,6 +50,7 @@ from ..replica.home import Unlocked, lock_path
 from ..replica.replica import Replica, resolve_space
 from ..store.files import private_dir
 from . import readahead
+from .memory import limit_malloc_arenas
 from .fuse import Operations
 from .mount_options import OPTIONS, parse_size
 from .mount_sync import run_sync
@@ -274,6 +275,7 @@ class _QuietAbandonedReplies(logging.Filter):
 def serve(unlocked: Unlocked, space: str, mp: Path, opts: MountOptions, *, ready: Reporter | None) -> int:
     """Open the space, mount it, run until unmounted or signalled; ``ready`` tells a waiting command "ok"."""
     home = unlocked.home
+    limit_malloc_arenas()  # before the FUSE, sealing and I/O threads start (see .memory)
     logging.getLogger("pyfuse3").addFilter(_QuietAbandonedReplies())
     store = home.store()
     space_id = resolve_space(store, space)

@@ -40,6 +40,7 @@ from pathlib import Path
 from ..core import crypto
 from ..core.ops import Content
 from ..errors import FsError, IntegrityError
+from .stream import SealStream
 
 log = logging.getLogger(__name__)
 
@@ -420,23 +421,56 @@ class Staged:
         self.ctime_ns = ctime_ns
         self.data_changed = False  # writes or truncation happened (else only attributes are pending)
         self.attrs: dict[str, int] = {}  # pending SetAttr fields: mode, uid, gid, atime_ns, mtime_ns
+        # A sequential writer's front layer (see .stream): every byte below its end comes from it. Only set while
+        # nothing is dirty and the file ends at the stream's end; anything else settles it first.
+        self.stream: SealStream | None = None
+
+    def settle(self) -> None:
+        """Turn the stream into the ordinary overlay: its sealed prefix becomes the base content, its buffered
+        tail an ordinary dirty range of the staging files."""
+        stream = self.stream
+        if stream is None:
+            return
+        stream.drain()
+        tail = stream.tail()
+        if len(tail):
+            self._write_files(stream.start, tail)  # may fail (disk full): the stream then stays as it is
+            self.dirty.add(stream.start, stream.end)
+        self.stream = None
+        self.base = Content(size=stream.start, extents=stream.sealed) if stream.sealed else Content(size=stream.start)
+        self.base_limit = stream.start
+
+    def _write_files(self, offset: int, data: bytes | memoryview) -> None:
+        """Write into the staged blocks: in memory while within the bounds, else (moving them first) on disk."""
+        files = self.files
+        if isinstance(files, MemoryBlocks):
+            if files.write(offset, data):
+                return
+            on_disk = SegmentFiles(self._directory, self.node.hex(), self.node)
+            try:
+                files.move_to(on_disk)
+            except BaseException:
+                on_disk.close()  # the blocks stay in memory; this write fails (ENOSPC, EIO)
+                raise
+            self.files = on_disk
+        self.files.write(offset, data)
 
     def write(self, offset: int, data: bytes, now_ns: int) -> None:
         if not data:
             return
-        files = self.files
-        if isinstance(files, MemoryBlocks):
-            if not files.write(offset, data):
-                on_disk = SegmentFiles(self._directory, self.node.hex(), self.node)
-                try:
-                    files.move_to(on_disk)
-                except BaseException:
-                    on_disk.close()  # the blocks stay in memory; this write fails (ENOSPC, EIO)
-                    raise
-                self.files = on_disk
-                on_disk.write(offset, data)
-        else:
-            files.write(offset, data)
+        stream = self.stream
+        if stream is not None and offset == stream.end == self.size and not self.dirty:
+            try:
+                stream.append(data)
+            finally:  # on a failed put (disk full) the bytes taken so far are the file's: the size says so
+                if stream.end > self.size:
+                    self.size = stream.end
+                    self.mtime_ns = self.ctime_ns = now_ns
+                    self.attrs.pop("mtime_ns", None)
+                    self.data_changed = True
+            return
+        self.settle()
+        self._write_files(offset, data)
         self.dirty.add(offset, offset + len(data))
         self.size = max(self.size, offset + len(data))
         self.mtime_ns = self.ctime_ns = now_ns
@@ -444,6 +478,7 @@ class Staged:
         self.data_changed = True
 
     def truncate(self, size: int, now_ns: int | None) -> None:
+        self.settle()
         if size < self.size:
             self.dirty.cut(size)
             self.files.truncate(size)
@@ -468,6 +503,17 @@ class Staged:
             return b""
         out = bytearray(end - offset)
         view = memoryview(out)
+        stream = self.stream
+        if stream is not None:  # nothing is dirty, and the file ends at the stream's end
+            stream.drain()
+            if offset < stream.start:
+                prefix = Content(size=stream.start, extents=list(stream.sealed))
+                data = read_base(prefix, offset, min(end, stream.start) - offset)
+                view[: len(data)] = data
+            lo = max(offset, stream.start)
+            if lo < end:
+                view[lo - offset : end - offset] = stream.tail()[lo - stream.start : end - stream.start]
+            return bytes(out)
         base_end = min(end, self.base_limit, self.base.size)
         if offset < base_end:
             data = read_base(self.base, offset, base_end - offset)
@@ -478,9 +524,12 @@ class Staged:
 
     def stored_bytes(self, base_stored: int) -> int:
         """A fair estimate of the bytes this file occupies (for st_blocks): base data plus dirty bytes."""
+        if self.stream is not None:
+            return min(self.size, self.stream.end)  # the base is cut away below the stream's end
         return min(self.size, base_stored + self.dirty.total())
 
     def close(self) -> None:
+        self.stream = None
         self.files.close()
 
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..core import acl, ops, tree
 from ..core.ids import NODE_ID_LEN, ROOT_NODE
-from ..errors import AnysyncError, FsError, StoreError
+from ..errors import AnysyncError, BlobMissing, FsError, StoreError
 from ..replica.replica import Replica
 from ..store.files import private_dir
 from . import perms
@@ -44,6 +44,7 @@ from .attrs import (
 from .batch import HARD_MAX_OPS, SOFT_MAX_OPS, Batch, fold_ops, is_provisional, provisional_id, split_payloads
 from .commit import build_content
 from .errnos import errno_of
+from .stream import SealStream
 from .reading import ContentReads
 from .staging import Staged, clear_leftovers
 from .virtual import HistView, Virtual
@@ -450,7 +451,9 @@ class VfsCore:
             batch.pending[blob_id] = bytes(data)
             batch.pending_bytes += len(data)
         else:
-            self.replica.blobs.put(blob_id, data, verified=True, durable=False)
+            # Its outboard (a BLAKE3 tree: more CPU than sealing the chunk) is written by make_durable, in
+            # parallel threads and mostly without the lock (the batch timer), not here under it.
+            self.replica.blobs.put(blob_id, data, verified=True, durable=False, outboard=False)
         batch.blobs[blob_id] = len(data)
 
     def pending_blob(self, blob_id: bytes) -> bytes | None:
@@ -679,6 +682,40 @@ class VfsCore:
             self._staged[node.id] = staged
         return staged
 
+    def start_stream(self, staged: Staged) -> None:
+        """Let ``staged`` seal an appending writer's bytes as they come (:mod:`.stream`), when its file is empty,
+        truncated to nothing, or ends where its last chunk (the one an end of file may have cut short) ends; the
+        stream then starts at that chunk. Otherwise, and when the bytes to start from are not all here, the
+        writes go to the staging files as before."""
+        base, size = staged.base, staged.size
+        sealed: list[ops.Extent] = []
+        start, tail = 0, b""
+        try:
+            with self.translated("write"):
+                try:
+                    if size == 0:
+                        pass  # a new file, or truncated to nothing: no base byte is left
+                    elif staged.base_limit < base.size or size != base.size:
+                        return  # cut or grown by a truncation: the general path plans what to re-cut
+                    elif base.inline or (not base.extents and base.manifest is None):
+                        tail = self.reads.read(base, 0, size)
+                    else:
+                        extents = self.reads.extents(base)
+                        last_end = extents[-1].offset + extents[-1].chunk.length if extents else 0
+                        if last_end > size:
+                            return  # the last chunk reaches past the end (a truncation): re-cut by the general path
+                        if extents and last_end == size:
+                            sealed, start = list(extents[:-1]), extents[-1].offset
+                            tail = self.reads.read(base, start, size - start)
+                        else:
+                            sealed, start = list(extents), size  # the file ends in a hole
+                    staged.stream = SealStream(self.replica.chunk_params, self.replica.chunk_key_base(), self._put_blob,
+                                               sealed=sealed, start=start, tail=tail)  # fmt: skip
+                except BlobMissing:
+                    return  # the last chunk is not on this device: staged, and fetched at the commit as before
+        except FsError as e:
+            log.info("no sealing stream for this writer (%s): staging its writes", e)
+
     def drop_staged(self, node_id: bytes) -> None:
         staged = self._staged.pop(node_id, None)
         if staged is not None:
@@ -704,6 +741,7 @@ class VfsCore:
         op_list: list[ops.Op] = []
         if staged.data_changed:
             with self.translated("commit"):
+                staged.settle()  # a sequential writer's sealed prefix becomes the base (see .stream)
                 key_base = self.replica.chunk_key_base()
                 base_extents = self.reads.extents(staged.base)
                 # Blobs are written without fsync; the batch makes them durable and indexes them at its commit.

@@ -19,6 +19,9 @@ from .attrs import MAX_FILE_SIZE, Attr, Ctx, SetAttrRequest
 from .vfs_base import FileHandle, locked, now_ns
 
 SMALL_COMMIT = 1 << 20  # bytes: closing a file with at most this much staged may run on the adapter's event loop
+# An append at least this large starts sealing the file's bytes as they come (.stream) instead of staging them:
+# bulk writers (dd, cp, downloads: 64 KiB to 1 MiB per FUSE write), not tar's 10 KiB records of small files.
+STREAM_MIN_WRITE = 32 << 10
 from .vfs_names import NamesMixin
 from .virtual import CONFLICTS_INO
 
@@ -123,6 +126,13 @@ class FilesMixin(NamesMixin):
         if not data:
             return 0
         self._kill_priv(node, handle.ctx)
+        if (staged.stream is None and len(data) >= STREAM_MIN_WRITE and offset == staged.size
+                and not staged.dirty):  # fmt: skip
+            self.start_stream(staged)
+        if staged.stream is not None:
+            with self.translated("write"):  # a chunk sealed on the way is stored: disk full is ENOSPC here
+                staged.write(offset, data, now_ns())
+            return len(data)
         staged.write(offset, data, now_ns())
         return len(data)
 

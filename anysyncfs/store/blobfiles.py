@@ -12,7 +12,10 @@ Temporary files start with a dot and are skipped by listings.
 **Outboards** (docs/protocol.md 50.8): a blob larger than one 16 KiB group has its BLAKE3 tree's parent nodes
 above the groups in ``<root>/ab/cdef….ob`` (pre-order, 64 bytes each, no length prefix: the blob file's size is
 the length), written with the blob (before it) and replaced when found missing or damaged. It is what lets this
-store serve verified byte ranges (:meth:`BlobFiles.read_slice`) without hashing the whole blob.
+store serve verified byte ranges (:meth:`BlobFiles.read_slice`) without hashing the whole blob. A mount's write
+path puts blobs with ``outboard=False`` (hashing the tree costs more than sealing the blob, and it runs under the
+mount's lock there) and :meth:`BlobFiles.make_durable` writes the missing outboards in parallel threads before
+the fsyncs: a blob that a committed change references has its outboard, barring damage (which is repaired).
 """
 
 from __future__ import annotations
@@ -57,21 +60,24 @@ class BlobFiles:
         return self.root / text[:2] / text[2:]
 
     def put(self, blob_id: bytes, data: bytes | bytearray | memoryview, *, verified: bool = False,
-            durable: bool = True, nodes: bytes | None = None) -> None:
+            durable: bool = True, nodes: bytes | None = None, outboard: bool = True) -> None:
         """Store ``data`` under ``blob_id`` after checking that it hashes to it (:class:`IdMismatch`; skipped
         when the caller has just checked it: ``verified``). Idempotent; a damaged existing copy is replaced.
         ``nodes``: the blob's outboard nodes when the caller has them (a fetch by ranges verified them on the way):
         checked against the ID (cheap: one hash per node; with the ID right, only the true tree passes) instead of
         being computed from the bytes.
         Safe to call from several threads (each write is a temporary file renamed into place). ``durable=False``
-        leaves the fsyncs to a later :meth:`make_durable` (a mount's group commit does many at once)."""
+        leaves the fsyncs to a later :meth:`make_durable` (a mount's group commit does many at once);
+        ``outboard=False`` (with ``durable=False`` only) leaves the outboard to it too."""
+        if not outboard and durable:
+            raise ValueError("a blob put without its outboard is completed by make_durable: durable=False")
         path = self.path_of(blob_id)
         if len(data) > self.max_blob_len:
             raise StoreError(f"blob of {len(data)} bytes exceeds the limit of {self.max_blob_len}")
         if not verified and crypto.blake3(data) != blob_id:
             raise IdMismatch("blob does not hash to the ID it is stored under")
         if self._intact(path, blob_id):
-            if len(data) > bao.GROUP_LEN and not self._outboard_path(blob_id).is_file():
+            if outboard and len(data) > bao.GROUP_LEN and not self._outboard_path(blob_id).is_file():
                 self._write_outboard(blob_id, data, durable=durable, nodes=nodes)
             return
         directory = path.parent
@@ -82,7 +88,7 @@ class BlobFiles:
                 raise StoreError(f"cannot create {directory}: {e.strerror or e}") from None
             if durable:
                 fsync_dir(self.root)  # else make_durable does it
-        if len(data) > bao.GROUP_LEN:  # before the blob: a blob file present has its outboard (barring damage)
+        if outboard and len(data) > bao.GROUP_LEN:  # before the blob: a blob file present has its outboard (barring damage)
             self._write_outboard(blob_id, data, durable=durable, nodes=nodes)
         self._open_blobs.forget(blob_id)  # a damaged copy is replaced: no read goes on from the old file
         try:
@@ -192,8 +198,45 @@ class BlobFiles:
             pass
 
     def make_durable(self, blob_ids: Sequence[bytes]) -> None:
-        """fsync the files of blobs written with ``durable=False`` (and their directories)."""
+        """fsync the files of blobs written with ``durable=False`` (and their directories), after writing the
+        outboards that ``put(outboard=False)`` left out."""
+        self._complete_outboards(blob_ids)
         fsync_paths([self.path_of(b) for b in blob_ids], also=[self.root])  # the root: new subdirectories
+
+    def _complete_outboards(self, blob_ids: Sequence[bytes]) -> None:
+        """Write the outboard of each blob among ``blob_ids`` larger than a group that has none, from its file
+        (the tree's root is checked against the ID, so a damaged file is refused: :class:`IdMismatch`). The
+        hashing releases the GIL: the blobs are spread over the I/O threads."""
+        missing: list[tuple[bytes, int]] = []
+        for blob_id in blob_ids:
+            try:
+                size = os.stat(self.path_of(blob_id)).st_size
+            except FileNotFoundError:
+                raise NotFound(f"blob {blob_id.hex()} is not stored here") from None
+            except OSError as e:
+                raise _store_error("stat", self.path_of(blob_id), e) from None
+            if size > bao.GROUP_LEN and not self._outboard_path(blob_id).is_file():
+                missing.append((blob_id, size))
+        if not missing:
+            return
+
+        def complete(item: tuple[bytes, int]) -> None:
+            blob_id, _size = item
+            data = read_bounded(self.path_of(blob_id), self.max_blob_len)
+            try:
+                self._write_outboard(blob_id, data)
+            except IdMismatch:
+                raise  # the blob file is damaged: the commit must not reference it
+            except StoreError as e:
+                # Derived data: a missing outboard is rebuilt on first use (and by fsck --repair). A full disk
+                # must not hold back the commit of blobs that are written already.
+                log.debug("outboard of blob %s not written (%s): rebuilt when needed", blob_id.hex()[:16], e)
+
+        if len(missing) == 1:
+            complete(missing[0])
+            return
+        for _ in io_pool().map(complete, missing):
+            pass
 
     def _intact(self, path: Path, blob_id: bytes) -> bool:
         try:

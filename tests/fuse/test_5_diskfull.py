@@ -142,7 +142,9 @@ def test_enospc_while_writing_reaches_the_writer(small_disk_space: Mount) -> Non
 
 
 def test_enospc_on_fsync_reaches_the_writer(small_disk_space: Mount) -> None:
-    """The staged data fits on the disk, its blobs do not: the commit inside fsync is what gets refused."""
+    """The staged data fits on the disk, its blobs do not: the commit inside fsync is what gets refused. Written
+    in 16 KiB writes, under the size that seals a sequential writer's chunks as it writes (fs/stream.py: such a
+    writer meets ENOSPC at its writes, as in the test above), so the bytes go to the staging files."""
     m = small_disk_space
     m.mount()
     want = commit_files(m)
@@ -151,8 +153,9 @@ def test_enospc_on_fsync_reaches_the_writer(small_disk_space: Mount) -> None:
     size = int(free * 0.65) // PIECE * PIECE  # staging: 65% of the free space; staging + blobs: 130%
     fd = os.open(m.path("big.bin"), os.O_CREAT | os.O_WRONLY, 0o644)
     try:
-        for _ in range(size // PIECE):
-            os.write(fd, os.urandom(PIECE))
+        small = 16 << 10
+        for _ in range(size // small):
+            os.write(fd, os.urandom(small))
         with pytest.raises(OSError) as refused:
             os.fsync(fd)
         assert refused.value.errno == errno.ENOSPC, f"fsync got {errno.errorcode.get(refused.value.errno or 0)}"

@@ -81,3 +81,35 @@ def test_nodes_given_with_a_blob_are_checked_not_trusted(tmp_path: Path) -> None
     forged = nodes[:-1] + bytes([nodes[-1] ^ 1])
     files.put(blob_id, data, nodes=forged)  # a wrong outboard is replaced by the computed one
     assert Path(str(files.path_of(blob_id)) + ".ob").read_bytes() == nodes
+
+
+def test_outboard_left_out_by_put_is_written_by_make_durable(tmp_path: Path) -> None:
+    """The mount's write path: put without the outboard, make_durable writes it (from the file, checked)."""
+    files = BlobFiles(tmp_path)
+    blobs = [os.urandom(n) for n in (bao.GROUP_LEN, 70_000, 300_000, 1 << 20)]
+    ids = [crypto.blake3(b) for b in blobs]
+    for blob_id, data in zip(ids, blobs):
+        files.put(blob_id, data, verified=True, durable=False, outboard=False)
+    obs = [Path(str(files.path_of(b)) + ".ob") for b in ids]
+    assert not any(ob.exists() for ob in obs)
+    with pytest.raises(ValueError):
+        files.put(ids[1], blobs[1], outboard=False)  # durable puts always carry their outboard
+    files.make_durable(ids)
+    assert not obs[0].exists()  # one group: no outboard
+    for blob_id, data, ob in zip(ids[1:], blobs[1:], obs[1:]):
+        assert ob.read_bytes() == bao.outboard_nodes(data)[1]
+        assert files.check_outboard(blob_id) is None
+
+
+def test_make_durable_refuses_a_damaged_blob_without_outboard(tmp_path: Path) -> None:
+    files = BlobFiles(tmp_path)
+    data = os.urandom(100_000)
+    blob_id = crypto.blake3(data)
+    files.put(blob_id, data, verified=True, durable=False, outboard=False)
+    path = files.path_of(blob_id)
+    damaged = bytearray(path.read_bytes())
+    damaged[5] ^= 1
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(IdMismatch):
+        files.make_durable([blob_id])
+    assert not Path(str(path) + ".ob").exists()
