@@ -14,7 +14,7 @@ import termios
 import threading
 from pathlib import Path
 
-from tests.conftest import CLI
+from tests.conftest import CLI, free_port
 
 from .conftest import (
     MOUNT_TIMEOUT,
@@ -25,7 +25,6 @@ from .conftest import (
     _check_fuse,
     cluster_cleanup,
     eventually,
-    free_port,
     init_device,
 )
 from .test_8_sharing import invite

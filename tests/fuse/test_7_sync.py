@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 from .conftest import (
     Mount,
     SyncNode,
@@ -24,7 +26,6 @@ from .conftest import (
     blob_bytes,
     cluster_cleanup,
     eventually,
-    free_port,
     init_device,
 )
 from .conftest import write_synced as write

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 from .conftest import (
     TEST_MOUNT_OPTS,
     Mount,
@@ -23,7 +25,6 @@ from .conftest import (
     _check_fuse,
     cluster_cleanup,
     eventually,
-    free_port,
     init_device,
 )
 from .conftest import write_synced as write
