@@ -196,6 +196,19 @@ class Mount:
         return self.mountpoint.joinpath(*parts)
 
 
+def mount_helper_inputs(m: Mount, tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    """What mount(8), fstab and the mount helper get in place of the test's environment: a wrapper script that runs
+    this checkout's CLI, a passphrase file, and the environment without the passphrase and home variables (they
+    must come from the ``-o`` options)."""
+    wrapper = tmp_path / "anysyncfs-bin"
+    wrapper.write_text(f"#!/bin/sh\nexec {' '.join(CLI)} \"$@\"\n")
+    wrapper.chmod(0o755)
+    passfile = tmp_path / "pass"
+    passfile.write_text(m.env["ANYSYNCFS_PASSPHRASE"] + "\n")
+    env = {k: v for k, v in m.env.items() if k not in ("ANYSYNCFS_PASSPHRASE", "ANYSYNCFS_HOME")}
+    return wrapper, passfile, env
+
+
 def terminate(proc: subprocess.Popen[bytes] | None) -> None:
     """End a child process we started, if it still runs: SIGTERM, then SIGKILL after 10 s."""
     if proc is not None and proc.poll() is None:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI
-from tests.fuse.conftest import REPO, Mount, is_mounted, pid_alive
+from tests.fuse.conftest import REPO, Mount, is_mounted, mount_helper_inputs, pid_alive
 
 HELPER = REPO / "scripts" / "mount.fuse.anysyncfs"
 INSTALLED_HELPER = Path("/sbin/mount.fuse.anysyncfs")
@@ -57,18 +56,13 @@ def installed_helper() -> Iterator[None]:
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mount -a needs root")
 def test_fstab_line_is_mounted_by_mount_a(fuse_space: Mount, tmp_path: Path) -> None:
     m = fuse_space
-    wrapper = tmp_path / "anysyncfs-bin"
-    wrapper.write_text(f"#!/bin/sh\nexec {' '.join(CLI)} \"$@\"\n")
-    wrapper.chmod(0o755)
-    passfile = tmp_path / "pass"
-    passfile.write_text(m.env["ANYSYNCFS_PASSPHRASE"] + "\n")
+    wrapper, passfile, env = mount_helper_inputs(m, tmp_path)
     fstab = tmp_path / "fstab"
     fstab.write_text(
         "# a temporary fstab: only this file is read (mount -T)\n"
         f"{m.space}  {m.mountpoint}  fuse.anysyncfs  home={m.home},passphrase_file={passfile},anysyncfs={wrapper},"
         "_netdev,nofail,nodev,x-systemd.automount,listen=off,discovery=off  0 0\n"
         f"{m.space}  {tmp_path / 'never'}  fuse.anysyncfs  noauto,home={m.home}  0 0\n")
-    env = {k: v for k, v in m.env.items() if k not in ("ANYSYNCFS_PASSPHRASE", "ANYSYNCFS_HOME")}
     with installed_helper():
         p = subprocess.run(["mount", "-a", "-T", str(fstab)], env=env, capture_output=True, timeout=60)
     for lock in (m.home / "locks").glob("*.lock"):  # the mount process, for the fixture's cleanup

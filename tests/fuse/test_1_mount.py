@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import CLI
 
-from .conftest import FUSERMOUNT, REPO, TEST_MOUNT_OPTS, Mount, is_mounted, pid_alive
+from .conftest import FUSERMOUNT, REPO, TEST_MOUNT_OPTS, Mount, is_mounted, mount_helper_inputs, pid_alive
 
 HELPER = REPO / "scripts" / "mount.fuse.anysyncfs"
 FM = FUSERMOUNT or "fusermount3"  # the fixtures skip when it is missing
@@ -265,12 +265,7 @@ def test_read_only_mount(mounted: Mount) -> None:
 def test_mount_helper_for_mount_t_and_fstab(fuse_space: Mount, tmp_path: Path) -> None:
     """What ``mount -t fuse.anysyncfs SPACE DIR -o home=...`` runs once the helper is /sbin/mount.fuse.anysyncfs."""
     m = fuse_space
-    wrapper = tmp_path / "anysyncfs-bin"
-    wrapper.write_text(f"#!/bin/sh\nexec {' '.join(CLI)} \"$@\"\n")
-    wrapper.chmod(0o755)
-    passfile = tmp_path / "pass"
-    passfile.write_text(m.env["ANYSYNCFS_PASSPHRASE"] + "\n")
-    env = {k: v for k, v in m.env.items() if k not in ("ANYSYNCFS_PASSPHRASE", "ANYSYNCFS_HOME")}
+    wrapper, passfile, env = mount_helper_inputs(m, tmp_path)
     args = [str(HELPER), m.space, str(m.mountpoint), "-o",
             f"rw,noauto,_netdev,x-systemd.automount,home={m.home},passphrase_file={passfile},"
             f"anysyncfs={wrapper},nodev,cache_size=1G"]

@@ -20,9 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI
-
-from .conftest import REPO, Mount
+from .conftest import REPO, Mount, mount_helper_inputs
 
 libc = ctypes.CDLL(None, use_errno=True)
 NOBODY = 65534
@@ -173,12 +171,7 @@ def test_mount8_keeps_options_and_remounts_ro_and_rw(fuse_space: Mount, tmp_path
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare (a private mount namespace)")
     m = fuse_space
-    wrapper = tmp_path / "anysyncfs-bin"
-    wrapper.write_text(f"#!/bin/sh\nexec {' '.join(CLI)} \"$@\"\n")
-    wrapper.chmod(0o755)
-    passfile = tmp_path / "pass"
-    passfile.write_text(m.env["ANYSYNCFS_PASSPHRASE"] + "\n")
-    env = {k: v for k, v in m.env.items() if k not in ("ANYSYNCFS_PASSPHRASE", "ANYSYNCFS_HOME")}
+    wrapper, passfile, env = mount_helper_inputs(m, tmp_path)
     p = subprocess.run(
         ["unshare", "-m", "--propagation", "private", sys.executable, str(REPO / "tests" / "fuse" / "_mount8.py"),
          m.space, str(m.mountpoint), str(m.home), str(passfile), str(wrapper),
