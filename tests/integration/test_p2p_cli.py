@@ -187,3 +187,35 @@ def test_status_without_a_running_sync_shows_how_each_peer_was_found_and_what_it
         assert f"{b_address}: not connected (address record, a member's device)" in text
     finally:
         _stop(procs)
+
+
+def test_sync_watch_with_a_taken_listen_address_still_syncs_by_dialling_out(make_home, tmp_path: Path) -> None:
+    """-o listen=HOST:PORT that is taken: logged, no listener, and the process goes on (it still dials out)."""
+    import socket
+
+    a_home = make_home("a")
+    a = create_space(a_home, "docs")
+    space = ids.space_text(a.space_id)
+    log = tmp_path / "a.log"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "anysyncfs", "sync", space, "--watch", "-o",
+                                 f"listen=127.0.0.1:{port},discovery=off"], env=_env(a_home.home.root),
+                                stdout=subprocess.PIPE, stderr=log.open("wb"))
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline().decode()
+            assert first.startswith("watching"), first + log.read_text()[-2000:]
+            assert proc.poll() is None
+
+            def live() -> dict:
+                (row,) = json.loads(_cli(a_home.home.root, "status", "--json", space))
+                return row
+
+            _wait_for(lambda: live()["mounted"], "the watch process publishes its status")
+            assert live()["listen"] == []  # no address to give out
+        finally:
+            _stop([proc])
+    assert f"cannot listen on 127.0.0.1:{port}" in log.read_text()
