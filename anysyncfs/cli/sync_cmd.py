@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from ..core import ids
@@ -25,6 +24,7 @@ from .node_backends import add_backend_options, open_backends
 from .progress import ProgressBars
 
 if TYPE_CHECKING:
+    from ..store.db import Store
     from .context import Context
 
 log = logging.getLogger(__name__)
@@ -391,7 +391,6 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _status(ctx: Context) -> list[dict[str, Any]]:
     from ..replica.home import status_path
-    from ..net.providers import Backlog, backlog
     from ..replica.ledger import ACL_HISTORY_CHANGED
 
     store = ctx.home.store()
@@ -405,33 +404,7 @@ def _status(ctx: Context) -> list[dict[str, Any]]:
     for row in rows:
         live = _read_status(status_path(ctx.home.root, row.id))
         live_peers = {p["address"]: p for p in live.get("peers", [])} if live else {}
-        peers = []
-        recorded = store.peers(row.id)
-        listed = {p.address for p in recorded}
-        found = [lp for a, lp in live_peers.items() if a not in listed]  # found by address records or mDNS
-        for p in [*recorded, *found]:
-            lp = p if isinstance(p, dict) else live_peers.get(p.address, {})
-            p = SimpleNamespace(**{"last_sync_us": None, "last_error": ""} | p) if isinstance(p, dict) else p
-            synced = lp.get("last_sync_us") or p.last_sync_us
-            device_key = getattr(p, "device_key", None)
-            # What this provider may still lack (a member's device found on the way holds no backlog of ours).
-            is_provider = device_key is not None and lp.get("kind") != "device"
-            behind = backlog(store, row.id, device_key, synced) if is_provider else Backlog(0, 0, 0, 0)
-            peers.append({
-                "address": p.address,
-                # how it was found: provider (a recorded peer that is not a member's device), manual (a device
-                # recorded with add-peer), address record, mdns
-                "found_by": _found_by(lp),
-                "connected": bool(lp.get("connected", False)),
-                "last_sync_us": lp.get("last_sync_us") or p.last_sync_us,
-                "last_error": lp.get("last_error") or p.last_error or "",
-                "changes_to_fetch": lp.get("to_fetch", 0),
-                "changes_to_send": lp.get("to_send", 0),
-                "changes_behind": behind.changes,
-                "blobs_behind": behind.blobs + int(lp.get("blobs_to_backfill", 0)),
-                "bytes_behind": behind.bytes + int(lp.get("bytes_to_backfill", 0)),
-                "never_synced": not synced,
-            })
+        peers = _peers_status(store, row.id, live_peers)
         warnings = [{"provider": ids.device_text(w.provider), "address": w.address, "kind": w.kind,
                      "device": ids.device_text(w.device), "counter": w.counter, "message": w.message,
                      "first_us": w.first_us, "last_us": w.last_us} for w in store.provider_warnings(row.id)]
@@ -469,13 +442,21 @@ def _print_status(ctx: Context, out: list[dict[str, Any]]) -> None:
             print("  no peers (anysyncfs space add-peer SPACE ADDRESS)")
         for p in s["peers"]:
             state = "connected" if p["connected"] else "not connected"
-            print(f"  {p['address']}: {state} ({p['found_by']}), last sync {_when(p['last_sync_us'])}, "
+            print(f"  {p['address']}: {state} ({_how(p)}), last sync {_when(p['last_sync_us'])}, "
                   f"changes to fetch {p['changes_to_fetch']}, to send {p['changes_to_send']}"
                   + (f", last error: {p['last_error']}" if p["last_error"] else ""))
             print(f"    behind: {p['changes_behind']} change(s), {p['blobs_behind']} blob(s), "
                   f"{_bytes(p['bytes_behind'])}" + (" (never synced)" if p["never_synced"] else ""))
         for w in s["warnings"]:  # a provider caught keeping changes back (signed heads, protocol.md 70.9)
             print(f"  WARNING: {w['message']} (first seen {_when(w['first_us'])}, last {_when(w['last_us'])})")
+
+
+def _how(peer: dict[str, Any]) -> str:
+    """How a peer was found, and whether it is a member's device, for the text view."""
+    if peer["found_by"] == "provider":
+        return "provider"
+    what = {"device": "a member's device", "provider": "not a member's device"}.get(peer["kind"], "not reached yet")
+    return f"{peer['found_by']}, {what}"
 
 
 def _bytes(n: int) -> str:
@@ -486,11 +467,62 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _found_by(live: dict[str, Any]) -> str:
-    via = str(live.get("via", "manual"))
-    if via == "manual":
-        return {"provider": "provider", "device": "manual"}.get(str(live.get("kind", "")), "manual")
-    return via
+def _peers_status(store: Store, space_id: bytes, live_peers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every peer of a space: the recorded ones (peers table), then those found by address records or mDNS —
+    from the running mount or sync --watch (``live_peers``) and from what earlier runs stored (``peers_seen``).
+
+    What a peer is comes from the live engine once it judged it this run, else from ``peers_seen`` (what an
+    engine judged it the last time it reached it), else it is ``unknown`` (never reached since it was recorded):
+    never a guess from the peers table alone, which holds providers and devices added with space add-peer alike."""
+    from ..net.providers import Backlog, backlog
+
+    seen = store.peers_seen(space_id)  # most recently judged first
+    seen_at = {s.address: s for s in seen}
+    kind_of_device: dict[bytes, str] = {}
+    for s in reversed(seen):  # the newest judgement of a device wins, whatever address it was reached at
+        kind_of_device[s.device_key] = s.kind
+    out: list[dict[str, Any]] = []
+
+    def add(address: str, device_key: bytes | None, via: str, stored_sync_us: int | None, stored_error: str) -> None:
+        lp = live_peers.get(address, {})
+        stored = seen_at.get(address)
+        kind = (str(lp.get("kind") or "") or (stored.kind if stored is not None else "")
+                or (kind_of_device.get(device_key, "") if device_key is not None else "") or "unknown")
+        synced = lp.get("last_sync_us") or stored_sync_us or (stored.last_sync_us if stored is not None else None)
+        # What this provider may still lack (a member's device holds no backlog of ours). A recorded peer never
+        # reached is counted as a provider would be: what it is owed if it is one.
+        owed = via == "manual" and device_key is not None and kind != "device"
+        behind = backlog(store, space_id, device_key, synced) if owed else Backlog(0, 0, 0, 0)
+        out.append({
+            "address": address,
+            # how it was found: provider (a recorded peer judged no member's device), manual (recorded with
+            # space add-peer or a ticket, a member's device or not reached yet), address record, mdns
+            "found_by": via if via != "manual" else ("provider" if kind == "provider" else "manual"),
+            "kind": kind,  # device (a member's), provider, or unknown (never reached since recorded)
+            "connected": bool(lp.get("connected", False)),
+            "last_sync_us": synced,
+            "last_error": lp.get("last_error") or stored_error or "",
+            "changes_to_fetch": lp.get("to_fetch", 0),
+            "changes_to_send": lp.get("to_send", 0),
+            "changes_behind": behind.changes,
+            "blobs_behind": behind.blobs + int(lp.get("blobs_to_backfill", 0)),
+            "bytes_behind": behind.bytes + int(lp.get("bytes_to_backfill", 0)),
+            "never_synced": not synced,
+        })
+
+    recorded = store.peers(space_id)
+    listed = {p.address for p in recorded}
+    for p in recorded:
+        add(p.address, p.device_key, "manual", p.last_sync_us, p.last_error or "")
+    for address, lp in live_peers.items():  # found by address records or mDNS in this run
+        if address not in listed:
+            stored = seen_at.get(address)
+            add(address, stored.device_key if stored is not None else None, str(lp.get("via") or "address record"),
+                None, "")
+    for s in seen:  # found in an earlier run (or this one, before the status file was rewritten)
+        if s.via != "manual" and s.address not in listed and s.address not in live_peers:
+            add(s.address, s.device_key, s.via, s.last_sync_us, "")
+    return out
 
 
 def _read_status(path: Path) -> dict | None:

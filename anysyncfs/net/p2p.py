@@ -62,9 +62,13 @@ class DevicePeering:
             if self.server is not None and self.listen_spec is not None:
                 try:
                     await nursery.start(self.server.listen, self.listen_spec)
-                except OSError as e:
+                # The listener's own nursery wraps a failed bind in an exception group (trio's strict groups):
+                # an explicit HOST:PORT that is taken, or an address this host does not have, must not end the
+                # mount or sync --watch.
+                except* OSError as group:
+                    e = _first_leaf(group)
                     log.warning("cannot listen on %s:%d: %s", self.listen_spec.host or "*", self.listen_spec.port,
-                                e.strerror or e)
+                                getattr(e, "strerror", None) or e)
                     self.server = None
                 else:
                     log.info("listening for members' devices at %s", ", ".join(self.addresses()))
@@ -140,3 +144,10 @@ class DevicePeering:
             self.server.address_board.offer(replica.space_id, replica.role_of, record.raw)
         for host, port in pairs:
             self.sync.add_discovered(PeerAddress(record.device, host, port), "address record")
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups, for a one-line log message."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error

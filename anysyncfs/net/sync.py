@@ -112,6 +112,7 @@ class SpaceSync:
         self._retry: dict[str, trio.Event] = {}  # peer key -> set to cut the backoff of its dial short
         self._connected_devices: dict[bytes, str] = {}  # device key -> the address we are connected to it by
         self._is_device: dict[str, bool] = {}  # peer key -> a member's device (True) or a provider
+        self._seen_noted: dict[str, tuple[int, str, str]] = {}  # peer key -> (connection, via, kind) last stored
 
     # ------------------------------------------------------------------------------------------ addresses
     async def addresses(self) -> list[PeerAddress]:
@@ -287,6 +288,7 @@ class SpaceSync:
         device = self.peer_is_device(conn)
         if st is not None:
             st.kind = "device" if device else "provider"
+        await self._note_seen(conn, st.via if st is not None else "manual", device)
         if self.exchange_addresses is not None:
             await self.exchange_addresses(self, conn)
         # Blobs go up to providers only: a device fetches what it reads, and an upload confirmed by a device must
@@ -313,6 +315,22 @@ class SpaceSync:
             st.rounds = rounds
         await self._note(conn.label, ok=True, synced_us=started_us)
         return fetched, sent, uploaded.sent
+
+    async def _note_seen(self, conn: Connection, via: str, device: bool) -> None:
+        """Store what the peer was judged to be and how it was found (``peers_seen``): ``anysyncfs status`` shows
+        it while no engine runs, and a recorded device stops holding the upload queue back. Written once per
+        connection and whenever the judgement changes, not in every live-push round."""
+        assert conn.peer is not None
+        kind = "device" if device else "provider"
+        if self._seen_noted.get(conn.label) == (id(conn), via, kind):
+            return
+        try:
+            await self.run(self.replica.store.note_peer_seen, self.space_id, conn.label, conn.peer.peer_device,
+                           via, kind)
+        except AnysyncError as e:  # informational: the round goes on
+            log.warning("cannot record what %s is: %s", conn.label, e)
+            return
+        self._seen_noted[conn.label] = (id(conn), via, kind)
 
     def peer_is_device(self, conn: Connection) -> bool:
         """A member's device (its account is in the space's ACL), not a provider (whose account never is)."""

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 
 from ..clock import now_us
 from . import schema as S
@@ -29,6 +29,18 @@ class PeerRow:
     last_sync_us: int | None  # last successful sync (None: never)
     last_attempt_us: int | None  # last attempt, successful or not (None: never)
     last_error: str | None  # why the last attempt failed (None after a success)
+
+
+@dataclass(frozen=True, slots=True)
+class SeenPeer:
+    """What the sync engine learnt of a peer it reached (table ``peers_seen``)."""
+
+    address: str
+    device_key: bytes
+    via: str  # "manual", "address record" or "mdns"
+    kind: str  # "device" (a member's) or "provider"
+    seen_us: int
+    last_sync_us: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +157,8 @@ class SyncQueries:
             if row is None:
                 return False
             self._run(delete(S.peers).where(p.space == space_id, p.address == address))
+            self._run(delete(S.peers_seen).where(S.peers_seen.c.space == space_id,
+                                                 S.peers_seen.c.address == address))
             if self._run(select(p.address).where(p.space == space_id, p.device_key == row[0])).first() is None:
                 self.forget_confirmations_of(space_id, row[0])  # type: ignore[attr-defined]  # (db_uploads.py)
         return True
@@ -178,3 +192,36 @@ class SyncQueries:
             # One bounded line: the text may come from a peer.
             values["last_error"] = ((error or "").strip().splitlines() or ["failed"])[0][:500]
         self._run(update(S.peers).where(p.space == space_id, p.address == address).values(**values))
+        if ok:  # a discovered peer has no peers row: its last sync is kept beside what it was judged to be
+            v = S.peers_seen.c
+            self._run(update(S.peers_seen).where(v.space == space_id, v.address == address)
+                      .values(last_sync_us=values["last_sync_us"]))
+
+    def note_peer_seen(self, space_id: bytes, address: str, device_key: bytes, via: str, kind: str) -> None:
+        """Record what a peer reached at ``address`` was judged to be (``kind``) and how it was found (``via``),
+        keeping at most :data:`~.schema.MAX_PEERS_SEEN` rows of found peers per space (the least recently judged
+        go; a recorded peer's row goes with its peers row)."""
+        if via not in S.PEER_VIA or kind not in S.PEER_KINDS or len(device_key) != 32:
+            raise ValueError(f"peer seen: bad via {via!r}, kind {kind!r} or device key")
+        v = S.peers_seen.c
+        now = now_us()
+        with self.transaction():  # type: ignore[attr-defined]
+            stmt = self._upsert(S.peers_seen).values(space=space_id, address=address, device_key=device_key,
+                                                     via=via, kind=kind, seen_us=now)
+            self._run(stmt.on_conflict_do_update(
+                index_elements=[v.space, v.address],
+                set_={"device_key": stmt.excluded.device_key, "via": stmt.excluded.via, "kind": stmt.excluded.kind,
+                      "seen_us": stmt.excluded.seen_us}))
+            # Recorded peers are bounded by the peers table (remove_peer deletes their row); found ones by this.
+            found = and_(v.space == space_id, v.via != "manual")
+            kept = select(v.address).where(found).order_by(v.seen_us.desc(), v.address) \
+                .limit(S.MAX_PEERS_SEEN).scalar_subquery()
+            self._run(delete(S.peers_seen).where(found, v.address.not_in(kept)))
+            if kind == "device":  # a recorded device no longer holds the upload queue back (db_uploads.py)
+                self.settle_uploads(space_id)  # type: ignore[attr-defined]
+
+    def peers_seen(self, space_id: bytes) -> list[SeenPeer]:
+        """What the engine learnt of the peers of a space it reached, most recently judged first."""
+        v = S.peers_seen.c
+        rows = self._run(select(S.peers_seen).where(v.space == space_id).order_by(v.seen_us.desc(), v.address))
+        return [SeenPeer(r.address, r.device_key, r.via, r.kind, r.seen_us, r.last_sync_us) for r in rows.fetchall()]

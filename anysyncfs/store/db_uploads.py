@@ -72,14 +72,20 @@ class UploadQueries:
 
     def settle_uploads(self, space_id: bytes) -> list[bytes]:
         """Unqueue (and mark evictable) the queued blobs of a space that at least one provider confirmed and no
-        provider recorded for the space lacks. Returns them."""
+        provider recorded for the space lacks (a recorded peer the engine judged a member's device is none).
+        Returns them."""
         u, c, p, b = S.upload_queue.c, S.upload_confirmations.c, S.peers.c, S.blobs.c
         someone = exists().where(c.space == space_id, c.blob == u.blob)
         # (correlated two levels up: SQLAlchemy's automatic correlation only reaches the enclosing query)
         confirmed_by_peer = exists().where(
             and_(c.space == space_id, c.provider == p.device_key, c.blob == u.blob)).correlate_except(
             S.upload_confirmations)
-        lacking = exists().where(p.space == space_id, ~confirmed_by_peer)
+        # A device recorded with space add-peer is no provider (the engine judged it a member's, peers_seen): it is
+        # never asked to store uploads, so its missing confirmation must not keep blobs queued for ever.
+        v = S.peers_seen.c
+        judged_device = exists().where(
+            and_(v.space == space_id, v.address == p.address, v.kind == "device")).correlate_except(S.peers_seen)
+        lacking = exists().where(p.space == space_id, ~confirmed_by_peer, ~judged_device)
         with self.transaction():  # type: ignore[attr-defined]
             done = [r[0] for r in self._run(select(u.blob).where(u.space == space_id, someone, ~lacking)).fetchall()]
             for part in _batches(done):

@@ -13,8 +13,9 @@ from ..clock import now_us
 from . import schema as S
 
 # The tables a space's rows live in on a device, children first (``forget_space`` deletes in this order).
-_SPACE_TABLES = ("provider_warnings", "heads_served", "signed_heads", "upload_queue", "peers", "pinned_blobs", "pins",
-                 "change_blobs", "space_blobs", "entries", "nodes", "tree_meta", "heads", "changes", "acl_records")
+_SPACE_TABLES = ("provider_warnings", "heads_served", "signed_heads", "upload_queue", "peers", "peers_seen",
+                 "pinned_blobs", "pins", "change_blobs", "space_blobs", "entries", "nodes", "tree_meta", "heads",
+                 "changes", "acl_records")
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,13 +34,14 @@ from sqlalchemy import (
 
 from .dialect import EmptyBytes
 
-SCHEMA_VERSION = 4  # bump on any change below; the store refuses a database with another version
+SCHEMA_VERSION = 5  # bump on any change below; the store refuses a database with another version
 # Version history (the store upgrades an older database in place, in one transaction; see db.py):
 #   1  first release
 #   2  space_blobs, pins, pinned_blobs (new); peers.device_key, peers.last_attempt_us, peers.last_error;
 #      blobs.remote_confirmed
 #   3  changes.unreadable
 #   4  vaults (new)
+#   5  peers_seen (new)
 
 metadata = MetaData()
 
@@ -190,6 +191,30 @@ peers = Table(
     Column("last_error", Text, nullable=True, doc="one-line reason the last attempt failed (NULL after a success)"),
 )
 
+PEER_VIA = ("manual", "address record", "mdns")  # how a peer was found (peers_seen.via)
+PEER_KINDS = ("device", "provider")  # what the engine judged it to be (peers_seen.kind)
+MAX_PEERS_SEEN = 64  # peers_seen rows kept per space of peers found by address records or mDNS (oldest go first)
+
+# What the sync engine learnt of a peer it reached: kept so that ``anysyncfs status`` tells a member's device from a
+# provider, and lists the devices found by address records or mDNS, while no mount or sync --watch runs. Only a
+# peer that authenticated as the device key it was dialled by and got through the ACL round gets a row (a spoofed
+# announcement or a stranger never does). Rows of recorded peers go with their peers row (remove_peer); those of
+# found peers are bounded by MAX_PEERS_SEEN per space.
+peers_seen = Table(
+    "peers_seen",
+    metadata,
+    Column("space", LargeBinary(32), primary_key=True, doc="space the peer was reached for"),
+    Column("address", Text, primary_key=True, doc="the address it was dialled at (anysync://dv-…@host:port)"),
+    Column("device_key", LargeBinary(32), nullable=False, doc="its device key, proven in the handshake"),
+    Column("via", Text, nullable=False, doc="how it was found: 'manual' (the peers table: a provider or a device "
+           "added with space add-peer), 'address record' or 'mdns'"),
+    Column("kind", Text, nullable=False, doc="'device' (its account is a member of the space) or 'provider' (its "
+           "account is not), as judged after the ACL round of the last connection"),
+    Column("seen_us", BigInteger, nullable=False, doc="when it was last judged, µs"),
+    Column("last_sync_us", BigInteger, nullable=True, doc="start of its last successful sync round, µs (NULL: none "
+           "yet)"),
+)
+
 pins = Table(
     "pins",
     metadata,
@@ -308,4 +333,5 @@ COLUMNS_ADDED_AFTER: dict[int, tuple[Column, ...]] = {
     1: (peers.c.device_key, peers.c.last_attempt_us, peers.c.last_error, blobs.c.remote_confirmed),
     2: (changes.c.unreadable,),
     3: (),  # version 4 only adds the table vaults
+    4: (),  # version 5 only adds the table peers_seen
 }

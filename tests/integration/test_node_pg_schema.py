@@ -33,10 +33,11 @@ def test_schema_1_is_upgraded_in_place_to_the_same_shape_as_a_new_database(pg_se
     fresh, old = pg_server.new_database("fresh"), pg_server.new_database("old")
     Store(fresh).close()
     Store(old).close()
-    # Make `old` a version 1 database: without what versions 2 to 4 added.
+    # Make `old` a version 1 database: without what versions 2 to 5 added.
     _execute(old, "ALTER TABLE peers DROP COLUMN device_key, DROP COLUMN last_attempt_us, DROP COLUMN last_error",
              "ALTER TABLE blobs DROP COLUMN remote_confirmed", "ALTER TABLE changes DROP COLUMN unreadable",
-             "DROP TABLE node_spaces", "DROP TABLE vaults", "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+             "DROP TABLE node_spaces", "DROP TABLE vaults", "DROP TABLE peers_seen",
+             "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     store = Store(old)
     try:
         store.add_peer(b"s" * 32, "127.0.0.1:1", b"k" * 32)  # the upgraded columns work

@@ -280,6 +280,8 @@ async def test_a_spoofed_mdns_announcement_leads_to_a_listener_that_fails_authen
                                      "b dialled the spoofed address", 10)
                     assert not sb.peers[spoof_key].connected
                     assert "not device" in sb.peers[spoof_key].last_error
+                    # what b stores of the peers it reached: never the address of a listener that failed
+                    assert spoof_key not in {p.address for p in b.store.peers_seen(b.space_id)}
                     assert pb.lan is not None
                     await eventually(lambda: pb.lan.ignored >= 1, "the garbage announcement was ignored", 10)
             finally:
@@ -374,3 +376,94 @@ async def test_every_address_an_all_interfaces_listener_publishes_answers_as_thi
             finally:
                 await conn.abort("done")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_taken_default_port_falls_back_to_a_free_one_and_an_explicit_one_is_not_replaced(make_home) -> None:
+    """-o listen's default port is taken (another device process on this host): a free port instead. An explicit
+    HOST:PORT that is taken gets no listener (logged), and the device still dials out."""
+    import socket
+
+    a = create_space(make_home("a"), "docs")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for fallback in (True, False):
+            sync = SpaceSync(a, Endpoint(a.identity), Runner())
+            peering = DevicePeering(sync, listen=ListenSpec("127.0.0.1", port, fallback), discovery=False)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(peering.run)
+                if fallback:
+                    assert own_address(peering).port not in (port, 0)
+                    assert peering.own_record() is not None  # the free port is what it publishes
+                else:
+                    assert peering.server is None and peering.addresses() == []
+                nursery.cancel_scope.cancel()
+
+
+async def test_blobs_come_from_a_members_device_before_the_provider_that_holds_them(tmp_path: Path,
+                                                                                   make_home) -> None:
+    """Path choice: b is connected to the provider and to a's device, and both hold a's file; b's reads fetch from
+    the device (a fetch from a device is no confirmation that a provider stores it: the blobs stay unconfirmed)."""
+    phrase = keys.generate_phrase()
+    a = create_space(make_home("a", phrase), "docs")
+    b = second_device(make_home, a, phrase, "b")
+    async with trio.open_nursery() as outer:
+        node = Node(tmp_path / "node")
+        listeners = await outer.start(node.serve, "127.0.0.1", 0)
+        provider = node.address("127.0.0.1", listeners[0].socket.getsockname()[1])
+        for r in (a, b):
+            r.store.add_peer(r.space_id, str(provider), provider.device)
+        async with device(a), device(b) as (sb, _pb):
+            put_file(a, "/both.bin", os.urandom(400_000))
+            await eventually(lambda: a.store.count_pending_uploads(a.space_id) == 0, "the provider holds a's blobs")
+            await eventually(lambda: resolve_or_none(b, "/both.bin"), "a's file listed on b")
+            await eventually(lambda: {p.kind for p in sb.peers.values() if p.connected} == {"device", "provider"},
+                             "b connected to the provider and to a")
+            assert _missing_blobs(b)
+            await fetch_missing(sb)
+            fetched = b.store.local_blob_ids()  # b made no blob: every one it holds was fetched for this file
+            assert fetched and not any(b.store.is_remote_confirmed(blob) for blob in fetched)  # none from the provider
+            assert content(b, "/both.bin") == content(a, "/both.bin")
+        outer.cancel_scope.cancel()
+    node.close()
+
+
+async def test_a_device_with_discovery_off_is_not_found_on_the_lan(make_home) -> None:
+    phrase = keys.generate_phrase()
+    a = create_space(make_home("a", phrase), "docs")
+    b = second_device(make_home, a, phrase, "b")
+    async with device(a, discovery=False) as (_sa, pa), device(b, discovery=True) as (sb, pb):
+        assert pa.lan is None and pb.lan is not None
+        await trio.sleep(4.0)  # twice the slowest discovery measured (docs/benchmarks.md)
+        assert sb.peers == {}
+
+
+async def test_a_discovered_address_that_fails_is_backed_off_and_dialled_at_once_when_heard_of_again(
+        make_home) -> None:
+    from tests.conftest import free_port
+
+    a = create_space(make_home("a"), "docs")
+    sync = SpaceSync(a, Endpoint(a.identity), Runner())
+    dials: list[float] = []
+    real_dial = sync.endpoint.dial
+
+    async def counting_dial(addr: PeerAddress, **kw: object) -> object:
+        dials.append(trio.current_time())
+        return await real_dial(addr, **kw)  # type: ignore[arg-type]
+
+    sync.endpoint.dial = counting_dial  # type: ignore[method-assign]
+    gone = PeerAddress(os.urandom(32), "127.0.0.1", free_port())  # nothing listens there
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sync.run_forever)
+        sync.add_discovered(gone, "mdns")
+        await eventually(lambda: len(dials) >= 4, "four dials", 15)
+        gaps = [t1 - t0 for t0, t1 in zip(dials, dials[1:])]
+        assert gaps[2] > gaps[0], gaps  # 0.5 s, then 1, then 2 (each ±50 %): it backs off
+        assert sync.peers[str(gone)].via == "mdns" and "cannot connect" in sync.peers[str(gone)].last_error
+        n, heard = len(dials), trio.current_time()
+        sync.add_discovered(gone, "mdns")  # announced again (back on the LAN): no waiting out the backoff
+        await eventually(lambda: len(dials) > n, "dialled again", 2)
+        assert dials[n] - heard < 0.5
+        nursery.cancel_scope.cancel()
+    assert a.store.peers_seen(a.space_id) == []  # never reached: nothing stored

@@ -102,3 +102,120 @@ def test_a_device_added_with_add_peer_is_never_counted_as_a_provider(make_home, 
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def test_status_without_a_running_sync_shows_how_each_peer_was_found_and_what_it_is(make_home, tmp_path: Path
+                                                                                       ) -> None:
+    """What the engines judged is stored (peers_seen): once every sync process has stopped, ``status`` still tells
+    the provider from a member's device added with add-peer, and lists the device found by its address record;
+    a recorded peer never reached is "unknown", not a provider. And with a device recorded beside the provider, a
+    blob the provider confirmed leaves the upload queue (the device does not hold it back)."""
+    from tests.conftest import free_port
+
+    phrase = keys.generate_phrase()
+    a_home, b_home = make_home("a", phrase), make_home("b", phrase)
+    a = create_space(a_home, "docs")
+    adopt_space(b_home, "docs", a.header_raw, [raw for _rid, raw in a.acl_raws()])
+    space = ids.space_text(a.space_id)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        node = subprocess.Popen([sys.executable, "-m", "anysyncfs", "node", "serve", "--listen", "127.0.0.1:0",
+                                 "--data", str(tmp_path / "node")], env=_env(tmp_path / "nodehome"),
+                                stdout=subprocess.PIPE, stderr=(tmp_path / "node.log").open("wb"))
+        procs.append(node)
+        assert node.stdout is not None
+        provider = node.stdout.readline().decode().strip()
+        assert provider.startswith("anysync://dv-"), (tmp_path / "node.log").read_text()[-2000:]
+        for home in (a_home, b_home):
+            _cli(home.home.root, "space", "add-peer", space, provider)
+        pa, a_address = _watch(a_home.home.root, space, tmp_path / "a.log")
+        procs.append(pa)
+        _cli(b_home.home.root, "space", "add-peer", space, a_address)  # b records a's device by hand
+        pb, b_address = _watch(b_home.home.root, space, tmp_path / "b.log")
+        procs.append(pb)
+        _cli(b_home.home.root, "put", space, "/from-b.bin", stdin=os.urandom(200_000))
+
+        def peers(home: Path) -> tuple[dict, dict[str, dict]]:
+            (row,) = json.loads(_cli(home, "status", "--json", space))
+            return row, {p["address"]: p for p in row["peers"]}
+
+        def settled() -> bool:
+            b_row, b_peers = peers(b_home.home.root)
+            _a_row, a_peers = peers(a_home.home.root)
+            return (b_row["blobs_to_upload"] == 0  # the provider confirmed; a's device does not hold it back
+                    and b_peers[a_address]["kind"] == "device" and b_peers[provider]["kind"] == "provider"
+                    and a_peers.get(b_address, {}).get("connected", False))
+
+        _wait_for(settled, "b's blob confirmed by the provider, and a and b connected both ways")
+        _stop(procs)
+        procs.clear()
+
+        b_row, b_peers = peers(b_home.home.root)
+        assert not b_row["mounted"] and b_row["blobs_to_upload"] == 0
+        assert (b_peers[provider]["found_by"], b_peers[provider]["kind"]) == ("provider", "provider")
+        assert (b_peers[a_address]["found_by"], b_peers[a_address]["kind"]) == ("manual", "device")
+        assert b_peers[a_address]["blobs_behind"] == 0 and b_peers[a_address]["changes_behind"] == 0
+        assert b_peers[a_address]["last_sync_us"]
+        _a_row, a_peers = peers(a_home.home.root)
+        assert (a_peers[provider]["found_by"], a_peers[provider]["kind"]) == ("provider", "provider")
+        assert (a_peers[b_address]["found_by"], a_peers[b_address]["kind"]) == ("address record", "device")
+        assert a_peers[b_address]["last_sync_us"] and not a_peers[b_address]["connected"]
+        assert a_peers[b_address]["blobs_behind"] == 0
+
+        # A device address recorded now, never reached: nothing says what it is.
+        nowhere = f"anysync://{ids.device_text(os.urandom(32))}@127.0.0.1:{free_port()}"
+        _cli(b_home.home.root, "space", "add-peer", space, nowhere)
+        _b_row, b_peers = peers(b_home.home.root)
+        assert (b_peers[nowhere]["found_by"], b_peers[nowhere]["kind"]) == ("manual", "unknown")
+        text = _cli(b_home.home.root, "status", space)
+        assert f"{a_address}: not connected (manual, a member's device)" in text
+        assert f"{provider}: not connected (provider)" in text
+        assert f"{nowhere}: not connected (manual, not reached yet)" in text
+        text = _cli(a_home.home.root, "status", space)
+        assert f"{b_address}: not connected (address record, a member's device)" in text
+    finally:
+        _stop(procs)
+
+
+def test_sync_watch_with_a_taken_listen_address_still_syncs_by_dialling_out(make_home, tmp_path: Path) -> None:
+    """-o listen=HOST:PORT that is taken: logged, no listener, and the process goes on (it still dials out)."""
+    import socket
+
+    a_home = make_home("a")
+    a = create_space(a_home, "docs")
+    space = ids.space_text(a.space_id)
+    log = tmp_path / "a.log"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "anysyncfs", "sync", space, "--watch", "-o",
+                                 f"listen=127.0.0.1:{port},discovery=off"], env=_env(a_home.home.root),
+                                stdout=subprocess.PIPE, stderr=log.open("wb"))
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline().decode()
+            assert first.startswith("watching"), first + log.read_text()[-2000:]
+            assert proc.poll() is None
+
+            def live() -> dict:
+                (row,) = json.loads(_cli(a_home.home.root, "status", "--json", space))
+                return row
+
+            _wait_for(lambda: live()["mounted"], "the watch process publishes its status")
+            assert live()["listen"] == []  # no address to give out
+        finally:
+            _stop([proc])
+    assert f"cannot listen on 127.0.0.1:{port}" in log.read_text()

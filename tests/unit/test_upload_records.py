@@ -75,3 +75,39 @@ def test_change_backlog_counts_changes_stored_from_the_last_round_on(store: Stor
     assert store.change_backlog(SPACE, None) == (3, 33)
     assert store.change_backlog(SPACE, 20) == (2, 23)  # a round that started at 20 may have missed the one at 20
     assert store.change_backlog(SPACE, 31) == (0, 0)
+
+
+def test_a_recorded_peer_judged_a_members_device_does_not_hold_the_queue_back(store: Store) -> None:
+    """A device added with space add-peer is never asked to store uploads: once the engine judged it a member's
+    device (peers_seen), the provider's confirmations alone take blobs off the queue."""
+    store.add_peer(SPACE, "anysync://provider", P1)
+    store.add_peer(SPACE, "anysync://device", P2)
+    assert store.confirm_uploads(SPACE, P1, BLOBS) == []  # not judged yet: it may be a provider
+    store.note_peer_seen(SPACE, "anysync://provider", P1, "manual", "provider")
+    assert store.pending_uploads(SPACE, 10) == BLOBS
+    store.note_peer_seen(SPACE, "anysync://device", P2, "manual", "device")  # settles at once
+    assert store.pending_uploads(SPACE, 10) == []
+    assert all(store.is_remote_confirmed(b) for b in BLOBS)
+
+
+def test_peers_seen_is_bounded_follows_remove_peer_and_keeps_the_last_sync(store: Store) -> None:
+    store.add_peer(SPACE, "anysync://provider", P1)
+    store.note_peer_seen(SPACE, "anysync://provider", P1, "manual", "provider")
+    store.note_peer_sync(SPACE, "anysync://provider", True, synced_us=5)
+    for i in range(S.MAX_PEERS_SEEN + 5):
+        store.note_peer_seen(SPACE, f"anysync://found-{i}", P2, "mdns", "device")
+    store.note_peer_sync(SPACE, f"anysync://found-{S.MAX_PEERS_SEEN}", True, synced_us=7)
+    seen = store.peers_seen(SPACE)
+    assert len(seen) == S.MAX_PEERS_SEEN + 1  # the least recently judged found ones went; the recorded one stays
+    assert seen[0].address == f"anysync://found-{S.MAX_PEERS_SEEN + 4}" and seen[0].via == "mdns"
+    assert {s.address: s.last_sync_us for s in seen}[f"anysync://found-{S.MAX_PEERS_SEEN}"] == 7
+    assert {s.address: s.last_sync_us for s in seen}["anysync://provider"] == 5
+    assert "anysync://found-0" not in {s.address for s in seen}
+    store.note_peer_seen(SPACE, "anysync://provider", P1, "manual", "provider")
+    assert store.peers_seen(SPACE)[0].last_sync_us == 5  # judged again: its last sync stays
+    assert store.remove_peer(SPACE, "anysync://provider")
+    assert "anysync://provider" not in {s.address for s in store.peers_seen(SPACE)}
+    with pytest.raises(ValueError):
+        store.note_peer_seen(SPACE, "anysync://x", P1, "guessed", "device")
+    store.forget_space(SPACE, [])
+    assert store.peers_seen(SPACE) == []
