@@ -14,9 +14,7 @@ that neither change is an ancestor of the other, asked through the caller's ``is
   concurrent write is skipped.
 * A directory is only removed while it has no live entries; creating, linking, renaming or resurrecting an
   entry into an unlinked directory brings that directory (and any unlinked directory above it) back.
-* Two live entries under one name: :mod:`.tree_names` shows the later placed one under a conflict name, unless a
-  rename placed it concurrently with the other onto a file of identical content (an editor's save of the same
-  bytes on two devices): then the later one is not shown.
+* Two live entries under one name: :mod:`.tree_names` shows the later placed one under a conflict name.
 """
 
 from __future__ import annotations
@@ -262,27 +260,8 @@ def _rename(f: _ChangeFold, op: ops.Rename) -> None:
         f.revive_ancestors(op.parent)
         f.listing_changed(old_parent, f.now_ns)
         f.listing_changed(op.parent, f.now_ns)
-        _merge_identical_twin(f, entry, node)
     node.ctime_ns = f.now_ns
     f.touch(node)
-
-
-def _merge_identical_twin(f: _ChangeFold, entry: Entry, node: Node) -> None:
-    """Two devices saved the same bytes under one name the way editors do (a temporary file renamed over the
-    name), neither seeing the other: the file renamed later in fold order is not shown beside the other as a
-    conflict copy. Its entry goes dead with ``deleted_by`` = the change that placed the twin, so a write to it by
-    a change that has not seen the twin (the same device saving again before it synced) brings it back (40.5 b)."""
-    if node.kind != ops.KIND_FILE:
-        return
-    twin = f.state.lookup(entry.parent, entry.name)
-    if twin is None or twin.id == entry.id or twin.name != entry.name or twin.node == node.id:
-        return
-    placed_by = twin.order[1]
-    if f.seen(placed_by):
-        return  # this change knew the other file was there: two names on purpose (40.5 e)
-    other = f.state.nodes[twin.node]
-    if other.kind == ops.KIND_FILE and other.content == node.content:
-        f.state.set_live(entry, False, placed_by)
 
 
 def _unlink(f: _ChangeFold, op: ops.Unlink) -> None:

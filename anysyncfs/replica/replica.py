@@ -33,7 +33,7 @@ from .unreadable import UnreadableChanges
 
 log = logging.getLogger(__name__)
 
-FOLD_VERSION = 4  # bump when fold rules or the node/entry serialisation change: cached trees are rebuilt
+FOLD_VERSION = 3  # bump when fold rules or the node/entry serialisation change: cached trees are rebuilt
 # (2: rows sealed under their own ID and covered by a keyed stamp, docs/protocol.md 60.3)
 
 

@@ -704,35 +704,3 @@ def test_colliding_conflict_copy_names_are_never_doubled() -> None:
     taken = b"x.sync-conflict-20260101-000000-ugq2dinb.txt"
     state.apply(info, [create("a", taken), create("b", taken)], lambda a, b: False)
     assert set(names(state)) == {taken, b"x.sync-conflict-20260101-000000-ugq2dinb-2.txt"}
-
-
-def _editor_save(node: str, data: bytes, tmp: bytes) -> list[ops.Op]:
-    """Create a temporary file, write it, rename it over "doc" (unlinking the old name first, as a POSIX rename)."""
-    return [create(node, tmp), write(node, data), unlink("edoc"), rename("e" + node, ROOT_NODE, b"doc")]
-
-
-@pytest.mark.parametrize("same", [True, False])
-def test_concurrent_editor_saves(same: bool) -> None:
-    dag = Dag()
-    base = dag.add([create("doc", b"doc")])
-    dag.add(_editor_save("ta", b"text", b".doc.swp"), base, author=ALICE)
-    dag.add(_editor_save("tb", b"text" if same else b"other", b".doc.swp"), base, author=BOB)
-    state = dag.fold()
-    if same:
-        assert names(state) == [b"doc"] and data_at(state, b"doc") == b"text"
-    else:
-        assert names(state) == [b"doc", b"doc.sync-conflict-20260101-000003-wcylbmfq"]
-
-
-def test_a_merged_twin_comes_back_when_its_device_writes_it_again() -> None:
-    dag = Dag()
-    base = dag.add([create("doc", b"doc")])
-    a = dag.add(_editor_save("ta", b"text", b".a.swp"), base, author=ALICE)
-    b = dag.add(_editor_save("tb", b"text", b".b.swp"), base, author=BOB)
-    assert names(dag.fold()) == [b"doc"]
-    dag.add([write("tb", b"more text")], b, author=BOB)  # B writes its file again before it saw A's save
-    state = dag.fold()
-    assert names(state) == [b"doc", b"doc.sync-conflict-20260101-000003-wcylbmfq"]
-    assert data_at(state, b"doc.sync-conflict-20260101-000003-wcylbmfq") == b"more text"
-    dag.add([write("ta", b"merged")], a, b)  # a write that saw both: the twin stays merged
-    assert data_at(dag.fold(), b"doc") == b"merged"
