@@ -6,6 +6,7 @@ network namespaces (tests/integration/test_lan_restore_netns.py)."""
 from __future__ import annotations
 
 import pytest
+import trio
 
 from anysyncfs.core import keys
 from anysyncfs.core import vault as v
@@ -69,3 +70,33 @@ async def test_a_forged_or_older_vault_from_a_lan_device_is_refused(make_home) -
     kept, lines = newest_only(fetched)
     assert [f.record.raw for f in kept if f.record is not None] == [newest]
     assert lines == [rollback_line(addresses[1], 2, 9)]
+
+
+async def test_the_announcement_carries_the_account_tag_and_discovery_off_announces_nothing(make_home) -> None:
+    import time
+
+    from anysyncfs.net import lan
+    from anysyncfs.net.endpoint import Endpoint
+    from anysyncfs.net.p2p import DevicePeering
+    from anysyncfs.net.runner import Runner
+    from anysyncfs.net.sync import SpaceSync
+
+    from tests.integration.test_p2p import LOOPBACK
+
+    phrase = keys.generate_phrase()
+    a = create_space(make_home("a", phrase), "docs")
+    discovery = lan.LanDiscovery(SpaceSync(a, Endpoint(a.identity), Runner()), lambda: (["10.0.0.7"], 7734))
+    now = time.time()
+    info = discovery._info(lan.window_of(now))
+    assert info is not None
+    props = dict(info.properties)  # type: ignore[attr-defined]
+    seed = keys.account_key_from_phrase(phrase).seed
+    assert lan.recognise_account_device(props, 7734, ["10.0.0.7"], seed, now)[0].device == a.identity.device_id
+    assert lan.recognise_account_device(props, 7734, ["10.0.0.7"], bytes(32), now) == []
+    # discovery=off: no LanDiscovery at all, so neither the space's tag nor the account's is announced.
+    off = DevicePeering(SpaceSync(a, Endpoint(a.identity), Runner()), listen=LOOPBACK, discovery=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(off.run)
+        assert off.server is not None and off.addresses()  # listening, and still announcing nothing
+        assert off.lan is None
+        nursery.cancel_scope.cancel()
