@@ -25,13 +25,16 @@ def cmd_init(ctx: "Context") -> int:
     if home.has_identity():
         raise AlreadyExists(f"an identity already exists in {home.root}")
     name = ctx.args.device_name or socket.gethostname() or "device"
-    if (ctx.args.peer or ctx.args.list_only or ctx.args.space) and not (ctx.args.restore and ctx.args.peer):
-        raise UsageError("--peer, --list-only and --space go with --restore (and --list-only, --space need --peer)")
+    fetch = ctx.args.peer or ctx.args.lan
+    if (fetch or ctx.args.list_only or ctx.args.space or ctx.args.lan_wait is not None) \
+            and not (ctx.args.restore and fetch) or (ctx.args.lan_wait is not None and not ctx.args.lan):
+        raise UsageError("--peer, --lan, --list-only and --space go with --restore (--list-only and --space need "
+                         "--peer or --lan, --lan-wait needs --lan)")
     if ctx.args.restore:
         if sys.stdin.isatty():
             print("Recovery phrase (24 words): ", end="", file=sys.stderr, flush=True)
         phrase = keys.normalize_phrase(sys.stdin.read(PHRASE_MAX))
-        if ctx.args.peer:
+        if fetch:
             from .vault_cmd import restore
 
             return restore(ctx, phrase, name)

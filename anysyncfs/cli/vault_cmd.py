@@ -17,8 +17,9 @@ from ..core.address import parse_address
 from ..core.keys import account_key_from_phrase
 from ..core.vault import VaultContents, VaultEntry, leave_entry, merge, put_entry, same_entry
 from ..errors import AnysyncError, NetworkError, NotFound, UsageError
-from ..net.vault_sync import VaultReport, restore_fetch, summary, sync_vault, vault_keys
+from ..net.vault_sync import VaultReport, newest_only, restore_fetch, summary, sync_vault, vault_keys
 from ..replica.home import Unlocked
+from ..store.db import Store
 from .progress import ProgressBars
 
 if TYPE_CHECKING:
@@ -47,10 +48,15 @@ def add_restore_options(init: argparse.ArgumentParser) -> None:
     init.add_argument("--peer", action="append", default=[], metavar="ADDRESS",
                       help="with --restore: a provider (anysync://dv-…@host:port) to fetch the account's vault from; "
                            "every space it lists is restored (repeatable)")
+    init.add_argument("--lan", action="store_true",
+                      help="with --restore: find this account's devices on the LAN (a mount or `sync --watch` with "
+                           "discovery on), fetch the vault from them and restore every space from them too")
+    init.add_argument("--lan-wait", type=float, default=None, metavar="SECONDS",
+                      help="with --restore --lan: how long to listen for the account's devices (default 3)")
     init.add_argument("--list-only", action="store_true",
-                      help="with --restore --peer: list the spaces of the vault, restore nothing")
+                      help="with --restore --peer/--lan: list the spaces of the vault, restore nothing")
     init.add_argument("--space", action="append", default=[], metavar="NAME_OR_ID",
-                      help="with --restore --peer: restore only this space (repeatable)")
+                      help="with --restore --peer/--lan: restore only this space (repeatable)")
 
 
 # ---------------------------------------------------------------------------------------------- updates
@@ -167,6 +173,16 @@ def cmd_space_leave(ctx: Context) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- restore
+def _keep_serving_devices(store: Store, space_id: bytes, devices: list[str], errors: list[str],
+                          vault_peers: list[str]) -> None:
+    """After a space was fetched: forget the LAN listeners that did not serve it. A mount or ``sync --watch``
+    serves one space per listener, so most of them refuse most spaces; the ones that did serve stay recorded
+    (file contents are fetched from them when read; once the space is held, mDNS finds its members anyway)."""
+    for address in devices:
+        if address not in vault_peers and any(address in line for line in errors):
+            store.remove_peer(space_id, address)
+
+
 def _select(entries: list[VaultEntry], wanted: list[str]) -> list[VaultEntry]:
     if not wanted:
         return entries
@@ -179,21 +195,48 @@ def _select(entries: list[VaultEntry], wanted: list[str]) -> list[VaultEntry]:
     return chosen
 
 
-def restore(ctx: Context, phrase: str, device_name: str) -> int:
-    """``init --restore --peer …``: the identity, then every space the vault lists (or those asked for)."""
-    from ..net.fetch_space import sync_space
+def _lan_devices(account_seed: bytes, wait: float) -> list[str]:
+    """The listeners of this account's devices announced on the LAN within ``wait`` seconds (70.15)."""
+    from ..net.lan import find_account_devices
 
-    vkeys = vault_keys(account_key_from_phrase(phrase).seed)
+    try:
+        found, heard = find_account_devices(account_seed, wait)
+    except OSError as e:
+        raise NetworkError(f"cannot look for devices on the LAN: {e.strerror or e}") from None
+    if not found:
+        raise NetworkError(f"no device of this account found on the LAN within {wait:g} s ({heard} other "
+                           f"announcement(s) heard): start a mount or `anysyncfs sync SPACE --watch` on one, or "
+                           f"give a provider with --peer")
+    print(f"found {len(found)} listener(s) of this account's devices on the LAN", file=sys.stderr)
+    return [str(a) for a in found]
+
+
+def restore(ctx: Context, phrase: str, device_name: str) -> int:
+    """``init --restore --peer … / --lan``: the identity, then every space the vault lists (or those asked for),
+    from the providers given, the account's devices on the LAN, or both."""
+    from ..net.fetch_space import sync_space
+    from ..net.lan import DEFAULT_LAN_WAIT_S
+
+    account = account_key_from_phrase(phrase)
+    vkeys = vault_keys(account.seed)
     addresses = [str(parse_address(a)) for a in ctx.args.peer]
-    fetched = restore_fetch(addresses, vkeys)
-    found = [f for f in fetched if f.record is not None and f.contents is not None]
+    wait = DEFAULT_LAN_WAIT_S if ctx.args.lan_wait is None else ctx.args.lan_wait
+    if not 0 < wait <= 60:
+        raise UsageError("--lan-wait is between 0 and 60 seconds")
+    devices = _lan_devices(account.seed, wait) if ctx.args.lan else []
+    fetched = restore_fetch(addresses, vkeys, devices=devices, account=account)
+    found, rollbacks = newest_only(fetched)
     for f in fetched:
         if f.error and (found or "does not verify" in f.error):
             print(f"anysyncfs: WARNING: {f.error}", file=sys.stderr)
+    for line in rollbacks:
+        print(f"anysyncfs: WARNING: {line}", file=sys.stderr)
+    sources = [*addresses, *devices]
     if not found:
         if all(f.error and "does not verify" not in f.error for f in fetched):
-            raise NetworkError("no provider could be reached: " + "; ".join(f.error or "" for f in fetched))
-        raise NotFound("no vault for this recovery phrase on " + ", ".join(addresses))
+            what = "no provider could be reached" if not devices else "no provider or device could be reached"
+            raise NetworkError(f"{what}: " + "; ".join(f.error or "" for f in fetched))
+        raise NotFound("no vault for this recovery phrase on " + ", ".join(sources))
     contents = merge(*(f.contents for f in found if f.contents is not None))
     newest = max((f.record for f in found if f.record is not None), key=lambda r: r.version)
     selected = _select(contents.live(), ctx.args.space)
@@ -211,7 +254,7 @@ def restore(ctx: Context, phrase: str, device_name: str) -> int:
     with ProgressBars() as bars:
         bars("spaces", 0, len(selected))
         for done, e in enumerate(selected, start=1):
-            for text in e.peers:
+            for text in [*e.peers, *devices]:
                 addr = parse_address(text)
                 store.add_peer(e.space, str(addr), addr.device)
             try:
@@ -219,6 +262,7 @@ def restore(ctx: Context, phrase: str, device_name: str) -> int:
             except AnysyncError as err:
                 failed.append(f"{ids.space_text(e.space)} ({e.name}): {err}")
             else:
+                _keep_serving_devices(store, e.space, devices, report.errors, e.peers)
                 if not any(r.id == e.space for r in store.spaces()):
                     failed.append(f"{ids.space_text(e.space)} ({e.name}): " + ("; ".join(report.errors) or
                                                                               "no peer serves it"))

@@ -16,6 +16,9 @@ What differs from a provider, and why:
 * Head announcements (``Heads``) go to every subscribed connection whenever this device's heads move, whatever
   moved them (a local commit, a change received here or fetched elsewhere): that is the live push towards
   devices that dialled us.
+* It answers ``GetVault`` to its own account only (a device of the account being restored from the phrase,
+  found on the LAN: 70.15), with the vault record it keeps, and takes no ``PutVault``: a provider answers anyone
+  because its vault is unlinkable to an account, while a device's is by definition its own account's.
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ class DeviceServer(Node):
         self.on_address_record: Callable[[AddressRecord, str], None] | None = None
         self.listeners: list[trio.SocketListener] = []
         self.refused_strangers = 0
+        self._vault_id: bytes | None = None  # the discovery ID of this device's account (computed when asked)
 
     def add_replica(self, replica: Replica, on_changed: Changed | None = None) -> None:
         self._ledgers[replica.space_id] = ReplicaLedger(replica)
@@ -162,7 +166,8 @@ class DeviceServer(Node):
     async def _connection(self, conn: Connection) -> None:
         assert conn.peer is not None
         account = conn.peer.peer_account
-        if not any(ledger.role_of(account) is not None for ledger in self._ledgers.values()):
+        own = account == self.identity.account.public  # another device of this account (one being restored)
+        if not own and not any(ledger.role_of(account) is not None for ledger in self._ledgers.values()):
             self.refused_strangers += 1
             log.info("%s: refused: account %s is a member of no space served here", conn.label,
                      ids.account_text(account)[:16])
@@ -182,6 +187,10 @@ class DeviceServer(Node):
             raise ServiceError(m.ErrorCode.FORBIDDEN, f"a device does not take {type(body).__name__}")
         if isinstance(body, m.OpenSpace) and body.invite_proof:
             raise ServiceError(m.ErrorCode.FORBIDDEN, "a device does not answer invites")
+        if isinstance(body, m.PutVault):
+            raise ServiceError(m.ErrorCode.FORBIDDEN, "a device does not take PutVault")
+        if isinstance(body, m.GetVault):
+            return await self._own_vault(conn, body.discovery_id)
         space_id = getattr(body, "space", None)
         if isinstance(space_id, bytes):
             ledger = self._ledgers.get(space_id)
@@ -191,6 +200,23 @@ class DeviceServer(Node):
         if isinstance(body, m.PutAddresses) and self.on_address_record is not None:
             self.on_address_record(parse_address_record(bytes(body.record), body.space), conn.label)
         return reply
+
+    async def _own_vault(self, conn: Connection, discovery_id: bytes) -> m.VaultRecordReply:
+        """The vault record this device keeps, to a device of its own account asking for its discovery ID; the
+        same refusal for anyone else and any other ID (a member of a shared space learns nothing of the vault)."""
+        from ..core.vault import VaultKeys
+
+        assert conn.peer is not None
+        if self._vault_id is None:
+            self._vault_id = VaultKeys.from_account_seed(self.identity.account.seed).discovery_id
+        if conn.peer.peer_account != self.identity.account.public or discovery_id != self._vault_id \
+                or not self._ledgers:
+            raise ServiceError(m.ErrorCode.FORBIDDEN, _REFUSED)
+        store = next(iter(self._ledgers.values())).replica.store  # every replica here shares the device's store
+        row = await self.run(store.vault, discovery_id)
+        if row is None:
+            raise ServiceError(m.ErrorCode.NOT_FOUND, "this device keeps no vault")
+        return m.VaultRecordReply(row.record)
 
     def _id_set(self, ledger: ReplicaLedger, kind: int) -> IdSet:  # type: ignore[override]
         """(blocking) The IDs of one set, cached while the replica's heads and ACL stay the same (a local commit

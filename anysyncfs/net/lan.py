@@ -8,6 +8,12 @@ address and a port; a member opens ``s`` with its own epoch key (the tag is the 
 it names at the announced address, pinning that key: a spoofed announcement can only point at a listener that
 fails authentication. Announcements are sealed again when the window moves; windows next to the current one are
 accepted too (clocks differ).
+
+Each announcement also carries ``a=``: the same device key sealed under a key derived with HKDF-SHA256 from the
+*account* seed and the window (docs/protocol.md 70.15). A device being restored from the recovery phrase holds no
+space key yet, only the account seed: this is how it recognises the devices of its own account on the LAN
+(:func:`find_account_devices`) and asks them for the account's vault. A stranger sees a fresh random value every
+window and every announcement.
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ SERVICE_TYPE = "_anysync._tcp.local."
 WINDOW_S = 600
 KEY_CONTEXT = "anysyncfs mdns announcement v1"
 AAD_CONTEXT = b"anysyncfs mdns announcement v1\x00"
+ACCOUNT_INFO = b"anysyncfs mdns account v1\x00"  # HKDF info prefix (then the window) and AAD prefix of ``a``
 NONCE_LEN = 12
 SEALED_LEN = NONCE_LEN + 32 + 16
 MAX_TXT_VALUE = 128  # longer values are not ours: ignored before decoding
 RESOLVE_MS = 1500
 RECHECK_S = 5.0  # how often the window and our own addresses are looked at
+DEFAULT_LAN_WAIT_S = 3.0  # how long ``init --restore --lan`` listens for announcements
 
 
 def window_of(now: float) -> int:
@@ -53,16 +61,24 @@ def _aad(window: int, port: int) -> bytes:
     return AAD_CONTEXT + struct.pack(">QH", window, port)
 
 
-def seal_device(epoch_key: bytes, space_id: bytes, window: int, port: int, device: bytes,
-                nonce: bytes | None = None) -> str:
-    """The ``s`` value of an announcement (URL-safe base64 without padding)."""
+def account_key(account_seed: bytes, window: int) -> bytes:
+    """The key of an ``a`` value: HKDF-SHA256 of the account seed, bound to the window (a new key every window,
+    so values of two windows cannot be linked even by someone who learns one window's key)."""
+    return crypto.hkdf_sha256(account_seed, ACCOUNT_INFO + struct.pack(">Q", window))
+
+
+def _account_aad(window: int, port: int) -> bytes:
+    return ACCOUNT_INFO + struct.pack(">QH", window, port)
+
+
+def _seal(key: bytes, aad: bytes, device: bytes, nonce: bytes | None) -> str:
     nonce = nonce if nonce is not None else crypto.random_bytes(NONCE_LEN)
-    sealed = nonce + crypto.Aead(_key(epoch_key, space_id, window)).encrypt(nonce, device, _aad(window, port))
+    sealed = nonce + crypto.Aead(key).encrypt(nonce, device, aad)
     return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
 
 
-def open_device(value: bytes, epoch_key: bytes, space_id: bytes, port: int, now: float) -> bytes | None:
-    """The device key an announcement names, if it was sealed for this space in a window next to ``now``."""
+def _open(value: bytes, now: float, key_and_aad: Callable[[int], tuple[bytes, bytes]]) -> bytes | None:
+    """The device key sealed in ``value`` for a window next to ``now`` (clocks differ), else None."""
     if len(value) > MAX_TXT_VALUE:
         return None
     try:
@@ -73,12 +89,45 @@ def open_device(value: bytes, epoch_key: bytes, space_id: bytes, port: int, now:
         return None
     here = window_of(now)
     for window in (here, here - 1, here + 1):
+        key, aad = key_and_aad(window)
         try:
-            return crypto.Aead(_key(epoch_key, space_id, window)).decrypt(sealed[:NONCE_LEN], sealed[NONCE_LEN:],
-                                                                          _aad(window, port))
+            return crypto.Aead(key).decrypt(sealed[:NONCE_LEN], sealed[NONCE_LEN:], aad)
         except AuthenticationFailed:
             continue
     return None
+
+
+def seal_device(epoch_key: bytes, space_id: bytes, window: int, port: int, device: bytes,
+                nonce: bytes | None = None) -> str:
+    """The ``s`` value of an announcement (URL-safe base64 without padding)."""
+    return _seal(_key(epoch_key, space_id, window), _aad(window, port), device, nonce)
+
+
+def open_device(value: bytes, epoch_key: bytes, space_id: bytes, port: int, now: float) -> bytes | None:
+    """The device key an announcement names, if it was sealed for this space in a window next to ``now``."""
+    return _open(value, now, lambda w: (_key(epoch_key, space_id, w), _aad(w, port)))
+
+
+def seal_account(account_seed: bytes, window: int, port: int, device: bytes, nonce: bytes | None = None) -> str:
+    """The ``a`` value of an announcement: this device's key, for the devices of its own account."""
+    return _seal(account_key(account_seed, window), _account_aad(window, port), device, nonce)
+
+
+def open_account(value: bytes, account_seed: bytes, port: int, now: float) -> bytes | None:
+    """The device key an ``a`` value names, if a device of this account sealed it in a window next to ``now``."""
+    return _open(value, now, lambda w: (account_key(account_seed, w), _account_aad(w, port)))
+
+
+def recognise_account_device(properties: dict[bytes, bytes | None], port: int, hosts: list[str],
+                             account_seed: bytes, now: float) -> list[PeerAddress]:
+    """(pure) The addresses of one resolved announcement, if a device of this account made it; [] otherwise."""
+    value = properties.get(b"a")
+    if properties.get(b"v") != b"1" or not isinstance(value, bytes) or not port:
+        return []
+    device = open_account(value, account_seed, port, now)
+    if device is None or len(device) != 32:
+        return []
+    return [PeerAddress(device, h, port) for h in hosts if _is_ipv4(h)]
 
 
 class LanDiscovery:
@@ -102,9 +151,11 @@ class LanDiscovery:
             _epoch, key = self.replica.current_epoch_key()
         except PermissionDenied:
             return None
-        value = seal_device(key, self.replica.space_id, window, port, self.replica.identity.device_id)
+        identity = self.replica.identity
+        value = seal_device(key, self.replica.space_id, window, port, identity.device_id)
+        mine = seal_account(identity.account.seed, window, port, identity.device_id)
         return ServiceInfo(SERVICE_TYPE, f"{self.name}.{SERVICE_TYPE}", port=port,
-                           properties={"v": "1", "s": value}, server=f"{self.name}.local.",
+                           properties={"v": "1", "s": value, "a": mine}, server=f"{self.name}.local.",
                            addresses=[socket.inet_aton(h) for h in hosts if _is_ipv4(h)])
 
     async def run(self) -> None:
@@ -203,6 +254,47 @@ class LanDiscovery:
             if _is_ipv4(host):
                 log.info("mDNS: a member's device at %s:%d", host, info.port)
                 self.sync.add_discovered(PeerAddress(device, host, info.port), "mdns")
+
+
+def find_account_devices(account_seed: bytes, wait: float, *,
+                         resolve_ms: int = RESOLVE_MS) -> tuple[list[PeerAddress], int]:
+    """(blocking) Listen to the LAN's announcements for ``wait`` seconds and return the listeners of this
+    account's devices among them, and how many announcements were heard in all. OSError when there is no
+    multicast here (or no zeroconf)."""
+    import threading
+
+    from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
+
+    names: set[str] = set()
+    lock = threading.Lock()
+
+    def heard(zeroconf: object, service_type: str, name: str, state_change: ServiceStateChange) -> None:
+        if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
+            with lock:
+                names.add(name)
+
+    zc = Zeroconf(ip_version=IPVersion.V4Only)
+    try:
+        browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[heard])
+        try:
+            time.sleep(wait)
+        finally:
+            browser.cancel()
+        with lock:
+            heard_names = sorted(names)
+        found: list[PeerAddress] = []
+        for name in heard_names:
+            # Usually answered from the cache: the browser's answers carried the SRV, TXT and A records.
+            info = zc.get_service_info(SERVICE_TYPE, name, timeout=resolve_ms)
+            if info is None:
+                continue
+            for address in recognise_account_device(dict(info.properties or {}), info.port or 0,
+                                                    info.parsed_addresses(), account_seed, time.time()):
+                if address not in found:
+                    found.append(address)
+        return found, len(heard_names)
+    finally:
+        zc.close()
 
 
 def _is_ipv4(host: str) -> bool:

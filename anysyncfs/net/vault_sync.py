@@ -7,11 +7,16 @@ network address and timing remain.
 The device keeps its own merged vault and the highest version any provider served or accepted (``vaults`` table).
 A provider that serves a lower version than that is reported (one line; the newer state is kept and pushed back).
 A record that does not verify or open is reported and ignored.
+
+A restore can also ask the account's own devices found on the LAN (``init --restore --lan``, docs/protocol.md
+70.15). They answer their own account only, so those requests go over a connection made with a passing device
+identity of the account (:func:`account_endpoint`) — nothing is hidden from a device of the same account.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -52,6 +57,14 @@ def throwaway_endpoint() -> Endpoint:
     return Endpoint(keys.Identity(account, device, cert, "anysyncfs"))
 
 
+def account_endpoint(account: crypto.SigningKey) -> Endpoint:
+    """A passing device of the account: a fresh device key certified by the account key. Used by a restore
+    (before this device's identity exists) to ask the account's own devices, which answer nobody else."""
+    device = crypto.SigningKey.generate()
+    cert = keys.issue_device_cert(account, device.public, "restore", time.time_ns() // 1000)
+    return Endpoint(keys.Identity(account, device, cert, "restore"))
+
+
 @dataclass
 class Fetched:
     address: str
@@ -72,20 +85,22 @@ class VaultReport:
     errors: list[str] = field(default_factory=list)  # unreachable providers and refusals
 
 
-async def _ask(address: str, body: object, timeout: float) -> object:
+async def _ask(address: str, body: object, timeout: float, endpoint: Endpoint | None = None) -> object:
     addr: PeerAddress = parse_address(address)
     with trio.fail_after(timeout):
-        conn = await throwaway_endpoint().dial(addr)
+        conn = await (endpoint or throwaway_endpoint()).dial(addr)
         try:
             return await while_serving(conn, lambda: conn.request(body))
         finally:
             await conn.abort("done")
 
 
-async def fetch_one(address: str, vkeys: VaultKeys, timeout: float = VAULT_TIMEOUT) -> Fetched:
+async def fetch_one(address: str, vkeys: VaultKeys, timeout: float = VAULT_TIMEOUT,
+                    endpoint: Endpoint | None = None) -> Fetched:
+    """The vault as ``address`` serves it; ``endpoint`` None: over a throwaway identity (a provider)."""
     got = Fetched(address)
     try:
-        reply = await _ask(address, m.GetVault(vkeys.discovery_id), timeout)
+        reply = await _ask(address, m.GetVault(vkeys.discovery_id), timeout, endpoint)
         if not isinstance(reply, m.VaultRecordReply):
             raise ProtocolError(f"expected a vault record, got {type(reply).__name__}")
         got.record = parse_vault_record(bytes(reply.record), vkeys.discovery_id)
@@ -113,11 +128,12 @@ async def push_one(address: str, raw: bytes, timeout: float = VAULT_TIMEOUT) -> 
     return reply
 
 
-async def fetch_all(addresses: Sequence[str], vkeys: VaultKeys, timeout: float = VAULT_TIMEOUT) -> list[Fetched]:
+async def fetch_all(addresses: Sequence[str], vkeys: VaultKeys, timeout: float = VAULT_TIMEOUT,
+                    endpoints: Sequence[Endpoint | None] | None = None) -> list[Fetched]:
     results: list[Fetched] = [Fetched(a) for a in addresses]
 
     async def one(i: int) -> None:
-        results[i] = await fetch_one(addresses[i], vkeys, timeout)
+        results[i] = await fetch_one(addresses[i], vkeys, timeout, endpoints[i] if endpoints else None)
 
     async with trio.open_nursery() as nursery:
         for i in range(len(addresses)):
@@ -216,9 +232,29 @@ async def sync_vault(store: Store, vkeys: VaultKeys,
     return report
 
 
-def restore_fetch(addresses: Sequence[str], vkeys: VaultKeys, timeout: float = VAULT_TIMEOUT) -> list[Fetched]:
-    """(blocking) The vault as the given providers serve it, for ``init --restore`` (no home exists yet)."""
-    return trio.run(fetch_all, list(addresses), vkeys, timeout)
+def restore_fetch(addresses: Sequence[str], vkeys: VaultKeys, timeout: float = VAULT_TIMEOUT, *,
+                  devices: Sequence[str] = (), account: crypto.SigningKey | None = None) -> list[Fetched]:
+    """(blocking) The vault as the given providers serve it — and the account's own ``devices`` found on the LAN,
+    asked as a passing device of ``account`` — for ``init --restore`` (no home exists yet)."""
+    if devices and account is None:
+        raise ValueError("asking the account's devices needs the account key")
+    endpoints: list[Endpoint | None] = [None] * len(addresses)
+    endpoints += [account_endpoint(account) for _ in devices] if account is not None else []
+    return trio.run(fetch_all, [*addresses, *devices], vkeys, timeout, endpoints)
+
+
+def newest_only(fetched: Sequence[Fetched]) -> tuple[list[Fetched], list[str]]:
+    """(pure) The fetched records a restore uses — those at the highest version any source served — and one
+    rollback line for each source that served an older one (refused: a restore has seen nothing before, so the
+    newest version served is the bar, as the highest version seen is for an update)."""
+    found = [f for f in fetched if f.record is not None and f.contents is not None]
+    if not found:
+        return [], []
+    top = max(f.record.version for f in found if f.record is not None)
+    kept = [f for f in found if f.record is not None and f.record.version == top]
+    lines = [rollback_line(f.address, f.record.version, top) for f in found
+             if f.record is not None and f.record.version < top]
+    return kept, lines
 
 
 def summary(report: VaultReport) -> str:
