@@ -17,7 +17,7 @@ from ..core.address import parse_address
 from ..core.keys import account_key_from_phrase
 from ..core.vault import VaultContents, VaultEntry, leave_entry, merge, put_entry, same_entry
 from ..errors import AnysyncError, NetworkError, NotFound, UsageError
-from ..net.vault_sync import VaultReport, newest_only, restore_fetch, summary, sync_vault, vault_keys
+from ..net.vault_sync import VaultReport, older_records, restore_fetch, summary, sync_vault, vault_keys
 from ..replica.home import Unlocked
 from ..store.db import Store
 from .progress import ProgressBars
@@ -225,7 +225,8 @@ def restore(ctx: Context, phrase: str, device_name: str) -> int:
         raise UsageError("--lan-wait is between 0 and 60 seconds")
     devices = _lan_devices(account.seed, wait) if ctx.args.lan else []
     fetched = restore_fetch(addresses, vkeys, devices=devices, account=account)
-    found, rollbacks = newest_only(fetched)
+    found = [f for f in fetched if f.record is not None and f.contents is not None]
+    rollbacks = older_records(fetched)
     for f in fetched:
         if f.error and (found or "does not verify" in f.error):
             print(f"anysyncfs: WARNING: {f.error}", file=sys.stderr)

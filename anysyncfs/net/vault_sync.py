@@ -243,18 +243,17 @@ def restore_fetch(addresses: Sequence[str], vkeys: VaultKeys, timeout: float = V
     return trio.run(fetch_all, [*addresses, *devices], vkeys, timeout, endpoints)
 
 
-def newest_only(fetched: Sequence[Fetched]) -> tuple[list[Fetched], list[str]]:
-    """(pure) The fetched records a restore uses — those at the highest version any source served — and one
-    rollback line for each source that served an older one (refused: a restore has seen nothing before, so the
-    newest version served is the bar, as the highest version seen is for an update)."""
-    found = [f for f in fetched if f.record is not None and f.contents is not None]
+def older_records(fetched: Sequence[Fetched]) -> list[str]:
+    """(pure) One rollback line for each source that served an older version than the highest any source served.
+    A restore still merges every record that verifies (the vault is a CRDT with tombstones: an older record adds
+    nothing a newer one removed, and a record from a device that was offline may hold a space no other has); the
+    line tells the user which source is behind or lies."""
+    found = [f.record for f in fetched if f.record is not None and f.contents is not None]
     if not found:
-        return [], []
-    top = max(f.record.version for f in found if f.record is not None)
-    kept = [f for f in found if f.record is not None and f.record.version == top]
-    lines = [rollback_line(f.address, f.record.version, top) for f in found
-             if f.record is not None and f.record.version < top]
-    return kept, lines
+        return []
+    top = max(r.version for r in found)
+    return [rollback_line(f.address, f.record.version, top) for f in fetched
+            if f.record is not None and f.contents is not None and f.record.version < top]
 
 
 def summary(report: VaultReport) -> str:

@@ -9,7 +9,7 @@ from anysyncfs.core import keys
 from anysyncfs.core import vault as v
 from anysyncfs.core.address import PeerAddress
 from anysyncfs.net import lan
-from anysyncfs.net.vault_sync import Fetched, newest_only, rollback_line
+from anysyncfs.net.vault_sync import Fetched, older_records, rollback_line
 
 PHRASE = Mnemonic("english").to_mnemonic(bytes(range(32)))  # the identity of tests/vectors/device_cert.json
 SEED = keys.account_key_from_phrase(PHRASE).seed
@@ -78,12 +78,10 @@ def _fetched(address: str, version: int, name: str) -> Fetched:
     return Fetched(address, record, v.open_vault(record, vkeys))
 
 
-def test_a_restore_refuses_older_records_and_says_so() -> None:
+def test_a_restore_names_the_sources_of_older_records() -> None:
     new, old = _fetched("device-a", 7, "new"), _fetched("device-b", 3, "old")
     forged = Fetched("device-c", error="device-c: served a vault that does not verify (bad signature): ignored")
-    kept, lines = newest_only([old, forged, new])
-    assert kept == [new]
-    assert lines == [rollback_line("device-b", 3, 7)]
-    assert newest_only([forged]) == ([], [])
+    assert older_records([old, forged, new]) == [rollback_line("device-b", 3, 7)]
+    assert older_records([forged]) == []
     twin = _fetched("provider", 7, "new")
-    assert newest_only([new, twin])[0] == [new, twin]  # the same version from two sources: both merged
+    assert older_records([new, twin]) == []  # the same version from two sources: nothing is behind
