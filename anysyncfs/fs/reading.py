@@ -40,7 +40,7 @@ from ..core import blob as blobs
 from ..core import content as content_mod
 from ..core import ids
 from ..core.ops import ChunkRef, Content, Extent
-from ..errors import BlobMissing, FsError, IntegrityError, NotFound, StoreError
+from ..errors import AuthenticationFailed, BlobMissing, FsError, IntegrityError, NotFound, RangesMissing, StoreError
 from .attrs import blocks_for
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,17 @@ class ContentReads:
         """A new cache entry holding segments ``first:stop`` of an uncompressed chunk, read by ranges from its
         local blob file and authenticated; None if the blob is not a local file or is compressed (read whole)."""
         assert self._read_ranges is not None
-        got = self._read_ranges(ref.blob, [(0, blobs.HEADER_LEN), blobs.segments_span(ref, first, stop)])
+        span = blobs.segments_span(ref, first, stop)
+        try:
+            got = self._read_ranges(ref.blob, [(0, blobs.HEADER_LEN), span])
+        except RangesMissing:
+            # Not a whole blob file here: fetched by ranges, maybe without its first 16 KiB group. Use the
+            # header an uncompressed blob must have, so that a read needs no fetch of that group.
+            entry = self._read_without_header(ref, first, stop, span)
+            if entry is not None:
+                return entry
+            # Not uncompressed, or a tag failed: the blob's own header decides (RangesMissing names its group).
+            got = self._read_ranges(ref.blob, [(0, blobs.HEADER_LEN), span])
         if got is None:
             return None
         file_size, (header, sealed) = got
@@ -185,6 +195,28 @@ class ContentReads:
             return None  # whole-chunk zstd: only the whole blob can be opened
         parts: list[bytes | None] = [None] * blobs.segment_count(ref.length)
         parts[first:stop] = blobs.open_sealed_segments(header, file_size, sealed, ref, first, stop)
+        return _CachedChunk(None, parts, blobs.SEGMENT_SIZE, header=header)
+
+    def _read_without_header(self, ref: ChunkRef, first: int, stop: int, span: tuple[int, int]) -> _CachedChunk | None:
+        """Segments ``first:stop`` of a blob held only in part, opened under :func:`blobs.uncompressed_header`
+        (what its header must be if the blob is uncompressed: every segment's tag binds it, so a segment opens
+        only if the real header is exactly that). None when the blob's length is not the uncompressed length or
+        a tag fails (a compressed blob of that length, or damage): the caller then reads the real header.
+        :class:`RangesMissing` (for ``span`` only) when the segments are not held either."""
+        assert self._read_ranges is not None
+        got = self._read_ranges(ref.blob, [span])
+        if got is None:
+            return None
+        file_size, (sealed,) = got
+        if file_size != blobs.uncompressed_blob_length(ref):
+            return None
+        header = blobs.uncompressed_header(ref)
+        try:
+            plains = blobs.open_sealed_segments(header, file_size, sealed, ref, first, stop)
+        except AuthenticationFailed:
+            return None
+        parts: list[bytes | None] = [None] * blobs.segment_count(ref.length)
+        parts[first:stop] = plains
         return _CachedChunk(None, parts, blobs.SEGMENT_SIZE, header=header)
 
     def _open_runs(self, ref: ChunkRef, cached_raw: bytes | None, header: bytes | None,
