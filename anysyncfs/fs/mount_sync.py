@@ -125,6 +125,10 @@ async def _tend_cache(ops: Operations, runner: Runner) -> None:
     while True:
         try:
             await runner(ops.vfs.cache_tick)
+            # The groups kept by reads of uncached chunks (partial blobs) are bounded apart from the blob cache.
+            dropped = await trio.to_thread.run_sync(ops.vfs.replica.partials.prune)
+            if dropped:
+                log.info("cache: dropped %d partial blobs (the groups reads fetched) past their bound", dropped)
         except AnysyncError as e:
             log.warning("cache: %s", e)
         await trio.sleep(CACHE_TICK_S)

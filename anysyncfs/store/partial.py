@@ -28,6 +28,10 @@ from ..errors import IntegrityError, NotFound, StoreError
 from .files import atomic_write, read_bounded
 
 _LEN = bao.LENGTH_PREFIX_LEN
+# Disk the partial blobs of a device may take (reads of uncached chunks keep ~83 KB of groups each): past it the
+# least recently recorded ones are dropped whole (:meth:`PartialBlobs.prune`; a mount does it every cache tick).
+# Dropping costs only a re-fetch; the blob cache's own limit counts blob files, not these.
+PARTIAL_BYTES = 256 << 20
 
 
 class PartialBlobs:
@@ -125,6 +129,44 @@ class PartialBlobs:
                 pass
             except OSError as e:
                 raise StoreError(f"cannot delete partial blob {blob_id.hex()[:16]}: {e.strerror or e}") from None
+
+    def prune(self, max_bytes: int = PARTIAL_BYTES) -> int:
+        """Drop whole partial blobs, least recently recorded first (a record without ``.have``, left by a crash,
+        before any), until what they take on disk (allocated blocks: the data files are sparse) is at most
+        ``max_bytes``; returns how many were dropped. Under the record lock, so that a fetch never writes a
+        record over files dropped meanwhile."""
+        with self._lock:
+            try:
+                entries = list(os.scandir(self.root))
+            except FileNotFoundError:
+                return 0
+            except OSError as e:
+                raise StoreError(f"cannot list partial blobs: {e.strerror or e}") from None
+            blobs: dict[str, list[float]] = {}  # 64 hex -> [mtime of .have (0: none), bytes on disk]
+            for entry in entries:
+                hex_id, suffix = entry.name[:64], entry.name[64:]
+                if len(hex_id) != 64 or suffix not in (".have", ".data", ".nodes"):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                held = blobs.setdefault(hex_id, [0.0, 0])
+                held[1] += st.st_blocks * 512
+                if suffix == ".have":
+                    held[0] = st.st_mtime
+            total = sum(int(held[1]) for held in blobs.values())
+            dropped = 0
+            for hex_id, (_mtime, used) in sorted(blobs.items(), key=lambda kv: kv[1][0]):
+                if total <= max_bytes:
+                    break
+                try:
+                    self.delete(bytes.fromhex(hex_id))
+                except ValueError:
+                    continue  # not a blob ID: not ours to drop
+                total -= int(used)
+                dropped += 1
+            return dropped
 
     # ------------------------------------------------------------------------------------------ reading
     def missing_groups(self, blob_id: bytes, ranges: Sequence[bao.Range]) -> tuple[int | None, list[int]]:
