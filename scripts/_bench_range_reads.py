@@ -67,12 +67,18 @@ class CountingNode(Node):
         return reply
 
 
+WHOLE = False  # --whole-blobs: fetch every missing blob whole, as reads did before (for comparison)
+
+
 async def read(sync: SpaceSync, reads: ContentReads, content: Any, offset: int, size: int) -> bytes:
     for _ in range(16):
         try:
             return await trio.to_thread.run_sync(reads.read, content, offset, size)
         except RangesMissing as e:
-            await sync.fetch_blob_ranges(e.blob_id, e.ranges, timeout=30.0)
+            if WHOLE:
+                await sync.fetch_blob(e.blob_id, timeout=30.0)
+            else:
+                await sync.fetch_blob_ranges(e.blob_id, e.ranges, timeout=30.0)
         except BlobMissing as e:
             await sync.fetch_blob(e.blob_id, timeout=30.0)
     raise SystemExit("a read did not settle")
@@ -129,6 +135,21 @@ async def main(args: argparse.Namespace, root: Path) -> None:
             cold_times = sorted(t for t, n in zip(times, at_node) if n)
             print(f"wall time of a fetching read: median {statistics.median(cold_times) * 1e3:.1f} ms, "
                   f"p90 {cold_times[int(len(cold_times) * 0.9)] * 1e3:.1f} ms")
+            if args.sequential:
+                # A sequential reader from a fresh start: 128 KiB reads (the kernel's pieces), every byte checked.
+                b.partials.prune(0)
+                node.blob_bytes = 0
+                t0 = time.perf_counter()
+                at, piece = 0, 128 << 10
+                while at < args.size:
+                    got = await read(sync, reads, content, at, piece)
+                    assert got == data[at:at + piece]
+                    at += len(got)
+                took = time.perf_counter() - t0
+                print(f"sequential read of the file in 128 KiB reads (chunks not held): {args.size / took / 1e6:.0f} "
+                      f"MB/s, {node.blob_bytes / args.size:.3f} bytes moved per byte read")
+                nursery.cancel_scope.cancel()
+                return
             untouched = [e for e in extents if b.partials.state(e.chunk.blob) is None
                          and not b.blobs.has(e.chunk.blob)][: args.whole]
             whole: list[int] = []
@@ -151,8 +172,11 @@ if __name__ == "__main__":
     parser.add_argument("--size", type=parse_size, default=parse_size("256M"))
     parser.add_argument("--reads", type=int, default=200)
     parser.add_argument("--whole", type=int, default=8)
+    parser.add_argument("--sequential", action="store_true", help="instead: time a sequential read of the file")
+    parser.add_argument("--whole-blobs", action="store_true", help="fetch missing blobs whole (the old read path)")
     parser.add_argument("--keep", type=Path, default=None, help="work in DIR and keep it")
     args = parser.parse_args()
+    WHOLE = args.whole_blobs
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-range-reads-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"git {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=REPO).stdout.strip()}; "

@@ -49,6 +49,11 @@ CHUNK_CACHE_BYTES = 64 << 20  # verified blobs plus decrypted plaintext, togethe
 # Segments (64 KiB) decrypted ahead of a sequential reader of a local blob: 512 KiB, one pread with the segments
 # asked for. The kernel's own read-ahead asks for 128 KiB at a time; this halves the opens, preads and key set-ups.
 READ_AHEAD_SEGMENTS = 8
+# A sequential reader of a chunk held only in part (fetched by ranges: not on this device): when a read lacks
+# segments it needs, the fetch asks for them and for this many segments after them (2 MiB) in one request, so a
+# stream of 128 KiB reads costs about one round trip per chunk, not one per read (each read's read-ahead would ask
+# for the two segments it slid over). A read that holds what it needs never waits for its read-ahead.
+FETCH_AHEAD_SEGMENTS = 32
 READER_CACHE = 256  # contents whose (manifest-loaded) extent lists are kept
 
 GetBlob = Callable[[bytes], bytes]
@@ -130,7 +135,7 @@ class ContentReads:
         """Verified plaintext of chunk bytes ``start:end`` (``0 <= start < end <= ref.length``), as consecutive
         slices of cached parts; decrypts only the segments not cached yet (and, for a ``sequential`` reader of a
         chunk read by ranges, a bounded read-ahead)."""
-        cached = self._cached(ref, start // blobs.SEGMENT_SIZE, (end - 1) // blobs.SEGMENT_SIZE + 1)
+        cached = self._cached(ref, start // blobs.SEGMENT_SIZE, (end - 1) // blobs.SEGMENT_SIZE + 1, sequential)
         span = cached.span
         first, last = start // span, (end - 1) // span
         parts = self._parts(ref, cached, first, last + 1, sequential)
@@ -141,7 +146,7 @@ class ContentReads:
             slices.append(part if lo == 0 and hi == len(part) else memoryview(part)[lo:hi])
         return slices
 
-    def _cached(self, ref: ChunkRef, first: int, stop: int) -> _CachedChunk:
+    def _cached(self, ref: ChunkRef, first: int, stop: int, sequential: bool = False) -> _CachedChunk:
         """The cache entry of ``ref``'s chunk, fetched (and its envelope checked) on a miss. A local uncompressed
         blob is read by ranges: the miss reads the header and the segments ``first:stop`` (those the read needs)
         with one open, and the entry holds them decrypted."""
@@ -158,6 +163,10 @@ class ContentReads:
                     entry = _CachedChunk(None, [blobs.open_chunk(raw, ref, verify_id=False)], max(1, ref.length))
                 else:
                     entry = _CachedChunk(raw, [None] * blobs.segment_count(ref.length), blobs.SEGMENT_SIZE)
+        except RangesMissing as e:
+            if sequential:
+                raise _with_fetch_ahead(e, ref, stop) from None
+            raise
         except BlobMissing:
             raise  # not an error of the data: the FUSE adapter has the sync layer fetch it and retries
         except (IntegrityError, NotFound, StoreError) as e:
@@ -274,7 +283,17 @@ class ContentReads:
             rest = (_runs([i for i in range(stop, min(stop + READ_AHEAD_SEGMENTS, len(parts))) if parts[i] is None])
                     if sequential else [])
         try:
-            results = self._open_runs(ref, raw, header, needed + rest)
+            try:
+                results = self._open_runs(ref, raw, header, needed + rest)
+            except RangesMissing:
+                if not rest:
+                    raise
+                # Held in part: the read-ahead is decrypted only where held; the read is served if its own
+                # segments are, else they are fetched with FETCH_AHEAD_SEGMENTS after them.
+                try:
+                    results = self._open_runs(ref, raw, header, needed)
+                except RangesMissing as e:
+                    raise _with_fetch_ahead(e, ref, stop) from None
         except (NotFound, StoreError) as e:
             if isinstance(e, BlobMissing):
                 raise
@@ -440,6 +459,14 @@ class ContentReads:
         except (FsError, BlobMissing):
             return False
         return all(has_blob(e.chunk.blob) for e in extents)
+
+
+def _with_fetch_ahead(missing: RangesMissing, ref: ChunkRef, stop: int) -> RangesMissing:
+    """``missing`` widened by the FETCH_AHEAD_SEGMENTS segments from ``stop`` (those left in the chunk)."""
+    ahead = min(stop + FETCH_AHEAD_SEGMENTS, blobs.segment_count(ref.length))
+    if ahead <= stop:
+        return missing
+    return RangesMissing(missing.blob_id, (*missing.ranges, blobs.segments_span(ref, stop, ahead)), str(missing))
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:

@@ -131,11 +131,25 @@ async def test_a_sequential_reader_gets_the_whole_file_and_whole_blobs(tmp_path:
                     await trio.sleep(0.01)
                 conn = next(iter(sync._conns.values()))
                 before = conn.bytes_in
+                fetches: list[int] = []
+                by_ranges = sync.fetch_blob_ranges
+
+                async def counted(blob_id: bytes, ranges: object, timeout: float | None = None) -> None:
+                    fetches.append(len(ranges))  # type: ignore[arg-type]
+                    await by_ranges(blob_id, ranges, timeout)  # type: ignore[arg-type]
+
+                sync.fetch_blob_ranges = counted  # type: ignore[method-assign]
                 got = bytearray()
+                reads_done = 0
                 while len(got) < FILE_SIZE:
                     got += await read(sync, reads, content, len(got), 128 << 10)
+                    reads_done += 1
                 assert bytes(got) == data
                 moved = conn.bytes_in - before
+                # The read-ahead is fetched in windows of FETCH_AHEAD_SEGMENTS (2 MiB), not read by read: a round
+                # trip or two per chunk (a manifest, if any, is fetched whole), far fewer than the 64 reads.
+                chunks = len(chunk_blobs(b, content))
+                assert len(fetches) <= 2 * chunks + 2 and len(fetches) < reads_done // 2, (len(fetches), chunks)
                 nursery.cancel_scope.cancel()
     # Read through: every chunk's groups all arrived, so each became a blob file (with its outboard), and the
     # partials are gone; the transfer is the blobs plus proof nodes and framing.
