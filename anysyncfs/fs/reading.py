@@ -26,6 +26,14 @@ bounded in bytes holds all of it.
 A blob that is not on this device raises :class:`BlobMissing` unchanged (the FUSE adapter waits for the sync layer to
 fetch it and retries); any other missing or unverifiable blob gives ``FsError(EIO)`` and one log line; never wrong
 bytes.
+
+Chunks not on this device are read by ranges too (docs/protocol.md 50.3, "Reads of a chunk this device lacks"):
+``read_ranges`` then serves the verified 16 KiB groups of the blob's partial blob, or raises :class:`RangesMissing`
+naming what the read lacks, and the adapter has just those groups fetched. Such a blob's segments are opened under
+the header an uncompressed blob must have (``blob.uncompressed_header``; the tags prove it is the real one), so its
+first group is fetched only when that fails. A sequential reader that lacks its segments has the next
+``FETCH_AHEAD_SEGMENTS`` asked for with them (one round trip per chunk, not per read); a random reader asks only
+for the segments it reads (~83 KB of groups for a 4 KiB read, against a ~1 MiB blob).
 """
 
 from __future__ import annotations
@@ -183,7 +191,8 @@ class ContentReads:
 
     def _read_partially(self, ref: ChunkRef, first: int, stop: int) -> _CachedChunk | None:
         """A new cache entry holding segments ``first:stop`` of an uncompressed chunk, read by ranges from its
-        local blob file and authenticated; None if the blob is not a local file or is compressed (read whole)."""
+        local blob file (or the groups held of its partial blob) and authenticated; None if the blob is not a
+        local file or is compressed (read whole). :class:`RangesMissing` when the groups are not held."""
         assert self._read_ranges is not None
         span = blobs.segments_span(ref, first, stop)
         try:

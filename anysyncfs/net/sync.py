@@ -100,6 +100,7 @@ class SpaceSync:
         self._wake: dict[str, trio.Event] = {}
         self._conn_changed = trio.Event()  # set (and replaced) whenever a peer connection is established
         self._fetching: dict[bytes, trio.Event] = {}
+        self._fetching_ranges: dict[tuple[bytes, tuple[tuple[int, int], ...]], trio.Event] = {}
         self._partials: PartialBlobs = replica.partials  # shared with the read path, which reads what they hold
         self._known_heads = replica.heads
         self.pending_uploads = 0
@@ -530,8 +531,24 @@ class SpaceSync:
         :class:`NotFound` as :meth:`fetch_blob`."""
         if self.replica.blobs.has(blob_id):
             return
-        label = ids.to_text(ids.PREFIX_BLOB, blob_id)[:20] + "…"
         deadline = trio.current_time() + (timeout if timeout is not None else self.fetch_timeout)
+        # Readers of the same ranges at once (the kernel sends reads in parallel) share one request: a later one
+        # waits for it, then asks only for what is still missing (usually nothing).
+        key = (blob_id, tuple((int(o), int(n)) for o, n in ranges))
+        ev = self._fetching_ranges.get(key)
+        if ev is not None:
+            with trio.move_on_at(deadline):
+                await ev.wait()
+            return await self._fetch_ranges(blob_id, ranges, deadline)
+        ev = self._fetching_ranges[key] = trio.Event()
+        try:
+            await self._fetch_ranges(blob_id, ranges, deadline)
+        finally:
+            ev.set()
+            del self._fetching_ranges[key]
+
+    async def _fetch_ranges(self, blob_id: bytes, ranges: Sequence[tuple[int, int]], deadline: float) -> None:
+        label = ids.to_text(ids.PREFIX_BLOB, blob_id)[:20] + "…"
         tried: set[str] = set()
         errors: list[str] = []
         while True:

@@ -267,3 +267,27 @@ async def test_a_compressed_chunk_is_fetched_whole(tmp_path: Path, make_home: Ma
                     assert await read(sync, reads, content, offset, 4096) == data[offset:offset + 4096]
                 nursery.cancel_scope.cancel()
     assert all(b.blobs.has(blob_id) for blob_id in chunk_blobs(b, content))
+
+
+async def test_readers_of_the_same_ranges_at_once_share_one_request(make_home: MakeHome) -> None:
+    a, b, data, content = uncached_file(make_home)
+    provider = HostileProvider(SpaceCopy.of(a))  # honest; records what it is asked
+    sync = engine(b)
+    reads = ContentReads(b.get_blob, read_ranges=b.read_blob_ranges)
+    async with serving(provider) as address:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sync.hold_connection, address)
+                while not sync._conns:
+                    await trio.sleep(0.01)
+                if content.manifest is not None:
+                    await sync.fetch_blob(content.manifest.blob, timeout=5.0)
+                offset = reads.extents(content)[0].offset + 100_000
+                with pytest.raises(RangesMissing) as missing:
+                    reads.read(content, offset, 4096)
+                async with trio.open_nursery() as readers:
+                    for _ in range(4):
+                        readers.start_soon(sync.fetch_blob_ranges, missing.value.blob_id, missing.value.ranges, 10.0)
+                assert reads.read(content, offset, 4096) == data[offset:offset + 4096]
+                nursery.cancel_scope.cancel()
+    assert len([r for r in provider.only_connection().requests if isinstance(r, m.GetBlobRanges)]) == 1
