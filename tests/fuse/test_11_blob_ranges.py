@@ -18,7 +18,7 @@ from anysyncfs.net.node import Node
 from anysyncfs.protocol import messages as m
 from tests.integration.hostile import NodeThread
 
-from .conftest import Mount, _check_fuse, init_device
+from .conftest import Mount, _check_fuse, blob_bytes, init_device
 
 
 class CorruptingNode(Node):
@@ -140,6 +140,10 @@ def test_a_4k_read_of_an_uncached_large_file_fetches_only_its_groups(tmp_path: P
             # manifest, if the file has one, is small and fetched whole).
             new = [p for p in (b.home / "blobs").rglob("*") if p.is_file() and p.name in blob_files(b) - before]
             assert sum(p.stat().st_size for p in new) < 256 << 10
+            # A sequential reader of the same file (kernel read-ahead on): every byte right, and the chunks it read
+            # through became whole blob files (their groups all arrived).
+            assert b.path("big.bin").read_bytes() == content
+            assert blob_bytes(b) >= len(content)
             b.stop()
         finally:
             b.stop()
