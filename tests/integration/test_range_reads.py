@@ -167,6 +167,7 @@ CASES: dict[str, Tamper] = {
     "wrong length": lambda body, s: m.BlobSlice(
         (int.from_bytes(s.slice[:8], "little") + G).to_bytes(8, "little") + s.slice[8:]),
     "trailing bytes": lambda body, s: m.BlobSlice(s.slice + bytes(16)),
+    "length that puts the range outside": lambda body, s: m.BlobSlice((100).to_bytes(8, "little") + s.slice[8:]),
 }
 
 
