@@ -161,6 +161,16 @@ class BlobMissing(NotFound):
         self.blob_id = blob_id
 
 
+class RangesMissing(BlobMissing):
+    """Byte ranges of a blob a read needs that are neither in its blob file nor among the verified groups of its
+    partial blob: the sync layer may fetch just the 16 KiB groups covering them (protocol.md 70.12) instead of the
+    whole blob. ``ranges``: (offset, size) pairs (a read names the header and a few runs of segments)."""
+
+    def __init__(self, blob_id: bytes, ranges: tuple[tuple[int, int], ...], message: str = "") -> None:
+        super().__init__(blob_id, message or "byte ranges of a blob are not on this device")
+        self.ranges = ranges
+
+
 class ServiceError(AnysyncError):
     """The service manager (systemd) is not running or refused: a unit was written but not enabled or disabled."""
 

@@ -413,6 +413,18 @@ def uncompressed_blob_length(ref: ChunkRef) -> int:
     return HEADER_LEN + padded_length + _segment_count(padded_length) * TAG_LEN
 
 
+def uncompressed_header(ref: ChunkRef) -> bytes:
+    """The 23 header bytes the blob of ``ref`` has if it is stored uncompressed: they are fixed by the chunk
+    length (flags 0, P = padme(length + 1), zero salt). A reader that holds only some segments of a blob (fetched
+    by ranges) may use these instead of the blob's own header: the header is every segment's associated data and
+    the segment key of an uncompressed blob has the zero salt, so a segment opens under them only if the blob's
+    real header is exactly these bytes (a compressed blob's segments fail their tags: another key, another
+    header). :class:`DecodeError` for a reference longer than any chunk."""
+    if ref.length > MAX_CHUNK_LENGTH:
+        raise DecodeError(f"blob: chunk length {ref.length} exceeds the limit of {MAX_CHUNK_LENGTH}")
+    return HEADER.pack(BLOB_TAG, BLOB_VERSION, 0, padding.padded_length(ref.length), ZERO_SALT)
+
+
 def open_sealed_segments(
     header: bytes, blob_length: int, sealed: bytes | memoryview, ref: ChunkRef, first: int, stop: int
 ) -> list[bytes]:

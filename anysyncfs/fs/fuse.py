@@ -34,7 +34,7 @@ from typing import Any, TypeVar, cast
 import pyfuse3
 import trio
 
-from ..errors import BlobMissing, FsError, IntegrityError, Rejected
+from ..errors import BlobMissing, FsError, IntegrityError, RangesMissing, Rejected
 from . import readahead
 from .errnos import errno_of
 from .vfs import Attr, Ctx, SetAttrRequest, Vfs
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Fetcher = Callable[[bytes], Awaitable[None]]  # fetch one blob (raises when it can't within its timeout)
+# Fetch the 16 KiB groups holding byte ranges of one blob (a read of a chunk this device lacks; raises likewise).
+RangeFetcher = Callable[[bytes, Sequence[tuple[int, int]]], Awaitable[None]]
 MAX_FETCHES_PER_CALL = 64  # distinct blobs one request may wait for (a read spans a few chunks + a manifest)
 
 ENTRY_TIMEOUT = 1.0  # seconds the kernel may cache a name -> inode (explicit invalidation covers remote changes)
@@ -152,6 +154,7 @@ class Operations(pyfuse3.Operations):
         self.timing = Timing()
         self.read_ahead_device: str | None = None  # MAJ:MIN of the mount, to widen its read-ahead on the first read
         self.fetcher: Fetcher | None = None  # set by the mount when a sync engine runs: fetches a missing blob
+        self.range_fetcher: RangeFetcher | None = None  # likewise: fetches byte ranges of one (70.12)
 
     # ------------------------------------------------------------------------------------------ plumbing
     def _timed(self, what: str, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
@@ -169,18 +172,24 @@ class Operations(pyfuse3.Operations):
         """Run one Vfs call off the trio thread (or inline when cheap and uncontended); errno-translate errors.
 
         A call that needs a blob this device lacks (BlobMissing) waits for the fetcher — with the lock released,
-        so other requests go on — and is retried; only that request waits."""
-        fetched: set[bytes] = set()
+        so other requests go on — and is retried; only that request waits. A read of an uncompressed chunk names
+        the byte ranges it needs (RangesMissing): only the groups holding them are fetched (protocol.md 70.12)."""
+        fetched: set[object] = set()  # blob IDs fetched whole, (blob ID, ranges) fetched by ranges
         while True:
             try:
                 return await self._call_once(what, fn, args, inline)
             except BlobMissing as exc:
-                if self.fetcher is None or exc.blob_id in fetched or len(fetched) >= MAX_FETCHES_PER_CALL:
+                ranges = exc.ranges if isinstance(exc, RangesMissing) and self.range_fetcher is not None else None
+                key: object = exc.blob_id if ranges is None else (exc.blob_id, ranges)
+                if self.fetcher is None or key in fetched or len(fetched) >= MAX_FETCHES_PER_CALL:
                     log.warning("%s: %s (EIO)", what, exc)
                     raise pyfuse3.FUSEError(errno.EIO) from None
-                fetched.add(exc.blob_id)
+                fetched.add(key)
                 try:
-                    await self.fetcher(exc.blob_id)
+                    if ranges is not None and self.range_fetcher is not None:
+                        await self.range_fetcher(exc.blob_id, ranges)
+                    else:
+                        await self.fetcher(exc.blob_id)
                 except Exception as e:  # noqa: BLE001 - a failed fetch is this request's EIO, nothing more
                     log.warning("%s: %s (EIO)", what, e)
                     raise pyfuse3.FUSEError(errno.EIO) from None

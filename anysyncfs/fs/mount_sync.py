@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,7 +65,13 @@ async def run_sync(ops: Operations, replica: Replica, interval: float, fetch_tim
         await sync.fetch_blob(blob_id)
         await _after_fetch(ops, runner, blob_id)
 
+    async def fetch_ranges(blob_id: bytes, ranges: Sequence[tuple[int, int]]) -> None:
+        await sync.fetch_blob_ranges(blob_id, ranges)
+        if replica.blobs.has(blob_id):  # it was fetched whole (or became whole): the cache counts it
+            await _after_fetch(ops, runner, blob_id)
+
     ops.fetcher = fetch
+    ops.range_fetcher = fetch_ranges
     path = status_path(replica.unlocked.home.root, replica.space_id)
     peering = DevicePeering(sync, listen=listen, discovery=discovery, on_changed=invalidate)
     try:
@@ -77,6 +83,7 @@ async def run_sync(ops: Operations, replica: Replica, interval: float, fetch_tim
             nursery.start_soon(_fetch_pinned, ops, sync, runner)
     finally:
         ops.fetcher = None
+        ops.range_fetcher = None
         try:
             path.unlink()
         except OSError:
@@ -118,6 +125,10 @@ async def _tend_cache(ops: Operations, runner: Runner) -> None:
     while True:
         try:
             await runner(ops.vfs.cache_tick)
+            # The groups kept by reads of uncached chunks (partial blobs) are bounded apart from the blob cache.
+            dropped = await trio.to_thread.run_sync(ops.vfs.replica.partials.prune)
+            if dropped:
+                log.info("cache: dropped %d partial blobs (the groups reads fetched) past their bound", dropped)
         except AnysyncError as e:
             log.warning("cache: %s", e)
         await trio.sleep(CACHE_TICK_S)

@@ -26,6 +26,14 @@ bounded in bytes holds all of it.
 A blob that is not on this device raises :class:`BlobMissing` unchanged (the FUSE adapter waits for the sync layer to
 fetch it and retries); any other missing or unverifiable blob gives ``FsError(EIO)`` and one log line; never wrong
 bytes.
+
+Chunks not on this device are read by ranges too (docs/protocol.md 50.3, "Reads of a chunk this device lacks"):
+``read_ranges`` then serves the verified 16 KiB groups of the blob's partial blob, or raises :class:`RangesMissing`
+naming what the read lacks, and the adapter has just those groups fetched. Such a blob's segments are opened under
+the header an uncompressed blob must have (``blob.uncompressed_header``; the tags prove it is the real one), so its
+first group is fetched only when that fails. A sequential reader that lacks its segments has the next
+``FETCH_AHEAD_SEGMENTS`` asked for with them (one round trip per chunk, not per read); a random reader asks only
+for the segments it reads (~83 KB of groups for a 4 KiB read, against a ~1 MiB blob).
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from ..core import blob as blobs
 from ..core import content as content_mod
 from ..core import ids
 from ..core.ops import ChunkRef, Content, Extent
-from ..errors import BlobMissing, FsError, IntegrityError, NotFound, StoreError
+from ..errors import AuthenticationFailed, BlobMissing, FsError, IntegrityError, NotFound, RangesMissing, StoreError
 from .attrs import blocks_for
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,11 @@ CHUNK_CACHE_BYTES = 64 << 20  # verified blobs plus decrypted plaintext, togethe
 # Segments (64 KiB) decrypted ahead of a sequential reader of a local blob: 512 KiB, one pread with the segments
 # asked for. The kernel's own read-ahead asks for 128 KiB at a time; this halves the opens, preads and key set-ups.
 READ_AHEAD_SEGMENTS = 8
+# A sequential reader of a chunk held only in part (fetched by ranges: not on this device): when a read lacks
+# segments it needs, the fetch asks for them and for this many segments after them (2 MiB) in one request, so a
+# stream of 128 KiB reads costs about one round trip per chunk, not one per read (each read's read-ahead would ask
+# for the two segments it slid over). A read that holds what it needs never waits for its read-ahead.
+FETCH_AHEAD_SEGMENTS = 32
 READER_CACHE = 256  # contents whose (manifest-loaded) extent lists are kept
 
 GetBlob = Callable[[bytes], bytes]
@@ -130,7 +143,7 @@ class ContentReads:
         """Verified plaintext of chunk bytes ``start:end`` (``0 <= start < end <= ref.length``), as consecutive
         slices of cached parts; decrypts only the segments not cached yet (and, for a ``sequential`` reader of a
         chunk read by ranges, a bounded read-ahead)."""
-        cached = self._cached(ref, start // blobs.SEGMENT_SIZE, (end - 1) // blobs.SEGMENT_SIZE + 1)
+        cached = self._cached(ref, start // blobs.SEGMENT_SIZE, (end - 1) // blobs.SEGMENT_SIZE + 1, sequential)
         span = cached.span
         first, last = start // span, (end - 1) // span
         parts = self._parts(ref, cached, first, last + 1, sequential)
@@ -141,7 +154,7 @@ class ContentReads:
             slices.append(part if lo == 0 and hi == len(part) else memoryview(part)[lo:hi])
         return slices
 
-    def _cached(self, ref: ChunkRef, first: int, stop: int) -> _CachedChunk:
+    def _cached(self, ref: ChunkRef, first: int, stop: int, sequential: bool = False) -> _CachedChunk:
         """The cache entry of ``ref``'s chunk, fetched (and its envelope checked) on a miss. A local uncompressed
         blob is read by ranges: the miss reads the header and the segments ``first:stop`` (those the read needs)
         with one open, and the entry holds them decrypted."""
@@ -158,6 +171,10 @@ class ContentReads:
                     entry = _CachedChunk(None, [blobs.open_chunk(raw, ref, verify_id=False)], max(1, ref.length))
                 else:
                     entry = _CachedChunk(raw, [None] * blobs.segment_count(ref.length), blobs.SEGMENT_SIZE)
+        except RangesMissing as e:
+            if sequential:
+                raise _with_fetch_ahead(e, ref, stop) from None
+            raise
         except BlobMissing:
             raise  # not an error of the data: the FUSE adapter has the sync layer fetch it and retries
         except (IntegrityError, NotFound, StoreError) as e:
@@ -174,9 +191,20 @@ class ContentReads:
 
     def _read_partially(self, ref: ChunkRef, first: int, stop: int) -> _CachedChunk | None:
         """A new cache entry holding segments ``first:stop`` of an uncompressed chunk, read by ranges from its
-        local blob file and authenticated; None if the blob is not a local file or is compressed (read whole)."""
+        local blob file (or the groups held of its partial blob) and authenticated; None if the blob is not a
+        local file or is compressed (read whole). :class:`RangesMissing` when the groups are not held."""
         assert self._read_ranges is not None
-        got = self._read_ranges(ref.blob, [(0, blobs.HEADER_LEN), blobs.segments_span(ref, first, stop)])
+        span = blobs.segments_span(ref, first, stop)
+        try:
+            got = self._read_ranges(ref.blob, [(0, blobs.HEADER_LEN), span])
+        except RangesMissing:
+            # Not a whole blob file here: fetched by ranges, maybe without its first 16 KiB group. Use the
+            # header an uncompressed blob must have, so that a read needs no fetch of that group.
+            entry = self._read_without_header(ref, first, stop, span)
+            if entry is not None:
+                return entry
+            # Not uncompressed, or a tag failed: the blob's own header decides (RangesMissing names its group).
+            got = self._read_ranges(ref.blob, [(0, blobs.HEADER_LEN), span])
         if got is None:
             return None
         file_size, (header, sealed) = got
@@ -185,6 +213,28 @@ class ContentReads:
             return None  # whole-chunk zstd: only the whole blob can be opened
         parts: list[bytes | None] = [None] * blobs.segment_count(ref.length)
         parts[first:stop] = blobs.open_sealed_segments(header, file_size, sealed, ref, first, stop)
+        return _CachedChunk(None, parts, blobs.SEGMENT_SIZE, header=header)
+
+    def _read_without_header(self, ref: ChunkRef, first: int, stop: int, span: tuple[int, int]) -> _CachedChunk | None:
+        """Segments ``first:stop`` of a blob held only in part, opened under :func:`blobs.uncompressed_header`
+        (what its header must be if the blob is uncompressed: every segment's tag binds it, so a segment opens
+        only if the real header is exactly that). None when the blob's length is not the uncompressed length or
+        a tag fails (a compressed blob of that length, or damage): the caller then reads the real header.
+        :class:`RangesMissing` (for ``span`` only) when the segments are not held either."""
+        assert self._read_ranges is not None
+        got = self._read_ranges(ref.blob, [span])
+        if got is None:
+            return None
+        file_size, (sealed,) = got
+        if file_size != blobs.uncompressed_blob_length(ref):
+            return None
+        header = blobs.uncompressed_header(ref)
+        try:
+            plains = blobs.open_sealed_segments(header, file_size, sealed, ref, first, stop)
+        except AuthenticationFailed:
+            return None
+        parts: list[bytes | None] = [None] * blobs.segment_count(ref.length)
+        parts[first:stop] = plains
         return _CachedChunk(None, parts, blobs.SEGMENT_SIZE, header=header)
 
     def _open_runs(self, ref: ChunkRef, cached_raw: bytes | None, header: bytes | None,
@@ -242,7 +292,17 @@ class ContentReads:
             rest = (_runs([i for i in range(stop, min(stop + READ_AHEAD_SEGMENTS, len(parts))) if parts[i] is None])
                     if sequential else [])
         try:
-            results = self._open_runs(ref, raw, header, needed + rest)
+            try:
+                results = self._open_runs(ref, raw, header, needed + rest)
+            except RangesMissing:
+                if not rest:
+                    raise
+                # Held in part: the read-ahead is decrypted only where held; the read is served if its own
+                # segments are, else they are fetched with FETCH_AHEAD_SEGMENTS after them.
+                try:
+                    results = self._open_runs(ref, raw, header, needed)
+                except RangesMissing as e:
+                    raise _with_fetch_ahead(e, ref, stop) from None
         except (NotFound, StoreError) as e:
             if isinstance(e, BlobMissing):
                 raise
@@ -408,6 +468,14 @@ class ContentReads:
         except (FsError, BlobMissing):
             return False
         return all(has_blob(e.chunk.blob) for e in extents)
+
+
+def _with_fetch_ahead(missing: RangesMissing, ref: ChunkRef, stop: int) -> RangesMissing:
+    """``missing`` widened by the FETCH_AHEAD_SEGMENTS segments from ``stop`` (those left in the chunk)."""
+    ahead = min(stop + FETCH_AHEAD_SEGMENTS, blobs.segment_count(ref.length))
+    if ahead <= stop:
+        return missing
+    return RangesMissing(missing.blob_id, (*missing.ranges, blobs.segments_span(ref, stop, ahead)), str(missing))
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:

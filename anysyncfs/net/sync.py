@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import trio
 
-from ..core import crypto, ids
+from ..core import bao, crypto, ids
 from ..core.address import PeerAddress, parse_address
 from ..core.reconcile import IdSet, Reconciler
 from ..errors import AnysyncError, IdMismatch, IntegrityError, NetworkError, NotFound, ProtocolError, UsageError
@@ -100,7 +100,8 @@ class SpaceSync:
         self._wake: dict[str, trio.Event] = {}
         self._conn_changed = trio.Event()  # set (and replaced) whenever a peer connection is established
         self._fetching: dict[bytes, trio.Event] = {}
-        self._partials = PartialBlobs(replica.blobs.root / "partial", max_blob_len=replica.blobs.max_blob_len)
+        self._fetching_ranges: dict[tuple[bytes, tuple[tuple[int, int], ...]], trio.Event] = {}
+        self._partials: PartialBlobs = replica.partials  # shared with the read path, which reads what they hold
         self._known_heads = replica.heads
         self.pending_uploads = 0
         self.referenced = providers.ReferencedBlobs(replica)  # what every provider should hold (back-fill)
@@ -504,15 +505,7 @@ class SpaceSync:
                             data, nodes = bytes(reply.data), None
                         else:  # a provider: by verified ranges, each group checked on arrival (70.12)
                             data, nodes = await range_fetch.fetch_whole(conn, self.space_id, blob_id, self._partials)
-                    # Verify and write the file without the mount's lock (hashing and fsync take milliseconds:
-                    # file-system requests go on meanwhile), then index it under the lock. A provider answers
-                    # only with blobs it stores: the cache may evict it. A device may evict its own copy: not a
-                    # confirmation.
-                    await trio.to_thread.run_sync(self.replica.write_fetched_blob, blob_id, data, nodes)
-                    await trio.to_thread.run_sync(self._partials.delete, blob_id)
-                    confirmed = not self._is_device.get(key, False)
-                    await self.run(functools.partial(self.replica.index_fetched_blob, remote_confirmed=confirmed),
-                                   blob_id, len(data))
+                    await self._store_whole(key, blob_id, data, nodes)
                     return
                 except (IntegrityError, ProtocolError) as e:
                     log.warning("%s sent a bad blob %s: %s; disconnecting", key, label, e)
@@ -528,6 +521,99 @@ class SpaceSync:
                 await self._conn_changed.wait()
             tried.clear()
         raise NotFound(f"blob {label} could not be fetched ({'; '.join(errors[-2:]) or 'no peer reachable'})")
+
+    async def _store_whole(self, key: str, blob_id: bytes, data: bytes, nodes: bytes | None) -> None:
+        """Store a blob fetched whole from ``key``: verify and write the file without the mount's lock (hashing
+        and fsync take milliseconds: file-system requests go on meanwhile), then index it under the lock. A
+        provider answers only with blobs it stores: the cache may evict it. A device may evict its own copy: not
+        a confirmation."""
+        await trio.to_thread.run_sync(self.replica.write_fetched_blob, blob_id, data, nodes)
+        await trio.to_thread.run_sync(self._partials.delete, blob_id)
+        confirmed = not self._is_device.get(key, False)
+        await self.run(functools.partial(self.replica.index_fetched_blob, remote_confirmed=confirmed),
+                       blob_id, len(data))
+
+    async def fetch_blob_ranges(self, blob_id: bytes, ranges: Sequence[tuple[int, int]],
+                                timeout: float | None = None) -> None:
+        """Get the 16 KiB groups holding ``ranges`` of a blob this device lacks, by verified ranges (70.12) from
+        a connected provider (the next one when a provider fails or sends bad data), into the partial blob that
+        the read path reads (50.9). Only the groups not held yet are asked for, in one ``GetBlobRanges``: a
+        4 KiB read of an uncached chunk moves the 5 (rarely 6) groups of one sealed 64 KiB segment, the blob's
+        last group (which proves its length) and their proof nodes, ~83 KB, not the ~1 MiB blob. Every group is
+        verified before a byte of it is recorded; a provider that sends a bad one is disconnected and the next
+        one asked.
+
+        When no provider is connected but a member's device is (devices answer whole ``GetBlob`` only), or when
+        the ranges do not fit the blob (a compressed chunk's blob is shorter than the read assumed), the whole
+        blob is fetched instead (:meth:`fetch_blob`). Returns once the ranges are held (or the whole blob);
+        :class:`NotFound` as :meth:`fetch_blob`."""
+        if self.replica.blobs.has(blob_id):
+            return
+        deadline = trio.current_time() + (timeout if timeout is not None else self.fetch_timeout)
+        # Readers of the same ranges at once (the kernel sends reads in parallel) share one request: a later one
+        # waits for it, then asks only for what is still missing (usually nothing).
+        key = (blob_id, tuple((int(o), int(n)) for o, n in ranges))
+        ev = self._fetching_ranges.get(key)
+        if ev is not None:
+            with trio.move_on_at(deadline):
+                await ev.wait()
+            return await self._fetch_ranges(blob_id, ranges, deadline)
+        ev = self._fetching_ranges[key] = trio.Event()
+        try:
+            await self._fetch_ranges(blob_id, ranges, deadline)
+        finally:
+            ev.set()
+            del self._fetching_ranges[key]
+
+    async def _fetch_ranges(self, blob_id: bytes, ranges: Sequence[tuple[int, int]], deadline: float) -> None:
+        label = ids.to_text(ids.PREFIX_BLOB, blob_id)[:20] + "…"
+        tried: set[str] = set()
+        errors: list[str] = []
+        while True:
+            length, missing = await trio.to_thread.run_sync(self._partials.missing_groups, blob_id, ranges)
+            if not missing:
+                return
+            wanted = _group_runs(missing, length)
+            if len(wanted) > m.MAX_RANGES or len(missing) > m.MAX_SLICE_GROUPS:
+                break  # more than one answer can hold: the whole blob, in windows
+            open_conns = [(k, c) for k, c in self._conns.items() if not c.closed.is_set()]
+            providers_ = [(k, c) for k, c in open_conns if not self._is_device.get(k, False) and k not in tried]
+            if not providers_ and any(self._is_device.get(k, False) for k, _ in open_conns):
+                break  # only members' devices: they serve whole blobs
+            for key, conn in providers_:
+                tried.add(key)
+                try:
+                    with trio.fail_at(min(deadline, trio.current_time() + BLOB_ATTEMPT_S)):
+                        got_length, items = await range_fetch.fetch_ranges(
+                            conn, self.space_id, blob_id, wanted, length=length,
+                            max_length=self._partials.max_blob_len)
+                except (IntegrityError, ProtocolError) as e:
+                    log.warning("%s sent a bad blob %s: %s; disconnecting", key, label, e)
+                    errors.append(f"{key}: {e}")
+                    await conn.abort("sent a blob that does not match its ID")
+                    continue
+                except RemoteError as e:
+                    if e.code == m.ErrorCode.BAD_REQUEST:  # the ranges run outside the blob: not a chunk read by
+                        return await self._fetch_whole_for_read(blob_id, deadline)  # ranges (compressed)
+                    errors.append(f"{key}: {e}")
+                    continue
+                except (NetworkError, trio.TooSlowError) as e:
+                    errors.append(f"{key}: {e or 'timed out'}")
+                    continue
+                await trio.to_thread.run_sync(self._partials.record, blob_id, got_length, items)
+                done = await trio.to_thread.run_sync(self._partials.complete_data, blob_id)
+                if done is not None:  # every group is here now (a small blob, or read through): a blob file
+                    await self._store_whole(key, blob_id, *done)
+                return
+            if trio.current_time() >= deadline:
+                raise NotFound(f"blob {label} could not be fetched ({'; '.join(errors[-2:]) or 'no peer reachable'})")
+            with trio.move_on_at(min(deadline, trio.current_time() + 1.0)):
+                await self._conn_changed.wait()
+            tried.clear()
+        await self._fetch_whole_for_read(blob_id, deadline)
+
+    async def _fetch_whole_for_read(self, blob_id: bytes, deadline: float) -> None:
+        await self.fetch_blob(blob_id, timeout=max(0.0, deadline - trio.current_time()))
 
     def _via_rank(self, key: str) -> int:
         st = self.peers.get(key)
@@ -588,6 +674,23 @@ class SpaceSync:
             "peers": [vars(p) | {"next_attempt": p.next_attempt if math.isfinite(p.next_attempt) else 0}
                       for p in self.peers.values()],
         }
+
+
+def _group_runs(groups: list[int], length: int | None) -> list[tuple[int, int]]:
+    """Byte ranges covering runs of consecutive ``groups`` (sorted), cut at ``length`` when it is known."""
+    runs: list[list[int]] = []
+    for g in groups:
+        if runs and runs[-1][1] == g:
+            runs[-1][1] = g + 1
+        else:
+            runs.append([g, g + 1])
+    out = []
+    for lo, hi in runs:
+        start, end = lo * bao.GROUP_LEN, hi * bao.GROUP_LEN
+        if length is not None:
+            end = min(end, length)
+        out.append((start, end - start))
+    return out
 
 
 async def fetch_then_send(failures: list[AnysyncError], fetching: Awaitable[T], default: T) -> T:

@@ -22,10 +22,11 @@ from ..core import blob, blob_refs, crypto, ids, ops, space, tree, validate
 from ..core.change import MAX_PARENTS, Change, make_change, parse_change
 from ..core.chunking import ChunkParams, chunker_key
 from ..core.dag import Dag
-from ..errors import BlobMissing, DecodeError, IntegrityError, NotFound, PermissionDenied, UsageError
+from ..errors import BlobMissing, DecodeError, IntegrityError, NotFound, PermissionDenied, RangesMissing, UsageError
 from ..store import schema
 from ..store.blobfiles import BlobFiles
 from ..store.db import Store
+from ..store.partial import PartialBlobs
 from . import ledger, treecache
 from .home import Unlocked
 from .ledger import IngestResult  # lives in ledger now; importing it from here keeps working
@@ -110,6 +111,8 @@ class Replica:
         self.identity = unlocked.identity
         self.store = store
         self.blobs = blobs
+        # The verified 16 KiB groups of blobs fetched by ranges (protocol.md 50.9): reads use them like blob files.
+        self.partials = PartialBlobs(blobs.root / "partial", max_blob_len=blobs.max_blob_len)
         self.space_id = space_id
         row = store.space(space_id)
         self.name = row.name
@@ -557,13 +560,22 @@ class Replica:
 
     def read_blob_ranges(self, blob_id: bytes, ranges: Sequence[tuple[int, int]]) -> tuple[int, list[bytes]]:
         """Some bytes of a local blob file, NOT verified (see :meth:`BlobFiles.read_ranges`): for the read path,
-        which authenticates each AES-GCM segment it opens from them. :class:`BlobMissing` as :meth:`get_blob`."""
-        try:
-            return self.blobs.read_ranges(blob_id, ranges)
-        except NotFound:
-            raise BlobMissing(
-                blob_id, f"blob {ids.to_text(ids.PREFIX_BLOB, blob_id)[:20]}… is not on this device"
-            ) from None
+        which authenticates each AES-GCM segment it opens from them.
+
+        A blob not here as a file is read from the verified groups of its partial blob (50.9) when they cover
+        the ranges; else :class:`RangesMissing` (a :class:`BlobMissing`) names the ranges, so that the sync layer
+        fetches only the groups holding them (70.12) rather than the whole blob."""
+        for _attempt in range(2):  # a partial completed meanwhile has become a blob file: look once more
+            try:
+                return self.blobs.read_ranges(blob_id, ranges)
+            except NotFound:
+                pass
+            got = self.partials.read_ranges(blob_id, ranges)
+            if got is not None:
+                return got
+        raise RangesMissing(
+            blob_id, tuple((int(o), int(n)) for o, n in ranges),
+            f"ranges of blob {ids.to_text(ids.PREFIX_BLOB, blob_id)[:20]}… are not on this device")
 
     def prefetch_blob(self, blob_id: bytes) -> None:
         """Start reading a local blob file into the page cache (best effort; nothing if it is not here)."""

@@ -19,6 +19,7 @@ and the partial is then dropped.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +28,10 @@ from ..errors import IntegrityError, NotFound, StoreError
 from .files import atomic_write, read_bounded
 
 _LEN = bao.LENGTH_PREFIX_LEN
+# Disk the partial blobs of a device may take (reads of uncached chunks keep ~83 KB of groups each): past it the
+# least recently recorded ones are dropped whole (:meth:`PartialBlobs.prune`; a mount does it every cache tick).
+# Dropping costs only a re-fetch; the blob cache's own limit counts blob files, not these.
+PARTIAL_BYTES = 256 << 20
 
 
 class PartialBlobs:
@@ -35,6 +40,9 @@ class PartialBlobs:
     def __init__(self, root: Path, *, max_blob_len: int) -> None:
         self.root = Path(root)
         self.max_blob_len = max_blob_len
+        # record() reads, extends and rewrites ``.have``: two fetches of one blob (a read's ranges and a whole
+        # fetch, from worker threads) would otherwise lose each other's bits.
+        self._lock = threading.Lock()
 
     def _path(self, blob_id: bytes, suffix: str) -> Path:
         if len(blob_id) != 32:
@@ -63,6 +71,10 @@ class PartialBlobs:
         ``expected_length`` or a verified length), then the record; returns the groups now held."""
         if length > self.max_blob_len:
             raise StoreError(f"blob of {length} bytes exceeds the limit of {self.max_blob_len}")
+        with self._lock:
+            return self._record(blob_id, length, items)
+
+    def _record(self, blob_id: bytes, length: int, items: Sequence[bao.VerifiedNode | bao.VerifiedGroup]) -> set[int]:
         held = self.state(blob_id)
         have = held[1] if held is not None and held[0] == length else set()
         if held is not None and held[0] != length:  # a record for another length cannot be (the ID fixes it)
@@ -118,6 +130,79 @@ class PartialBlobs:
             except OSError as e:
                 raise StoreError(f"cannot delete partial blob {blob_id.hex()[:16]}: {e.strerror or e}") from None
 
+    def prune(self, max_bytes: int = PARTIAL_BYTES) -> int:
+        """Drop whole partial blobs, least recently recorded first (a record without ``.have``, left by a crash,
+        before any), until what they take on disk (allocated blocks: the data files are sparse) is at most
+        ``max_bytes``; returns how many were dropped. Under the record lock, so that a fetch never writes a
+        record over files dropped meanwhile."""
+        with self._lock:
+            try:
+                entries = list(os.scandir(self.root))
+            except FileNotFoundError:
+                return 0
+            except OSError as e:
+                raise StoreError(f"cannot list partial blobs: {e.strerror or e}") from None
+            blobs: dict[str, list[float]] = {}  # 64 hex -> [mtime of .have (0: none), bytes on disk]
+            for entry in entries:
+                hex_id, suffix = entry.name[:64], entry.name[64:]
+                if len(hex_id) != 64 or suffix not in (".have", ".data", ".nodes"):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                held = blobs.setdefault(hex_id, [0.0, 0])
+                held[1] += st.st_blocks * 512
+                if suffix == ".have":
+                    held[0] = st.st_mtime
+            total = sum(int(held[1]) for held in blobs.values())
+            dropped = 0
+            for hex_id, (_mtime, used) in sorted(blobs.items(), key=lambda kv: kv[1][0]):
+                if total <= max_bytes:
+                    break
+                try:
+                    self.delete(bytes.fromhex(hex_id))
+                except ValueError:
+                    continue  # not a blob ID: not ours to drop
+                total -= int(used)
+                dropped += 1
+            return dropped
+
+    # ------------------------------------------------------------------------------------------ reading
+    def missing_groups(self, blob_id: bytes, ranges: Sequence[bao.Range]) -> tuple[int | None, list[int]]:
+        """(the blob's length if known, the groups covering ``ranges`` that are not held, in order). Unknown
+        length: every group the ranges touch counts as missing. Bytes past a known length need no group."""
+        held = self.state(blob_id)
+        if held is None:
+            return None, sorted({g for offset, size in ranges if size > 0
+                                 for g in range(offset // bao.GROUP_LEN, (offset + size - 1) // bao.GROUP_LEN + 1)})
+        length, have = held
+        return length, [g for g in _groups_within(length, ranges) if g not in have]
+
+    def read_ranges(self, blob_id: bytes, ranges: Sequence[bao.Range]) -> tuple[int, list[bytes]] | None:
+        """(the blob's length, the bytes at each ``(offset, size)``, short where the blob ends), as
+        :meth:`BlobFiles.read_ranges` gives them for a whole blob file, when every group they touch is held;
+        else None. NOT verified again here: every group was verified against the blob ID when it was recorded,
+        and the read path authenticates each AES-GCM segment it opens from these bytes (a damaged ``.data`` file
+        gives an authentication error there, never wrong bytes)."""
+        held = self.state(blob_id)
+        if held is None:
+            return None
+        length, have = held
+        if any(g not in have for g in _groups_within(length, ranges)):
+            return None
+        try:
+            with open(self._path(blob_id, ".data"), "rb") as f:
+                out = []
+                for offset, size in ranges:
+                    size = max(0, min(offset + size, length) - offset)
+                    out.append(os.pread(f.fileno(), size, offset) if size else b"")
+        except FileNotFoundError:
+            return None  # dropped meanwhile (completed, or deleted as damaged)
+        except OSError as e:
+            raise StoreError(f"cannot read partial blob {blob_id.hex()[:16]}: {e.strerror or e}") from None
+        return length, out
+
     # ------------------------------------------------------------------------------------------ serving
     def read_slice(self, blob_id: bytes, ranges: Sequence[bao.Range]) -> bytes:
         """The slice of ``ranges`` (as :meth:`BlobFiles.read_slice`) from the groups held: :class:`NotFound` when a
@@ -146,6 +231,16 @@ class PartialBlobs:
             self.delete(blob_id)
             raise
         return out
+
+
+def _groups_within(length: int, ranges: Sequence[bao.Range]) -> list[int]:
+    """The groups holding the bytes of ``ranges`` that lie inside a blob of ``length`` bytes, in order."""
+    groups: set[int] = set()
+    for offset, size in ranges:
+        end = min(offset + size, length)
+        if offset < end:
+            groups.update(range(offset // bao.GROUP_LEN, (end - 1) // bao.GROUP_LEN + 1))
+    return sorted(groups)
 
 
 def _read_sparse(path: Path, size: int) -> bytes:
