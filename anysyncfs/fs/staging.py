@@ -478,6 +478,12 @@ class Staged:
         self.data_changed = True
 
     def truncate(self, size: int, now_ns: int | None) -> None:
+        if size == 0 and self.stream is not None:
+            # Nothing of the stream stays: its chunks in flight are not stored (on a full disk, truncating the
+            # file that filled it must work) and its sealed blobs are no longer reached (the commit drops them).
+            self.stream.abandon()
+            self.stream = None
+            self.base, self.base_limit = Content(size=0), 0
         self.settle()
         if size < self.size:
             self.dirty.cut(size)

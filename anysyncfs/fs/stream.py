@@ -103,6 +103,14 @@ class SealStream:
         while self._pending:
             self._store_first()
 
+    def abandon(self) -> None:
+        """Drop the chunks in flight without storing them (the file was truncated to nothing: no byte of this
+        stream is the file's any more, and a full disk must not fail the truncation that frees it)."""
+        for _offset, future in self._pending:
+            if not future.cancel():
+                future.exception()  # a seal already running is waited for; its result is not used
+        self._pending.clear()
+
     def _store_first(self) -> None:
         offset, future = self._pending[0]
         ref, blob = future.result()

@@ -548,6 +548,7 @@ class VfsCore:
         batch = self._batch
         if batch is None:
             return
+        self._drop_unreachable_blobs(batch)
         held = set() if force else self._held(batch, exclude)
         commit_lists: list[list[ops.Op]] = []
         held_lists: list[list[ops.Op]] = []
@@ -608,6 +609,61 @@ class VfsCore:
             finally:
                 if held is not None:
                     self._restage(held.op_lists, held)
+
+    def _drop_unreachable_blobs(self, batch: Batch) -> None:
+        """Forget the blobs of ``batch`` that nothing reaches any more — their file was truncated, rewritten or
+        deleted within the batch (a sequential writer's blobs are written as it writes, see :mod:`.stream`) — and
+        delete their files unless the store indexes the blob already (content-addressed: a committed file may
+        hold the same chunk). Without this, a disk filled by a file that then failed its fsync stays full after
+        the user truncates that file, and every later commit fails too. Reachable: the contents the batch's ops
+        write, every open or staged file's current content, staged bases and the chunks of sealing streams."""
+        if not batch.blobs:
+            return
+        reached: set[bytes] = set()
+
+        def reach(content: ops.Content) -> None:
+            if content.manifest is not None:
+                reached.add(content.manifest.blob)
+                if content.manifest.blob in batch.blobs:  # a manifest of an earlier batch lists committed chunks
+                    reached.update(e.chunk.blob for e in self.reads.extents(content))
+            reached.update(e.chunk.blob for e in content.extents)
+
+        try:
+            self._reach_batch_blobs(batch, reach)
+        except AnysyncError as e:  # a manifest that does not open: keep every blob (this is only a clean-up)
+            log.info("group commit: not dropping unreached blobs (%s)", e)
+            return
+        unreached = [b for b in batch.blobs if b not in reached]
+        if not unreached:
+            return
+        indexed = self.replica.store.blob_rows(unreached)
+        for blob_id in unreached:
+            del batch.blobs[blob_id]
+            batch.durable.discard(blob_id)
+            data = batch.pending.pop(blob_id, None)
+            if data is not None:
+                batch.pending_bytes -= len(data)
+            elif blob_id not in indexed:
+                with contextlib.suppress(AnysyncError):  # a leftover is harmless: an unindexed file, as a crash leaves
+                    self.replica.blobs.delete(blob_id)
+        log.debug("group commit: %d blob(s) of the batch no longer reached, dropped", len(unreached))
+
+    def _reach_batch_blobs(self, batch: Batch, reach: Callable[[ops.Content], None]) -> None:
+        """Call ``reach`` on every content that may hold a blob of ``batch``: what its folded ops write (a Write
+        replaced by a later one in the batch is gone), every open or staged file's content, staged bases and the
+        chunks a sealing stream holds."""
+        for op in fold_ops([op for op_list in batch.op_lists for op in op_list]):
+            if isinstance(op, ops.Write) and isinstance(op.content, ops.Content):
+                reach(op.content)
+        state = self.replica.tree
+        for node_id in {*self._opens, *self._staged}:
+            node = state.nodes.get(node_id)
+            if node is not None and node.kind == ops.KIND_FILE:
+                reach(node.content)
+        for staged in self._staged.values():
+            reach(staged.base)
+            if staged.stream is not None:
+                reach(ops.Content(size=staged.stream.start, extents=staged.stream.sealed))
 
     def _commit_batch(self, batch: Batch, op_list: list[ops.Op]) -> None:
         replica = self.replica
