@@ -224,3 +224,37 @@ def test_own_commits_land_nothing_other_processes_commits_do(make_home, tmp_path
     assert f.inode in inodes and names == []
     assert vfs.lookup(ROOT_INODE, b"g", ROOT).inode == f.inode
     vfs.close()
+
+
+def test_a_change_that_arrives_out_of_order_lands_through_the_refold(make_home, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """B committed more (higher lamports) than A's rename that arrives later: the rename sorts before B's last
+    change, so B refolds instead of applying it on top; the difference of the trees says what to invalidate."""
+    a, b, vfs = two_devices(make_home, tmp_path)
+    put_file(a, "/x.txt", b"x")
+    send(a, b, set())
+    vfs.take_landed()
+    x = vfs.lookup(ROOT_INODE, b"x.txt", ROOT).inode
+    known = set(a.change_ids())
+    sa = Vfs(a, staging_dir=tmp_path / "staging-a")
+    sa.rename(ROOT_INODE, b"x.txt", ROOT_INODE, b"y.txt", 0, ROOT)
+    sa.close()
+    for i in range(3):  # B's own work meanwhile, through its Vfs: the kernel saw it
+        put_name = b"b%d.txt" % i
+        fh, _attr = vfs.create(ROOT_INODE, put_name, 0o644, os.O_WRONLY | os.O_CREAT, ROOT)
+        vfs.release(fh)
+        vfs.fsyncdir(0, False)
+    assert vfs.take_landed() == ([], [])
+    refolds = 0
+    fresh_fold = b.fresh_fold
+
+    def counting(*args: object, **kw: object) -> TreeState:
+        nonlocal refolds
+        refolds += 1
+        return fresh_fold(*args, **kw)  # type: ignore[arg-type]
+
+    b.fresh_fold = counting  # type: ignore[method-assign]
+    send(a, b, known)
+    assert refolds == 1  # the out-of-order path, not the journal
+    inodes, names = vfs.take_landed()
+    assert names == [(ROOT_INODE, b"x.txt")] and x in inodes
+    assert vfs.lookup(ROOT_INODE, b"y.txt", ROOT).inode == x
