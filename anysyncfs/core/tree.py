@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from . import ops
 from .tree_fold import IsAncestor, apply_change, conflict_copy_ids
 from .tree_names import conflict_name, display_names, original_name, split_name
-from .tree_state import ChangeInfo, Entry, Node, OrderKey, TreeIndex
+from .tree_state import ChangeInfo, Entry, Node, OrderKey, TreeDelta, TreeIndex, tree_delta
 
 __all__ = [
     "ChangeInfo",
@@ -21,6 +21,7 @@ __all__ = [
     "IsAncestor",
     "Node",
     "OrderKey",
+    "TreeDelta",
     "TreeState",
     "conflict_copy_ids",
     "conflict_name",
@@ -29,6 +30,7 @@ __all__ = [
     "fold",
     "fold_order",
     "split_name",
+    "tree_delta",
 ]
 
 

@@ -111,6 +111,34 @@ class _DirView:
     listing: dict[bytes, Entry] | None = None  # by_name sorted by name, built when first asked for
 
 
+@dataclass(slots=True)
+class TreeDelta:
+    """What landed changes altered in a folded tree, for a mount to invalidate the kernel's caches with exactly:
+    ``nodes`` whose attributes, content or listing changed, and ``names``: every (directory, display name) that
+    was shown before and may now be gone or name another entry, with the entry it showed (the first one seen)."""
+
+    nodes: set[bytes] = field(default_factory=set)
+    names: dict[tuple[bytes, bytes], bytes] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.nodes or self.names)
+
+    def merge(self, other: TreeDelta) -> None:
+        self.nodes |= other.nodes
+        for key, entry in other.names.items():
+            self.names.setdefault(key, entry)  # the earlier one is what the kernel may have cached
+
+    def gone(self, state: TreeIndex) -> list[tuple[bytes, bytes]]:
+        """The recorded names that ``state`` no longer shows for the same entry (removed, renamed away, replaced,
+        or renamed under a new conflict suffix). A name that now shows what it showed before needs nothing."""
+        out = []
+        for (parent, name), entry in self.names.items():
+            now = state.lookup(parent, name)
+            if now is None or now.id != entry:
+                out.append((parent, name))
+        return out
+
+
 def root_node() -> Node:
     return Node(ROOT_NODE, ops.KIND_DIR, ROOT_MODE, 0, 0, ops.EMPTY, b"", 0, 0, 0, {}, NO_CHANGE, NO_CHANGE)
 
@@ -124,6 +152,10 @@ class TreeIndex:
         self._of_node: dict[bytes, dict[bytes, Entry]] = {}  # node id -> all its entries, live or not
         self._live_in: dict[bytes, dict[bytes, Entry]] = {}  # directory node id -> its live entries
         self._views: dict[bytes, _DirView] = {}  # directory node id -> cached listing
+        # Set by a replica while it applies changes that did not come from the mount (received, or committed by
+        # another process): every shown name that an edit may take away is noted here (see _note_names).
+        self.journal: dict[tuple[bytes, bytes], bytes] | None = None
+        self._fresh: set[tuple[bytes, bytes]] = set()  # names that appeared while noting: nobody saw them before
 
     # ------------------------------------------------------------------------------------------ construction
     @classmethod
@@ -325,7 +357,41 @@ class TreeIndex:
         if entry.live:
             self._add_live(entry)
 
+    def _note_names(self, entry: Entry, adding: bool) -> None:
+        """Before ``entry`` is added to or removed from its directory's live entries: note the names shown there
+        that this may take away or hand to another entry. Without a conflict suffix in the directory that is
+        only the entry's own name (on removal), or the name it collides with (on addition: the earlier placed of
+        the two keeps it); with suffixes, a counter may move, so every shown name is noted (rare). The view is
+        built if it was not cached (once per directory: later edits keep it current), since the kernel may hold
+        names from before a reload or a collision dropped it."""
+        journal, fresh = self.journal, self._fresh
+        assert journal is not None
+        parent = entry.parent
+        view = self._view(parent)
+        if view.suffixed:
+            for name, shown in view.by_name.items():
+                if (parent, name) not in fresh:
+                    journal.setdefault((parent, name), shown.id)
+            return
+        key = (parent, entry.name)
+        if key in fresh:
+            return  # it appeared in this same application: the kernel cannot have it
+        if not adding:
+            journal.setdefault(key, entry.id)
+        elif (taken := view.by_name.get(entry.name)) is not None:
+            journal.setdefault(key, taken.id)
+        else:
+            fresh.add(key)
+
+    def note_names(self, into: dict[tuple[bytes, bytes], bytes] | None) -> None:
+        """Start noting into ``into`` the shown names that applied changes take away (None: stop). Call it around
+        one application under the mount's lock: names that appear and go again inside it were never shown."""
+        self.journal = into
+        self._fresh = set()
+
     def _add_live(self, entry: Entry) -> None:
+        if self.journal is not None:
+            self._note_names(entry, True)
         self._live_in.setdefault(entry.parent, {})[entry.id] = entry
         view = self._views.get(entry.parent)
         if view is None:
@@ -339,6 +405,8 @@ class TreeIndex:
         view.listing = None
 
     def _remove_live(self, entry: Entry) -> None:
+        if self.journal is not None:
+            self._note_names(entry, False)
         siblings = self._live_in[entry.parent]
         del siblings[entry.id]
         if not siblings:
@@ -381,6 +449,32 @@ class TreeIndex:
 
     def has_live_children(self, directory: bytes) -> bool:
         return bool(self._live_in.get(directory))
+
+
+def tree_delta(old: TreeIndex, new: TreeIndex) -> TreeDelta:
+    """What differs between two folds of one space (a refold or a reload replaced the tree): nodes whose record
+    differs or is new, and the names ``old`` showed that ``new`` does not show for the same entry. One pass over
+    both trees (a refold costs far more); only directories with a changed entry are compared name by name."""
+    delta = TreeDelta()
+    for node_id, node in new.nodes.items():
+        before = old.nodes.get(node_id)
+        if before is None or before != node:
+            delta.nodes.add(node_id)
+    dirs: set[bytes] = set()
+    for entry_id, entry in old.entries.items():
+        after = new.entries.get(entry_id)
+        if after is None or after != entry:
+            dirs.add(entry.parent)
+            if after is not None:
+                dirs.add(after.parent)
+    dirs.update(entry.parent for entry_id, entry in new.entries.items() if entry_id not in old.entries)
+    for parent in dirs:
+        shown_now = new._view(parent).by_name  # noqa: SLF001 - same class
+        for name, entry in old._view(parent).by_name.items():  # noqa: SLF001
+            now = shown_now.get(name)
+            if now is None or now.id != entry.id:
+                delta.names[(parent, name)] = entry.id
+    return delta
 
 
 def valid_id(raw: bytes) -> bool:

@@ -37,6 +37,7 @@ import trio
 from ..errors import BlobMissing, FsError, IntegrityError, RangesMissing, Rejected
 from . import readahead
 from .errnos import errno_of
+from .attrs import VIRTUAL_BASE
 from .vfs import Attr, Ctx, SetAttrRequest, Vfs
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,15 @@ Fetcher = Callable[[bytes], Awaitable[None]]  # fetch one blob (raises when it c
 RangeFetcher = Callable[[bytes, Sequence[tuple[int, int]]], Awaitable[None]]
 MAX_FETCHES_PER_CALL = 64  # distinct blobs one request may wait for (a read spans a few chunks + a manifest)
 
-ENTRY_TIMEOUT = 1.0  # seconds the kernel may cache a name -> inode (explicit invalidation covers remote changes)
-ATTR_TIMEOUT = 1.0  # seconds the kernel may cache attributes
+# Seconds the kernel may cache a name -> inode and a node's attributes. Every change that does not pass through the
+# kernel (received from other devices, committed by other processes of this device, a refold) is invalidated
+# precisely when it lands (Vfs.take_landed: invalidate_entry for each name gone or replaced, invalidate_inode for
+# each changed node), so the timeout only bounds what a missed invalidation could cost; local changes are the
+# kernel's own. The mount option cache_timeout sets it.
+CACHE_TIMEOUT = 10.0
+# The hidden .anysync folder (conflict list, history folders) changes with every landed change but is never
+# invalidated: its names and attributes keep the short timeout of before.
+VIRTUAL_TIMEOUT = 1.0
 # A hop to a worker thread costs ~0.1-0.3 ms (measured: trio.to_thread.run_sync of a no-op). Calls that usually
 # take well under that (lookup, getattr, readdir, xattrs, writes into the staging file, and with group commit every
 # namespace change, setattr, create, flush and release: they only add ops to the open batch) run inline while the
@@ -73,12 +81,14 @@ def ctx_of(rc: pyfuse3.RequestContext) -> Ctx:
     return Ctx(uid=rc.uid, gid=rc.gid, pid=rc.pid, umask=rc.umask)
 
 
-def entry_of(attr: Attr) -> pyfuse3.EntryAttributes:
+def entry_of(attr: Attr, timeout: float = CACHE_TIMEOUT) -> pyfuse3.EntryAttributes:
     e = pyfuse3.EntryAttributes()
     e.st_ino = attr.inode
     e.generation = attr.generation
-    e.entry_timeout = ENTRY_TIMEOUT
-    e.attr_timeout = ATTR_TIMEOUT
+    if attr.inode >= VIRTUAL_BASE:
+        timeout = min(timeout, VIRTUAL_TIMEOUT)
+    e.entry_timeout = timeout
+    e.attr_timeout = timeout
     e.st_mode = attr.mode
     e.st_nlink = attr.nlink
     e.st_uid = attr.uid
@@ -145,9 +155,10 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False  # the Vfs sees every write (O_APPEND, setuid clearing, staging) as it happens
     enable_acl = False
 
-    def __init__(self, vfs: Vfs, *, read_only: bool = False) -> None:
+    def __init__(self, vfs: Vfs, *, read_only: bool = False, cache_timeout: float = CACHE_TIMEOUT) -> None:
         super().__init__()
         self.vfs = vfs
+        self.cache_timeout = cache_timeout
         self.read_only = read_only
         self.lock = threading.Lock()  # every Vfs call holds it, inline or in a worker thread
         self._logged: set[tuple[str, str]] = set()
@@ -224,22 +235,43 @@ class Operations(pyfuse3.Operations):
         """For the mount loop: a Vfs call (commit_all, close...) under the lock in a worker thread, errors raised."""
         return await trio.to_thread.run_sync(self._locked, what, fn, args)
 
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        return entry_of(attr, self.cache_timeout)
+
     async def invalidate_changed(self) -> int:
-        """Drop the kernel's caches for exactly the inodes the Vfs reports as changed; returns how many."""
+        """Drop the kernel's caches of exactly what changes from elsewhere altered (:meth:`Vfs.take_landed`):
+        the names gone or replaced, then the changed inodes. Returns how many invalidations were sent.
+
+        Called by the mount's tasks (never from a request handler), and the notifications go out from a worker
+        thread without the adapter lock: invalidate_entry blocks while a related request (a lookup in that
+        directory, a rename...) is in flight, and that request needs the trio thread and the lock to finish —
+        from a handler, or holding the lock, that would deadlock (pyfuse3's documentation of invalidate_entry)."""
         try:
-            inodes = await self.call("changed_inodes", self.vfs.changed_inodes, inline=True)
+            inodes, names = await self.call("take_landed", self.vfs.take_landed, inline=True)
         except pyfuse3.FUSEError:
             return 0
-        if inodes:
-            # invalidate_inode writes to /dev/fuse and may wait for the kernel: keep it off the trio thread.
-            await trio.to_thread.run_sync(_invalidate, sorted(inodes))
-        return len(inodes)
+        if inodes or names:
+            await trio.to_thread.run_sync(_invalidate, inodes, names)
+        return len(inodes) + len(names)
+
+    async def pick_up_commits(self) -> bool:
+        """Other processes' commits on this device (``anysyncfs put``, ``sync``...): loaded, then invalidated."""
+        try:
+            # The check is one indexed read (inline); loading runs in a thread (it may commit the open batch first).
+            if not await self.call("commits_elsewhere", self.vfs.commits_elsewhere, inline=True):
+                return False
+            picked = bool(await self.call("pick_up_commits", self.vfs.pick_up_commits))
+        except pyfuse3.FUSEError:
+            return False  # logged by call (an EIO); tried again at the next tick
+        if picked:
+            await self.invalidate_changed()
+        return picked
 
     # ------------------------------------------------------------------------------------------ names and attrs
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return entry_of(await self.call("lookup", self.vfs.lookup, parent_inode, name, ctx_of(ctx), inline=True))
+        return self._entry(await self.call("lookup", self.vfs.lookup, parent_inode, name, ctx_of(ctx), inline=True))
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         try:  # forget must never raise, not even FUSEError
@@ -248,7 +280,7 @@ class Operations(pyfuse3.Operations):
             pass
 
     async def getattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return entry_of(await self.call("getattr", self.vfs.getattr, inode, ctx_of(ctx), inline=True))
+        return self._entry(await self.call("getattr", self.vfs.getattr, inode, ctx_of(ctx), inline=True))
 
     async def setattr(
         self,
@@ -277,7 +309,7 @@ class Operations(pyfuse3.Operations):
                     await self.call("setattr", self.vfs.setattr, inode, kill, fh, Ctx(0, 0, c.pid, c.umask),
                                     inline=True)
                 req = dataclasses.replace(req, mode=None)
-        return entry_of(await self.call("setattr", self.vfs.setattr, inode, req, fh, c, inline=True))
+        return self._entry(await self.call("setattr", self.vfs.setattr, inode, req, fh, c, inline=True))
 
     async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileNameT:
         return cast(pyfuse3.FileNameT, await self.call("readlink", self.vfs.readlink, inode, ctx_of(ctx), inline=True))
@@ -296,13 +328,13 @@ class Operations(pyfuse3.Operations):
         rdev: int,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        return entry_of(await self.call("mknod", self.vfs.mknod, parent_inode, name, mode, rdev, ctx_of(ctx),
+        return self._entry(await self.call("mknod", self.vfs.mknod, parent_inode, name, mode, rdev, ctx_of(ctx),
                                         inline=True))
 
     async def mkdir(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: pyfuse3.ModeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return entry_of(await self.call("mkdir", self.vfs.mkdir, parent_inode, name, mode, ctx_of(ctx), inline=True))
+        return self._entry(await self.call("mkdir", self.vfs.mkdir, parent_inode, name, mode, ctx_of(ctx), inline=True))
 
     async def unlink(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
@@ -319,7 +351,7 @@ class Operations(pyfuse3.Operations):
         target: pyfuse3.FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        return entry_of(await self.call("symlink", self.vfs.symlink, parent_inode, name, target, ctx_of(ctx),
+        return self._entry(await self.call("symlink", self.vfs.symlink, parent_inode, name, target, ctx_of(ctx),
                                         inline=True))
 
     async def rename(
@@ -343,7 +375,7 @@ class Operations(pyfuse3.Operations):
         new_name: pyfuse3.FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        return entry_of(await self.call("link", self.vfs.link, inode, new_parent_inode, new_name, ctx_of(ctx),
+        return self._entry(await self.call("link", self.vfs.link, inode, new_parent_inode, new_name, ctx_of(ctx),
                                         inline=True))
 
     # ------------------------------------------------------------------------------------------ files
@@ -361,7 +393,7 @@ class Operations(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         fh, attr = await self.call("create", self.vfs.create, parent_inode, name, mode, int(flags), ctx_of(ctx),
                                    inline=True)
-        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=False), entry_of(attr)
+        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=False), self._entry(attr)
 
     async def _file_info(self, what: str, fh: int) -> pyfuse3.FileInfo:
         # keep_cache=True lets the kernel keep the page cache from an earlier open: only while content is unchanged.
@@ -405,7 +437,7 @@ class Operations(pyfuse3.Operations):
         entries = await self.call("readdir", self.vfs.readdir, fh, start_id, inline=True)
         accepted: list[int] = []
         for name, attr, next_id in entries:
-            if not pyfuse3.readdir_reply(token, name, entry_of(attr), next_id):
+            if not pyfuse3.readdir_reply(token, name, self._entry(attr), next_id):
                 break
             if name not in (b".", b".."):
                 accepted.append(attr.inode)
@@ -464,10 +496,18 @@ class Operations(pyfuse3.Operations):
         await self.call("removexattr", self.vfs.removexattr, inode, bytes(name), ctx_of(ctx))
 
 
-def _invalidate(inodes: list[int]) -> None:
+def _invalidate(inodes: list[int], names: Sequence[tuple[int, bytes]] = ()) -> None:
+    """Send the invalidations (blocking: run in a worker thread). Names first: a lookup then meets the new tree,
+    and invalidate_entry also drops the directory's attributes."""
+    for parent, name in names:
+        try:
+            pyfuse3.invalidate_entry(cast(pyfuse3.InodeT, parent), cast(pyfuse3.FileNameT, name))
+        except OSError as e:
+            if e.errno != errno.ENOENT:  # the kernel never had that name or directory: nothing to drop
+                log.warning("invalidating entry %r in inode %d: %s", name, parent, os.strerror(e.errno or 0))
     for inode in inodes:
         try:
-            pyfuse3.invalidate_inode(inode)
+            pyfuse3.invalidate_inode(cast(pyfuse3.InodeT, inode))
         except OSError as e:
             if e.errno != errno.ENOENT:  # the kernel had already forgotten it: nothing to drop
                 log.warning("invalidating inode %d: %s", inode, os.strerror(e.errno or 0))

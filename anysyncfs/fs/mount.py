@@ -10,8 +10,9 @@ checked, BEFORE forking, so a prompt and a wrong passphrase behave as in every o
    with the same message and exit code as a foreground mount would);
 3. the child resolves the space, takes ``<home>/locks/<space>.lock`` (``fcntl.flock``; a second mount of the same
    space from the same home fails with a clear error), opens the replica and the Vfs, and mounts;
-4. the trio loop runs ``pyfuse3.main`` plus a periodic ``vfs.commit_all()`` (long writers; then the kernel's
-   caches of ``vfs.changed_inodes()`` are invalidated) and a signal watcher:
+4. the trio loop runs ``pyfuse3.main`` plus a periodic ``vfs.commit_all()`` (long writers), a watch for other
+   processes' commits to the store (picked up, then the kernel's caches of what they changed are invalidated:
+   ``Operations.invalidate_changed``) and a signal watcher:
    SIGTERM, SIGINT and SIGHUP commit every staged write, then unmount;
 5. when the kernel ends the session (``fusermount3 -u``, ``anysyncfs unmount``) the loop returns and
    ``vfs.close()`` commits whatever is still staged before the process exits and the lock is released.
@@ -51,7 +52,7 @@ from ..replica.replica import Replica, resolve_space
 from ..store.files import private_dir
 from . import readahead
 from .memory import limit_malloc_arenas
-from .fuse import Operations
+from .fuse import CACHE_TIMEOUT, Operations
 from .mount_options import OPTIONS, parse_size
 from .mount_sync import run_sync
 from .vfs import Vfs
@@ -63,6 +64,7 @@ LOGS_DIR = "logs"
 DEFAULT_COMMIT_INTERVAL = 5.0
 DEFAULT_BATCH_INTERVAL = 0.2  # group commit: seconds the open batch may wait (see anysyncfs.fs.batch)
 MAX_TASKS = 32  # concurrent pyfuse3 request tasks (they mostly wait for the Vfs lock in worker threads)
+PICK_UP_S = 0.1  # how often the mount looks for other processes' commits (one indexed read of the heads)
 MAX_COMMIT_FETCHES = 64  # blobs a periodic commit may fetch (base content of edited files) before giving up
 
 # Options mount(8) and fstab hand to every helper; meaningless for us, accepted and dropped.
@@ -90,6 +92,7 @@ class MountOptions:
     debug: bool = False
     first_sync_progress: Callable[[str, int, int], None] | None = None  # progress of the first sync (-f on a tty)
     list_virtual_xattrs: bool = False  # listxattr names the user.anysync.* attributes too
+    cache_timeout: float = CACHE_TIMEOUT  # seconds the kernel may cache names and attributes (see fuse.py)
 
     def fuse_options(self, fsname: str = "anysyncfs") -> set[str]:
         """Options for pyfuse3.init. Large writes need none: libfuse 3 negotiates max_write = 1 MiB with the
@@ -295,7 +298,7 @@ def serve(unlocked: Unlocked, space: str, mp: Path, opts: MountOptions, *, ready
             log.warning("mounting read-only: %s", why_ro)
         vfs = Vfs(replica, staging_dir=staging, read_only=opts.read_only, commit_interval=opts.commit_interval,
                   batch_interval=opts.batch_interval)
-        ops = Operations(vfs, read_only=opts.read_only)
+        ops = Operations(vfs, read_only=opts.read_only, cache_timeout=opts.cache_timeout)
         vfs.list_virtual_xattrs = opts.list_virtual_xattrs
         _fuse_init(ops, mp, opts.fuse_options(fsname=mount_source(replica.name, name)))
         mounted = True
@@ -360,6 +363,7 @@ async def _main_loop(ops: Operations, opts: MountOptions, replica: Replica) -> N
         nursery.start_soon(_watch_signals, ops)
         nursery.start_soon(_commit_periodically, ops, opts.commit_interval)
         nursery.start_soon(_commit_batches, ops, opts.batch_interval)
+        nursery.start_soon(_pick_up_commits, ops)
         if not opts.offline:
             nursery.start_soon(functools.partial(run_sync, ops, replica, opts.sync_interval, opts.fetch_timeout,
                                                  opts.cache_size, opts.first_sync_progress, listen=opts.listen,
@@ -397,6 +401,16 @@ async def _commit_periodically(ops: Operations, interval: float) -> None:
         except Exception:  # noqa: BLE001 - the mount must stay up; the batch stays open
             log.exception("periodic commit failed")
         await ops.invalidate_changed()
+
+
+async def _pick_up_commits(ops: Operations) -> None:
+    """Other processes of this device write the space's store too (``anysyncfs put``, ``sync``, share commands):
+    their commits are loaded and the kernel's caches of what they changed invalidated within PICK_UP_S. Otherwise
+    the mount would notice only at its own next commit, and a name they removed could be served from the kernel's
+    cache for the whole cache timeout. A tick where nothing moved is one indexed read of the heads."""
+    while True:
+        await trio.sleep(PICK_UP_S)
+        await ops.pick_up_commits()
 
 
 async def _commit_batches(ops: Operations, interval: float) -> None:

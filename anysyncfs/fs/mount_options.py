@@ -112,6 +112,9 @@ OPTIONS: dict[str, MountOption] = {o.name: o for o in (
                 "as one change (200ms also works)", _batch_interval, lambda d: f"{d.batch_interval * 1000:g}"),
     MountOption("commit_interval", "SECONDS", "how often staged writes of files that stay open are committed",
                 _seconds_setter("commit_interval", 0.05, 3600), lambda d: f"{d.commit_interval:g}"),
+    MountOption("cache_timeout", "SECONDS", "how long the kernel may cache names and attributes (changes from "
+                "other devices and processes are invalidated as they land, whatever this is)",
+                _seconds_setter("cache_timeout", 0, 86400), lambda d: f"{d.cache_timeout:g}"),
     MountOption("sync_interval", "SECONDS", "full reconciliation with each peer this often (own changes are "
                 "pushed at once)", _seconds_setter("sync_interval", 0.1, 86400), lambda d: f"{d.sync_interval:g}"),
     MountOption("fetch_timeout", "SECONDS", "how long a read waits for content this device lacks before EIO",

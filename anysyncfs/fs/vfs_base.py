@@ -188,8 +188,9 @@ class VfsCore:
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._seen_content: dict[int, tuple[Any, ...]] = {}
-        self._known_heads = replica.heads
-        self._versions = {nid: n.version for nid, n in replica.tree.nodes.items()}
+        # What changes not made through this Vfs alter collects here (received, other processes' commits, refolds:
+        # see Replica.landed) until take_landed hands it to the adapter, which invalidates the kernel's caches.
+        replica.landed = tree.TreeDelta()
         self._closed = False
 
     @property
@@ -567,7 +568,6 @@ class VfsCore:
         self._batch = None
         self._rollback(batch)
         op_list = fold_ops([op for ops_ in commit_lists for op in ops_])
-        before = self.replica.heads
         try:
             with self.translated("commit"):
                 self._commit_batch(batch, op_list)
@@ -580,12 +580,6 @@ class VfsCore:
                 self._restage(held_lists, None)
         state = self.replica.tree
         touched = self._touched(op_list) | {n for n in batch.nodes_before if n not in held}
-        if before == self._known_heads:  # nothing arrived from elsewhere meanwhile: these are all ours
-            self._known_heads = self.replica.heads
-            for node_id in touched:
-                node = state.nodes.get(node_id)
-                if node is not None:
-                    self._versions[node_id] = node.version
         for node_id in touched:  # what the kernel saw through a handle in this batch is what was committed
             inode = self._ino_of.get(node_id)
             seen = self._seen_content.get(inode) if inode is not None else None
@@ -912,21 +906,37 @@ class VfsCore:
             self._closed = True
 
     @locked
-    def changed_inodes(self) -> set[int]:
-        """Inodes (known to the kernel) whose content or attributes changed by changes not made through this
-        VFS since the last call: what the kernel must stop caching."""
-        heads = self.replica.heads
-        if heads == self._known_heads:
-            return set()
-        self._known_heads = heads
-        out: set[int] = set()
-        for node_id, node in self.replica.tree.nodes.items():
-            if self._versions.get(node_id) != node.version:
-                self._versions[node_id] = node.version
-                inode = self._ino_of.get(node_id)
-                if inode is not None:
-                    out.add(inode)
-        return out
+    def take_landed(self) -> tuple[list[int], list[tuple[int, bytes]]]:
+        """What changes not made through this Vfs altered since the last call, in the kernel's terms: the inodes
+        whose attributes, content or listing changed, and the (directory inode, name) entries that are gone or
+        name another node now. Only numbers handed out here can be in the kernel's caches; the rest is skipped.
+        The cost follows what landed (the fold noted it), not the size of the tree."""
+        delta = self.replica.landed
+        if not delta:
+            return [], []
+        self.replica.landed = tree.TreeDelta()
+        ino_of = self._ino_of
+        inodes = sorted({ino_of[n] for n in delta.nodes if n in ino_of})
+        names = [(ino_of[parent], name) for parent, name in delta.gone(self.replica.tree) if parent in ino_of]
+        return inodes, names
+
+    @locked
+    def pick_up_commits(self) -> bool:
+        """Load what other processes of this device (``anysyncfs put``, ``sync``, a second CLI command) committed
+        to the store since this replica last read its heads. One indexed read when nothing moved; otherwise the
+        open batch is set aside as for received changes and the replica reloads (the tree difference lands in
+        :meth:`take_landed`). True if anything was picked up."""
+        if not self.commits_elsewhere():
+            return False
+        with self.translated("pick up"), self.batch_aside():
+            return self.replica.pick_up_commits()
+
+    @locked
+    def commits_elsewhere(self) -> bool:
+        """Whether the stored heads moved without this replica (another process committed): one indexed read."""
+        replica = self.replica
+        with self.translated("pick up"):
+            return set(replica.store.heads(replica.space_id)) != set(replica.heads)
 
     def direct_io_inode(self, fh: int) -> int | None:
         """The inode of a handle opened with O_DIRECT (None for others): its writes must drop the kernel's page

@@ -125,6 +125,10 @@ class Replica:
         self.tree_cache_problem: str | None = None  # why the cached tree was not used at open (fsck reports it)
         self.heads: tuple[bytes, ...] = store.heads(space_id)
         self.unreadable = UnreadableChanges(store, space_id)
+        # A mount sets this to a TreeDelta: what changes it did not make itself altered in the tree (received ones,
+        # other processes' commits picked up, refolds) collects there until the mount takes it to invalidate the
+        # kernel's caches. Its own commits applied on top are not recorded: the kernel saw them happen.
+        self.landed: tree.TreeDelta | None = None
         self.tree = self._load_tree()
 
     # ------------------------------------------------------------------------------------------ ACL and keys
@@ -330,9 +334,16 @@ class Replica:
         with self.store.transaction():
             if revalidate:
                 self._revalidate()
-            self.tree = self.fresh_fold()
+            self._replace_tree(self.fresh_fold())
             self._persist(self.tree, None)
         return self.tree
+
+    def _replace_tree(self, state: tree.TreeState) -> None:
+        """Adopt a new fold (refold, reload): a mount is told what differs from the tree it showed."""
+        old: tree.TreeState | None = getattr(self, "tree", None)  # None while the replica opens
+        self.tree = state
+        if self.landed is not None and old is not None and old is not state:
+            self.landed.merge(tree.tree_delta(old, state))
 
     def _revalidate(self) -> None:
         """Re-check every accepted change against the current ACL (a removal can invalidate backdated ones, and
@@ -429,7 +440,7 @@ class Replica:
                     self.dag.add(change.id, h.parents, h.lamport)
                 self.heads = self.dag.heads()
                 self.store.set_heads(self.space_id, self.heads)
-                self._fold_in([change], incremental=incremental)
+                self._fold_in([change], incremental=incremental, own=True)
         except BaseException:
             self._reload()
             raise
@@ -447,16 +458,26 @@ class Replica:
         self._dag = None
         return True
 
-    def _fold_in(self, changes: Sequence[Change], *, incremental: bool) -> None:
+    def _fold_in(self, changes: Sequence[Change], *, incremental: bool, own: bool = False) -> None:
         """Bring the tree (and its cached rows) up to date with newly stored changes: applied on top, in fold
-        order, when they all sort after what was folded before; else one refold from scratch."""
+        order, when they all sort after what was folded before; else one refold from scratch. ``own``: this
+        replica's commit (not recorded in :attr:`landed` when applied on top: its mount made it)."""
         if incremental:
             touched: set[bytes] = set()
-            for change in changes:
-                touched |= self._apply(self.tree, change)
+            landed = None if own else self.landed
+            # The fold itself notes the names it takes away (see TreeIndex._note_names): the cost is per op, not
+            # per node of the tree, so a mount learns what to invalidate without scanning anything.
+            self.tree.note_names(landed.names if landed is not None else None)
+            try:
+                for change in changes:
+                    touched |= self._apply(self.tree, change)
+            finally:
+                self.tree.note_names(None)
+            if landed is not None:
+                landed.nodes |= touched
             self._persist(self.tree, touched)
         else:
-            self.tree = self.fresh_fold()
+            self._replace_tree(self.fresh_fold())
             self._persist(self.tree, None)
 
     def _reload(self) -> None:
@@ -464,7 +485,7 @@ class Replica:
         self._dag = None
         self.heads = self.store.heads(self.space_id)
         self.unreadable.reload()
-        self.tree = self._load_tree()
+        self._replace_tree(self._load_tree())
 
     def pick_up_commits(self) -> bool:
         """Another process (``anysyncfs put`` beside ``sync --watch``) committed: load its changes. True if any."""

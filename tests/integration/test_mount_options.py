@@ -20,7 +20,7 @@ from tests.conftest import CLI
 REPO = Path(__file__).resolve().parents[2]
 HELPER = REPO / "scripts" / "mount.fuse.anysyncfs"
 EXAMPLES = {"cache_size": "512M", "batch_interval": "50ms", "commit_interval": "2", "sync_interval": "7",
-            "fetch_timeout": "9", "listen": "127.0.0.1:7001", "discovery": "off"}  # fmt: skip
+            "fetch_timeout": "9", "listen": "127.0.0.1:7001", "discovery": "off", "cache_timeout": "60"}  # fmt: skip
 
 
 def test_help_lists_every_option_with_its_default(cli_env: dict[str, str]) -> None:
@@ -34,6 +34,7 @@ def test_help_lists_every_option_with_its_default(cli_env: dict[str, str]) -> No
     assert rows["sync_interval"] == f"{defaults.sync_interval:g}" == "30"
     assert rows["fetch_timeout"] == "30" and rows["batch_interval"] == "200" and rows["commit_interval"] == "5"
     assert rows["offline"] == "off" and rows["ro"] == "off" and rows["cache_size"] == "unlimited"
+    assert rows["cache_timeout"] == f"{defaults.cache_timeout:g}" == "10"
     for kernel in mount.KERNEL_OPTIONS:
         assert re.search(rf"\b{kernel}\b", text), kernel
 
