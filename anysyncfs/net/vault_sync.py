@@ -148,10 +148,14 @@ async def fetch_all(addresses: Sequence[str], vkeys: VaultKeys, timeout: float =
 
 
 def providers_of(store: Store, contents: VaultContents) -> list[str]:
-    """Every provider of every space of the account: the peers recorded here and those the vault lists."""
+    """Every provider of every space of the account: the peers recorded here and those the vault lists, less the
+    addresses a sync engine found to be members' devices (``peers_seen``): a device answers no throwaway identity
+    (it would only count as a provider not reached); the account's own devices get the vault over their sync
+    sessions instead (:func:`sync_vault_with_device`)."""
     found = {row.address for row in store.all_peers()}
     found.update(p for e in contents.live() for p in e.peers)
-    return sorted(found)
+    devices = {seen.address for row in store.spaces() for seen in store.peers_seen(row.id) if seen.kind == "device"}
+    return sorted(found - devices)
 
 
 def local_state(store: Store, vkeys: VaultKeys) -> tuple[VaultContents, int, int, bytes | None]:
