@@ -2,6 +2,8 @@
 "devices of the account sync it like a space"; docs/protocol.md 70.16). Real TCP on loopback, TLS and the session
 handshake as between processes; the CLI as subprocesses on the same homes.
 
+- through the CLI alone (``sync --watch`` on device 1, ``space add-peer`` + ``sync`` on device 2): a space created
+  on either device reaches the other's vault and ``space list``;
 - a space created on device 1 (``space create``) reaches device 2's vault, and device 2's entries reach device 1's
   (a CRDT merge, pushed with ``PutVault``); ``vault show`` and ``space list`` on device 2 name it;
 - a device of another account — even a member of a space the device serves — can neither read nor write the vault
@@ -28,7 +30,6 @@ from anysyncfs.replica import Replica, create_space
 from tests.conftest import CLI, eventually
 from tests.integration.test_p2p import device, own_address, second_device
 
-pytestmark = pytest.mark.trio
 
 
 def vault_of(replica: Replica, vkeys: v.VaultKeys) -> tuple[int, bytes, v.VaultContents] | None:
@@ -56,6 +57,7 @@ def keep(replica: Replica, vkeys: v.VaultKeys, version: int, contents: v.VaultCo
     return raw
 
 
+@pytest.mark.trio
 async def test_a_space_created_on_one_device_reaches_the_others_vault_without_a_provider(
         tmp_path: Path, make_home, cli_env: dict[str, str]) -> None:
     phrase = keys.generate_phrase()
@@ -88,6 +90,7 @@ async def test_a_space_created_on_one_device_reaches_the_others_vault_without_a_
     assert "not on this device" in listed.stderr and "music" in listed.stderr
 
 
+@pytest.mark.trio
 async def test_another_account_can_neither_read_nor_write_the_vault_through_the_listener(make_home) -> None:
     from tests.integration.test_replicas import invite_and_join
 
@@ -127,6 +130,7 @@ async def test_another_account_can_neither_read_nor_write_the_vault_through_the_
     assert vault_of(a, vkeys)[:2] == (5, held)  # nothing stored
 
 
+@pytest.mark.trio
 async def test_an_older_forged_or_shrinking_record_from_a_device_of_the_account_is_refused(make_home) -> None:
     phrase = keys.generate_phrase()
     account = keys.account_key_from_phrase(phrase)
@@ -163,3 +167,37 @@ async def test_an_older_forged_or_shrinking_record_from_a_device_of_the_account_
         assert vault_of(a, vkeys)[:2] == (5, held)  # nothing stored
         assert await push(good) == m.VaultStored(True, 6)
         assert vault_of(a, vkeys)[:2] == (6, good)
+
+
+def test_through_the_cli_a_space_created_on_either_device_reaches_the_other(make_home, tmp_path: Path) -> None:
+    from anysyncfs.core import ids
+    from anysyncfs.replica import adopt_space
+
+    from tests.integration.test_p2p_cli import _cli, _env, _stop, _watch
+
+    phrase = keys.generate_phrase()
+    a_home, b_home = make_home("a", phrase), make_home("b", phrase)
+    a = create_space(a_home, "docs")
+    adopt_space(b_home, "docs", a.header_raw, [raw for _rid, raw in a.acl_raws()])
+    space = ids.space_text(a.space_id)
+
+    def listed(home: Path) -> tuple[str, str]:
+        done = subprocess.run([*CLI, "space", "list"], env=_env(home), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout, done.stderr
+
+    procs = []
+    try:
+        pa, a_address = _watch(a_home.home.root, space, tmp_path / "a.log")  # device 1 listens; no provider
+        procs.append(pa)
+        _cli(b_home.home.root, "space", "add-peer", space, a_address)
+        photos = _cli(a_home.home.root, "space", "create", "photos").split()[0]
+        _cli(b_home.home.root, "sync", space)  # one round with device 1: the vault comes with it
+        out, err = listed(b_home.home.root)
+        assert out.split()[1::2] == ["docs"] and f"  {photos}  photos  (no peer recorded)" in err.splitlines()
+        music = _cli(b_home.home.root, "space", "create", "music").split()[0]
+        _cli(b_home.home.root, "sync", space)  # pushes the merged vault to device 1's listener
+        out, err = listed(a_home.home.root)
+        assert out.split()[1::2] == ["docs", "photos"] and f"  {music}  music  (no peer recorded)" in err.splitlines()
+    finally:
+        _stop(procs)
