@@ -67,9 +67,29 @@ def cmd_space_create(ctx: "Context") -> int:
 
 
 def cmd_space_list(ctx: "Context") -> int:
-    ctx.home.unlock(ctx.passphrase())
-    for row in ctx.home.store().spaces():
+    """The spaces held here on stdout (``ID  NAME``, one a line: scripts read it); then, on stderr, the spaces the
+    account's vault (as this device last merged it) lists but this device does not hold, with how to fetch one."""
+    from ..errors import AnysyncError
+    from ..net.vault_sync import local_state, vault_keys
+
+    unlocked = ctx.home.unlock(ctx.passphrase())
+    store = ctx.home.store()
+    rows = store.spaces()
+    for row in rows:
         print(f"{ids.space_text(row.id)}  {row.name}")
+    try:
+        contents = local_state(store, vault_keys(unlocked.identity.account.seed))[0]
+    except AnysyncError as e:  # a damaged vault row: the held spaces are listed all the same
+        print(f"anysyncfs: WARNING: the vault kept here does not open: {e}", file=sys.stderr)
+        return 0
+    held = {row.id for row in rows}
+    elsewhere = [e for e in contents.live() if e.space not in held]
+    if elsewhere:
+        print("not on this device (listed in the account's vault; to fetch one: anysyncfs space add-peer SPACE "
+              "PEER, then anysyncfs sync SPACE --name NAME):", file=sys.stderr)
+        for e in elsewhere:
+            peers = f"peers: {', '.join(e.peers)}" if e.peers else "no peer recorded"
+            print(f"  {ids.space_text(e.space)}  {e.name}  ({peers})", file=sys.stderr)
     return 0
 
 

@@ -16,9 +16,12 @@ What differs from a provider, and why:
 * Head announcements (``Heads``) go to every subscribed connection whenever this device's heads move, whatever
   moved them (a local commit, a change received here or fetched elsewhere): that is the live push towards
   devices that dialled us.
-* It answers ``GetVault`` to its own account only (a device of the account being restored from the phrase,
-  found on the LAN: 70.15), with the vault record it keeps, and takes no ``PutVault``: a provider answers anyone
-  because its vault is unlinkable to an account, while a device's is by definition its own account's.
+* It answers ``GetVault`` and ``PutVault`` from its own account only (a device certified by the same account key:
+  one being restored from the phrase, found on the LAN, 70.15; or another device of the account syncing a space
+  with this one, 70.16), about its own account's discovery ID only: a provider answers anyone because its vault
+  is unlinkable to an account, while a device's is by definition its own account's. Anyone else gets the refusal
+  of a space not held here. A pushed record is checked as a provider checks one, and kept only when newer than
+  the one held and losing none of its entries (:func:`~.vault_sync.keep_from_device`).
 """
 
 from __future__ import annotations
@@ -34,15 +37,20 @@ from ..core import ids
 from ..core.address import PeerAddress
 from ..core.address_record import AddressRecord, parse_address_record
 from ..core.reconcile import IdSet
+from ..core.vault import VaultKeys
 from ..errors import NotFound, UsageError
 from ..protocol import messages as m
 from ..replica import Replica
 from ..replica.address_board import AddressBoard
 from ..replica.ledger import Usage
+from ..replica.quota import QuotaExceeded
+from ..replica.vault_board import VaultPolicy
+from ..store.db import Store
 from .connection import Connection, ServiceError
 from .endpoint import Endpoint, serve_tcp
 from .node import Node
 from .runner import Runner
+from .vault_sync import keep_from_device
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +126,7 @@ class DeviceServer(Node):
         self.on_address_record: Callable[[AddressRecord, str], None] | None = None
         self.listeners: list[trio.SocketListener] = []
         self.refused_strangers = 0
-        self._vault_id: bytes | None = None  # the discovery ID of this device's account (computed when asked)
+        self._vault_keys: VaultKeys | None = None  # this device's account's vault keys (derived when first asked)
 
     def add_replica(self, replica: Replica, on_changed: Changed | None = None) -> None:
         self._ledgers[replica.space_id] = ReplicaLedger(replica)
@@ -188,7 +196,7 @@ class DeviceServer(Node):
         if isinstance(body, m.OpenSpace) and body.invite_proof:
             raise ServiceError(m.ErrorCode.FORBIDDEN, "a device does not answer invites")
         if isinstance(body, m.PutVault):
-            raise ServiceError(m.ErrorCode.FORBIDDEN, "a device does not take PutVault")
+            return await self._keep_own_vault(conn, bytes(body.record))
         if isinstance(body, m.GetVault):
             return await self._own_vault(conn, body.discovery_id)
         space_id = getattr(body, "space", None)
@@ -201,18 +209,34 @@ class DeviceServer(Node):
             self.on_address_record(parse_address_record(bytes(body.record), body.space), conn.label)
         return reply
 
-    async def _own_vault(self, conn: Connection, discovery_id: bytes) -> m.VaultRecordReply:
-        """The vault record this device keeps, to a device of its own account asking for its discovery ID; the
-        same refusal for anyone else and any other ID (a member of a shared space learns nothing of the vault)."""
-        from ..core.vault import VaultKeys
-
+    def _own_store(self, conn: Connection, discovery_id: bytes | None) -> Store:
+        """The device's store, when ``conn`` is a device of this account asking about this account's vault; the
+        same refusal as for a space not held here for anyone else and any other ID (a member of a shared space
+        learns nothing of the vault, and cannot write it). ``discovery_id`` None: a record pushed, whose ID
+        :func:`~.vault_sync.keep_from_device` checks."""
         assert conn.peer is not None
-        if self._vault_id is None:
-            self._vault_id = VaultKeys.from_account_seed(self.identity.account.seed).discovery_id
-        if conn.peer.peer_account != self.identity.account.public or discovery_id != self._vault_id \
-                or not self._ledgers:
+        if self._vault_keys is None:
+            self._vault_keys = VaultKeys.from_account_seed(self.identity.account.seed)
+        if conn.peer.peer_account != self.identity.account.public \
+                or discovery_id not in (None, self._vault_keys.discovery_id) or not self._ledgers:
             raise ServiceError(m.ErrorCode.FORBIDDEN, _REFUSED)
-        store = next(iter(self._ledgers.values())).replica.store  # every replica here shares the device's store
+        return next(iter(self._ledgers.values())).replica.store  # every replica here shares the device's store
+
+    async def _keep_own_vault(self, conn: Connection, raw: bytes) -> m.VaultStored:
+        """A vault record pushed by a device of this account (70.16), kept by the rules of
+        :func:`~.vault_sync.keep_from_device` (a provider's checks and quota, never an older version). A record
+        that does not verify raises ``IntegrityError``: answered INVALID, and the connection closes."""
+        store = self._own_store(conn, None)  # another account: refused before the record is even read
+        assert self._vault_keys is not None
+        try:
+            stored, version = await self.run(keep_from_device, store, self._vault_keys, raw, VaultPolicy().per_vault)
+        except QuotaExceeded as e:
+            raise ServiceError(m.ErrorCode.QUOTA, str(e)) from None
+        return m.VaultStored(stored, version)
+
+    async def _own_vault(self, conn: Connection, discovery_id: bytes) -> m.VaultRecordReply:
+        """The vault record this device keeps, to a device of its own account asking for its discovery ID."""
+        store = self._own_store(conn, discovery_id)
         row = await self.run(store.vault, discovery_id)
         if row is None:
             raise ServiceError(m.ErrorCode.NOT_FOUND, "this device keeps no vault")

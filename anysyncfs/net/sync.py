@@ -22,6 +22,7 @@ import trio
 from ..core import bao, crypto, ids
 from ..core.address import PeerAddress, parse_address
 from ..core.reconcile import IdSet, Reconciler
+from ..core.vault import VaultKeys
 from ..errors import AnysyncError, IdMismatch, IntegrityError, NetworkError, NotFound, ProtocolError, UsageError
 from ..protocol import messages as m
 from ..replica import Replica
@@ -43,6 +44,7 @@ BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 HOSTILE_BACKOFF_S = 60.0  # after a peer sent invalid data
 PEERS_POLL_S = 0.5  # how often a running engine re-reads the space's peers (a removed one is dropped at once)
+VAULT_EVERY_S = 30.0  # the vault is exchanged with a connected device of this account at most this often
 DISCOVERED_BACKOFF_MAX_S = 300.0  # a discovered address that keeps failing is tried at most this often
 BLOB_ATTEMPT_S = 10.0  # one peer's turn at a blob fetch: a dead path is left after this, the next peer asked
 TRANSFERS_IN_FLIGHT = 4  # concurrent blob uploads / content fetches per sync
@@ -114,6 +116,8 @@ class SpaceSync:
         self._connected_devices: dict[bytes, str] = {}  # device key -> the address we are connected to it by
         self._is_device: dict[str, bool] = {}  # peer key -> a member's device (True) or a provider
         self._seen_noted: dict[str, tuple[int, str, str]] = {}  # peer key -> (connection, via, kind) last stored
+        self._vault_exchanged: dict[int, tuple[float, Connection]] = {}  # connection -> when the vault was last
+        self._vault_keys: VaultKeys | None = None  # exchanged with it (a device of this account only)
 
     # ------------------------------------------------------------------------------------------ addresses
     async def addresses(self) -> list[PeerAddress]:
@@ -292,6 +296,8 @@ class SpaceSync:
         await self._note_seen(conn, st.via if st is not None else "manual", device)
         if self.exchange_addresses is not None:
             await self.exchange_addresses(self, conn)
+        if device and conn.peer is not None and conn.peer.peer_account == self.endpoint.identity.account.public:
+            await self._exchange_vault(conn)
         # Blobs go up to providers only: a device fetches what it reads, and an upload confirmed by a device must
         # not count as safe on a provider.
         uploaded = providers.Uploaded([]) if device else await providers.upload_queued(self, conn, progress)
@@ -332,6 +338,31 @@ class SpaceSync:
             log.warning("cannot record what %s is: %s", conn.label, e)
             return
         self._seen_noted[conn.label] = (id(conn), via, kind)
+
+    async def _exchange_vault(self, conn: Connection) -> None:
+        """With another device of this account (its certificate is signed by our account key): fetch its vault,
+        merge, keep the result here and push it there (docs/protocol.md 70.16), so a space created on one device
+        reaches the other's vault without a provider. Once per connection, then at most every
+        :data:`VAULT_EVERY_S` (not in every live-push round). A failure is logged, never ends the round."""
+        from .vault_sync import sync_vault_with_device, vault_keys
+
+        now = time.monotonic()
+        last = self._vault_exchanged.get(id(conn))
+        if last is not None and now - last[0] < VAULT_EVERY_S and last[1] is conn:
+            return
+        self._vault_exchanged = {k: v for k, v in self._vault_exchanged.items() if now - v[0] < VAULT_EVERY_S}
+        self._vault_exchanged[id(conn)] = (now, conn)
+        if self._vault_keys is None:
+            self._vault_keys = vault_keys(self.endpoint.identity.account.seed)
+        try:
+            report = await sync_vault_with_device(conn, self.replica.store, self._vault_keys, self.run)
+        except AnysyncError as e:  # our own vault row does not open, or the store failed: the space syncs on
+            log.warning("%s: vault not exchanged: %s", conn.label, e)
+            return
+        for line in report.warnings:  # a forged record; a device merely behind (it slept) is brought up to date
+            (log.warning if "does not verify" in line else log.info)("%s", line)
+        for line in report.errors:  # e.g. an older version of anysyncfs, which refuses PutVault
+            log.info("vault not exchanged: %s", line)
 
     def peer_is_device(self, conn: Connection) -> bool:
         """A member's device (its account is in the space's ACL), not a provider (whose account never is)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -36,8 +36,9 @@ from ..core.vault import (
 )
 from ..errors import AnysyncError, IntegrityError, NetworkError, ProtocolError
 from ..protocol import messages as m
+from ..replica.quota import QuotaExceeded
 from ..store.db import Store
-from .connection import RemoteError, while_serving
+from .connection import Connection, RemoteError, while_serving
 from .endpoint import Endpoint
 
 log = logging.getLogger(__name__)
@@ -98,9 +99,14 @@ async def _ask(address: str, body: object, timeout: float, endpoint: Endpoint | 
 async def fetch_one(address: str, vkeys: VaultKeys, timeout: float = VAULT_TIMEOUT,
                     endpoint: Endpoint | None = None) -> Fetched:
     """The vault as ``address`` serves it; ``endpoint`` None: over a throwaway identity (a provider)."""
+    return await _fetched(address, vkeys, lambda: _ask(address, m.GetVault(vkeys.discovery_id), timeout, endpoint))
+
+
+async def _fetched(address: str, vkeys: VaultKeys, ask: Callable[[], Awaitable[object]]) -> Fetched:
+    """The answer to a ``GetVault`` (sent by ``ask``), checked and opened; every failure is in the result."""
     got = Fetched(address)
     try:
-        reply = await _ask(address, m.GetVault(vkeys.discovery_id), timeout, endpoint)
+        reply = await ask()
         if not isinstance(reply, m.VaultRecordReply):
             raise ProtocolError(f"expected a vault record, got {type(reply).__name__}")
         got.record = parse_vault_record(bytes(reply.record), vkeys.discovery_id)
@@ -142,10 +148,14 @@ async def fetch_all(addresses: Sequence[str], vkeys: VaultKeys, timeout: float =
 
 
 def providers_of(store: Store, contents: VaultContents) -> list[str]:
-    """Every provider of every space of the account: the peers recorded here and those the vault lists."""
+    """Every provider of every space of the account: the peers recorded here and those the vault lists, less the
+    addresses a sync engine found to be members' devices (``peers_seen``): a device answers no throwaway identity
+    (it would only count as a provider not reached); the account's own devices get the vault over their sync
+    sessions instead (:func:`sync_vault_with_device`)."""
     found = {row.address for row in store.all_peers()}
     found.update(p for e in contents.live() for p in e.peers)
-    return sorted(found)
+    devices = {seen.address for row in store.spaces() for seen in store.peers_seen(row.id) if seen.kind == "device"}
+    return sorted(found - devices)
 
 
 def local_state(store: Store, vkeys: VaultKeys) -> tuple[VaultContents, int, int, bytes | None]:
@@ -155,6 +165,29 @@ def local_state(store: Store, vkeys: VaultKeys) -> tuple[VaultContents, int, int
         return EMPTY, 0, 0, None
     record = parse_vault_record(row.record, vkeys.discovery_id)
     return open_vault(record, vkeys), row.version, row.highest_seen, row.record
+
+
+def keep_from_device(store: Store, vkeys: VaultKeys, raw: bytes, max_len: int) -> tuple[bool, int]:
+    """(blocking) A record another device of this account pushed to this device's listener (70.16): (stored, the
+    version held now). Checked as a provider checks a record — bounds (``max_len``: a provider's per-vault quota,
+    ``QuotaExceeded``), the discovery ID its signer's and this account's, the signature (``IntegrityError``: nothing
+    is stored) — then opened. Kept only when its version is above the one held (never an older or equal one) and
+    it loses no entry of the vault held here (the merge of both is the pushed one); else (False, version held): the
+    pusher fetches this device's record, merges and pushes a newer one."""
+    if len(raw) > max_len:
+        raise QuotaExceeded(f"a vault may hold at most {max_len} bytes", max_len)
+    record = parse_vault_record(raw, vkeys.discovery_id)
+    contents = open_vault(record, vkeys)
+    with store.transaction():
+        row = store.vault(vkeys.discovery_id)
+        if row is not None:
+            if row.version >= record.version:
+                return False, row.version
+            ours = open_vault(parse_vault_record(row.record, vkeys.discovery_id), vkeys)
+            if merge(ours, contents) != contents:
+                return False, row.version
+        store.put_vault(vkeys.discovery_id, record.version, raw, max(record.version, row.highest_seen if row else 0))
+    return True, record.version
 
 
 def rollback_line(address: str, served: int, highest: int) -> str:
@@ -177,15 +210,56 @@ async def sync_vault(store: Store, vkeys: VaultKeys,
                      timeout: float = VAULT_TIMEOUT) -> VaultReport:
     """Fetch the vault from every provider, merge it with this device's (and apply ``change``), store the result
     here and push it to every provider that lacks it. A provider's failure never raises: the report says."""
-    local, version, highest, local_raw = await trio.to_thread.run_sync(local_state, store, vkeys)
+    return await _sync_rounds(
+        store, vkeys, change,
+        addresses=lambda contents: providers_of(store, contents),
+        fetch=lambda addresses: fetch_all(addresses, vkeys, timeout),
+        push=lambda address, raw: push_one(address, raw, timeout),
+        run=trio.to_thread.run_sync)
+
+
+async def sync_vault_with_device(conn: Connection, store: Store, vkeys: VaultKeys,
+                                 run: Callable[..., Awaitable[object]]) -> VaultReport:
+    """The same fetch-merge-push with one device of this account, over a session already open with it (the sync
+    engine's, docs/protocol.md 70.16): ``GetVault`` and ``PutVault`` on ``conn``. ``run``: how the store is
+    called (the engine's runner). The caller checked that the peer is a device of this account."""
+    address = conn.label
+
+    async def fetch(_addresses: Sequence[str]) -> list[Fetched]:
+        return [await _fetched(address, vkeys, lambda: conn.request(m.GetVault(vkeys.discovery_id)))]
+
+    async def push(_address: str, raw: bytes) -> m.VaultStored | str:
+        try:
+            reply = await conn.request(m.PutVault(raw))
+        except AnysyncError as e:
+            return f"{address}: {e}"
+        if not isinstance(reply, m.VaultStored):
+            return f"{address}: expected VaultStored, got {type(reply).__name__}"
+        return reply
+
+    return await _sync_rounds(store, vkeys, None, addresses=lambda _contents: [address], fetch=fetch, push=push,
+                              run=run, create=False)
+
+
+async def _sync_rounds(store: Store, vkeys: VaultKeys, change: Callable[[VaultContents], VaultContents] | None, *,
+                       addresses: Callable[[VaultContents], list[str]],
+                       fetch: Callable[[Sequence[str]], Awaitable[list[Fetched]]],
+                       push: Callable[[str, bytes], Awaitable[m.VaultStored | str]],
+                       run: Callable[..., Awaitable[object]], create: bool = True) -> VaultReport:
+    """Fetch, merge (the CRDT), choose the record (:func:`_choose`), keep it here and push it where it lacks: for
+    providers and for the account's own devices alike, which differ only in ``addresses``, ``fetch`` and ``push``.
+    ``create`` False: when neither this device nor any source has a vault, nothing is made (no empty record)."""
+    local, version, highest, local_raw = await run(local_state, store, vkeys)
     report = VaultReport(contents=local, version=version)
     for _round in range(ROUNDS):
-        addresses = providers_of(store, local if change is None else change(local))
-        fetched = await fetch_all(addresses, vkeys, timeout)
-        report.providers, report.reached = len(addresses), sum(f.error is None for f in fetched)
+        sources = addresses(local if change is None else change(local))
+        fetched = await fetch(sources)
+        report.providers, report.reached = len(sources), sum(f.error is None for f in fetched)
         report.warnings += [f.error for f in fetched if f.error and "does not verify" in f.error]
         report.errors = [f.error for f in fetched if f.error and "does not verify" not in f.error]
         remote = [(f.address, f.record, f.contents) for f in fetched if f.record is not None and f.contents is not None]
+        if not create and not remote and local_raw is None:
+            break
         for address, record, _ in remote:
             if record.version < highest:
                 report.warnings.append(rollback_line(address, record.version, highest))
@@ -203,7 +277,7 @@ async def sync_vault(store: Store, vkeys: VaultKeys,
             held.append((max(highest, version), b""))
         version, raw = _choose(merged, max(highest, version), candidates, held, vkeys)
         local_raw, local = raw, merged
-        await trio.to_thread.run_sync(store.put_vault, vkeys.discovery_id, version, raw, highest)
+        await run(store.put_vault, vkeys.discovery_id, version, raw, highest)
         report.contents, report.version = merged, version
         holding = {f.address for f in fetched if f.record is not None and f.record.raw == raw}
         lacking = [f.address for f in fetched if (f.error is None or f.address in damaged)
@@ -211,9 +285,9 @@ async def sync_vault(store: Store, vkeys: VaultKeys,
         stale = False
         stored = len(holding)
 
-        async def push(address: str) -> None:
+        async def push_to(address: str) -> None:
             nonlocal stale, stored, highest
-            reply = await push_one(address, raw, timeout)
+            reply = await push(address, raw)
             if isinstance(reply, str):
                 report.errors.append(reply)
             elif reply.stored:
@@ -224,8 +298,8 @@ async def sync_vault(store: Store, vkeys: VaultKeys,
 
         async with trio.open_nursery() as nursery:
             for address in lacking:
-                nursery.start_soon(push, address)
-        await trio.to_thread.run_sync(store.note_vault_seen, vkeys.discovery_id, highest)
+                nursery.start_soon(push_to, address)
+        await run(store.note_vault_seen, vkeys.discovery_id, highest)
         report.stored_on = stored
         if not stale:
             break
