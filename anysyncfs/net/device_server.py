@@ -47,7 +47,7 @@ from ..replica.quota import QuotaExceeded
 from ..replica.vault_board import VaultPolicy
 from ..store.db import Store
 from .connection import Connection, ServiceError
-from .endpoint import Endpoint, serve_tcp
+from .endpoint import Endpoint
 from .node import Node
 from .runner import Runner
 from .vault_sync import keep_from_device

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..core import acl as acl_mod
 from ..core.address_record import MAX_RECORDS_PER_SPACE, AddressRecord, parse_address_record
 
 RoleOf = Callable[[bytes], "acl_mod.Role | None"]
