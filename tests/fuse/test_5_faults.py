@@ -1,12 +1,13 @@
 """Level 5: fault injection through the mount (issue 18 item 3) — a full disk at random points, EIO from a blob file.
 
-**ENOSPC at random points.** The home sits on a 24 MiB tmpfs (``test_5_diskfull``'s fixture) that a ballast file
-fills to a random level, so the disk runs out at a random point of a seeded random workload: new files of 0 B to
-1 MiB (inline, one chunk, many chunks) written and fsync'd, fsync'd appends to three logs, unlinks with an fsync
-of the directory, and transactions of a SQLite database (WAL, synchronous=FULL) inside the mount. Whatever was
-confirmed (fsync, close, COMMIT returned) is the model; an operation the full disk refused leaves its file
-uncertain (its old or its new state, or anything between for data written in pieces) and is not touched again.
-``test_5_diskfull`` covers the three places a writer meets a full disk one by one; this mixes them. Checks:
+**ENOSPC at random points.** The home sits on a 24 MiB tmpfs (``test_5_diskfull``'s fixture), or on a 32 MiB ext4
+on a loop device (delayed allocation and a journal), that a ballast file fills to a random level, so the disk runs
+out at a random point of a seeded random workload: new files of 0 B to 1 MiB (inline, one chunk, many chunks)
+written and fsync'd, fsync'd appends to three logs, unlinks with an fsync of the directory, and transactions of a
+SQLite database (WAL, synchronous=FULL) inside the mount. Whatever was confirmed (fsync, close, COMMIT returned) is
+the model; an operation the full disk refused leaves its file uncertain (its old or its new state, or anything
+between for data written in pieces) and is not touched again. ``test_5_diskfull`` covers the three places a writer
+meets a full disk one by one; this mixes them. Checks:
 
 * every refusal reaches the program as ENOSPC (SQLite: "database or disk is full" or its I/O error for a
   refused fsync), never as EIO or another errno;
@@ -45,6 +46,7 @@ from .test_5_diskfull import small_disk_space  # noqa: F401 # pyflakes: ignore -
 
 # ---------------------------------------------------------------------------------------------- ENOSPC
 SEEDS = range(int(os.environ.get("ANYSYNCFS_ENOSPC_SEEDS", "4")))  # more for a longer run, from a script
+EXT4_SEEDS = range(100, 100 + int(os.environ.get("ANYSYNCFS_ENOSPC_EXT4_SEEDS", "2")))
 PIECE = 128 << 10  # one write call: at most one FUSE write request
 MAX_STEPS = 400
 REFUSALS = 4  # operations refused before the disk is freed
@@ -238,8 +240,43 @@ def _unmount(m: Mount) -> None:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_enospc_at_random_points_loses_nothing_confirmed(small_disk_space: Mount, seed: int) -> None:  # noqa: F811
+    run_enospc(small_disk_space, seed)
+
+
+@pytest.fixture
+def small_ext4_space(tmp_path: Path, template_home: Path) -> Iterator[Mount]:
+    """A Mount whose home is a 32 MiB ext4 file system on a loop device (delayed allocation, a journal: a full
+    disk shows up at other calls than on tmpfs); the file system and the loop device go away in teardown."""
+    _need("losetup", "mkfs.ext4")
+    m = Mount(tmp_path)
+    m.home.mkdir()
+    image = tmp_path / "home.img"
+    _run("mkfs.ext4", "-q", "-F", "-m", "0", "-b", "4096", str(image), "32M")
+    loop = _run("losetup", "-f", "--show", str(image)).strip()
+    mounted = False
+    try:
+        _run("mount", loop, str(m.home))
+        mounted = True
+        os.chmod(m.home, 0o700)
+        shutil.rmtree(m.home / "lost+found")
+        shutil.copytree(template_home, m.home, dirs_exist_ok=True)
+        yield m
+    finally:
+        m.stop()
+        if mounted and subprocess.run(["umount", str(m.home)], capture_output=True, timeout=30).returncode != 0:
+            subprocess.run(["umount", "-l", str(m.home)], capture_output=True, timeout=30)
+        subprocess.run(["losetup", "-d", loop], capture_output=True, timeout=30)
+    problems = m.log_problems()
+    assert not problems, "unexpected warnings/errors in the mount log:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("seed", EXT4_SEEDS)
+def test_enospc_at_random_points_on_ext4_loses_nothing_confirmed(small_ext4_space: Mount, seed: int) -> None:
+    run_enospc(small_ext4_space, seed)
+
+
+def run_enospc(m: Mount, seed: int) -> None:
     rnd = random.Random(seed)
-    m = small_disk_space
     m.expect_log(r"disk full|No space left|ENOSPC|database or disk is full")
     m.mount()
     w = Workload(m, rnd)
