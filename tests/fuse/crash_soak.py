@@ -9,8 +9,8 @@ Each round, on the mount:
   fsync that returned);
 * a SQLite workload on two databases that live across rounds: ``db/wal.db`` in WAL mode with
   ``synchronous=FULL`` and ``db/del.db`` in rollback-journal (DELETE) mode with ``synchronous=EXTRA``. Those are
-  the modes in which a commit that returned is durable against a crash of the file system under it (a power loss,
-  from SQLite's point of view): in WAL mode NORMAL does not sync the WAL at commit (a commit may roll back), and in
+  the modes meant to make a commit that returned durable against a crash of the file system under it (a power
+  loss, from SQLite's point of view): in WAL mode NORMAL does not sync the WAL at commit (a commit may roll back), and in
   DELETE mode FULL does not sync the directory after deleting the journal, which is the commit (the journal may
   come back and roll the transaction back). Transaction i inserts row i (a deterministic body of 10 B to 12 KiB),
   deletes row i - KEEP and sets ``meta.n = i``; the workload prints ``<db> i`` after each commit returned.
@@ -22,6 +22,7 @@ Each round, on the mount:
   and rolls the transaction back. The first 100-kill run met this once (kill 37 of seed 20261205: one confirmed
   transaction of del.db missing). So the workload confirms a DELETE-mode transaction only after its own fsync
   of the directory has returned: that fsync fails on a dead mount, as the one SQLite skipped should have.
+  ``scripts/_sqlite_delete_gap.py`` shows the gap on purpose.
 
 After a random delay the mount process gets SIGKILL. Then: the workloads exit on their own (ENOTCONN; one that
 hangs is a failure), the dead mount is cleaned up, ``anysyncfs fsck`` passes on what the kill left, the space is
@@ -30,7 +31,8 @@ mounted again, and
 * the log holds every fsync-confirmed byte and is an exact prefix of its record stream;
 * the untar left a prefix of the tarball: exactly its first k members exist, each complete (bytes and mode) but
   possibly the last, which may be a prefix of its bytes — SQLite's directory fsyncs (DELETE mode) commit every
-  pending change of the space, files being written included, as a journaling file system's commit does;
+  pending change of the space, files being written included, as a journaling file system's commit does, and so
+  does the periodic commit of long writers in the rounds that run it;
 * each database passes ``PRAGMA integrity_check``, holds every transaction whose commit returned (and at most the
   one in flight beyond), and exactly the rows its last transaction leaves, with their bytes;
 * the mount log has no warning or error but the expected "staging files left by an earlier run".
