@@ -32,6 +32,7 @@ import fcntl
 import functools
 import logging
 import os
+import re
 import signal
 import stat
 import sys
@@ -44,7 +45,7 @@ import pyfuse3
 import trio
 
 from ..core import acl, ids
-from ..errors import AnysyncError, BlobMissing, FsError, NotFound, UsageError
+from ..errors import AnysyncError, BlobMissing, FsError, NotFound, StoreError, UsageError
 from ..mounts import MountFailed, find_holder, lock_record, mount_table, read_lock
 from ..net.device_server import ListenSpec, parse_listen
 from ..replica.home import Unlocked, lock_path
@@ -65,6 +66,7 @@ DEFAULT_COMMIT_INTERVAL = 5.0
 DEFAULT_BATCH_INTERVAL = 0.2  # group commit: seconds the open batch may wait (see anysyncfs.fs.batch)
 MAX_TASKS = 32  # concurrent pyfuse3 request tasks (they mostly wait for the Vfs lock in worker threads)
 PICK_UP_S = 0.1  # how often the mount looks for other processes' commits (one indexed read of the heads)
+COMMIT_RETRY_S = 0.5  # after a group commit the disk refused (full): the next try, not 5 ms later
 MAX_COMMIT_FETCHES = 64  # blobs a periodic commit may fetch (base content of edited files) before giving up
 
 # Options mount(8) and fstab hand to every helper; meaningless for us, accepted and dropped.
@@ -418,6 +420,7 @@ async def _commit_batches(ops: Operations, interval: float) -> None:
     that (:meth:`~.vfs_base.VfsCore.flush_due`); looked at every fortieth of the interval (5 ms by default), without
     a thread hop while there is nothing to do."""
     vfs = ops.vfs
+    failing = ""  # the last failure logged: a disk that stays full is logged once, not at every retry
     while True:
         await trio.sleep(interval / 40)
         if not vfs.batch_due():
@@ -429,8 +432,15 @@ async def _commit_batches(ops: Operations, interval: float) -> None:
             if work:
                 await trio.to_thread.run_sync(_write_durably, vfs, work)
             await ops.run_blocking("flush_due", vfs.flush_due, blob_ids)
-        except FsError as e:
-            log.warning("group commit failed: %s", os.strerror(e.errno))
+            failing = ""
+        except (FsError, StoreError) as e:
+            # The disk refused the batch (full; an I/O error): the batch stays open, retried in a while; the
+            # writers meet the same error at their fsync or close, as ENOSPC or EIO.
+            what = os.strerror(e.errno) if isinstance(e, FsError) else re.sub(r" /\S+", "", str(e))
+            if what != failing:
+                log.warning("group commit failed: %s", what)
+                failing = what
+            await trio.sleep(COMMIT_RETRY_S)
         except Exception:  # noqa: BLE001 - the mount must stay up; the batch stays open to be retried
             log.exception("group commit failed")
 

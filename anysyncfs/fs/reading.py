@@ -41,6 +41,7 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -74,6 +75,10 @@ Prefetch = Callable[[bytes], None]
 # read runs while this chunk is decrypted and handed to the kernel.
 PREFETCH_BEFORE_END = 512 << 10
 SEQUENTIAL_READERS = 64  # contents whose last read end is remembered (to tell sequential readers)
+# A failing blob is logged once per this many seconds: one read(2) of a file can reach the mount as several
+# requests (the kernel's read-ahead, then its retry of the page it wanted), each failing the same way.
+FAIL_LOG_INTERVAL_S = 60.0
+FAILS_REMEMBERED = 256
 Slice = bytes | memoryview
 
 
@@ -123,13 +128,30 @@ class ContentReads:
         self._cache_bytes = cache_bytes
         # id(content) -> (content, reader): holding the content keeps its id from being reused.
         self._readers: OrderedDict[int, tuple[Content, content_mod.ContentReader]] = OrderedDict()
+        self._failed: OrderedDict[str, float] = OrderedDict()  # what failed -> when it was last logged
 
     # ------------------------------------------------------------------------------------------ errors
     def _fail(self, what: str, exc: Exception) -> FsError:
+        """EIO for a read of ``what``, logged once per FAIL_LOG_INTERVAL_S for the same ``what`` and kind of
+        failure (the repeats at DEBUG)."""
         if isinstance(exc, NotFound):
-            log.warning("read failed: %s: %s", what, exc)
+            level, text = logging.WARNING, "read failed: %s: %s"
+        elif isinstance(exc, StoreError):  # the disk refused (EIO from the device, a permission, ...): not damage
+            level, text = logging.ERROR, "I/O error while reading %s: %s"
         else:
-            log.error("integrity failure while reading %s: %s", what, exc)
+            level, text = logging.ERROR, "integrity failure while reading %s: %s"
+        key = f"{text} {what}"
+        now = time.monotonic()
+        with self._lock:
+            last = self._failed.get(key)
+            if last is None or now - last >= FAIL_LOG_INTERVAL_S:
+                self._failed[key] = now
+            else:
+                level = logging.DEBUG
+            self._failed.move_to_end(key)
+            while len(self._failed) > FAILS_REMEMBERED:
+                self._failed.popitem(last=False)
+        log.log(level, text, what, exc)
         return FsError(errno.EIO, f"{what}: {exc}")
 
     # ------------------------------------------------------------------------------------------ chunks

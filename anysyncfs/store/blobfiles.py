@@ -84,8 +84,8 @@ class BlobFiles:
         if not directory.is_dir():
             try:
                 directory.mkdir(mode=0o700, exist_ok=True)
-            except OSError as e:
-                raise StoreError(f"cannot create {directory}: {e.strerror or e}") from None
+            except OSError as e:  # a new directory takes a block on most file systems: full is "disk full"
+                raise _store_error("create", directory, e) from None
             if durable:
                 fsync_dir(self.root)  # else make_durable does it
         if outboard and len(data) > bao.GROUP_LEN:  # before the blob: a blob file present has its outboard (barring damage)

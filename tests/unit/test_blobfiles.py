@@ -176,3 +176,28 @@ def test_listing_delete_and_total(tmp_path: Path) -> None:
     assert set(store.iter_ids()) == set(blobs) - {victim}
     reopened = BlobFiles(tmp_path)
     assert set(reopened.iter_ids()) == set(blobs) - {victim}
+
+
+def test_a_full_disk_refusing_a_new_blob_directory_is_disk_full(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """On ext4 a new directory takes a block: the mkdir of a blob's shard directory is what a full disk refuses
+    first. That is "disk full" (ENOSPC for the writer), not an I/O error (found by tests/fuse/test_5_faults.py on
+    ext4: the writer got EIO)."""
+    from anysyncfs.fs.errnos import errno_of
+
+    store = BlobFiles(tmp_path / "blobs")
+    blob_id, data = blob_of(100)
+    real_mkdir = Path.mkdir
+
+    def full_mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        if self.parent == tmp_path / "blobs":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", full_mkdir)
+    with pytest.raises(StoreError, match="disk full") as refused:
+        store.put(blob_id, data)
+    assert errno_of(refused.value, resolved=True) == errno.ENOSPC
+    monkeypatch.undo()
+    store.put(blob_id, data)  # space again
+    assert store.get(blob_id) == data

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from anysyncfs.core import blob, crypto, padding
 from anysyncfs.core.encoding import encode
 from anysyncfs.core.ops import ChunkRef, Content, Extent
-from anysyncfs.errors import BlobMissing, FsError, IdMismatch, NotFound
+from anysyncfs.errors import BlobMissing, FsError, IdMismatch, NotFound, StoreError
+from anysyncfs.fs import reading
 from anysyncfs.fs.reading import ContentReads
 
 KEY_BASE = blob.chunk_key_base(bytes(range(32)))
@@ -279,7 +280,8 @@ def test_a_corrupted_segment_gives_eio_and_never_wrong_bytes(caplog: pytest.LogC
             with pytest.raises(FsError) as e:
                 reads.read(content, offset, size)
             assert e.value.errno == errno.EIO
-    assert len(caplog.records) == 3 and all("integrity" in r.getMessage() for r in caplog.records)
+    # One line for the three failed reads of the same blob (each is EIO; the repeats are logged at DEBUG).
+    assert len(caplog.records) == 1 and "integrity failure" in caplog.records[0].getMessage()
     assert reads.read(content, 4 * SEG, 5) == model[4 * SEG :]
 
 
@@ -385,6 +387,40 @@ def test_other_not_found_becomes_eio(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="anysyncfs.fs.reading"), pytest.raises(FsError) as e:
         reads.read(content, 0, 10)
     assert e.value.errno == errno.EIO and len(caplog.records) == 1
+
+
+def test_a_disk_error_becomes_eio_logged_once_as_an_io_error(caplog: pytest.LogCaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_blob's StoreError (the disk refused the blob file: EIO from the device) is EIO, logged as an I/O error
+    (not as an integrity failure: nothing is damaged) and once per FAIL_LOG_INTERVAL_S for the same blob, however
+    many requests fail: one read(2) reaches the mount as several (found by tests/fuse/test_5_faults.py)."""
+    store = Store()
+    content, model = make_content(store, [Piece(0, SEG, False), Piece(0, SEG, False)], 0, seed=5)
+    first = content.extents[0].chunk.blob
+
+    def get(blob_id: bytes) -> bytes:
+        if blob_id == first and failing:
+            raise StoreError(f"cannot read blob {blob_id.hex()}: Input/output error")
+        return store.get(blob_id)
+
+    failing = True
+    reads = ContentReads(get)
+    with caplog.at_level(logging.DEBUG, logger="anysyncfs.fs.reading"):
+        for _ in range(3):
+            with pytest.raises(FsError) as e:
+                reads.read(content, 0, 10)
+            assert e.value.errno == errno.EIO
+        assert reads.read(content, SEG, 10) == model[SEG : SEG + 10]  # the other blob reads
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 1 and "I/O error while reading" in errors[0].getMessage(), errors
+    assert "integrity" not in errors[0].getMessage()
+    caplog.clear()
+    monkeypatch.setattr(reading, "FAIL_LOG_INTERVAL_S", 0.0)  # the interval has passed: logged again
+    with caplog.at_level(logging.WARNING, logger="anysyncfs.fs.reading"), pytest.raises(FsError):
+        reads.read(content, 0, 10)
+    assert len(caplog.records) == 1
+    failing = False
+    assert reads.read(content, 0, content.size) == model
 
 
 def test_stored_bytes_and_blocks_count_only_data() -> None:
