@@ -36,6 +36,7 @@ from ..protocol.session import (
     RequestReceived,
     ResponseReceived,
     Session,
+    State,
 )
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,8 @@ class Connection:
             if self.handler is None:
                 raise ServiceError(m.ErrorCode.BAD_REQUEST, "this peer serves no requests")
             body = await self.handler(self, event.body)
+            if self.session.state is State.CLOSED:
+                return  # the peer hung up while we served it: nobody to answer (not its fault, nothing to log)
             frame = self.session.send_response(event.id, body)
             answered = True
             await self._send(frame)

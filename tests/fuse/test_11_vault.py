@@ -19,8 +19,6 @@ def test_the_phrase_brings_back_every_space(tmp_path: Path) -> None:
     _check_fuse()
     n1, n2 = SyncNode(tmp_path / "n1", free_port()), SyncNode(tmp_path / "n2", free_port())
     a, b, restored = Mount(tmp_path / "a"), Mount(tmp_path / "b"), Mount(tmp_path / "restored")
-    for n in (n1, n2):  # a mount unmounted while its first sync round is still asking: the node logs the hang-up
-        n.expect_log(r"cannot send while closed")
     with cluster_cleanup(n1, a, b, restored):
         try:
             a1, a2 = n1.start(), n2.start()
