@@ -19,7 +19,7 @@ DIR_MODES = (0o700, 0o755, 0o750)
 WEIGHTS: dict[str, int] = {
     "open": 10, "close": 8, "write": 24, "read": 12, "truncate": 5, "ftruncate": 4, "mmap_read": 3,
     "mmap_write": 3, "fsync": 3, "fdatasync": 2, "fsyncdir": 1, "rename": 7, "link": 3, "unlink": 5,
-    "symlink": 2, "mkdir": 2, "rmdir": 2, "chmod": 3, "utimens": 3,
+    "symlink": 2, "mkdir": 2, "rmdir": 2, "chmod": 3, "utimens": 3, "pause": 1,
 }
 
 
@@ -246,6 +246,11 @@ class Generator:
         node = model.lookup(path)
         assert node is not None
         return Op("chmod", path=path, mode=self.rng.choice(DIR_MODES if node.kind == DIR else FILE_MODES))
+
+    def _pause(self, model: Model, slots: list[Slot]) -> Op | None:
+        """Nothing for up to 30 ms (length: microseconds): the batch timer commits in the background meanwhile,
+        so a kill that follows finds less pending."""
+        return Op("pause", length=self.rng.randrange(30_000))
 
     def _utimens(self, model: Model, slots: list[Slot]) -> Op | None:
         path = self._existing(model, FILE, FILE, DIR)

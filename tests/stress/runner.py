@@ -285,6 +285,9 @@ class Runner:
         self.stats.bytes_written += len(data)
         self.check_region(ino, op.offset - 100, op.length + 200, real)
 
+    def _pause(self, op: Op) -> None:
+        time.sleep(op.length / 1e6)
+
     def _fsync(self, op: Op) -> None:
         real = self.fds[op.slot]
         self._real_call(os.fsync if op.kind == "fsync" else os.fdatasync, real.fd)
