@@ -37,12 +37,13 @@ class FuseControl:
 
 
 def run_seed(m: Mount, seed: int, ops: int, *, kill_rate: float, remount_rate: float, full_every: int = 200,
-             options: tuple[str, ...] = ()) -> Stats:
-    """Mount ``m`` (a fresh space), run ``ops`` operations of ``seed``, unmount cleanly and fsck."""
-    control = FuseControl(m, *options)
+             options: str = "") -> Stats:
+    """Mount ``m`` (a fresh space, with ``-o options`` if given), run ``ops`` operations of ``seed``, unmount
+    cleanly and fsck."""
+    control = FuseControl(m, *(("-o", options) if options else ()))
     control.mount()
     runner = Runner(Path(m.mountpoint), seed, control, kill_rate=kill_rate, remount_rate=remount_rate,
-                    full_every=full_every)
+                    full_every=full_every, options=options)
     stats = runner.run(ops)
     m.unmount()
     m.cli("fsck")

@@ -9,7 +9,8 @@ tree must be one the model passed through since the last whole-tree durable poin
 mode one it had since its own last fsync.
 
 A failure raises :class:`StressFailure` naming the seed and the operation's index: ``scripts/soak --seed S --ops
-N`` replays it (exactly up to the first kill; after a kill, what the mount recovered steers the generator).
+N ...`` (with the rates and mount options it prints) replays it, exactly up to the first kill; after a kill,
+what the mount recovered steers the generator.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import errno
 import mmap
 import os
 import random
+import shlex
 import stat
 import time
 from dataclasses import dataclass, field
@@ -88,7 +90,7 @@ class Real:
 class Runner:
     def __init__(self, mountpoint: Path, seed: int, control: MountControl | None = None, *,
                  kill_rate: float = 0.0, remount_rate: float = 0.0, full_every: int = 200, names_every: int = 20,
-                 big_rate: float = 0.004) -> None:
+                 big_rate: float = 0.004, options: str = "") -> None:
         self.root = mountpoint
         self.seed = seed
         self.control = control
@@ -96,6 +98,10 @@ class Runner:
         self.remount_rate = remount_rate if control is not None else 0.0
         self.full_every = full_every
         self.names_every = names_every
+        rate = lambda r: f"{1 / r:g}" if r else "0"  # noqa: E731
+        self.replay = (f"--kill-every {rate(self.kill_rate)} --remount-every {rate(self.remount_rate)} "
+                       f"--options {shlex.quote(options)}" + (f" --big-every {1 / big_rate:g}" if big_rate != 0.004
+                                                              else ""))
         self.model = Model()
         self.gen = Generator(seed, big_rate)
         self.rng = random.Random(seed ^ 0x5EED)  # kills and remounts: not drawn from the generator's stream
@@ -154,7 +160,7 @@ class Runner:
     def fail(self, message: str) -> None:
         raise StressFailure(
             f"stress seed {self.seed}, operation {self.index} ({self.op}): {message}\n"
-            f"replay: scripts/soak --seed {self.seed} --ops {min(self.index + 1, self.total)}")
+            f"replay: scripts/soak --seed {self.seed} --ops {min(self.index + 1, self.total)} {self.replay}")
 
     def expect(self, cond: bool, message: str) -> None:
         if not cond:
