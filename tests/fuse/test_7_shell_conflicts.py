@@ -103,7 +103,12 @@ def test_shell_and_editor_rewrites_on_two_offline_devices(pair: Pair) -> None:
     pair.node.start()
 
     expect = {"echo.txt": 1, "slow.txt": 1, "edit.md": 1, "same.txt": 0}
-    contents = eventually(lambda: converged(pair, expect), "the same files and conflict copies on both mounts")
+    try:
+        contents = eventually(lambda: converged(pair, expect), "the same files and conflict copies on both mounts")
+    except AssertionError as e:  # say what each mount shows (and what its store holds) when they never agree
+        seen = {m.space: {n: m.path(n).read_bytes() for n in names(m)} for m in (a, b)}
+        stored = {m.space: m.cli("ls", m.space, "/", check=False).stdout.decode() for m in (a, b)}
+        raise AssertionError(f"{e}\nthrough the mounts: {seen}\nin the stores: {stored}") from None
     for base, pair_of in (("echo.txt", (b"from-a\n", b"from-b\n")), ("slow.txt", (b"slow-a\n", b"slow-b\n")),
                           ("edit.md", (b"# edited on a\n", b"# edited on b\n"))):  # fmt: skip
         stem, ext = base.rsplit(".", 1)
